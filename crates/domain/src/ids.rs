@@ -1,0 +1,247 @@
+//! Identifiers and time: the opaque ids Meta hands out and the millisecond clock
+//! values the rest of the domain computes with. Nothing here reads a clock.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The Page Inbox (Meta Business Suite inbox) app id: a routing participant on
+/// every Page, which takes control silently when a human replies from it.
+pub const PAGE_INBOX_APP_ID: &str = "263902037430900";
+
+/// Why an identifier was refused at the edge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("{kind} must not be empty")]
+    Empty { kind: &'static str },
+    #[error("{kind} is longer than {max} bytes")]
+    TooLong { kind: &'static str, max: usize },
+    #[error("{kind} contains a character that is not allowed ({found:?}): ids are opaque but printable, without '/' or white space")]
+    BadCharacter { kind: &'static str, found: char },
+}
+
+const MAX_ID_LEN: usize = 128;
+
+fn check_id(kind: &'static str, value: &str) -> Result<(), IdError> {
+    if value.is_empty() {
+        return Err(IdError::Empty { kind });
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(IdError::TooLong {
+            kind,
+            max: MAX_ID_LEN,
+        });
+    }
+    if let Some(found) = value
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == '/')
+    {
+        return Err(IdError::BadCharacter { kind, found });
+    }
+    Ok(())
+}
+
+macro_rules! opaque_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Parses an id: any printable string without white space or '/', at most 128 bytes.
+            pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
+                let value = value.into();
+                check_id($kind, &value)?;
+                Ok(Self(value))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(value: String) -> Result<Self, IdError> {
+                Self::parse(value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.0)
+            }
+        }
+    };
+}
+
+opaque_id!(
+    /// A Facebook Page id (`entry[].id`, `recipient.id` of user events).
+    PageId,
+    "page id"
+);
+opaque_id!(
+    /// A Page-scoped user id: unique per (person, Page), shared by every app on the Page.
+    Psid,
+    "psid"
+);
+opaque_id!(
+    /// A Meta app id (managed by Baton, or external such as the Page Inbox).
+    AppId,
+    "app id"
+);
+opaque_id!(
+    /// An id the shell gives a command (a send or a thread-control call) so its
+    /// decision and its outcome can be joined in the log.
+    CommandId,
+    "command id"
+);
+
+impl AppId {
+    /// The Page Inbox's app id.
+    pub fn page_inbox() -> Self {
+        Self(PAGE_INBOX_APP_ID.to_owned())
+    }
+
+    pub fn is_page_inbox(&self) -> bool {
+        self.0 == PAGE_INBOX_APP_ID
+    }
+}
+
+/// A conversation thread: one person on one Page.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ThreadKey {
+    pub page: PageId,
+    pub psid: Psid,
+}
+
+impl ThreadKey {
+    pub fn new(page: PageId, psid: Psid) -> Self {
+        Self { page, psid }
+    }
+
+    /// The name of this thread's stream in the event log.
+    pub fn stream_name(&self) -> String {
+        format!("thread/{}/{}", self.page, self.psid)
+    }
+}
+
+impl fmt::Display for ThreadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.page, self.psid)
+    }
+}
+
+/// A point in time, in milliseconds since the Unix epoch (Meta's own unit).
+/// The domain never reads a clock: the shell passes `now` in.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub const fn from_millis(ms: i64) -> Self {
+        Self(ms)
+    }
+
+    pub const fn millis(self) -> i64 {
+        self.0
+    }
+
+    /// `self + d`, saturating at the ends of the range.
+    pub const fn plus(self, d: Span) -> Self {
+        Self(self.0.saturating_add(d.0))
+    }
+
+    /// How long from `earlier` to `self` (negative when `earlier` is later).
+    pub const fn since(self, earlier: Timestamp) -> Span {
+        Span(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0)
+    }
+}
+
+/// A length of time in milliseconds.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Span(pub i64);
+
+impl Span {
+    pub const SECOND: Span = Span(1_000);
+    pub const MINUTE: Span = Span(60_000);
+    pub const HOUR: Span = Span(3_600_000);
+    pub const DAY: Span = Span(86_400_000);
+
+    pub const fn seconds(n: i64) -> Self {
+        Span(n.saturating_mul(1_000))
+    }
+
+    pub const fn hours(n: i64) -> Self {
+        Span(n.saturating_mul(3_600_000))
+    }
+
+    pub const fn days(n: i64) -> Self {
+        Span(n.saturating_mul(86_400_000))
+    }
+
+    pub const fn millis(self) -> i64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_opaque_but_checked() {
+        assert!(PageId::parse("1234567890").is_ok());
+        assert!(Psid::parse("abc-DEF_12").is_ok());
+        assert_eq!(PageId::parse(""), Err(IdError::Empty { kind: "page id" }));
+        assert!(matches!(
+            Psid::parse("a/b"),
+            Err(IdError::BadCharacter { found: '/', .. })
+        ));
+        assert!(matches!(
+            AppId::parse("a b"),
+            Err(IdError::BadCharacter { found: ' ', .. })
+        ));
+        assert!(matches!(
+            AppId::parse("9".repeat(129)),
+            Err(IdError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn ids_deserialize_through_the_same_check() {
+        let ok: PageId = serde_json::from_str("\"42\"").unwrap();
+        assert_eq!(ok.as_str(), "42");
+        assert!(serde_json::from_str::<PageId>("\"\"").is_err());
+    }
+
+    #[test]
+    fn thread_stream_name() {
+        let key = ThreadKey::new(PageId::parse("p1").unwrap(), Psid::parse("u1").unwrap());
+        assert_eq!(key.stream_name(), "thread/p1/u1");
+    }
+}

@@ -1,0 +1,217 @@
+//! The thread ledger: the state of one thread (ownership, pending requests,
+//! the messaging window, One-Time Notification tokens), and `apply`, which
+//! folds one event into it. `apply` holds no rules and never fails: every
+//! event says what changed, and unknown combinations are simply recorded.
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::{ControlView, Event, WindowGrant};
+use crate::ids::{AppId, CommandId, ThreadKey, Timestamp};
+
+/// Who controls the thread, as last recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Control {
+    /// Nobody: the default app (or legacy primary) answers, or in zero-config anyone.
+    Idle,
+    /// An app holds control since `since`; it lapses 24 h after the later of
+    /// `since` and the last user action, or at `extended_until` if that is later
+    /// (see `rules::control_expiry`).
+    Active {
+        owner: AppId,
+        since: Timestamp,
+        #[serde(default)]
+        extended_until: Option<Timestamp>,
+    },
+    /// Meta contradicted the ledger without saying who owns the thread.
+    Unknown { since: Timestamp },
+}
+
+impl Control {
+    pub fn view(&self) -> ControlView {
+        match self {
+            Control::Idle => ControlView::Idle,
+            Control::Active { owner, .. } => ControlView::Owner { app: owner.clone() },
+            Control::Unknown { .. } => ControlView::Unknown,
+        }
+    }
+
+    pub fn owner(&self) -> Option<&AppId> {
+        match self {
+            Control::Active { owner, .. } => Some(owner),
+            _ => None,
+        }
+    }
+}
+
+/// A `request_thread_control` waiting for the holder to honour it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRequest {
+    pub app: AppId,
+    pub at: Timestamp,
+    #[serde(default)]
+    pub metadata: Option<String>,
+}
+
+/// A One-Time Notification token for this thread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenState {
+    pub token: String,
+    #[serde(default)]
+    pub payload: Option<String>,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+    #[serde(default)]
+    pub consumed: Option<TokenUse>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUse {
+    pub at: Timestamp,
+    pub send_id: CommandId,
+}
+
+/// The state of one thread, folded from its events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadLedger {
+    pub key: ThreadKey,
+    pub control: Control,
+    pub pending_requests: Vec<PendingRequest>,
+    /// The latest user action that opened or refreshed the window.
+    pub last_user_action: Option<Timestamp>,
+    /// The widest window granted so far (its `closes_at` only grows).
+    pub window: Option<WindowGrant>,
+    pub tokens: Vec<TokenState>,
+    /// How many events of this thread have been applied (the stream version).
+    pub version: u64,
+}
+
+impl ThreadLedger {
+    pub fn new(key: ThreadKey) -> Self {
+        Self {
+            key,
+            control: Control::Idle,
+            pending_requests: Vec::new(),
+            last_user_action: None,
+            window: None,
+            tokens: Vec::new(),
+            version: 0,
+        }
+    }
+
+    /// Folds a whole history.
+    pub fn from_events<'a>(key: ThreadKey, events: impl IntoIterator<Item = &'a Event>) -> Self {
+        let mut ledger = Self::new(key);
+        for event in events {
+            ledger.apply(event);
+        }
+        ledger
+    }
+
+    pub fn token(&self, token: &str) -> Option<&TokenState> {
+        self.tokens.iter().find(|t| t.token == token)
+    }
+
+    /// Folds one event. Events of other threads and page-level events are ignored.
+    pub fn apply(&mut self, event: &Event) {
+        match event.thread() {
+            Some(thread) if *thread == self.key => {}
+            _ => return,
+        }
+        self.version += 1;
+        match event {
+            Event::MessagingEventReceived(e) => {
+                if let Some(grant) = e.window {
+                    self.last_user_action = Some(match self.last_user_action {
+                        Some(last) => last.max(grant.opened_at),
+                        None => grant.opened_at,
+                    });
+                    let wider = match self.window {
+                        Some(current) => grant.closes_at > current.closes_at,
+                        None => true,
+                    };
+                    if wider {
+                        self.window = Some(grant);
+                    }
+                }
+            }
+            Event::ThreadRouted(e) => self.give_control(e.owner.clone(), e.at),
+            Event::ThreadControlPassed(e) => self.give_control(e.to.clone(), e.at),
+            Event::ThreadControlTaken(e) => self.give_control(e.by.clone(), e.at),
+            Event::ThreadControlRequested(e) => {
+                if e.granted {
+                    self.give_control(e.by.clone(), e.at);
+                } else {
+                    self.pending_requests.retain(|r| r.app != e.by);
+                    self.pending_requests.push(PendingRequest {
+                        app: e.by.clone(),
+                        at: e.at,
+                        metadata: e.metadata.clone(),
+                    });
+                }
+            }
+            Event::ThreadControlReleased(_) | Event::ThreadControlExpired(_) => {
+                self.control = Control::Idle;
+                self.pending_requests.clear();
+            }
+            Event::ThreadControlExtended(e) => match &mut self.control {
+                Control::Active { extended_until, .. } => *extended_until = Some(e.until),
+                _ => {
+                    self.control = Control::Active {
+                        owner: e.by.clone(),
+                        since: e.at,
+                        extended_until: Some(e.until),
+                    }
+                }
+            },
+            Event::OwnershipDriftDetected(e) => match &e.observed {
+                ControlView::Idle => {
+                    self.control = Control::Idle;
+                    self.pending_requests.clear();
+                }
+                ControlView::Owner { app } => self.give_control(app.clone(), e.at),
+                ControlView::Unknown => self.control = Control::Unknown { since: e.at },
+            },
+            Event::OneTimeTokenIssued(e) => {
+                if self.token(&e.token).is_none() {
+                    self.tokens.push(TokenState {
+                        token: e.token.clone(),
+                        payload: e.payload.clone(),
+                        issued_at: e.at,
+                        expires_at: e.expires_at,
+                        consumed: None,
+                    });
+                }
+            }
+            Event::OneTimeTokenConsumed(e) => {
+                if let Some(t) = self.tokens.iter_mut().find(|t| t.token == e.token) {
+                    t.consumed.get_or_insert(TokenUse {
+                        at: e.at,
+                        send_id: e.send_id.clone(),
+                    });
+                }
+            }
+            // Decisions and outcomes are history, not state: the outbox and the
+            // timeline are projections of their own.
+            Event::MessagingEventCopyReceived(_)
+            | Event::ControlCallAccepted(_)
+            | Event::ControlCallCompleted(_)
+            | Event::SendAccepted(_)
+            | Event::CommandRefused(_)
+            | Event::SendOutcomeRecorded(_)
+            | Event::WebhookDeliveryReceived(_)
+            | Event::UnattributedItemReceived(_)
+            | Event::PolicyEnforcementReceived(_)
+            | Event::AppRolesChanged(_) => {}
+        }
+    }
+
+    fn give_control(&mut self, owner: AppId, at: Timestamp) {
+        self.pending_requests.clear();
+        self.control = Control::Active {
+            owner,
+            since: at,
+            extended_until: None,
+        };
+    }
+}

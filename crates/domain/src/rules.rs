@@ -1,0 +1,1159 @@
+//! The rules: `decide` for commands, `observe` for what Meta tells Baton,
+//! `settle` for Meta's answers to forwarded calls and sends, and `tick` for
+//! expiry. All are pure: state, page and `now` come in, events or a
+//! `Rejection` go out. The shell appends the events, then acts on them.
+
+use crate::commands::{Command, InlineControl, MessagingType, Recipient, SendContent, SendMessage};
+use crate::events::Channel;
+use crate::events::{
+    CommandRefused, ControlBasis, ControlCallAccepted, ControlCallCompleted, ControlRule,
+    ControlView, DeliveryCopy, DriftEvidence, Event, FactOrigin, GraphError, GraphOutcome,
+    InboundEvent, MessagingEventCopyReceived, MessagingEventReceived, OneTimeTokenConsumed,
+    OneTimeTokenIssued, Optin, OwnerBasis, OwnershipDriftDetected, SendAccepted, SendBasis,
+    SendOutcome, SendOutcomeRecorded, ThreadControlExpired, ThreadControlExtended,
+    ThreadControlPassed, ThreadControlReleased, ThreadControlRequested, ThreadControlTaken,
+    ThreadRouted, WindowBasis,
+};
+use crate::ids::{AppId, CommandId, Span, Timestamp};
+use crate::ledger::{Control, ThreadLedger};
+use crate::page::{AppKind, Management, Page, RoutingMode};
+use crate::policy::{
+    self, TagStatus, TagUse, CONTROL_IDLE_AFTER, HUMAN_AGENT_WINDOW, MAX_EXTENSION,
+    ONE_TIME_TOKEN_LIFETIME,
+};
+use crate::rejection::{Rejection, RejectionKind};
+
+// ---- Control at an instant. -------------------------------------------------
+
+/// When the current owner's control lapses, if it does: 24 h after the later of
+/// the control change and the last user action, or the extension if later.
+/// Handover v1 has no expiry.
+pub fn control_expiry(ledger: &ThreadLedger, page: &Page) -> Option<Timestamp> {
+    let Control::Active {
+        since,
+        extended_until,
+        ..
+    } = &ledger.control
+    else {
+        return None;
+    };
+    if !page.mode.control_expires() {
+        return None;
+    }
+    let active_from = ledger.last_user_action.map_or(*since, |u| u.max(*since));
+    let lapse = active_from.plus(CONTROL_IDLE_AFTER);
+    Some(extended_until.map_or(lapse, |e| e.max(lapse)))
+}
+
+/// Who controls the thread at `now`, counting a lapsed control as idle even
+/// before its `ThreadControlExpired` is recorded.
+pub fn control_at(ledger: &ThreadLedger, page: &Page, now: Timestamp) -> ControlView {
+    match control_expiry(ledger, page) {
+        Some(expiry) if now >= expiry => ControlView::Idle,
+        _ => ledger.control.view(),
+    }
+}
+
+/// The app that may answer the thread at `now` in this mode: the owner, or the
+/// idle holder (default app, legacy primary). `None` in zero-config idle and
+/// when the owner is unknown.
+pub fn answering_app<'a>(view: &'a ControlView, page: &'a Page) -> Option<&'a AppId> {
+    match view {
+        ControlView::Owner { app } => Some(app),
+        ControlView::Idle => page.mode.idle_holder(),
+        ControlView::Unknown => None,
+    }
+}
+
+/// `ThreadControlExpired` when the owner's control has lapsed at `now`.
+pub fn tick(ledger: &ThreadLedger, page: &Page, now: Timestamp) -> Option<Event> {
+    let owner = ledger.control.owner()?;
+    let expiry = control_expiry(ledger, page)?;
+    (now >= expiry).then(|| {
+        ThreadControlExpired {
+            thread: ledger.key.clone(),
+            at: now,
+            owner: owner.clone(),
+            expired_at: expiry,
+        }
+        .into()
+    })
+}
+
+// ---- Commands. --------------------------------------------------------------
+
+/// Decides a command on one thread. `Ok` holds the events to append before
+/// anything is forwarded to Meta (`ControlCallAccepted`, or `SendAccepted` and
+/// any token consumption); `Err` the refusal, which the shell records with
+/// [`refusal`] and answers in Meta's error shape.
+pub fn decide(
+    ledger: &ThreadLedger,
+    page: &Page,
+    command: &Command,
+    now: Timestamp,
+) -> Result<Vec<Event>, Rejection> {
+    let app = command.app();
+    if page.app(app).is_none() {
+        return Err(Rejection::new(
+            RejectionKind::AppNotOnPage,
+            format!("app {app} is not connected to page {}", page.id),
+        ));
+    }
+    let mut events = Vec::with_capacity(2);
+    match command {
+        Command::SendMessage(send) => {
+            let basis = check_send(ledger, page, send, now)?;
+            let token = match (&send.recipient, &basis.window) {
+                (Recipient::OneTimeToken(token), WindowBasis::OneTimeToken { .. }) => {
+                    Some(token.clone())
+                }
+                _ => None,
+            };
+            events.push(
+                SendAccepted {
+                    thread: ledger.key.clone(),
+                    at: now,
+                    send: send.clone(),
+                    basis,
+                }
+                .into(),
+            );
+            if let Some(token) = token {
+                events.push(
+                    OneTimeTokenConsumed {
+                        thread: ledger.key.clone(),
+                        at: now,
+                        token,
+                        send_id: send.send_id.clone(),
+                    }
+                    .into(),
+                );
+            }
+        }
+        control => {
+            let basis = check_control(ledger, page, control, now)?;
+            events.push(
+                ControlCallAccepted {
+                    thread: ledger.key.clone(),
+                    at: now,
+                    command: control.clone(),
+                    basis,
+                }
+                .into(),
+            );
+        }
+    }
+    Ok(events)
+}
+
+/// The event that records a refusal.
+pub fn refusal(
+    ledger: &ThreadLedger,
+    command: &Command,
+    rejection: &Rejection,
+    now: Timestamp,
+) -> Event {
+    CommandRefused {
+        thread: ledger.key.clone(),
+        at: now,
+        command: command.clone(),
+        rejection: rejection.clone(),
+    }
+    .into()
+}
+
+/// The refusal for a One-Time Notification token that no thread knows.
+pub fn unknown_token() -> Rejection {
+    Rejection::new(
+        RejectionKind::TokenUnknown,
+        "one_time_notif_token is not a token this page was given",
+    )
+}
+
+fn check_control(
+    ledger: &ThreadLedger,
+    page: &Page,
+    command: &Command,
+    now: Timestamp,
+) -> Result<ControlBasis, Rejection> {
+    let view = control_at(ledger, page, now);
+    let app = command.app();
+    let rule = match command {
+        Command::PassThreadControl { target, .. } => {
+            let rule = may_pass(&view, page, app)?;
+            resolve_target(page, app, target.as_ref())?;
+            rule
+        }
+        Command::TakeThreadControl { .. } => may_take(&view, page, app)?,
+        Command::RequestThreadControl { .. } => may_request(&view, page, app)?.0,
+        Command::ReleaseThreadControl { .. } => may_release(&view, page, app)?,
+        Command::ExtendThreadControl { duration_secs, .. } => {
+            if *duration_secs == 0 || Span::seconds(*duration_secs as i64) > MAX_EXTENSION {
+                return Err(Rejection::new(
+                    RejectionKind::InvalidDuration,
+                    format!(
+                        "duration must be between 1 and {} seconds, got {duration_secs}",
+                        MAX_EXTENSION.millis() / 1000
+                    ),
+                ));
+            }
+            may_extend(&view, page, app)?
+        }
+        Command::SendMessage(_) => unreachable!("sends are decided by check_send"),
+    };
+    Ok(ControlBasis {
+        mode: page.mode.name().to_owned(),
+        before: view,
+        rule,
+    })
+}
+
+fn not_control_owner(view: &ControlView, page: &Page, app: &AppId, call: &str) -> Rejection {
+    let reason = match view {
+        ControlView::Owner { app: owner } => {
+            format!("{call}: calling app {app} is not the thread owner; app {owner} controls this thread")
+        }
+        ControlView::Idle => match page.mode.idle_holder() {
+            Some(holder) => format!(
+                "{call}: the thread is idle and app {app} does not hold it; only {holder} may act on an idle thread"
+            ),
+            None => format!("{call}: the thread is idle; nobody controls it"),
+        },
+        ControlView::Unknown => format!("{call}: calling app {app} is not the thread owner"),
+    };
+    Rejection::new(RejectionKind::NotControlOwner, reason)
+}
+
+fn may_pass(view: &ControlView, page: &Page, app: &AppId) -> Result<ControlRule, Rejection> {
+    match (&page.mode, view) {
+        (_, ControlView::Owner { app: owner }) if owner == app => Ok(ControlRule::OwnerMayPass),
+        (RoutingMode::ZeroConfig, ControlView::Idle) => Ok(ControlRule::AnyAppMayPassIdleThread),
+        (_, ControlView::Idle) if page.mode.idle_holder() == Some(app) => {
+            Ok(ControlRule::IdleHolderMayPass)
+        }
+        // Meta contradicted the ledger: only Meta knows, so it decides.
+        (_, ControlView::Unknown) => Ok(ControlRule::OwnerMayPass),
+        _ => Err(not_control_owner(view, page, app, "pass_thread_control")),
+    }
+}
+
+/// The app a pass goes to: `target_app_id`, or by default the default app
+/// (Conversation Routing) or the primary (a legacy secondary passing back).
+pub fn resolve_target(
+    page: &Page,
+    app: &AppId,
+    target: Option<&AppId>,
+) -> Result<AppId, Rejection> {
+    let target = match (target, &page.mode) {
+        (Some(t), _) => t.clone(),
+        (None, RoutingMode::ConversationRouting { default_app }) => default_app.clone(),
+        (None, RoutingMode::HandoverV1 { primary, .. }) if primary != app => primary.clone(),
+        (None, RoutingMode::HandoverV1 { .. }) => {
+            return Err(Rejection::new(
+                RejectionKind::InvalidTarget,
+                "target_app_id is required when the primary receiver passes control",
+            ))
+        }
+        (None, RoutingMode::ZeroConfig) => {
+            return Err(Rejection::new(
+                RejectionKind::InvalidTarget,
+                "target_app_id is required: a zero-config page has no default app",
+            ))
+        }
+    };
+    if &target == app {
+        return Err(Rejection::new(
+            RejectionKind::InvalidTarget,
+            format!("app {app} cannot pass control to itself"),
+        ));
+    }
+    if !page.knows_app(&target) {
+        return Err(Rejection::new(
+            RejectionKind::InvalidTarget,
+            format!(
+                "target_app_id {target} is not an app connected to page {}",
+                page.id
+            ),
+        ));
+    }
+    Ok(target)
+}
+
+fn may_take(view: &ControlView, page: &Page, app: &AppId) -> Result<ControlRule, Rejection> {
+    let profile = page.app(app);
+    let allowed = profile.is_some_and(|p| p.may_take_control);
+    match &page.mode {
+        RoutingMode::ZeroConfig => Err(Rejection::new(
+            RejectionKind::TakeNotSupported,
+            "take_thread_control is not supported when Conversation Routing is not enabled (zero-config page: use request_thread_control, or set a default app)",
+        )),
+        RoutingMode::HandoverV1 { primary, .. } => {
+            if primary != app {
+                return Err(Rejection::new(
+                    RejectionKind::TakeNotAllowed,
+                    format!("only the primary receiver ({primary}) may take thread control"),
+                ));
+            }
+            match answering_app(view, page) {
+                Some(holder) if holder == app => Err(Rejection::new(
+                    RejectionKind::AlreadyOwner,
+                    format!("app {app} already controls this thread"),
+                )),
+                _ => Ok(ControlRule::PrimaryMayTake),
+            }
+        }
+        RoutingMode::ConversationRouting { .. } => match view {
+            ControlView::Owner { app: owner } if owner == app => Err(Rejection::new(
+                RejectionKind::AlreadyOwner,
+                format!("app {app} already controls this thread"),
+            )),
+            ControlView::Idle => Ok(ControlRule::IdleThreadMayBeTaken),
+            _ if allowed => Ok(ControlRule::AppMayTakeControl),
+            _ => Err(Rejection::new(
+                RejectionKind::TakeNotAllowed,
+                format!("app {app} is not allowed to take control of conversations on page {} (Advanced Messaging setting)", page.id),
+            )),
+        },
+    }
+}
+
+/// Whether `app` may request control, and which app Meta will tell.
+fn may_request(
+    view: &ControlView,
+    page: &Page,
+    app: &AppId,
+) -> Result<(ControlRule, Option<AppId>), Rejection> {
+    let already = || {
+        Rejection::new(
+            RejectionKind::AlreadyOwner,
+            format!("app {app} already controls (or answers) this thread"),
+        )
+    };
+    match (&page.mode, view) {
+        (RoutingMode::HandoverV1 { primary, .. }, _) if primary == app => Err(Rejection::new(
+            RejectionKind::NotSupportedInMode,
+            "the primary receiver takes control rather than requesting it",
+        )),
+        (_, ControlView::Owner { app: owner }) if owner == app => Err(already()),
+        (RoutingMode::ZeroConfig, ControlView::Idle) => {
+            Ok((ControlRule::FirstRequesterGetsControl, None))
+        }
+        (_, ControlView::Idle) if page.mode.idle_holder() == Some(app) => Err(already()),
+        (_, view) => Ok((
+            ControlRule::RequestGoesToHolder,
+            answering_app(view, page).cloned(),
+        )),
+    }
+}
+
+fn may_release(view: &ControlView, page: &Page, app: &AppId) -> Result<ControlRule, Rejection> {
+    match view {
+        ControlView::Owner { app: owner } if owner == app => Ok(ControlRule::OwnerMayRelease),
+        ControlView::Unknown => Ok(ControlRule::OwnerMayRelease),
+        _ => Err(not_control_owner(view, page, app, "release_thread_control")),
+    }
+}
+
+fn may_extend(view: &ControlView, page: &Page, app: &AppId) -> Result<ControlRule, Rejection> {
+    if !page.mode.control_expires() {
+        return Err(Rejection::new(
+            RejectionKind::NotSupportedInMode,
+            "extend_thread_control needs Conversation Routing: handover_v1 control does not expire",
+        ));
+    }
+    match view {
+        ControlView::Owner { app: owner } if owner == app => Ok(ControlRule::OwnerMayExtend),
+        ControlView::Unknown => Ok(ControlRule::OwnerMayExtend),
+        _ => Err(not_control_owner(view, page, app, "extend_thread_control")),
+    }
+}
+
+fn check_send(
+    ledger: &ThreadLedger,
+    page: &Page,
+    send: &SendMessage,
+    now: Timestamp,
+) -> Result<SendBasis, Rejection> {
+    if let Some(block) = &page.blocked {
+        return Err(Rejection::new(
+            RejectionKind::PageBlocked,
+            format!(
+                "page {} is blocked from messaging by Meta's policy enforcement since {}{}",
+                page.id,
+                block.since,
+                block
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    // Shape before state: these are refused whoever owns the thread.
+    let is_message = matches!(send.content, SendContent::Message { .. });
+    match (send.messaging_type, send.tag.as_deref()) {
+        (Some(MessagingType::MessageTag), None) => {
+            return Err(Rejection::new(
+                RejectionKind::TagMismatch,
+                "messaging_type MESSAGE_TAG requires a tag",
+            ))
+        }
+        (Some(t), Some(tag)) if t != MessagingType::MessageTag => {
+            return Err(Rejection::new(
+                RejectionKind::TagMismatch,
+                format!("tag {tag} requires messaging_type MESSAGE_TAG"),
+            ))
+        }
+        (None, Some(tag)) => {
+            return Err(Rejection::new(
+                RejectionKind::TagMismatch,
+                format!("tag {tag} requires messaging_type MESSAGE_TAG"),
+            ))
+        }
+        (None, None) if is_message && !matches!(send.recipient, Recipient::OneTimeToken(_)) => {
+            return Err(Rejection::new(
+                RejectionKind::MessagingTypeRequired,
+                "messaging_type is required (RESPONSE, UPDATE or MESSAGE_TAG)",
+            ))
+        }
+        _ => {}
+    }
+
+    let view = control_at(ledger, page, now);
+    let owner = owner_basis(&view, page, &send.app, &send.recipient)?;
+    if let Some(inline) = &send.thread_control {
+        match inline {
+            InlineControl::Pass { app_id } => {
+                may_pass(&view, page, &send.app)?;
+                resolve_target(page, &send.app, app_id.as_ref())?;
+            }
+            InlineControl::Release => {
+                may_release(&view, page, &send.app)?;
+            }
+        }
+    }
+    let window = window_basis(ledger, page, send, now)?;
+    Ok(SendBasis {
+        mode: page.mode.name().to_owned(),
+        owner,
+        control: view,
+        window,
+    })
+}
+
+fn owner_basis(
+    view: &ControlView,
+    page: &Page,
+    app: &AppId,
+    recipient: &Recipient,
+) -> Result<OwnerBasis, Rejection> {
+    if matches!(page.mode, RoutingMode::ZeroConfig) {
+        return Ok(OwnerBasis::ZeroConfig);
+    }
+    // A user_ref has no thread yet: it is as good as idle.
+    let view = if matches!(recipient, Recipient::UserRef(_)) {
+        &ControlView::Idle
+    } else {
+        view
+    };
+    match view {
+        ControlView::Owner { app: owner } if owner == app => Ok(OwnerBasis::ThreadOwner),
+        ControlView::Owner { app: owner } => Err(Rejection::new(
+            RejectionKind::NotThreadOwner,
+            format!("another app ({owner}) is controlling this thread; app {app} may not send to it"),
+        )),
+        ControlView::Idle if page.mode.idle_holder() == Some(app) => Ok(OwnerBasis::IdleHolder),
+        ControlView::Idle => Err(Rejection::new(
+            RejectionKind::NotThreadOwner,
+            format!(
+                "the thread is idle and only the default app ({}) may send to it; app {app} must get control first",
+                page.mode.idle_holder().map(AppId::as_str).unwrap_or("none")
+            ),
+        )),
+        ControlView::Unknown => Ok(OwnerBasis::OwnerUnknown),
+    }
+}
+
+fn outside_window(ledger: &ThreadLedger, now: Timestamp) -> Rejection {
+    let reason = match ledger.window {
+        Some(w) => format!(
+            "this message is sent outside of the allowed window: the window opened at {} closed at {} (now {now})",
+            w.opened_at, w.closes_at
+        ),
+        None => "this message is sent outside of the allowed window: the person has not messaged the page".to_owned(),
+    };
+    Rejection::new(RejectionKind::OutsideWindow, reason)
+}
+
+fn window_basis(
+    ledger: &ThreadLedger,
+    page: &Page,
+    send: &SendMessage,
+    now: Timestamp,
+) -> Result<WindowBasis, Rejection> {
+    match &send.recipient {
+        Recipient::OneTimeToken(token) => return token_basis(ledger, page, token, now),
+        Recipient::UserRef(_) => return Ok(WindowBasis::UserRef),
+        Recipient::Psid(_) => {}
+    }
+    if let (Some(MessagingType::MessageTag), Some(tag)) = (send.messaging_type, &send.tag) {
+        return tag_basis(ledger, page, &send.app, tag, now);
+    }
+    match ledger.window {
+        Some(w) if now < w.closes_at => Ok(WindowBasis::StandardWindow {
+            opened_at: w.opened_at,
+            closes_at: w.closes_at,
+            reason: w.reason,
+        }),
+        _ => Err(outside_window(ledger, now)),
+    }
+}
+
+fn tag_basis(
+    ledger: &ThreadLedger,
+    page: &Page,
+    app: &AppId,
+    tag: &str,
+    now: Timestamp,
+) -> Result<WindowBasis, Rejection> {
+    match policy::tag_status(tag, now) {
+        TagStatus::Unknown => Err(Rejection::new(
+            RejectionKind::UnknownTag,
+            format!("invalid parameter: tag {tag} is not a message tag Meta accepts"),
+        )),
+        TagStatus::Retired { since } => Err(Rejection::new(
+            RejectionKind::RetiredTag,
+            format!("invalid parameter: tag {tag} was retired by Meta at {since}; only HUMAN_AGENT remains for conversations"),
+        )),
+        TagStatus::InForce(TagUse::NeedsNewsPermission) => Err(Rejection::new(
+            RejectionKind::TagNeedsPermission,
+            format!("tag {tag} needs the News Messaging permission, which page {} does not have", page.id),
+        )),
+        TagStatus::InForce(TagUse::Unconfirmed) => Err(Rejection::new(
+            RejectionKind::UnknownTag,
+            format!("tag {tag} is not confirmed by Meta's current documentation; Baton does not send it"),
+        )),
+        TagStatus::InForce(TagUse::HumanAgent) => {
+            let kind = page.app(app).map(|p| p.kind);
+            if kind != Some(AppKind::Human) {
+                return Err(Rejection::new(
+                    RejectionKind::HumanAgentNotHuman,
+                    format!("the HUMAN_AGENT tag is for human agents only; app {app} is a bot app"),
+                ));
+            }
+            let Some(last) = ledger.last_user_action else {
+                return Err(outside_window(ledger, now));
+            };
+            let closes_at = last.plus(HUMAN_AGENT_WINDOW);
+            if now >= closes_at {
+                return Err(Rejection::new(
+                    RejectionKind::OutsideWindow,
+                    format!("HUMAN_AGENT allows 7 days after the person's last message ({last}); that closed at {closes_at}"),
+                ));
+            }
+            Ok(WindowBasis::HumanAgent {
+                last_user_action_at: last,
+                closes_at,
+            })
+        }
+        TagStatus::InForce(TagUse::OutsideWindow) => {
+            if ledger.last_user_action.is_none() {
+                return Err(outside_window(ledger, now));
+            }
+            let valid_until = policy::TAG_TABLE
+                .iter()
+                .find(|e| e.name == tag)
+                .and_then(|e| e.retired_at);
+            Ok(WindowBasis::MessageTag {
+                tag: tag.to_owned(),
+                valid_until,
+            })
+        }
+    }
+}
+
+fn token_basis(
+    ledger: &ThreadLedger,
+    page: &Page,
+    token: &str,
+    now: Timestamp,
+) -> Result<WindowBasis, Rejection> {
+    let Some(state) = ledger.token(token) else {
+        return Err(unknown_token());
+    };
+    if ledger.key.page != page.id {
+        return Err(Rejection::new(
+            RejectionKind::TokenWrongPage,
+            format!(
+                "one_time_notif_token belongs to page {}, not {}",
+                ledger.key.page, page.id
+            ),
+        ));
+    }
+    if let Some(used) = &state.consumed {
+        return Err(Rejection::new(
+            RejectionKind::TokenSpent,
+            format!(
+                "one_time_notif_token was already used at {} by send {}",
+                used.at, used.send_id
+            ),
+        ));
+    }
+    if now >= state.expires_at {
+        return Err(Rejection::new(
+            RejectionKind::TokenExpired,
+            format!("one_time_notif_token expired at {}", state.expires_at),
+        ));
+    }
+    Ok(WindowBasis::OneTimeToken {
+        token: token.to_owned(),
+        issued_at: state.issued_at,
+        expires_at: state.expires_at,
+    })
+}
+
+// ---- Meta's answers. --------------------------------------------------------
+
+/// Errors by which Meta says the caller does not control the thread.
+pub fn is_not_owner_error(error: &GraphError) -> bool {
+    matches!(
+        (error.code, error.subcode),
+        (10, Some(2_018_300)) | (100, Some(2_534_037))
+    )
+}
+
+/// Meta's answer to a forwarded thread-control call (one `decide` accepted):
+/// the completion, and on success the handover fact itself (release sends no
+/// webhook, so Baton's own success is the only record of it). A refusal that
+/// says "not the owner" is drift: the ledger now says it does not know.
+pub fn settle_control(
+    ledger: &ThreadLedger,
+    page: &Page,
+    command: &Command,
+    outcome: &GraphOutcome,
+    now: Timestamp,
+) -> Vec<Event> {
+    let thread = ledger.key.clone();
+    let mut events: Vec<Event> = vec![ControlCallCompleted {
+        thread: thread.clone(),
+        at: now,
+        call_id: command.id().clone(),
+        outcome: outcome.clone(),
+    }
+    .into()];
+    match outcome {
+        GraphOutcome::Succeeded => {
+            let origin = FactOrigin::Call {
+                call_id: command.id().clone(),
+            };
+            if let Some(fact) = control_fact(ledger, page, command, origin, now) {
+                events.push(fact);
+            }
+        }
+        GraphOutcome::Failed { error } if is_not_owner_error(error) => {
+            events.push(drift_to_unknown(ledger, page, command.id(), error, now));
+        }
+        GraphOutcome::Failed { .. } | GraphOutcome::Unknown { .. } => {}
+    }
+    events
+}
+
+fn drift_to_unknown(
+    ledger: &ThreadLedger,
+    page: &Page,
+    command_id: &CommandId,
+    error: &GraphError,
+    now: Timestamp,
+) -> Event {
+    OwnershipDriftDetected {
+        thread: ledger.key.clone(),
+        at: now,
+        ledger: control_at(ledger, page, now),
+        observed: ControlView::Unknown,
+        evidence: DriftEvidence::GraphRefusal {
+            command_id: command_id.clone(),
+            code: error.code,
+            subcode: error.subcode,
+        },
+    }
+    .into()
+}
+
+/// The handover fact a successful call (or inline control) produces.
+fn control_fact(
+    ledger: &ThreadLedger,
+    page: &Page,
+    command: &Command,
+    origin: FactOrigin,
+    now: Timestamp,
+) -> Option<Event> {
+    let thread = ledger.key.clone();
+    let view = control_at(ledger, page, now);
+    let previous = match &view {
+        ControlView::Owner { app } => Some(app.clone()),
+        _ => None,
+    };
+    let event: Event = match command {
+        Command::PassThreadControl {
+            app,
+            target,
+            metadata,
+            ..
+        } => ThreadControlPassed {
+            thread,
+            at: now,
+            from: previous,
+            to: resolve_target(page, app, target.as_ref()).ok()?,
+            metadata: metadata.clone(),
+            origin,
+        }
+        .into(),
+        Command::TakeThreadControl { app, metadata, .. } => ThreadControlTaken {
+            thread,
+            at: now,
+            from: previous,
+            by: app.clone(),
+            metadata: metadata.clone(),
+            origin,
+        }
+        .into(),
+        Command::RequestThreadControl { app, metadata, .. } => {
+            let (rule, told) = may_request(&view, page, app).ok()?;
+            ThreadControlRequested {
+                thread,
+                at: now,
+                by: app.clone(),
+                told,
+                metadata: metadata.clone(),
+                granted: rule == ControlRule::FirstRequesterGetsControl,
+                origin,
+            }
+            .into()
+        }
+        Command::ReleaseThreadControl { app, metadata, .. } => ThreadControlReleased {
+            thread,
+            at: now,
+            by: app.clone(),
+            metadata: metadata.clone(),
+            origin,
+        }
+        .into(),
+        Command::ExtendThreadControl {
+            app, duration_secs, ..
+        } => {
+            let asked = now.plus(Span::seconds(*duration_secs as i64));
+            let until = control_expiry(ledger, page).map_or(asked, |e| e.max(asked));
+            ThreadControlExtended {
+                thread,
+                at: now,
+                by: app.clone(),
+                duration_secs: *duration_secs,
+                until,
+                origin,
+            }
+            .into()
+        }
+        Command::SendMessage(send) => {
+            let inline = send.thread_control.as_ref()?;
+            let as_call = match inline {
+                InlineControl::Pass { app_id } => Command::PassThreadControl {
+                    call_id: send.send_id.clone(),
+                    app: send.app.clone(),
+                    target: app_id.clone(),
+                    metadata: None,
+                },
+                InlineControl::Release => Command::ReleaseThreadControl {
+                    call_id: send.send_id.clone(),
+                    app: send.app.clone(),
+                    metadata: None,
+                },
+            };
+            return control_fact(ledger, page, &as_call, origin, now);
+        }
+    };
+    Some(event)
+}
+
+/// Meta's answer to a send: the outcome, and for a sent message with inline
+/// `thread_control` the same handover fact the separate call would give.
+pub fn settle_send(
+    ledger: &ThreadLedger,
+    page: &Page,
+    send: &SendMessage,
+    outcome: &SendOutcome,
+    now: Timestamp,
+) -> Vec<Event> {
+    let mut events: Vec<Event> = vec![SendOutcomeRecorded {
+        thread: ledger.key.clone(),
+        at: now,
+        send_id: send.send_id.clone(),
+        outcome: outcome.clone(),
+    }
+    .into()];
+    match outcome {
+        SendOutcome::Sent { .. } | SendOutcome::SettledByEcho { .. } => {
+            let origin = FactOrigin::Call {
+                call_id: send.send_id.clone(),
+            };
+            let command = Command::SendMessage(send.clone());
+            if let Some(fact) = control_fact(ledger, page, &command, origin, now) {
+                events.push(fact);
+            }
+        }
+        SendOutcome::Failed { error } if is_not_owner_error(error) => {
+            events.push(drift_to_unknown(ledger, page, &send.send_id, error, now));
+        }
+        SendOutcome::Failed { .. } | SendOutcome::Unknown { .. } => {}
+    }
+    events
+}
+
+// ---- What Meta tells Baton. -------------------------------------------------
+
+/// A handover webhook, as Meta delivered it to one app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandoverNotice {
+    Passed {
+        from: Option<AppId>,
+        to: AppId,
+        metadata: Option<String>,
+    },
+    Taken {
+        from: Option<AppId>,
+        by: AppId,
+        metadata: Option<String>,
+    },
+    Requested {
+        by: AppId,
+        metadata: Option<String>,
+    },
+}
+
+/// Something Meta told Baton about a thread.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// The first copy of a messaging item (ingress dedupes by `dedupe_key`).
+    Item {
+        at: Timestamp,
+        dedupe_key: String,
+        delivery: DeliveryCopy,
+        event: InboundEvent,
+        raw: serde_json::Value,
+    },
+    /// Another app's copy of an item already recorded.
+    Copy {
+        at: Timestamp,
+        dedupe_key: String,
+        delivery: DeliveryCopy,
+        /// The kind of the recorded item (a standby copy may lack a postback's payload).
+        event: InboundEvent,
+        raw: serde_json::Value,
+    },
+    /// A handover webhook delivered to `delivery.app`.
+    Handover {
+        at: Timestamp,
+        delivery: DeliveryCopy,
+        notice: HandoverNotice,
+    },
+    /// Meta's `thread_owner` answer: `None` when the thread is idle.
+    ThreadOwner { at: Timestamp, owner: Option<AppId> },
+}
+
+/// Folds what Meta says into facts: the item itself, the window it opens, the
+/// token it issues, entry-point routing of an idle thread, and drift whenever
+/// Meta's view contradicts the ledger (the ledger then follows Meta). A lapsed
+/// control is recorded as expired first.
+pub fn observe(
+    ledger: &ThreadLedger,
+    page: &Page,
+    observation: Observation,
+    now: Timestamp,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    let mut ledger = ledger.clone();
+    if let Some(expired) = tick(&ledger, page, now) {
+        ledger.apply(&expired);
+        events.push(expired);
+    }
+    let thread = ledger.key.clone();
+    let view = control_at(&ledger, page, now);
+    match observation {
+        Observation::Item {
+            at,
+            dedupe_key,
+            delivery,
+            event,
+            raw,
+        } => {
+            let window = policy::window_grant(&event, at);
+            let token = match &event {
+                InboundEvent::Optin {
+                    optin: Optin::OneTimeNotification { token, payload },
+                } => Some((token.clone(), payload.clone())),
+                _ => None,
+            };
+            let routing = routing_or_drift(
+                &ledger,
+                page,
+                &view,
+                &delivery,
+                &event,
+                &dedupe_key,
+                window.is_some(),
+                at,
+                now,
+            );
+            events.push(
+                MessagingEventReceived {
+                    thread: thread.clone(),
+                    at,
+                    dedupe_key,
+                    delivery,
+                    event,
+                    window,
+                    raw,
+                }
+                .into(),
+            );
+            events.extend(routing);
+            if let Some((token, payload)) = token {
+                if ledger.token(&token).is_none() {
+                    events.push(
+                        OneTimeTokenIssued {
+                            thread,
+                            at,
+                            token,
+                            payload,
+                            expires_at: at.plus(ONE_TIME_TOKEN_LIFETIME),
+                        }
+                        .into(),
+                    );
+                }
+            }
+        }
+        Observation::Copy {
+            at,
+            dedupe_key,
+            delivery,
+            event,
+            raw,
+        } => {
+            let routing = routing_or_drift(
+                &ledger,
+                page,
+                &view,
+                &delivery,
+                &event,
+                &dedupe_key,
+                false,
+                at,
+                now,
+            );
+            events.push(
+                MessagingEventCopyReceived {
+                    thread,
+                    at,
+                    dedupe_key,
+                    delivery,
+                    raw,
+                }
+                .into(),
+            );
+            events.extend(routing);
+        }
+        Observation::Handover {
+            at,
+            delivery,
+            notice,
+        } => {
+            let origin = FactOrigin::Webhook {
+                app: delivery.app.clone(),
+            };
+            let webhook = match &notice {
+                HandoverNotice::Passed { .. } => "pass_thread_control",
+                HandoverNotice::Taken { .. } => "take_thread_control",
+                HandoverNotice::Requested { .. } => "request_thread_control",
+            };
+            let (previous, new_owner) = match &notice {
+                HandoverNotice::Passed { from, to, .. } => (from.clone(), Some(to.clone())),
+                HandoverNotice::Taken { from, by, .. } => (from.clone(), Some(by.clone())),
+                HandoverNotice::Requested { .. } => (None, None),
+            };
+            if let Some(new_owner) = new_owner {
+                if view
+                    == (ControlView::Owner {
+                        app: new_owner.clone(),
+                    })
+                {
+                    // Meta confirms what the ledger already holds (often Baton's own call).
+                    return events;
+                }
+                let meta_before = match previous {
+                    Some(app) => ControlView::Owner { app },
+                    None => ControlView::Idle,
+                };
+                if meta_before != view {
+                    events.push(
+                        OwnershipDriftDetected {
+                            thread: thread.clone(),
+                            at: now,
+                            ledger: view.clone(),
+                            observed: meta_before,
+                            evidence: DriftEvidence::HandoverWebhook {
+                                webhook: webhook.to_owned(),
+                            },
+                        }
+                        .into(),
+                    );
+                }
+            }
+            let fact: Event = match notice {
+                HandoverNotice::Passed { from, to, metadata } => ThreadControlPassed {
+                    thread,
+                    at,
+                    from,
+                    to,
+                    metadata,
+                    origin,
+                }
+                .into(),
+                HandoverNotice::Taken { from, by, metadata } => ThreadControlTaken {
+                    thread,
+                    at,
+                    from,
+                    by,
+                    metadata,
+                    origin,
+                }
+                .into(),
+                HandoverNotice::Requested { by, metadata } => ThreadControlRequested {
+                    thread,
+                    at,
+                    by,
+                    told: Some(delivery.app),
+                    metadata,
+                    granted: false,
+                    origin,
+                }
+                .into(),
+            };
+            events.push(fact);
+        }
+        Observation::ThreadOwner { at, owner } => {
+            let observed = match owner {
+                Some(app) => ControlView::Owner { app },
+                None => ControlView::Idle,
+            };
+            if observed != view {
+                events.push(
+                    OwnershipDriftDetected {
+                        thread,
+                        at,
+                        ledger: view,
+                        observed,
+                        evidence: DriftEvidence::ThreadOwnerAnswer,
+                    }
+                    .into(),
+                );
+            }
+        }
+    }
+    events
+}
+
+/// What the channel an app received an item on says about ownership.
+#[allow(clippy::too_many_arguments)]
+fn routing_or_drift(
+    ledger: &ThreadLedger,
+    page: &Page,
+    view: &ControlView,
+    delivery: &DeliveryCopy,
+    event: &InboundEvent,
+    dedupe_key: &str,
+    activates: bool,
+    at: Timestamp,
+    now: Timestamp,
+) -> Option<Event> {
+    if matches!(page.mode, RoutingMode::ZeroConfig) {
+        // Every app gets `messaging`; channels say nothing about control.
+        return None;
+    }
+    let thread = ledger.key.clone();
+    let drift = |observed: ControlView, evidence: DriftEvidence| -> Option<Event> {
+        Some(
+            OwnershipDriftDetected {
+                thread: thread.clone(),
+                at: now,
+                ledger: view.clone(),
+                observed,
+                evidence,
+            }
+            .into(),
+        )
+    };
+    if let InboundEvent::Echo { mid, app_id, .. } = event {
+        // An echo is the Page speaking: its `app_id` is the app (or inbox) that sent it.
+        let sender = app_id.as_ref()?;
+        let allowed =
+            answering_app(view, page).map_or(*view == ControlView::Unknown, |a| a == sender);
+        if allowed || *view == ControlView::Unknown {
+            return None;
+        }
+        return drift(
+            ControlView::Owner {
+                app: sender.clone(),
+            },
+            DriftEvidence::Echo {
+                app: sender.clone(),
+                mid: mid.clone(),
+            },
+        );
+    }
+    let routes_idle = matches!(page.mode, RoutingMode::ConversationRouting { .. });
+    match (view, delivery.channel) {
+        (ControlView::Idle, Channel::Messaging) if routes_idle && activates => Some(
+            ThreadRouted {
+                thread: thread.clone(),
+                at,
+                owner: delivery.app.clone(),
+                dedupe_key: dedupe_key.to_owned(),
+            }
+            .into(),
+        ),
+        (ControlView::Idle, Channel::Standby) if routes_idle && activates => {
+            // The holder is external (the Page Inbox as default app, say): its
+            // copy never reaches Baton, so routing to it is recorded now.
+            let holder = page.mode.idle_holder()?;
+            let external = page
+                .app(holder)
+                .is_none_or(|p| p.management == Management::External);
+            (external && holder != &delivery.app).then(|| {
+                ThreadRouted {
+                    thread: thread.clone(),
+                    at,
+                    owner: holder.clone(),
+                    dedupe_key: dedupe_key.to_owned(),
+                }
+                .into()
+            })
+        }
+        (_, Channel::Messaging) => match answering_app(view, page) {
+            Some(holder) if holder == &delivery.app => None,
+            _ => drift(
+                ControlView::Owner {
+                    app: delivery.app.clone(),
+                },
+                DriftEvidence::MessagingDelivery {
+                    app: delivery.app.clone(),
+                },
+            ),
+        },
+        (ControlView::Owner { app }, Channel::Standby) if app == &delivery.app => drift(
+            ControlView::Unknown,
+            DriftEvidence::StandbyDelivery {
+                app: delivery.app.clone(),
+            },
+        ),
+        _ => None,
+    }
+}

@@ -1,0 +1,222 @@
+//! Given / when / then for what Meta tells Baton: entry-point routing of idle
+//! threads, handover webhooks, and drift (the ledger follows Meta). Each test
+//! is a row of docs/domain.md.
+
+mod support;
+
+use domain::events::{Channel, ControlView, DriftEvidence};
+use domain::rules::{self, HandoverNotice, Observation};
+use domain::Event;
+use support::*;
+
+fn drift_of(events: &[Event]) -> Option<&domain::events::OwnershipDriftDetected> {
+    events.iter().find_map(|e| match e {
+        Event::OwnershipDriftDetected(d) => Some(d),
+        _ => None,
+    })
+}
+
+#[test]
+fn cr_user_message_on_idle_thread_routes_to_the_app_meta_chose() {
+    let s = Scenario::given(cr()).item(T0, human(), Channel::Messaging, message("m1"));
+    assert_eq!(
+        type_names(&s.history),
+        ["MessagingEventReceived", "ThreadRouted"]
+    );
+    assert_eq!(s.owner_at(T0), owner(human()));
+}
+
+#[test]
+fn cr_idle_thread_with_external_default_app_routes_to_it() {
+    let s = Scenario::given(cr_inbox_default()).item(T0, bot(), Channel::Standby, message("m1"));
+    assert_eq!(s.owner_at(T0), owner(inbox()));
+}
+
+#[test]
+fn a_webhook_confirming_the_ledger_records_nothing_more() {
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .done(pass(bot(), Some(human())), hours(1));
+    let n = s.history.len();
+    let s = s.handover(
+        hours(1),
+        human(),
+        HandoverNotice::Passed {
+            from: Some(bot()),
+            to: human(),
+            metadata: None,
+        },
+    );
+    assert_eq!(s.history.len(), n);
+}
+
+#[test]
+fn page_inbox_takeover_seen_by_webhook_is_followed() {
+    let s = Scenario::given(cr()).user_message(T0).handover(
+        hours(1),
+        bot(),
+        HandoverNotice::Taken {
+            from: Some(bot()),
+            by: inbox(),
+            metadata: None,
+        },
+    );
+    assert!(
+        drift_of(&s.history).is_none(),
+        "the ledger agreed on the previous owner"
+    );
+    assert_eq!(s.owner_at(hours(1)), owner(inbox()));
+}
+
+#[test]
+fn handover_webhook_from_an_unexpected_owner_records_drift_then_the_fact() {
+    let s = Scenario::given(cr()).user_message(T0).handover(
+        hours(1),
+        bot(),
+        HandoverNotice::Passed {
+            from: Some(inbox()),
+            to: human(),
+            metadata: None,
+        },
+    );
+    let d = drift_of(&s.history).expect("drift");
+    assert_eq!(d.ledger, owner(bot()));
+    assert_eq!(d.observed, owner(inbox()));
+    assert!(matches!(
+        s.history.last().unwrap(),
+        Event::ThreadControlPassed(_)
+    ));
+    assert_eq!(s.owner_at(hours(1)), owner(human()));
+}
+
+#[test]
+fn inbox_reply_echo_on_a_bot_thread_is_drift_to_the_inbox() {
+    let s = Scenario::given(cr()).user_message(T0).item(
+        hours(1),
+        bot(),
+        Channel::Standby,
+        echo("m-human", inbox()),
+    );
+    let d = drift_of(&s.history).expect("drift");
+    assert!(matches!(d.evidence, DriftEvidence::Echo { .. }));
+    assert_eq!(s.owner_at(hours(1)), owner(inbox()));
+}
+
+#[test]
+fn the_owners_own_echo_is_no_drift() {
+    let s = Scenario::given(cr()).user_message(T0).item(
+        hours(1),
+        bot(),
+        Channel::Messaging,
+        echo("m-bot", bot()),
+    );
+    assert!(drift_of(&s.history).is_none());
+}
+
+#[test]
+fn standby_copy_to_the_ledger_owner_is_drift_to_unknown_then_thread_owner_settles_it() {
+    let s = Scenario::given(cr()).user_message(T0).item(
+        hours(1),
+        bot(),
+        Channel::Standby,
+        message("m2"),
+    );
+    let d = drift_of(&s.history).expect("drift");
+    assert_eq!(d.observed, ControlView::Unknown);
+    let answer = Observation::ThreadOwner {
+        at: hours(1),
+        owner: Some(inbox()),
+    };
+    let events = rules::observe(&s.ledger, &s.page, answer, hours(1));
+    let s = s.record(events);
+    assert_eq!(s.owner_at(hours(1)), owner(inbox()));
+}
+
+#[test]
+fn messaging_copy_to_a_non_owner_is_drift_to_that_app() {
+    let s = Scenario::given(cr()).user_message(T0).item(
+        hours(1),
+        other(),
+        Channel::Messaging,
+        message("m2"),
+    );
+    let d = drift_of(&s.history).expect("drift");
+    assert!(matches!(
+        d.evidence,
+        DriftEvidence::MessagingDelivery { .. }
+    ));
+    assert_eq!(s.owner_at(hours(1)), owner(other()));
+}
+
+#[test]
+fn zero_config_channels_say_nothing_about_control() {
+    let s = Scenario::given(zc())
+        .item(T0, bot(), Channel::Messaging, message("m1"))
+        .item(T0, human(), Channel::Messaging, echo("m-e", human()));
+    assert!(drift_of(&s.history).is_none());
+    assert_eq!(s.owner_at(T0), ControlView::Idle);
+}
+
+#[test]
+fn thread_owner_answer_agreeing_with_the_ledger_records_nothing() {
+    let s = Scenario::given(cr()).user_message(T0);
+    let events = rules::observe(
+        &s.ledger,
+        &s.page,
+        Observation::ThreadOwner {
+            at: T0,
+            owner: Some(bot()),
+        },
+        T0,
+    );
+    assert!(events.is_empty());
+}
+
+#[test]
+fn a_late_observation_records_the_lapse_first() {
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .passed_to(hours(1), human());
+    let s = s.user_message(hours(30));
+    assert_eq!(
+        type_names(&s.history[s.history.len() - 3..]),
+        [
+            "ThreadControlExpired",
+            "MessagingEventReceived",
+            "ThreadRouted"
+        ]
+    );
+    assert_eq!(s.owner_at(hours(30)), owner(bot()));
+}
+
+#[test]
+fn an_external_request_webhook_is_a_pending_request() {
+    let s = Scenario::given(cr()).user_message(T0).handover(
+        hours(1),
+        bot(),
+        HandoverNotice::Requested {
+            by: inbox(),
+            metadata: Some("agent wants in".into()),
+        },
+    );
+    assert_eq!(s.ledger.pending_requests.len(), 1);
+    assert_eq!(s.ledger.pending_requests[0].app, inbox());
+    assert_eq!(s.owner_at(hours(1)), owner(bot()));
+}
+
+#[test]
+fn a_copy_is_recorded_without_reopening_anything() {
+    let s = Scenario::given(cr()).user_message(T0);
+    let copy = Observation::Copy {
+        at: T0,
+        dedupe_key: format!("k-{}", T0.millis()),
+        delivery: domain::events::DeliveryCopy {
+            app: human(),
+            channel: Channel::Standby,
+        },
+        event: message("m"),
+        raw: serde_json::json!({}),
+    };
+    let events = rules::observe(&s.ledger, &s.page, copy, T0);
+    assert_eq!(type_names(&events), ["MessagingEventCopyReceived"]);
+}
