@@ -145,6 +145,11 @@ pub enum InboundEvent {
         #[serde(default)]
         metadata: Option<String>,
     },
+    /// A `pass_thread_control`, `take_thread_control` or
+    /// `request_thread_control` webhook.
+    Handover {
+        notice: HandoverNotice,
+    },
     /// A kind Baton does not know: kept verbatim in `raw`.
     Unknown {
         #[serde(default)]
@@ -166,7 +171,45 @@ impl InboundEvent {
             InboundEvent::Optin { .. } => "optin",
             InboundEvent::AccountLinking { .. } => "account_linking",
             InboundEvent::Echo { .. } => "echo",
+            InboundEvent::Handover { notice } => notice.webhook_name(),
             InboundEvent::Unknown { .. } => "unknown",
+        }
+    }
+}
+
+/// A handover webhook, as Meta delivered it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "webhook", rename_all = "snake_case")]
+pub enum HandoverNotice {
+    /// `pass_thread_control`: `from` is `None` when the thread was idle.
+    Passed {
+        from: Option<AppId>,
+        to: AppId,
+        #[serde(default)]
+        metadata: Option<String>,
+    },
+    /// `take_thread_control`.
+    Taken {
+        from: Option<AppId>,
+        by: AppId,
+        #[serde(default)]
+        metadata: Option<String>,
+    },
+    /// `request_thread_control`.
+    Requested {
+        by: AppId,
+        #[serde(default)]
+        metadata: Option<String>,
+    },
+}
+
+impl HandoverNotice {
+    /// Meta's webhook field name.
+    pub fn webhook_name(&self) -> &'static str {
+        match self {
+            HandoverNotice::Passed { .. } => "pass_thread_control",
+            HandoverNotice::Taken { .. } => "take_thread_control",
+            HandoverNotice::Requested { .. } => "request_thread_control",
         }
     }
 }

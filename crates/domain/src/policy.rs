@@ -43,6 +43,7 @@ pub fn window_grant(event: &InboundEvent, at: Timestamp) -> Option<WindowGrant> 
         | InboundEvent::Delivery { .. }
         | InboundEvent::AccountLinking { .. }
         | InboundEvent::Echo { .. }
+        | InboundEvent::Handover { .. }
         | InboundEvent::Unknown { .. } => return None,
     };
     let length = match reason {

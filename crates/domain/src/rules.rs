@@ -4,7 +4,7 @@
 //! `Rejection` go out. The shell appends the events, then acts on them.
 
 use crate::commands::{Command, InlineControl, MessagingType, Recipient, SendContent, SendMessage};
-use crate::events::Channel;
+use crate::events::{Channel, HandoverNotice};
 use crate::events::{
     CommandRefused, ControlBasis, ControlCallAccepted, ControlCallCompleted, ControlRule,
     ControlView, DeliveryCopy, DriftEvidence, Event, FactOrigin, GraphError, GraphOutcome,
@@ -810,25 +810,6 @@ pub fn settle_send(
 
 // ---- What Meta tells Baton. -------------------------------------------------
 
-/// A handover webhook, as Meta delivered it to one app.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HandoverNotice {
-    Passed {
-        from: Option<AppId>,
-        to: AppId,
-        metadata: Option<String>,
-    },
-    Taken {
-        from: Option<AppId>,
-        by: AppId,
-        metadata: Option<String>,
-    },
-    Requested {
-        by: AppId,
-        metadata: Option<String>,
-    },
-}
-
 /// Something Meta told Baton about a thread.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Observation {
@@ -848,12 +829,6 @@ pub enum Observation {
         /// The kind of the recorded item (a standby copy may lack a postback's payload).
         event: InboundEvent,
         raw: serde_json::Value,
-    },
-    /// A handover webhook delivered to `delivery.app`.
-    Handover {
-        at: Timestamp,
-        delivery: DeliveryCopy,
-        notice: HandoverNotice,
     },
     /// Meta's `thread_owner` answer: `None` when the thread is idle.
     ThreadOwner { at: Timestamp, owner: Option<AppId> },
@@ -892,17 +867,26 @@ pub fn observe(
                 } => Some((token.clone(), payload.clone())),
                 _ => None,
             };
-            let routing = routing_or_drift(
-                &ledger,
-                page,
-                &view,
-                &delivery,
-                &event,
-                &dedupe_key,
-                window.is_some(),
-                at,
-                now,
-            );
+            let handover = match &event {
+                InboundEvent::Handover { notice } => Some(notice.clone()),
+                _ => None,
+            };
+            let routing = match &handover {
+                Some(notice) => handover_facts(&ledger, &view, &delivery, notice, at, now),
+                None => routing_or_drift(
+                    &ledger,
+                    page,
+                    &view,
+                    &delivery,
+                    &event,
+                    &dedupe_key,
+                    window.is_some(),
+                    at,
+                    now,
+                )
+                .into_iter()
+                .collect(),
+            };
             events.push(
                 MessagingEventReceived {
                     thread: thread.clone(),
@@ -938,17 +922,21 @@ pub fn observe(
             event,
             raw,
         } => {
-            let routing = routing_or_drift(
-                &ledger,
-                page,
-                &view,
-                &delivery,
-                &event,
-                &dedupe_key,
-                false,
-                at,
-                now,
-            );
+            // Another app's copy of a handover webhook is the same fact again.
+            let routing = match event {
+                InboundEvent::Handover { .. } => None,
+                _ => routing_or_drift(
+                    &ledger,
+                    page,
+                    &view,
+                    &delivery,
+                    &event,
+                    &dedupe_key,
+                    false,
+                    at,
+                    now,
+                ),
+            };
             events.push(
                 MessagingEventCopyReceived {
                     thread,
@@ -960,84 +948,6 @@ pub fn observe(
                 .into(),
             );
             events.extend(routing);
-        }
-        Observation::Handover {
-            at,
-            delivery,
-            notice,
-        } => {
-            let origin = FactOrigin::Webhook {
-                app: delivery.app.clone(),
-            };
-            let webhook = match &notice {
-                HandoverNotice::Passed { .. } => "pass_thread_control",
-                HandoverNotice::Taken { .. } => "take_thread_control",
-                HandoverNotice::Requested { .. } => "request_thread_control",
-            };
-            let (previous, new_owner) = match &notice {
-                HandoverNotice::Passed { from, to, .. } => (from.clone(), Some(to.clone())),
-                HandoverNotice::Taken { from, by, .. } => (from.clone(), Some(by.clone())),
-                HandoverNotice::Requested { .. } => (None, None),
-            };
-            if let Some(new_owner) = new_owner {
-                if view
-                    == (ControlView::Owner {
-                        app: new_owner.clone(),
-                    })
-                {
-                    // Meta confirms what the ledger already holds (often Baton's own call).
-                    return events;
-                }
-                let meta_before = match previous {
-                    Some(app) => ControlView::Owner { app },
-                    None => ControlView::Idle,
-                };
-                if meta_before != view {
-                    events.push(
-                        OwnershipDriftDetected {
-                            thread: thread.clone(),
-                            at: now,
-                            ledger: view.clone(),
-                            observed: meta_before,
-                            evidence: DriftEvidence::HandoverWebhook {
-                                webhook: webhook.to_owned(),
-                            },
-                        }
-                        .into(),
-                    );
-                }
-            }
-            let fact: Event = match notice {
-                HandoverNotice::Passed { from, to, metadata } => ThreadControlPassed {
-                    thread,
-                    at,
-                    from,
-                    to,
-                    metadata,
-                    origin,
-                }
-                .into(),
-                HandoverNotice::Taken { from, by, metadata } => ThreadControlTaken {
-                    thread,
-                    at,
-                    from,
-                    by,
-                    metadata,
-                    origin,
-                }
-                .into(),
-                HandoverNotice::Requested { by, metadata } => ThreadControlRequested {
-                    thread,
-                    at,
-                    by,
-                    told: Some(delivery.app),
-                    metadata,
-                    granted: false,
-                    origin,
-                }
-                .into(),
-            };
-            events.push(fact);
         }
         Observation::ThreadOwner { at, owner } => {
             let observed = match owner {
@@ -1156,4 +1066,82 @@ fn routing_or_drift(
         ),
         _ => None,
     }
+}
+
+/// The facts a handover webhook carries: nothing when it confirms the ledger
+/// (often Baton's own call), else drift when Meta's previous owner is not the
+/// ledger's, then the handover itself.
+fn handover_facts(
+    ledger: &ThreadLedger,
+    view: &ControlView,
+    delivery: &DeliveryCopy,
+    notice: &HandoverNotice,
+    at: Timestamp,
+    now: Timestamp,
+) -> Vec<Event> {
+    let thread = ledger.key.clone();
+    let origin = FactOrigin::Webhook {
+        app: delivery.app.clone(),
+    };
+    let mut events = Vec::new();
+    let (previous, new_owner) = match notice {
+        HandoverNotice::Passed { from, to, .. } => (from.clone(), Some(to.clone())),
+        HandoverNotice::Taken { from, by, .. } => (from.clone(), Some(by.clone())),
+        HandoverNotice::Requested { .. } => (None, None),
+    };
+    if let Some(new_owner) = new_owner {
+        if *view == (ControlView::Owner { app: new_owner }) {
+            return events;
+        }
+        let meta_before = match previous {
+            Some(app) => ControlView::Owner { app },
+            None => ControlView::Idle,
+        };
+        if meta_before != *view {
+            events.push(
+                OwnershipDriftDetected {
+                    thread: thread.clone(),
+                    at: now,
+                    ledger: view.clone(),
+                    observed: meta_before,
+                    evidence: DriftEvidence::HandoverWebhook {
+                        webhook: notice.webhook_name().to_owned(),
+                    },
+                }
+                .into(),
+            );
+        }
+    }
+    let fact: Event = match notice.clone() {
+        HandoverNotice::Passed { from, to, metadata } => ThreadControlPassed {
+            thread,
+            at,
+            from,
+            to,
+            metadata,
+            origin,
+        }
+        .into(),
+        HandoverNotice::Taken { from, by, metadata } => ThreadControlTaken {
+            thread,
+            at,
+            from,
+            by,
+            metadata,
+            origin,
+        }
+        .into(),
+        HandoverNotice::Requested { by, metadata } => ThreadControlRequested {
+            thread,
+            at,
+            by,
+            told: Some(delivery.app.clone()),
+            metadata,
+            granted: false,
+            origin,
+        }
+        .into(),
+    };
+    events.push(fact);
+    events
 }

@@ -4,8 +4,9 @@
 
 mod support;
 
+use domain::events::HandoverNotice;
 use domain::events::{Channel, ControlView, DriftEvidence};
-use domain::rules::{self, HandoverNotice, Observation};
+use domain::rules::{self, Observation};
 use domain::Event;
 use support::*;
 
@@ -47,7 +48,11 @@ fn a_webhook_confirming_the_ledger_records_nothing_more() {
             metadata: None,
         },
     );
-    assert_eq!(s.history.len(), n);
+    assert_eq!(
+        type_names(&s.history[n..]),
+        ["MessagingEventReceived"],
+        "the webhook is kept, nothing else"
+    );
 }
 
 #[test]

@@ -10,8 +10,9 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use domain::events::HandoverNotice;
 use domain::events::*;
-use domain::rules::{self, HandoverNotice, Observation};
+use domain::rules::{self, Observation};
 use domain::*;
 use proptest::prelude::*;
 use support::*;
@@ -281,13 +282,15 @@ fn run(mode: u8, early: bool, steps: &[Step]) -> Result<(Page, Vec<Event>), Test
                         metadata: None,
                     },
                 };
-                let obs = Observation::Handover {
+                let obs = Observation::Item {
                     at: now,
+                    dedupe_key: format!("h-{}-{kind}-{}", now.millis(), history.len()),
                     delivery: DeliveryCopy {
                         app: a,
                         channel: Channel::Messaging,
                     },
-                    notice,
+                    event: InboundEvent::Handover { notice },
+                    raw: serde_json::Value::Null,
                 };
                 rules::observe(&ledger, &page, obs, now)
             }

@@ -2,8 +2,8 @@
 //! modes and a scenario builder that records history through the real rules.
 #![allow(dead_code)]
 
-use domain::events::{Channel, DeliveryCopy, InboundEvent, Optin, Referral};
-use domain::rules::{self, HandoverNotice, Observation};
+use domain::events::{Channel, DeliveryCopy, HandoverNotice, InboundEvent, Optin, Referral};
+use domain::rules::{self, Observation};
 use domain::{
     AppId, AppKind, AppProfile, Command, CommandId, Event, Management, MessagingType, Page, PageId,
     Psid, Recipient, Rejection, RejectionKind, RoutingMode, SendContent, SendMessage, Span,
@@ -286,16 +286,12 @@ impl Scenario {
     }
 
     pub fn handover(self, when: Timestamp, to_app: AppId, notice: HandoverNotice) -> Self {
-        let obs = Observation::Handover {
-            at: when,
-            delivery: DeliveryCopy {
-                app: to_app,
-                channel: Channel::Messaging,
-            },
-            notice,
-        };
-        let events = rules::observe(&self.ledger, &self.page, obs, when);
-        self.record(events)
+        self.item(
+            when,
+            to_app,
+            Channel::Messaging,
+            InboundEvent::Handover { notice },
+        )
     }
 
     /// Meta says (by webhook) that `to` now controls the thread.

@@ -1,0 +1,35 @@
+//! Baton's event log: an append-only, hash-chained, group-committed record
+//! store behind the [`EventStore`] trait, with sled as the embedded backend
+//! and an in-memory one for tests. It stores opaque payload bytes with a type
+//! name and schema version; it never interprets them, and it has no update
+//! or delete.
+//!
+//! * [`EventStore::append`] takes a batch of [`NewRecord`]s and answers with
+//!   one [`Appended`] per record once the batch is durable (it survives
+//!   `kill -9`). Batches are atomic; expected versions give optimistic
+//!   concurrency per stream; idempotency keys store a record once.
+//! * Reads ([`EventStore::read_all`], [`EventStore::read_stream`]) only ever
+//!   return durable records; [`EventStore::subscribe`] wakes readers when the
+//!   durable head moves.
+//! * [`verify`], [`export_ndjson`], [`verify_ndjson`] and [`import_ndjson`]
+//!   serve auditors. The format is documented in `docs/event-log.md`.
+
+mod error;
+mod memory;
+mod ndjson;
+mod record;
+mod sled_store;
+mod store;
+mod verify;
+mod writer;
+
+pub use error::{
+    AppendError, ChainFault, ExportError, ImportError, OpenError, StorageError, VerifyError,
+};
+pub use memory::MemoryStore;
+pub use ndjson::{export_ndjson, import_ndjson, ndjson_line, parse_ndjson_line, verify_ndjson};
+pub use record::{Appended, ChainHash, ExpectedVersion, Head, NewRecord, Record, CANONICAL_FORMAT};
+pub use sled_store::SledStore;
+pub use store::{EventStore, StoreConfig};
+pub use verify::{verify, ChainVerifier, VerifyReport};
+pub use writer::WriterPause;
