@@ -556,6 +556,9 @@ pub struct AppRolesChanged {
     pub roles: BTreeMap<AppId, Vec<String>>,
     #[serde(default)]
     pub delivery: Option<DeliveryCopy>,
+    /// The item as Meta delivered it.
+    #[serde(default)]
+    pub raw: Value,
 }
 
 /// The ledger and Meta disagreed; the ledger now follows `observed`.

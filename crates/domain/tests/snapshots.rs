@@ -156,6 +156,7 @@ fn samples() -> Vec<Event> {
             at: T0,
             roles: BTreeMap::from([(bot(), vec!["primary_receiver".to_owned()]), (human(), vec!["secondary_receiver".to_owned()])]),
             delivery: Some(delivery.clone()),
+            raw: json!({"app_roles": {"1001": ["primary_receiver"]}}),
         }
         .into(),
         OwnershipDriftDetected {
@@ -303,6 +304,9 @@ fn encodings_match_the_pinned_snapshots() {
 
 #[test]
 fn pinned_snapshots_decode_to_the_samples() {
+    if std::env::var_os("BATON_UPDATE_SNAPSHOTS").is_some() {
+        return; // the other test is rewriting the files right now
+    }
     for event in samples() {
         let path = snapshot_dir().join(format!(
             "{}.v{}.json",

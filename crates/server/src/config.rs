@@ -1,0 +1,361 @@
+//! Baton's configuration: one typed tree read from TOML. Secrets may be given
+//! inline or as `{ env = "NAME" }`; they are wrapped in [`Secret`], whose
+//! `Debug` never shows them. A bad file fails at start with a message that
+//! names the field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use domain::{AppId, AppKind, AppProfile, Management, Page, PageId, RoutingMode};
+use serde::Deserialize;
+
+/// A secret value: compared and used, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// A secret as written in the file.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecretSource {
+    Inline(String),
+    Env { env: String },
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: String,
+    data_dir: PathBuf,
+    #[serde(default)]
+    log_format: LogFormat,
+    #[serde(default = "default_max_body")]
+    max_body_bytes: usize,
+    #[serde(default)]
+    pages: Vec<RawPage>,
+    #[serde(default)]
+    apps: Vec<RawApp>,
+}
+
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPage {
+    id: String,
+    #[serde(default)]
+    name: String,
+    routing: RawRouting,
+    apps: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+enum RawRouting {
+    ConversationRouting {
+        default_app: String,
+    },
+    ZeroConfig,
+    HandoverV1 {
+        primary: String,
+        #[serde(default)]
+        secondaries: Vec<String>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    id: String,
+    #[serde(default)]
+    name: String,
+    kind: AppKind,
+    management: Management,
+    #[serde(default)]
+    may_take_control: bool,
+    app_secret: Option<SecretSource>,
+    verify_token: Option<SecretSource>,
+    api_token: Option<SecretSource>,
+    graph_base_url: Option<String>,
+    backend_url: Option<String>,
+    #[serde(default)]
+    page_tokens: BTreeMap<String, SecretSource>,
+}
+
+/// A managed app: Baton holds its secrets and backend.
+#[derive(Debug, Clone)]
+pub struct ManagedApp {
+    pub app_secret: Secret,
+    pub verify_token: Secret,
+    pub api_token: Secret,
+    pub graph_base_url: String,
+    pub backend_url: Option<String>,
+    pub page_tokens: BTreeMap<PageId, Secret>,
+}
+
+/// An app as configured.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub id: AppId,
+    pub name: String,
+    pub profile: AppProfile,
+    /// `None` for external apps (the Page Inbox, a third-party inbox).
+    pub managed: Option<ManagedApp>,
+}
+
+/// The whole configuration, checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub max_body_bytes: usize,
+    pub pages: BTreeMap<PageId, (String, Page)>,
+    pub apps: BTreeMap<AppId, AppConfig>,
+}
+
+impl Config {
+    /// Reads and checks a TOML file; secrets given as `{ env = "NAME" }` come
+    /// from the environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string(), |name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Parses TOML text; `env` resolves `{ env = "NAME" }` secrets.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        let listen: SocketAddr = raw.listen.parse().map_err(|e| {
+            invalid(
+                "listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:8080 ({e})",
+                    raw.listen
+                ),
+            )
+        })?;
+        if raw.max_body_bytes == 0 {
+            return Err(invalid("max_body_bytes", "must be greater than 0"));
+        }
+        let secret = |field: String, source: &SecretSource| -> Result<Secret, ConfigError> {
+            match source {
+                SecretSource::Inline(v) if v.is_empty() => Err(invalid(field, "is empty")),
+                SecretSource::Inline(v) => Ok(Secret::new(v.clone())),
+                SecretSource::Env { env: name } => match env(name) {
+                    Some(v) if !v.is_empty() => Ok(Secret::new(v)),
+                    _ => Err(invalid(
+                        field,
+                        format!("environment variable {name} is not set"),
+                    )),
+                },
+            }
+        };
+
+        let mut apps = BTreeMap::new();
+        for (i, a) in raw.apps.iter().enumerate() {
+            let f = |name: &str| format!("apps[{i}].{name}");
+            let id = AppId::parse(a.id.clone()).map_err(|e| invalid(f("id"), e.to_string()))?;
+            if apps.contains_key(&id) {
+                return Err(invalid(f("id"), format!("app {id} is configured twice")));
+            }
+            let mut profile = AppProfile::new(id.clone(), a.kind, a.management);
+            profile.may_take_control = a.may_take_control;
+            let managed = match a.management {
+                Management::External => None,
+                Management::Managed => {
+                    let need =
+                        |name: &str, v: &Option<SecretSource>| -> Result<Secret, ConfigError> {
+                            match v {
+                                Some(s) => secret(f(name), s),
+                                None => Err(invalid(f(name), "is required for a managed app")),
+                            }
+                        };
+                    let graph_base_url = a.graph_base_url.clone().ok_or_else(|| {
+                        invalid(f("graph_base_url"), "is required for a managed app")
+                    })?;
+                    check_url(&f("graph_base_url"), &graph_base_url)?;
+                    if let Some(url) = &a.backend_url {
+                        check_url(&f("backend_url"), url)?;
+                    }
+                    let mut page_tokens = BTreeMap::new();
+                    for (page, token) in &a.page_tokens {
+                        let field = f(&format!("page_tokens.{page}"));
+                        let page = PageId::parse(page.clone())
+                            .map_err(|e| invalid(field.clone(), e.to_string()))?;
+                        page_tokens.insert(page, secret(field, token)?);
+                    }
+                    Some(ManagedApp {
+                        app_secret: need("app_secret", &a.app_secret)?,
+                        verify_token: need("verify_token", &a.verify_token)?,
+                        api_token: need("api_token", &a.api_token)?,
+                        graph_base_url,
+                        backend_url: a.backend_url.clone(),
+                        page_tokens,
+                    })
+                }
+            };
+            apps.insert(
+                id.clone(),
+                AppConfig {
+                    id,
+                    name: a.name.clone(),
+                    profile,
+                    managed,
+                },
+            );
+        }
+
+        let mut pages = BTreeMap::new();
+        for (i, p) in raw.pages.iter().enumerate() {
+            let f = |name: &str| format!("pages[{i}].{name}");
+            let id = PageId::parse(p.id.clone()).map_err(|e| invalid(f("id"), e.to_string()))?;
+            if pages.contains_key(&id) {
+                return Err(invalid(f("id"), format!("page {id} is configured twice")));
+            }
+            let mut profiles = Vec::new();
+            for (j, app) in p.apps.iter().enumerate() {
+                let field = f(&format!("apps[{j}]"));
+                let app =
+                    AppId::parse(app.clone()).map_err(|e| invalid(field.clone(), e.to_string()))?;
+                let Some(config) = apps.get(&app) else {
+                    return Err(invalid(
+                        field,
+                        format!("app {app} is not defined in [[apps]]"),
+                    ));
+                };
+                if let Some(m) = &config.managed {
+                    if !m.page_tokens.contains_key(&id) {
+                        return Err(invalid(
+                            format!("apps.{app}.page_tokens"),
+                            format!("managed app {app} is on page {id} but has no page access token for it"),
+                        ));
+                    }
+                }
+                profiles.push(config.profile.clone());
+            }
+            let on_page = |field: String, app: &str| -> Result<AppId, ConfigError> {
+                let id = AppId::parse(app.to_owned())
+                    .map_err(|e| invalid(field.clone(), e.to_string()))?;
+                if !p.apps.iter().any(|a| a == app) && !id.is_page_inbox() {
+                    return Err(invalid(
+                        field,
+                        format!("app {id} is not listed in this page's apps"),
+                    ));
+                }
+                Ok(id)
+            };
+            let mode = match &p.routing {
+                RawRouting::ConversationRouting { default_app } => {
+                    RoutingMode::ConversationRouting {
+                        default_app: on_page(f("routing.default_app"), default_app)?,
+                    }
+                }
+                RawRouting::ZeroConfig => RoutingMode::ZeroConfig,
+                RawRouting::HandoverV1 {
+                    primary,
+                    secondaries,
+                } => RoutingMode::HandoverV1 {
+                    primary: on_page(f("routing.primary"), primary)?,
+                    secondaries: secondaries
+                        .iter()
+                        .enumerate()
+                        .map(|(k, s)| on_page(f(&format!("routing.secondaries[{k}]")), s))
+                        .collect::<Result<_, _>>()?,
+                },
+            };
+            pages.insert(id.clone(), (p.name.clone(), Page::new(id, mode, profiles)));
+        }
+        Ok(Config {
+            listen,
+            data_dir: raw.data_dir,
+            log_format: raw.log_format,
+            max_body_bytes: raw.max_body_bytes,
+            pages,
+            apps,
+        })
+    }
+
+    pub fn managed(&self, app: &AppId) -> Option<(&AppConfig, &ManagedApp)> {
+        let config = self.apps.get(app)?;
+        Some((config, config.managed.as_ref()?))
+    }
+
+    pub fn page(&self, id: &PageId) -> Option<&Page> {
+        self.pages.get(id).map(|(_, p)| p)
+    }
+}
+
+fn check_url(field: &str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{url:?} is not an http:// or https:// URL"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,65 @@
+//! One error type for Baton's own HTTP surface (ingress, health, admin), with
+//! one table from error to status, stable snake_case code and retry advice.
+//! The Graph-compatible API answers in Meta's shape instead (see `wire::graph`).
+//! `Display` is safe for clients; causes are logged, never sent.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no managed app {0} is configured here")]
+    UnknownApp(String),
+    #[error("{0}")]
+    BadSignature(&'static str),
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("content type {0:?} is not accepted: send application/json")]
+    UnsupportedMediaType(String),
+    #[error("the event log is busy; retry shortly")]
+    Busy,
+    #[error("the event log cannot accept writes: {0}")]
+    Unavailable(String),
+    #[error("verify token or mode does not match")]
+    VerifyRefused,
+    #[error("the body could not be read: {0}")]
+    BadBody(String),
+}
+
+impl ApiError {
+    /// The table: status and stable code for each error.
+    fn table(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::UnknownApp(_) => (StatusCode::NOT_FOUND, "unknown_app"),
+            ApiError::BadSignature(_) => (StatusCode::UNAUTHORIZED, "invalid_signature"),
+            ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "log_unavailable"),
+            ApiError::VerifyRefused => (StatusCode::FORBIDDEN, "verify_refused"),
+            ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.table().1
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.table().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, code) = self.table();
+        let mut res = HttpResponse::build(status);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            res.insert_header(("Retry-After", "1"));
+        }
+        res.json(json!({ "error": code, "message": self.to_string() }))
+    }
+}

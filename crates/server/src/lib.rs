@@ -1,0 +1,183 @@
+//! Baton's shell around the pure domain: configuration, the HTTP server
+//! (webhook ingress, health, metrics), and projections folded from the log.
+//! Every handler appends to the log before it answers; nothing here holds a
+//! rule of Meta's (those live in `domain`).
+
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod ingress;
+pub mod metrics;
+pub mod projections;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use event_log::{EventStore, StorageError};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{Config, ConfigError, LogFormat, Secret};
+use metrics::Metrics;
+use projections::{Projections, State};
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState<S> {
+    pub config: Arc<Config>,
+    pub store: Arc<S>,
+    pub projections: Arc<Projections>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Running<S> {
+    pub addr: SocketAddr,
+    pub handle: ServerHandle,
+    pub state: Arc<AppState<S>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl<S> Running<S> {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, finishes in-flight requests, stops the follower.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.server.await;
+        self.follower.abort();
+    }
+
+    /// Waits until the server stops (a signal, or `stop` from elsewhere).
+    pub async fn wait(self) -> std::io::Result<()> {
+        let result = match self.server.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        self.follower.abort();
+        result
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot replay the event log: {0}")]
+    Replay(#[from] StorageError),
+}
+
+/// Replays the log into projections, then serves on `config.listen` (port 0
+/// picks a free port; `Running::addr` says which).
+pub async fn start<S: EventStore + 'static>(
+    config: Config,
+    store: Arc<S>,
+    clock: Arc<dyn Clock>,
+) -> Result<Running<S>, StartError> {
+    let config = Arc::new(config);
+    let projections = Projections::new(State::new(config.pages.values().map(|(_, p)| p.clone())));
+    projections.catch_up(store.as_ref()).await?;
+    tracing::info!(
+        position = projections.position(),
+        "projections replayed from the log"
+    );
+    let follower = tokio::spawn(projections.clone().follow(store.clone()));
+
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        store,
+        projections,
+        metrics: Arc::new(Metrics::default()),
+        clock,
+    });
+    let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let data = web::Data::from(state.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/webhooks/{app_id}", web::get().to(ingress::verify::<S>))
+            .route("/webhooks/{app_id}", web::post().to(ingress::receive::<S>))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz::<S>))
+            .route("/metrics", web::get().to(metrics_text::<S>))
+    })
+    .workers(2)
+    .disable_signals()
+    .listen(listener)
+    .map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?
+    .run();
+    let handle = server.handle();
+    let server = tokio::spawn(server);
+    tracing::info!(%addr, "baton listening");
+    Ok(Running {
+        addr,
+        handle,
+        state,
+        server,
+        follower,
+    })
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok")
+}
+
+/// Ready when the log answers and the projections have folded its head.
+async fn readyz<S: EventStore + 'static>(state: web::Data<AppState<S>>) -> HttpResponse {
+    match state.store.head().await {
+        Ok(head) if state.projections.position() >= head.position => {
+            HttpResponse::Ok().content_type("text/plain").body("ready")
+        }
+        Ok(head) => HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .body(format!(
+                "projections at {} of {}",
+                state.projections.position(),
+                head.position
+            )),
+        Err(e) => HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .body(format!("event log unavailable: {e}")),
+    }
+}
+
+async fn metrics_text<S: EventStore + 'static>(state: web::Data<AppState<S>>) -> HttpResponse {
+    let head = state.store.head().await.map(|h| h.position).unwrap_or(0);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render(head, state.projections.position()))
+}
+
+/// Installs the tracing subscriber: text or JSON lines, level from `RUST_LOG`
+/// (default `info`). Safe to call twice (the second call does nothing).
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

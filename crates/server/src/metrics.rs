@@ -1,0 +1,131 @@
+//! Prometheus text metrics, kept in atomics and small maps; no metrics crate.
+//! Labels are app ids and fixed outcome names, never secrets or bodies.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the append latency histogram.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
+];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    deliveries: Mutex<BTreeMap<(String, &'static str), u64>>,
+    signature_failures: Mutex<BTreeMap<String, u64>>,
+    append_buckets: [AtomicU64; BUCKETS.len()],
+    append_count: AtomicU64,
+    append_sum_micros: AtomicU64,
+    appends_in_flight: AtomicI64,
+    facts_recorded: AtomicU64,
+}
+
+impl Metrics {
+    pub fn delivery(&self, app: &str, outcome: &'static str) {
+        let mut map = self.deliveries.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry((app.to_owned(), outcome)).or_default() += 1;
+    }
+
+    pub fn signature_failure(&self, app: &str) {
+        let mut map = self
+            .signature_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *map.entry(app.to_owned()).or_default() += 1;
+    }
+
+    pub fn append_started(&self) {
+        self.appends_in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn append_finished(&self, took: Duration, records: usize) {
+        self.appends_in_flight.fetch_sub(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.append_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.append_count.fetch_add(1, Ordering::Relaxed);
+        self.append_sum_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.facts_recorded
+            .fetch_add(records as u64, Ordering::Relaxed);
+    }
+
+    pub fn deliveries_of(&self, app: &str, outcome: &str) -> u64 {
+        let map = self.deliveries.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .filter(|((a, o), _)| a == app && *o == outcome)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, log_head: u64, projected: u64) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP baton_webhook_deliveries_total Webhook deliveries by app and outcome.\n# TYPE baton_webhook_deliveries_total counter\n");
+        for ((app, outcome), n) in self
+            .deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "baton_webhook_deliveries_total{{app=\"{app}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP baton_webhook_signature_failures_total Deliveries refused for a missing or wrong signature.\n# TYPE baton_webhook_signature_failures_total counter\n");
+        for (app, n) in self
+            .signature_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "baton_webhook_signature_failures_total{{app=\"{app}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP baton_append_latency_seconds Time from append to durable answer.\n# TYPE baton_append_latency_seconds histogram\n");
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "baton_append_latency_seconds_bucket{{le=\"{bound}\"}} {}",
+                self.append_buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.append_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "baton_append_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "baton_append_latency_seconds_sum {}",
+            self.append_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "baton_append_latency_seconds_count {count}");
+        out.push_str("# HELP baton_append_queue_depth Appends waiting for durability.\n# TYPE baton_append_queue_depth gauge\n");
+        let _ = writeln!(
+            out,
+            "baton_append_queue_depth {}",
+            self.appends_in_flight.load(Ordering::Relaxed).max(0)
+        );
+        out.push_str("# HELP baton_records_appended_total Records written by ingress.\n# TYPE baton_records_appended_total counter\n");
+        let _ = writeln!(
+            out,
+            "baton_records_appended_total {}",
+            self.facts_recorded.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP baton_log_head_position Last durable log position.\n# TYPE baton_log_head_position gauge\n");
+        let _ = writeln!(out, "baton_log_head_position {log_head}");
+        out.push_str("# HELP baton_projection_position Last log position folded into projections.\n# TYPE baton_projection_position gauge\n");
+        let _ = writeln!(out, "baton_projection_position {projected}");
+        out
+    }
+}
