@@ -24,6 +24,16 @@ pub enum Channel {
     Standby,
 }
 
+impl Channel {
+    /// Meta's name for the array.
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Messaging => "messaging",
+            Channel::Standby => "standby",
+        }
+    }
+}
+
 /// One app's copy of an item: who Meta delivered it to, and on which channel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DeliveryCopy {

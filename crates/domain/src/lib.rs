@@ -12,6 +12,7 @@
 
 pub mod commands;
 pub mod events;
+pub mod explain;
 pub mod ids;
 pub mod ledger;
 pub mod page;

@@ -693,6 +693,22 @@ fn control_fact(
         ControlView::Owner { app } => Some(app.clone()),
         _ => None,
     };
+    // Meta's webhook for this very change may have been recorded first (Meta
+    // sends it as it answers): the fact is then already in the ledger.
+    let already = match command {
+        Command::PassThreadControl { app, target, .. } => {
+            resolve_target(page, app, target.as_ref())
+                .is_ok_and(|to| view == ControlView::Owner { app: to })
+        }
+        Command::TakeThreadControl { app, .. } => view == ControlView::Owner { app: app.clone() },
+        Command::RequestThreadControl { app, .. } => {
+            ledger.pending_requests.iter().any(|r| &r.app == app)
+        }
+        _ => false,
+    };
+    if already {
+        return None;
+    }
     let event: Event = match command {
         Command::PassThreadControl {
             app,

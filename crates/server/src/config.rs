@@ -69,6 +69,9 @@ struct RawConfig {
     log_format: LogFormat,
     #[serde(default = "default_max_body")]
     max_body_bytes: usize,
+    admin_token: Option<SecretSource>,
+    #[serde(default = "default_graph_timeout")]
+    graph_timeout_ms: u64,
     #[serde(default)]
     pages: Vec<RawPage>,
     #[serde(default)]
@@ -77,6 +80,10 @@ struct RawConfig {
 
 fn default_max_body() -> usize {
     1024 * 1024
+}
+
+fn default_graph_timeout() -> u64 {
+    10_000
 }
 
 /// How logs are written.
@@ -159,6 +166,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
     pub max_body_bytes: usize,
+    /// Bearer token for Baton's own read and admin API (besides app tokens).
+    pub admin_token: Option<Secret>,
+    /// How long a Graph API call may take before its outcome is unknown.
+    pub graph_timeout_ms: u64,
     pub pages: BTreeMap<PageId, (String, Page)>,
     pub apps: BTreeMap<AppId, AppConfig>,
 }
@@ -326,11 +337,20 @@ impl Config {
             };
             pages.insert(id.clone(), (p.name.clone(), Page::new(id, mode, profiles)));
         }
+        let admin_token = match &raw.admin_token {
+            Some(s) => Some(secret("admin_token".to_owned(), s)?),
+            None => None,
+        };
+        if raw.graph_timeout_ms == 0 {
+            return Err(invalid("graph_timeout_ms", "must be greater than 0"));
+        }
         Ok(Config {
             listen,
             data_dir: raw.data_dir,
             log_format: raw.log_format,
             max_body_bytes: raw.max_body_bytes,
+            admin_token,
+            graph_timeout_ms: raw.graph_timeout_ms,
             pages,
             apps,
         })

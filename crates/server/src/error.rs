@@ -25,6 +25,12 @@ pub enum ApiError {
     VerifyRefused,
     #[error("the body could not be read: {0}")]
     BadBody(String),
+    #[error("a valid bearer token is required (an app on this page, or the admin token)")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl ApiError {
@@ -41,6 +47,9 @@ impl ApiError {
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "log_unavailable"),
             ApiError::VerifyRefused => (StatusCode::FORBIDDEN, "verify_refused"),
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
         }
     }
 

@@ -6,9 +6,14 @@
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod graph_api;
+pub mod graph_client;
 pub mod ingress;
 pub mod metrics;
 pub mod projections;
+pub mod read_api;
+pub mod record;
+pub mod timers;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -30,6 +35,7 @@ pub struct AppState<S> {
     pub projections: Arc<Projections>,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
+    pub graph: graph_client::GraphClient,
 }
 
 /// A running server.
@@ -40,6 +46,7 @@ pub struct Running<S> {
     pub state: Arc<AppState<S>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     follower: tokio::task::JoinHandle<()>,
+    timers: tokio::task::JoinHandle<()>,
 }
 
 impl<S> Running<S> {
@@ -47,11 +54,12 @@ impl<S> Running<S> {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, finishes in-flight requests, stops the follower.
+    /// Stops accepting, finishes in-flight requests, stops the background tasks.
     pub async fn stop(self) {
         self.handle.stop(true).await;
         let _ = self.server.await;
         self.follower.abort();
+        self.timers.abort();
     }
 
     /// Waits until the server stops (a signal, or `stop` from elsewhere).
@@ -61,7 +69,15 @@ impl<S> Running<S> {
             Err(e) => Err(std::io::Error::other(e)),
         };
         self.follower.abort();
+        self.timers.abort();
         result
+    }
+}
+
+impl<S: EventStore + 'static> Running<S> {
+    /// Records expiry for every lapsed thread now (tests move the clock, then call this).
+    pub async fn expire_due(&self) -> usize {
+        timers::expire_due(&self.state).await
     }
 }
 
@@ -99,7 +115,15 @@ pub async fn start<S: EventStore + 'static>(
         projections,
         metrics: Arc::new(Metrics::default()),
         clock,
+        graph: graph_client::GraphClient::new(
+            std::time::Duration::from_millis(config.graph_timeout_ms),
+            2,
+        ),
     });
+    let timers = tokio::spawn(timers::run(
+        state.clone(),
+        std::time::Duration::from_secs(5),
+    ));
     let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Bind {
         addr: config.listen,
         source,
@@ -109,6 +133,7 @@ pub async fn start<S: EventStore + 'static>(
         source,
     })?;
     let data = web::Data::from(state.clone());
+    let body_limit = config.max_body_bytes;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
@@ -117,6 +142,20 @@ pub async fn start<S: EventStore + 'static>(
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz::<S>))
             .route("/metrics", web::get().to(metrics_text::<S>))
+            .route(
+                "/api/threads/{page_id}/{psid}",
+                web::get().to(read_api::thread::<S>),
+            )
+            .route(
+                "/api/threads/{page_id}/{psid}/timeline",
+                web::get().to(read_api::timeline::<S>),
+            )
+            .service(
+                web::resource("/{version:v[0-9]+(\\.[0-9]+)?}/{node}/{edge}")
+                    .app_data(web::PayloadConfig::new(body_limit))
+                    .route(web::post().to(graph_api::post_edge::<S>))
+                    .route(web::get().to(graph_api::get_edge::<S>)),
+            )
     })
     .workers(2)
     .disable_signals()
@@ -135,6 +174,7 @@ pub async fn start<S: EventStore + 'static>(
         state,
         server,
         follower,
+        timers,
     })
 }
 

@@ -1,0 +1,303 @@
+//! Request and answer bodies of the control API (`/_emulator/...`).
+//!
+//! Shared by the HTTP handlers and the typed [`crate::ControlClient`]; no
+//! behaviour lives here.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A user sends a message.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UserMessage {
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Quick reply tapped: its payload.
+    #[serde(default)]
+    pub quick_reply_payload: Option<String>,
+    /// Attachments, passed through verbatim.
+    #[serde(default)]
+    pub attachments: Option<Value>,
+    /// m.me `ref` or Click-to-Messenger ad referral carried on the message.
+    #[serde(default)]
+    pub referral: Option<Referral>,
+    /// Force a `mid` (e.g. to test deduplication); otherwise `m_<n>`.
+    #[serde(default)]
+    pub mid: Option<String>,
+}
+
+/// A referral (`ref`, `source`, `type`, optional ad id).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Referral {
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub ref_: Option<String>,
+    /// `SHORTLINK` (m.me), `ADS`, ... Defaults to `SHORTLINK`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Defaults to `OPEN_THREAD`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ad_id: Option<String>,
+}
+
+/// A user taps a postback button.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UserPostback {
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub payload: String,
+    #[serde(default)]
+    pub referral: Option<Referral>,
+}
+
+/// A user reacts to a message.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UserReaction {
+    pub mid: String,
+    /// e.g. `love`; defaults to `love`.
+    #[serde(default)]
+    pub reaction: Option<String>,
+    /// e.g. `❤`; defaults to `❤`.
+    #[serde(default)]
+    pub emoji: Option<String>,
+    /// `react` (default) or `unreact`.
+    #[serde(default)]
+    pub action: Option<String>,
+}
+
+/// A user opts in to a One-Time Notification.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UserOtnOptin {
+    #[serde(default)]
+    pub payload: String,
+}
+
+/// Read or delivery receipt; the watermark defaults to the emulator's now.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UserReceipt {
+    #[serde(default)]
+    pub watermark: Option<i64>,
+    #[serde(default)]
+    pub mids: Option<Vec<String>>,
+}
+
+/// Text a human types in the Page Inbox.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct InboxText {
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// Forcibly set a thread's owner (no webhooks).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SetOwner {
+    /// `None` makes the thread idle.
+    pub app_id: Option<String>,
+    /// Defaults to now + 24 h in Conversation Routing and zero-config pages.
+    #[serde(default)]
+    pub expires_at_ms: Option<i64>,
+}
+
+/// The outcome of one webhook delivery (all its attempts).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DeliveryResult {
+    pub delivery_id: u64,
+    pub app_id: String,
+    pub url: String,
+    /// `messaging`, `standby` or `batch`.
+    pub channel: String,
+    pub attempts: u32,
+    /// The last HTTP status, if any answer came back.
+    pub status: Option<u16>,
+    pub ok: bool,
+    /// Dropped by a webhook fault: never sent.
+    pub dropped: bool,
+}
+
+/// Answer to every user or inbox action.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ActionResult {
+    /// The `mid` of the message or echo created, if any.
+    #[serde(default)]
+    pub mid: Option<String>,
+    /// The One-Time Notification token created, if any.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Deliveries attempted before this answer (empty while batching).
+    #[serde(default)]
+    pub deliveries: Vec<DeliveryResult>,
+}
+
+/// One Graph API call as the emulator saw and answered it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CallRecord {
+    pub seq: u64,
+    pub at_ms: i64,
+    pub method: String,
+    pub path: String,
+    /// `messages`, `pass_thread_control`, ... (the edge, or `node`).
+    pub endpoint: String,
+    pub app_id: Option<String>,
+    pub page_id: Option<String>,
+    /// Query and body parameters merged, `access_token` removed.
+    pub params: Value,
+    pub status: u16,
+    pub response: Value,
+    /// Set when a fault produced the answer.
+    pub fault: Option<String>,
+}
+
+/// One webhook delivery attempt.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DeliveryAttempt {
+    pub seq: u64,
+    pub delivery_id: u64,
+    pub attempt: u32,
+    pub at_ms: i64,
+    pub app_id: String,
+    pub url: String,
+    pub channel: String,
+    pub body: String,
+    pub signature_256: String,
+    pub signature_1: String,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub dropped: bool,
+}
+
+impl DeliveryAttempt {
+    /// The body parsed as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// A One-Time Notification token as the emulator tracks it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OtnTokenView {
+    pub token: String,
+    pub payload: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub used: bool,
+}
+
+/// One line of a thread's transcript.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TranscriptLine {
+    pub mid: String,
+    /// `user` or `page`.
+    pub from: String,
+    /// The sending app for page messages.
+    pub app_id: Option<String>,
+    pub text: Option<String>,
+    pub metadata: Option<String>,
+    pub at_ms: i64,
+}
+
+/// A thread as the emulator holds it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ThreadView {
+    pub page_id: String,
+    pub psid: String,
+    /// The active owner; `None` when idle (Handover v1: the primary owns).
+    pub owner: Option<String>,
+    pub expires_at_ms: Option<i64>,
+    pub idle: bool,
+    /// The app that receives `messaging` for this thread right now.
+    pub messaging_apps: Vec<String>,
+    pub last_user_action_ms: Option<i64>,
+    pub window_open: bool,
+    pub ads_window_until_ms: Option<i64>,
+    pub otn_tokens: Vec<OtnTokenView>,
+    pub transcript: Vec<TranscriptLine>,
+}
+
+/// The emulator's clock.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ClockView {
+    pub now_ms: i64,
+    /// Threads whose control lapsed during this move (`page_id/psid`).
+    #[serde(default)]
+    pub expired: Vec<String>,
+}
+
+/// A fault to inject.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FaultSpec {
+    /// The next `count` matching Graph calls answer 5xx (code 2, transient).
+    ServerError {
+        #[serde(default = "one")]
+        count: u32,
+        #[serde(default)]
+        endpoint: Option<String>,
+        #[serde(default)]
+        status: Option<u16>,
+    },
+    /// The next `count` matching Graph calls answer code 613.
+    RateLimit {
+        #[serde(default = "one")]
+        count: u32,
+        #[serde(default)]
+        endpoint: Option<String>,
+    },
+    /// The next `count` matching Graph calls answer this Graph error.
+    GraphError {
+        #[serde(default = "one")]
+        count: u32,
+        #[serde(default)]
+        endpoint: Option<String>,
+        #[serde(default)]
+        status: Option<u16>,
+        code: i64,
+        #[serde(default)]
+        subcode: Option<i64>,
+        #[serde(default)]
+        message: Option<String>,
+    },
+    /// The next `count` matching Graph calls take effect, but their answer
+    /// is held for `millis` (real time) or, without it, until
+    /// `POST /_emulator/faults/release`.
+    Delay {
+        #[serde(default = "one")]
+        count: u32,
+        #[serde(default)]
+        endpoint: Option<String>,
+        #[serde(default)]
+        millis: Option<u64>,
+    },
+    /// The next `count` webhook deliveries (optionally to one app) are lost.
+    WebhookDrop {
+        #[serde(default = "one")]
+        count: u32,
+        #[serde(default)]
+        app_id: Option<String>,
+    },
+    /// The next `count` webhook deliveries are sent twice (Meta's retries).
+    WebhookDuplicate {
+        #[serde(default = "one")]
+        count: u32,
+        #[serde(default)]
+        app_id: Option<String>,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// An active fault and what is left of it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FaultView {
+    pub id: u64,
+    pub remaining: u32,
+    pub spec: FaultSpec,
+}
+
+/// Answer to `POST /_emulator/batch/flush`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BatchResult {
+    pub deliveries: Vec<DeliveryResult>,
+}

@@ -1,0 +1,246 @@
+//! Webhook delivery: envelopes, signatures, the ordered delivery worker,
+//! retries and the attempt log.
+//!
+//! One worker sends every delivery in the order the engine planned them, so
+//! tests see Meta-like ordering without races. It never sleeps between
+//! retries; it retries at once, up to the configured attempt count.
+
+use std::sync::Arc;
+
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha1::Sha1;
+use sha2::Sha256;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::{DeliveryAttempt, DeliveryResult};
+use crate::engine::{Engine, Planned, WebhookFault};
+use crate::server::Shared;
+
+/// A webhook ready to send.
+#[derive(Clone, Debug)]
+pub(crate) struct Delivery {
+    pub id: u64,
+    pub app_id: String,
+    pub url: String,
+    pub secret: String,
+    pub channel: String,
+    pub body: String,
+}
+
+/// A unit of work for the worker; `done` is answered after it is attempted.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub deliveries: Vec<Delivery>,
+    pub done: Option<oneshot::Sender<Vec<DeliveryResult>>>,
+}
+
+/// `sha256=<hex>` over the raw body.
+pub fn signature_256(secret: &str, body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
+        .expect("HMAC accepts keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// `sha1=<hex>` over the raw body (the legacy header).
+pub fn signature_1(secret: &str, body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(secret.as_bytes())
+        .expect("HMAC accepts keys of any length");
+    mac.update(body);
+    format!("sha1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Escapes every non-ASCII character as `\uXXXX` (lowercase hex, surrogate
+/// pairs beyond the BMP), as Meta does for webhook bodies. Only valid on
+/// serialized JSON, where non-ASCII can occur only inside strings.
+pub(crate) fn escape_unicode(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut buf = [0u16; 2];
+            for unit in c.encode_utf16(&mut buf) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
+fn serialize(engine: &Engine, envelope: &Value) -> String {
+    let body = envelope.to_string();
+    if engine.settings.escape_unicode {
+        escape_unicode(&body)
+    } else {
+        body
+    }
+}
+
+/// One delivery per planned item: `{"object":"page","entry":[{id,time,<channel>:[item]}]}`.
+pub(crate) fn single_deliveries(engine: &mut Engine, planned: Vec<Planned>) -> Vec<Delivery> {
+    let now = engine.now();
+    let mut out = Vec::new();
+    for p in planned {
+        let Some((url, secret)) = engine.endpoint_of(&p.app_id) else {
+            continue;
+        };
+        let mut entry = json!({"id": p.page_id, "time": now});
+        entry[p.channel.key()] = json!([p.item]);
+        let body = serialize(engine, &json!({"object": "page", "entry": [entry]}));
+        out.push(Delivery {
+            id: engine.next_seq(),
+            app_id: p.app_id,
+            url,
+            secret,
+            channel: p.channel.key().to_string(),
+            body,
+        });
+    }
+    out
+}
+
+/// One delivery per app holding all its held items: consecutive items for the
+/// same page and channel share an entry.
+pub(crate) fn batched_deliveries(engine: &mut Engine, planned: Vec<Planned>) -> Vec<Delivery> {
+    let now = engine.now();
+    let mut apps: Vec<String> = Vec::new();
+    for p in &planned {
+        if !apps.contains(&p.app_id) {
+            apps.push(p.app_id.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for app in apps {
+        let Some((url, secret)) = engine.endpoint_of(&app) else {
+            continue;
+        };
+        let mut entries: Vec<(String, &'static str, Vec<Value>)> = Vec::new();
+        for p in planned.iter().filter(|p| p.app_id == app) {
+            match entries.last_mut() {
+                Some((page, ch, items)) if *page == p.page_id && *ch == p.channel.key() => {
+                    items.push(p.item.clone())
+                }
+                _ => entries.push((p.page_id.clone(), p.channel.key(), vec![p.item.clone()])),
+            }
+        }
+        let entries: Vec<Value> = entries
+            .into_iter()
+            .map(|(page, ch, items)| {
+                let mut e = json!({"id": page, "time": now});
+                e[ch] = json!(items);
+                e
+            })
+            .collect();
+        let body = serialize(engine, &json!({"object": "page", "entry": entries}));
+        out.push(Delivery {
+            id: engine.next_seq(),
+            app_id: app,
+            url,
+            secret,
+            channel: "batch".into(),
+            body,
+        });
+    }
+    out
+}
+
+/// The worker: sends jobs in order until the queue closes.
+pub(crate) async fn worker(mut rx: mpsc::UnboundedReceiver<Job>, shared: Arc<Shared>) {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(
+            shared.lock().settings.timeout_ms.max(1),
+        ))
+        .build()
+        .unwrap_or_default();
+    while let Some(job) = rx.recv().await {
+        let mut results = Vec::new();
+        for d in job.deliveries {
+            results.push(deliver(&shared, &client, d).await);
+        }
+        if let Some(done) = job.done {
+            let _ = done.send(results);
+        }
+    }
+}
+
+async fn deliver(shared: &Shared, client: &reqwest::Client, d: Delivery) -> DeliveryResult {
+    let (fault, max_attempts) = {
+        let mut eng = shared.lock();
+        (
+            eng.take_webhook_fault(&d.app_id),
+            eng.settings.max_attempts.max(1),
+        )
+    };
+    let sig256 = signature_256(&d.secret, d.body.as_bytes());
+    let sig1 = signature_1(&d.secret, d.body.as_bytes());
+    let record = |attempt: u32, status: Option<u16>, error: Option<String>, dropped: bool| {
+        shared.lock().record_attempt(DeliveryAttempt {
+            seq: 0,
+            delivery_id: d.id,
+            attempt,
+            at_ms: 0,
+            app_id: d.app_id.clone(),
+            url: d.url.clone(),
+            channel: d.channel.clone(),
+            body: d.body.clone(),
+            signature_256: sig256.clone(),
+            signature_1: sig1.clone(),
+            status,
+            error,
+            dropped,
+        });
+    };
+    let mut result = DeliveryResult {
+        delivery_id: d.id,
+        app_id: d.app_id.clone(),
+        url: d.url.clone(),
+        channel: d.channel.clone(),
+        attempts: 0,
+        status: None,
+        ok: false,
+        dropped: false,
+    };
+    if fault == Some(WebhookFault::Drop) {
+        record(0, None, Some("dropped by fault".into()), true);
+        result.dropped = true;
+        return result;
+    }
+    let rounds = if fault == Some(WebhookFault::Duplicate) {
+        2
+    } else {
+        1
+    };
+    for _ in 0..rounds {
+        for _ in 0..max_attempts {
+            result.attempts += 1;
+            let sent = client
+                .post(&d.url)
+                .header("Content-Type", "application/json")
+                .header("X-Hub-Signature-256", &sig256)
+                .header("X-Hub-Signature", &sig1)
+                .body(d.body.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    // Drain the body so the connection can be reused.
+                    let _ = resp.bytes().await;
+                    record(result.attempts, Some(status), None, false);
+                    result.status = Some(status);
+                    if status == 200 {
+                        result.ok = true;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    record(result.attempts, None, Some(e.to_string()), false);
+                    result.status = None;
+                }
+            }
+        }
+    }
+    result
+}

@@ -1,0 +1,1812 @@
+//! The emulated Meta: pages, apps, threads, ownership rules, the Send API
+//! checks, webhook routing, the clock, faults and the logs.
+//!
+//! Everything here is synchronous and runs under one lock; it never touches a
+//! socket. Webhooks leave as [`Planned`] values that the delivery worker sends.
+//! The rules follow Meta's documentation (see `docs/emulator.md`), not Baton's
+//! `domain` crate, on purpose.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde_json::{json, Map, Value};
+
+use crate::api::{
+    CallRecord, ClockView, DeliveryAttempt, FaultSpec, FaultView, OtnTokenView, Referral,
+    ThreadView, TranscriptLine, UserMessage, UserPostback, UserReaction, UserReceipt,
+};
+use crate::world::{
+    normalize_field, AppConfig, PageConfig, Routing, WebhookSettings, World, PAGE_INBOX_APP_ID,
+};
+
+pub(crate) const DAY_MS: i64 = 86_400_000;
+const HUMAN_AGENT_MS: i64 = 7 * DAY_MS;
+const MAX_EXTEND_SECONDS: i64 = 7 * 86_400;
+const OTN_LIFETIME_MS: i64 = 365 * DAY_MS;
+/// 2026-04-27T00:00:00Z: CONFIRMED_EVENT_UPDATE, POST_PURCHASE_UPDATE and
+/// ACCOUNT_UPDATE answer error 100 from then on.
+pub(crate) const TAGS_RETIRED_MS: i64 = 1_777_248_000_000;
+const RETIRED_2026_TAGS: &[&str] = &[
+    "CONFIRMED_EVENT_UPDATE",
+    "POST_PURCHASE_UPDATE",
+    "ACCOUNT_UPDATE",
+];
+
+/// Which array of a webhook entry an item goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Channel {
+    Messaging,
+    Standby,
+}
+
+impl Channel {
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            Channel::Messaging => "messaging",
+            Channel::Standby => "standby",
+        }
+    }
+}
+
+/// A webhook item bound for one app, not yet sent.
+#[derive(Clone, Debug)]
+pub(crate) struct Planned {
+    pub app_id: String,
+    pub page_id: String,
+    pub channel: Channel,
+    pub item: Value,
+}
+
+/// A Graph API error, rendered as Meta's error JSON.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct GraphError {
+    pub status: u16,
+    pub code: i64,
+    pub subcode: Option<i64>,
+    pub message: String,
+    pub transient: bool,
+}
+
+impl GraphError {
+    pub(crate) fn new(code: i64, subcode: Option<i64>, message: &str) -> Self {
+        let message = if code == 190 || code == 2 {
+            message.to_string()
+        } else {
+            format!("(#{code}) {message}")
+        };
+        GraphError {
+            status: 400,
+            code,
+            subcode,
+            message,
+            transient: false,
+        }
+    }
+
+    fn param(message: &str) -> Self {
+        Self::new(100, None, message)
+    }
+
+    fn not_owner() -> Self {
+        Self::new(
+            100,
+            Some(2_534_037),
+            "The action is invalid because the calling app is not the thread owner",
+        )
+    }
+
+    pub(crate) fn to_json(&self, trace: &str) -> Value {
+        let mut e = Map::new();
+        e.insert("message".into(), json!(self.message));
+        e.insert("type".into(), json!("OAuthException"));
+        e.insert("code".into(), json!(self.code));
+        if let Some(s) = self.subcode {
+            e.insert("error_subcode".into(), json!(s));
+        }
+        if self.transient {
+            e.insert("is_transient".into(), json!(true));
+        }
+        e.insert("fbtrace_id".into(), json!(trace));
+        json!({ "error": e })
+    }
+}
+
+/// Why a control API call failed.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum ControlError {
+    NotFound(String),
+    BadRequest(String),
+    /// A Meta rule refused the action (e.g. Page Inbox "done" on a thread it
+    /// does not own).
+    Refused(GraphError),
+}
+
+/// A handover notification to one app.
+#[derive(Clone, Debug)]
+enum Notice {
+    Pass {
+        to: String,
+        previous: Option<String>,
+        new: String,
+        metadata: Option<String>,
+    },
+    Take {
+        to: String,
+        previous: Option<String>,
+        new: String,
+        metadata: Option<String>,
+    },
+    Request {
+        to: String,
+        requester: String,
+        metadata: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, Default)]
+struct Thread {
+    owner: Option<String>,
+    expires_at_ms: Option<i64>,
+    last_user_action_ms: Option<i64>,
+    ads_window_until_ms: Option<i64>,
+    user_messages: u64,
+    transcript: Vec<TranscriptLine>,
+}
+
+impl Thread {
+    fn expire(&mut self, now: i64) -> bool {
+        match self.expires_at_ms {
+            Some(at) if at <= now && self.owner.is_some() => {
+                self.owner = None;
+                self.expires_at_ms = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn window_open(&self, now: i64) -> bool {
+        self.last_user_action_ms.is_some_and(|t| now - t < DAY_MS)
+            || self.ads_window_until_ms.is_some_and(|u| now < u)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct OtnToken {
+    page_id: String,
+    psid: String,
+    payload: String,
+    created_ms: i64,
+    used: bool,
+}
+
+#[derive(Clone, Debug)]
+struct UserRef {
+    psid: String,
+    used: bool,
+}
+
+/// What a Graph call needs, already parsed from HTTP.
+#[derive(Clone, Debug)]
+pub(crate) struct GraphRequest {
+    pub method: String,
+    pub path: String,
+    pub node: String,
+    pub edge: Option<String>,
+    pub token: Option<String>,
+    pub params: Map<String, Value>,
+}
+
+/// How a held answer is released.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Hold {
+    For(u64),
+    UntilRelease,
+}
+
+/// What a Graph call produced.
+#[derive(Debug)]
+pub(crate) struct GraphOutcome {
+    pub status: u16,
+    pub body: Value,
+    pub planned: Vec<Planned>,
+    pub hold: Option<Hold>,
+}
+
+#[derive(Clone, Debug)]
+struct ActiveFault {
+    id: u64,
+    remaining: u32,
+    spec: FaultSpec,
+}
+
+/// A webhook fault picked for one delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WebhookFault {
+    Drop,
+    Duplicate,
+}
+
+/// The whole emulated platform.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    pages: BTreeMap<String, PageConfig>,
+    apps: BTreeMap<String, AppConfig>,
+    tokens: HashMap<String, (String, String)>,
+    subs: BTreeMap<(String, String), BTreeSet<String>>,
+    threads: BTreeMap<(String, String), Thread>,
+    otn: BTreeMap<String, OtnToken>,
+    user_refs: BTreeMap<(String, String), UserRef>,
+    now_ms: i64,
+    seq: u64,
+    calls: Vec<CallRecord>,
+    attempts: Vec<DeliveryAttempt>,
+    faults: Vec<ActiveFault>,
+    pub(crate) batch: Option<Vec<Planned>>,
+    pub(crate) settings: WebhookSettings,
+}
+
+type Answer = Result<(Value, Vec<Planned>), GraphError>;
+
+fn param_str(p: &Map<String, Value>, key: &str) -> Option<String> {
+    match p.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// An object parameter, given as JSON or as a JSON-encoded string (form style).
+fn param_obj(p: &Map<String, Value>, key: &str) -> Option<Map<String, Value>> {
+    match p.get(key)? {
+        Value::Object(o) => Some(o.clone()),
+        Value::String(s) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(o)) => Some(o),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `recipient` as `{id}` (object or JSON string) or a bare PSID.
+fn recipient_psid(p: &Map<String, Value>) -> Option<String> {
+    if let Some(o) = param_obj(p, "recipient") {
+        return param_str(&o, "id");
+    }
+    param_str(p, "recipient").filter(|s| !s.is_empty())
+}
+
+/// App ids are numbers in Meta's echo samples; keep non-numeric ids strings.
+fn id_value(id: &str) -> Value {
+    match id.parse::<u64>() {
+        Ok(n) if !id.starts_with('0') || id == "0" => json!(n),
+        _ => json!(id),
+    }
+}
+
+fn referral_json(r: &Referral) -> Value {
+    let mut m = Map::new();
+    if let Some(x) = &r.ref_ {
+        m.insert("ref".into(), json!(x));
+    }
+    m.insert(
+        "source".into(),
+        json!(r.source.clone().unwrap_or_else(|| "SHORTLINK".into())),
+    );
+    m.insert(
+        "type".into(),
+        json!(r.type_.clone().unwrap_or_else(|| "OPEN_THREAD".into())),
+    );
+    if let Some(x) = &r.ad_id {
+        m.insert("ad_id".into(), json!(x));
+    }
+    Value::Object(m)
+}
+
+fn field_for(event_key: &str) -> &'static str {
+    match event_key {
+        "message" => "messages",
+        "echo" => "message_echoes",
+        "postback" => "messaging_postbacks",
+        "read" => "message_reads",
+        "delivery" => "message_deliveries",
+        "optin" => "messaging_optins",
+        "referral" => "messaging_referrals",
+        "reaction" => "message_reactions",
+        _ => "messaging_handovers",
+    }
+}
+
+impl Engine {
+    pub(crate) fn new(world: World) -> Result<Engine, crate::EmulatorError> {
+        let mut e = Engine {
+            pages: BTreeMap::new(),
+            apps: BTreeMap::new(),
+            tokens: HashMap::new(),
+            subs: BTreeMap::new(),
+            threads: BTreeMap::new(),
+            otn: BTreeMap::new(),
+            user_refs: BTreeMap::new(),
+            now_ms: world.epoch_ms,
+            seq: 0,
+            calls: Vec::new(),
+            attempts: Vec::new(),
+            faults: Vec::new(),
+            batch: None,
+            settings: world.webhooks.clone(),
+        };
+        let mut inbox = AppConfig::new(PAGE_INBOX_APP_ID, "");
+        inbox.name = "Page Inbox".into();
+        inbox.may_take = true;
+        inbox.human_agent = true;
+        e.apps.insert(inbox.id.clone(), inbox);
+        for app in world.apps {
+            e.put_app(app)?;
+        }
+        for page in world.pages {
+            e.put_page(page)?;
+        }
+        Ok(e)
+    }
+
+    pub(crate) fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    pub(crate) fn now(&self) -> i64 {
+        self.now_ms
+    }
+
+    // ----- world ---------------------------------------------------------
+
+    pub(crate) fn put_page(&mut self, page: PageConfig) -> Result<(), crate::EmulatorError> {
+        if page.id.is_empty() {
+            return Err(crate::EmulatorError::Config("page id is empty".into()));
+        }
+        self.pages.insert(page.id.clone(), page);
+        self.rebuild();
+        Ok(())
+    }
+
+    pub(crate) fn put_app(&mut self, app: AppConfig) -> Result<(), crate::EmulatorError> {
+        if app.id.is_empty() {
+            return Err(crate::EmulatorError::Config("app id is empty".into()));
+        }
+        let id = app.id.clone();
+        self.apps.insert(id.clone(), app);
+        self.subs.retain(|(_, a), _| a != &id);
+        self.rebuild();
+        Ok(())
+    }
+
+    pub(crate) fn set_callback(&mut self, app_id: &str, url: Option<String>) -> bool {
+        match self.apps.get_mut(app_id) {
+            Some(app) => {
+                app.callback_url = url;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Rebuilds the token index and gives every connected (page, app) pair
+    /// without a subscription the app's configured fields.
+    fn rebuild(&mut self) {
+        self.tokens.clear();
+        for app in self.apps.values() {
+            for (page, token) in &app.page_tokens {
+                self.tokens
+                    .insert(token.clone(), (app.id.clone(), page.clone()));
+            }
+        }
+        let pages: Vec<String> = self.pages.keys().cloned().collect();
+        for page in pages {
+            for app in self.connected(&page) {
+                let fields = self.apps[&app]
+                    .subscribed_fields
+                    .iter()
+                    .map(|f| normalize_field(f))
+                    .collect();
+                self.subs.entry((page.clone(), app)).or_insert(fields);
+            }
+        }
+    }
+
+    /// Apps connected to a page: those holding a token for it, those its
+    /// routing names, and the Page Inbox.
+    fn connected(&self, page_id: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        out.insert(PAGE_INBOX_APP_ID.to_string());
+        for app in self.apps.values() {
+            if app.page_tokens.contains_key(page_id) {
+                out.insert(app.id.clone());
+            }
+        }
+        if let Some(page) = self.pages.get(page_id) {
+            match &page.routing {
+                Routing::ConversationRouting { default_app } => {
+                    out.insert(default_app.clone());
+                }
+                Routing::ZeroConfig => {}
+                Routing::HandoverV1 {
+                    primary,
+                    secondaries,
+                } => {
+                    out.insert(primary.clone());
+                    out.extend(secondaries.iter().cloned());
+                }
+            }
+        }
+        out.retain(|a| self.apps.contains_key(a));
+        out
+    }
+
+    fn page(&self, page_id: &str) -> Result<PageConfig, ControlError> {
+        self.pages
+            .get(page_id)
+            .cloned()
+            .ok_or_else(|| ControlError::NotFound(format!("no page {page_id}")))
+    }
+
+    // ----- clock -----------------------------------------------------------
+
+    pub(crate) fn clock(&self) -> ClockView {
+        ClockView {
+            now_ms: self.now_ms,
+            expired: Vec::new(),
+        }
+    }
+
+    pub(crate) fn set_clock(&mut self, now_ms: i64) -> ClockView {
+        self.now_ms = now_ms;
+        let mut expired = Vec::new();
+        for ((page, psid), th) in self.threads.iter_mut() {
+            if th.expire(now_ms) {
+                expired.push(format!("{page}/{psid}"));
+            }
+        }
+        ClockView { now_ms, expired }
+    }
+
+    // ----- faults ----------------------------------------------------------
+
+    pub(crate) fn add_fault(&mut self, spec: FaultSpec) -> FaultView {
+        let count = match &spec {
+            FaultSpec::ServerError { count, .. }
+            | FaultSpec::RateLimit { count, .. }
+            | FaultSpec::GraphError { count, .. }
+            | FaultSpec::Delay { count, .. }
+            | FaultSpec::WebhookDrop { count, .. }
+            | FaultSpec::WebhookDuplicate { count, .. } => *count,
+        };
+        let f = ActiveFault {
+            id: self.next_seq(),
+            remaining: count,
+            spec,
+        };
+        self.faults.push(f.clone());
+        FaultView {
+            id: f.id,
+            remaining: f.remaining,
+            spec: f.spec,
+        }
+    }
+
+    pub(crate) fn faults(&self) -> Vec<FaultView> {
+        self.faults
+            .iter()
+            .map(|f| FaultView {
+                id: f.id,
+                remaining: f.remaining,
+                spec: f.spec.clone(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn clear_faults(&mut self) {
+        self.faults.clear();
+    }
+
+    fn take_fault(&mut self, matches: impl Fn(&FaultSpec) -> bool) -> Option<FaultSpec> {
+        let i = self
+            .faults
+            .iter()
+            .position(|f| f.remaining > 0 && matches(&f.spec))?;
+        self.faults[i].remaining -= 1;
+        let spec = self.faults[i].spec.clone();
+        if self.faults[i].remaining == 0 {
+            self.faults.remove(i);
+        }
+        Some(spec)
+    }
+
+    fn take_graph_fault(&mut self, endpoint: &str) -> Option<FaultSpec> {
+        let hit = |e: &Option<String>| e.as_deref().is_none_or(|e| e == endpoint);
+        self.take_fault(|s| match s {
+            FaultSpec::ServerError { endpoint, .. }
+            | FaultSpec::RateLimit { endpoint, .. }
+            | FaultSpec::GraphError { endpoint, .. }
+            | FaultSpec::Delay { endpoint, .. } => hit(endpoint),
+            _ => false,
+        })
+    }
+
+    pub(crate) fn take_webhook_fault(&mut self, app: &str) -> Option<WebhookFault> {
+        let hit = |a: &Option<String>| a.as_deref().is_none_or(|a| a == app);
+        match self.take_fault(|s| match s {
+            FaultSpec::WebhookDrop { app_id, .. } | FaultSpec::WebhookDuplicate { app_id, .. } => {
+                hit(app_id)
+            }
+            _ => false,
+        })? {
+            FaultSpec::WebhookDrop { .. } => Some(WebhookFault::Drop),
+            _ => Some(WebhookFault::Duplicate),
+        }
+    }
+
+    // ----- logs ------------------------------------------------------------
+
+    pub(crate) fn calls(&self) -> &[CallRecord] {
+        &self.calls
+    }
+
+    pub(crate) fn attempts(&self) -> &[DeliveryAttempt] {
+        &self.attempts
+    }
+
+    pub(crate) fn record_attempt(&mut self, mut a: DeliveryAttempt) {
+        a.seq = self.next_seq();
+        a.at_ms = self.now_ms;
+        self.attempts.push(a);
+    }
+
+    pub(crate) fn clear_calls(&mut self) {
+        self.calls.clear();
+    }
+
+    pub(crate) fn clear_attempts(&mut self) {
+        self.attempts.clear();
+    }
+
+    pub(crate) fn reset_logs(&mut self) {
+        self.calls.clear();
+        self.attempts.clear();
+    }
+
+    /// Who delivers where: (callback URL, secret) of an app.
+    pub(crate) fn endpoint_of(&self, app_id: &str) -> Option<(String, String)> {
+        let app = self.apps.get(app_id)?;
+        Some((app.callback_url.clone()?, app.secret.clone()))
+    }
+
+    // ----- routing ---------------------------------------------------------
+
+    fn messaging_apps(&self, page: &PageConfig, th: &Thread) -> BTreeSet<String> {
+        match &page.routing {
+            Routing::ConversationRouting { default_app } => {
+                BTreeSet::from([th.owner.clone().unwrap_or_else(|| default_app.clone())])
+            }
+            Routing::ZeroConfig => self.connected(&page.id),
+            Routing::HandoverV1 { primary, .. } => {
+                BTreeSet::from([th.owner.clone().unwrap_or_else(|| primary.clone())])
+            }
+        }
+    }
+
+    fn subscribed(&self, page: &str, app: &str, field: &str) -> bool {
+        self.subs
+            .get(&(page.to_string(), app.to_string()))
+            .is_some_and(|f| f.contains(field))
+    }
+
+    fn has_callback(&self, app: &str) -> bool {
+        self.apps.get(app).is_some_and(|a| a.callback_url.is_some())
+    }
+
+    /// Plans one user/page event for every connected app: `messaging` for
+    /// the apps that own or may answer the thread, `standby` for the others.
+    fn route(&self, page: &PageConfig, th: &Thread, event_key: &str, item: Value) -> Vec<Planned> {
+        let field = field_for(event_key);
+        let messaging = self.messaging_apps(page, th);
+        let mut out = Vec::new();
+        for app in self.connected(&page.id) {
+            if !self.has_callback(&app) || !self.subscribed(&page.id, &app, field) {
+                continue;
+            }
+            if messaging.contains(&app) {
+                out.push(Planned {
+                    app_id: app,
+                    page_id: page.id.clone(),
+                    channel: Channel::Messaging,
+                    item: item.clone(),
+                });
+            } else if self.subscribed(&page.id, &app, "standby") {
+                let mut item = item.clone();
+                if event_key == "postback" {
+                    if let Some(pb) = item.get_mut("postback").and_then(Value::as_object_mut) {
+                        pb.remove("payload");
+                    }
+                }
+                out.push(Planned {
+                    app_id: app,
+                    page_id: page.id.clone(),
+                    channel: Channel::Standby,
+                    item,
+                });
+            }
+        }
+        out
+    }
+
+    fn plan_notices(&self, page_id: &str, psid: &str, notices: Vec<Notice>) -> Vec<Planned> {
+        let now = self.now_ms;
+        let mut out = Vec::new();
+        for n in notices {
+            let (to, key, mut body) = match n {
+                Notice::Pass {
+                    to,
+                    previous,
+                    new,
+                    metadata,
+                } => (
+                    to,
+                    "pass_thread_control",
+                    json!({"previous_owner_app_id": previous, "new_owner_app_id": new, "metadata": metadata}),
+                ),
+                Notice::Take {
+                    to,
+                    previous,
+                    new,
+                    metadata,
+                } => (
+                    to,
+                    "take_thread_control",
+                    json!({"previous_owner_app_id": previous, "new_owner_app_id": new, "metadata": metadata}),
+                ),
+                Notice::Request {
+                    to,
+                    requester,
+                    metadata,
+                } => (
+                    to,
+                    "request_thread_control",
+                    json!({"requested_owner_app_id": requester, "metadata": metadata}),
+                ),
+            };
+            if body["metadata"].is_null() {
+                if let Some(o) = body.as_object_mut() {
+                    o.remove("metadata");
+                }
+            }
+            if !self.has_callback(&to) || !self.subscribed(page_id, &to, "messaging_handovers") {
+                continue;
+            }
+            let mut item = json!({
+                "sender": {"id": psid},
+                "recipient": {"id": page_id},
+                "timestamp": now,
+            });
+            item[key] = body;
+            out.push(Planned {
+                app_id: to,
+                page_id: page_id.to_string(),
+                channel: Channel::Messaging,
+                item,
+            });
+        }
+        out
+    }
+
+    fn thread_mut(&mut self, page_id: &str, psid: &str) -> &mut Thread {
+        let now = self.now_ms;
+        let th = self
+            .threads
+            .entry((page_id.to_string(), psid.to_string()))
+            .or_default();
+        th.expire(now);
+        th
+    }
+
+    fn thread_clone(&mut self, page_id: &str, psid: &str) -> Option<Thread> {
+        let now = self.now_ms;
+        let th = self
+            .threads
+            .get_mut(&(page_id.to_string(), psid.to_string()))?;
+        th.expire(now);
+        Some(th.clone())
+    }
+
+    fn store(&mut self, page_id: &str, psid: &str, th: Thread) {
+        self.threads
+            .insert((page_id.to_string(), psid.to_string()), th);
+    }
+
+    // ----- thread control rules -------------------------------------------
+
+    fn pass(
+        &self,
+        page: &PageConfig,
+        th: &mut Thread,
+        caller: &str,
+        target: Option<String>,
+        metadata: Option<String>,
+    ) -> Result<Vec<Notice>, GraphError> {
+        let now = self.now_ms;
+        let connected = self.connected(&page.id);
+        let check_target = |t: &str| {
+            if t == caller {
+                Err(GraphError::param(
+                    "The target app is already the calling app",
+                ))
+            } else if !connected.contains(t) {
+                Err(GraphError::param(
+                    "Invalid target_app_id: the app is not connected to this page",
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match &page.routing {
+            Routing::ConversationRouting { default_app } => {
+                let allowed = match &th.owner {
+                    Some(o) => o == caller,
+                    None => caller == default_app,
+                };
+                if !allowed {
+                    return Err(GraphError::not_owner());
+                }
+                let target = target.unwrap_or_else(|| default_app.clone());
+                check_target(&target)?;
+                let previous = th.owner.clone();
+                th.owner = Some(target.clone());
+                th.expires_at_ms = Some(now + DAY_MS);
+                Ok(vec![Notice::Pass {
+                    to: target.clone(),
+                    previous,
+                    new: target,
+                    metadata,
+                }])
+            }
+            Routing::ZeroConfig => {
+                if th.owner.as_deref().is_some_and(|o| o != caller) {
+                    return Err(GraphError::not_owner());
+                }
+                let target = target.ok_or_else(|| {
+                    GraphError::param("target_app_id is required: the page has no default app")
+                })?;
+                check_target(&target)?;
+                let previous = th.owner.clone();
+                th.owner = Some(target.clone());
+                th.expires_at_ms = Some(now + DAY_MS);
+                Ok(vec![Notice::Pass {
+                    to: target.clone(),
+                    previous,
+                    new: target,
+                    metadata,
+                }])
+            }
+            Routing::HandoverV1 { primary, .. } => {
+                let effective = th.owner.clone().unwrap_or_else(|| primary.clone());
+                if effective != caller {
+                    return Err(GraphError::not_owner());
+                }
+                let target = match target {
+                    Some(t) => t,
+                    None if caller == primary => {
+                        return Err(GraphError::param(
+                            "target_app_id is required when the primary receiver passes",
+                        ))
+                    }
+                    None => primary.clone(),
+                };
+                check_target(&target)?;
+                th.owner = (target != *primary).then(|| target.clone());
+                th.expires_at_ms = None;
+                Ok(vec![Notice::Pass {
+                    to: target.clone(),
+                    previous: Some(caller.to_string()),
+                    new: target,
+                    metadata,
+                }])
+            }
+        }
+    }
+
+    fn take(
+        &self,
+        page: &PageConfig,
+        th: &mut Thread,
+        caller: &str,
+        metadata: Option<String>,
+        forced: bool,
+    ) -> Result<Vec<Notice>, GraphError> {
+        let now = self.now_ms;
+        let previous =
+            match &page.routing {
+                Routing::ZeroConfig if !forced => return Err(GraphError::new(
+                    27,
+                    None,
+                    "Take thread control is not supported when Conversation Routing is not enabled",
+                )),
+                Routing::ConversationRouting { .. } | Routing::ZeroConfig => {
+                    let may_take = self.apps.get(caller).is_some_and(|a| a.may_take);
+                    if th.owner.as_deref().is_some_and(|o| o != caller) && !may_take && !forced {
+                        return Err(GraphError::param(
+                            "This app is not allowed to take control of this conversation",
+                        ));
+                    }
+                    let previous = th.owner.clone();
+                    th.owner = Some(caller.to_string());
+                    th.expires_at_ms = Some(now + DAY_MS);
+                    previous
+                }
+                Routing::HandoverV1 { primary, .. } => {
+                    if caller != primary && !forced {
+                        return Err(GraphError::param(
+                            "Only the primary receiver can take thread control",
+                        ));
+                    }
+                    let previous = th.owner.clone().unwrap_or_else(|| primary.clone());
+                    th.owner = (caller != primary).then(|| caller.to_string());
+                    th.expires_at_ms = None;
+                    Some(previous)
+                }
+            };
+        Ok(match previous {
+            Some(p) if p != caller => vec![Notice::Take {
+                to: p.clone(),
+                previous: Some(p),
+                new: caller.to_string(),
+                metadata,
+            }],
+            _ => Vec::new(),
+        })
+    }
+
+    fn request(
+        &self,
+        page: &PageConfig,
+        th: &mut Thread,
+        caller: &str,
+        metadata: Option<String>,
+    ) -> Result<Vec<Notice>, GraphError> {
+        let now = self.now_ms;
+        let to = match &page.routing {
+            Routing::ConversationRouting { default_app } => {
+                th.owner.clone().unwrap_or_else(|| default_app.clone())
+            }
+            Routing::ZeroConfig => match &th.owner {
+                Some(o) => o.clone(),
+                None => {
+                    // Zero-config: the first app to request an idle thread gets it.
+                    th.owner = Some(caller.to_string());
+                    th.expires_at_ms = Some(now + DAY_MS);
+                    return Ok(Vec::new());
+                }
+            },
+            Routing::HandoverV1 { primary, .. } => {
+                if caller == primary {
+                    return Err(GraphError::param(
+                        "The primary receiver cannot request thread control",
+                    ));
+                }
+                primary.clone()
+            }
+        };
+        if to == caller {
+            return Ok(Vec::new());
+        }
+        Ok(vec![Notice::Request {
+            to,
+            requester: caller.to_string(),
+            metadata,
+        }])
+    }
+
+    fn release(&self, page: &PageConfig, th: &mut Thread, caller: &str) -> Result<(), GraphError> {
+        match &page.routing {
+            Routing::HandoverV1 { primary, .. } if th.owner.is_none() && caller == primary => {
+                Ok(())
+            }
+            _ if th.owner.as_deref() == Some(caller) => {
+                th.owner = None;
+                th.expires_at_ms = None;
+                Ok(())
+            }
+            _ => Err(GraphError::new(
+                100,
+                Some(2_534_037),
+                "Only the current thread owner can release thread control",
+            )),
+        }
+    }
+
+    fn extend(
+        &self,
+        page: &PageConfig,
+        th: &mut Thread,
+        caller: &str,
+        duration: Option<String>,
+    ) -> Result<(), GraphError> {
+        let secs: i64 = duration
+            .as_deref()
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(|| GraphError::param("param duration must be a number of seconds"))?;
+        if !(1..=MAX_EXTEND_SECONDS).contains(&secs) {
+            return Err(GraphError::param(
+                "param duration must be between 1 and 604800 seconds (7 days)",
+            ));
+        }
+        match &page.routing {
+            Routing::HandoverV1 { primary, .. } => {
+                if th.owner.clone().unwrap_or_else(|| primary.clone()) != caller {
+                    return Err(GraphError::not_owner());
+                }
+                Ok(())
+            }
+            _ => {
+                if th.owner.as_deref() != Some(caller) {
+                    return Err(GraphError::not_owner());
+                }
+                let until = self.now_ms + secs * 1000;
+                th.expires_at_ms = Some(th.expires_at_ms.map_or(until, |e| e.max(until)));
+                Ok(())
+            }
+        }
+    }
+
+    fn may_send(page: &PageConfig, th: &Thread, app: &str) -> bool {
+        match &page.routing {
+            Routing::ZeroConfig => true,
+            Routing::ConversationRouting { default_app } => {
+                th.owner.as_deref().unwrap_or(default_app) == app
+            }
+            Routing::HandoverV1 { primary, .. } => th.owner.as_deref().unwrap_or(primary) == app,
+        }
+    }
+
+    // ----- Graph API ---------------------------------------------------------
+
+    pub(crate) fn graph(&mut self, req: GraphRequest) -> GraphOutcome {
+        let seq = self.next_seq();
+        let trace = format!("Emu{seq:09}");
+        let endpoint = req.edge.clone().unwrap_or_else(|| "node".into());
+        let who = req.token.as_ref().and_then(|t| self.tokens.get(t)).cloned();
+        let mut hold = None;
+        let mut fault_name = None;
+        let fault_answer: Option<GraphError> = match self.take_graph_fault(&endpoint) {
+            None => None,
+            Some(FaultSpec::ServerError { status, .. }) => {
+                fault_name = Some("server_error".to_string());
+                Some(GraphError {
+                    status: status.unwrap_or(500),
+                    code: 2,
+                    subcode: None,
+                    message: "An unexpected error has occurred. Please retry your request later."
+                        .into(),
+                    transient: true,
+                })
+            }
+            Some(FaultSpec::RateLimit { .. }) => {
+                fault_name = Some("rate_limit".to_string());
+                Some(GraphError::new(
+                    613,
+                    None,
+                    "Calls to this api have exceeded the rate limit.",
+                ))
+            }
+            Some(FaultSpec::GraphError {
+                status,
+                code,
+                subcode,
+                message,
+                ..
+            }) => {
+                fault_name = Some("graph_error".to_string());
+                let mut e = GraphError::new(
+                    code,
+                    subcode,
+                    message.as_deref().unwrap_or("Injected error"),
+                );
+                e.status = status.unwrap_or(400);
+                Some(e)
+            }
+            Some(FaultSpec::Delay { millis, .. }) => {
+                fault_name = Some("delay".to_string());
+                hold = Some(millis.map_or(Hold::UntilRelease, Hold::For));
+                None
+            }
+            Some(_) => None,
+        };
+        let result = match fault_answer {
+            Some(e) => Err(e),
+            None => self.dispatch(&req, &endpoint),
+        };
+        let (status, body, planned) = match result {
+            Ok((body, planned)) => (200, body, planned),
+            Err(e) => (e.status, e.to_json(&trace), Vec::new()),
+        };
+        let mut params = req.params.clone();
+        params.remove("access_token");
+        self.calls.push(CallRecord {
+            seq,
+            at_ms: self.now_ms,
+            method: req.method.clone(),
+            path: req.path.clone(),
+            endpoint,
+            app_id: who.as_ref().map(|w| w.0.clone()),
+            page_id: who.as_ref().map(|w| w.1.clone()),
+            params: Value::Object(params),
+            status,
+            response: body.clone(),
+            fault: fault_name,
+        });
+        GraphOutcome {
+            status,
+            body,
+            planned,
+            hold,
+        }
+    }
+
+    fn auth(&self, token: Option<&str>, node: &str) -> Result<(String, PageConfig), GraphError> {
+        let token = token.ok_or_else(|| {
+            GraphError::new(
+                104,
+                None,
+                "An access token is required to request this resource.",
+            )
+        })?;
+        let (app, page_id) = self.tokens.get(token).ok_or_else(|| {
+            GraphError::new(
+                190,
+                None,
+                "Invalid OAuth access token - Cannot parse access token",
+            )
+        })?;
+        let page = self.pages.get(page_id).ok_or_else(|| {
+            GraphError::new(
+                190,
+                Some(460),
+                "Error validating access token: the page is gone",
+            )
+        })?;
+        if node != "me" && node != page_id {
+            return Err(GraphError::new(
+                100,
+                Some(33),
+                &format!(
+                    "Unsupported request. Object with ID '{node}' does not exist, cannot be loaded due to missing permissions, or does not support this operation"
+                ),
+            ));
+        }
+        Ok((app.clone(), page.clone()))
+    }
+
+    fn dispatch(&mut self, req: &GraphRequest, endpoint: &str) -> Answer {
+        let (app, page) = self.auth(req.token.as_deref(), &req.node)?;
+        let p = &req.params;
+        let method = req.method.as_str();
+        match (method, endpoint) {
+            ("GET", "node") => {
+                let mut out = json!({"id": page.id, "name": page.name});
+                if param_str(p, "fields").is_some_and(|f| f.contains("messaging_feature_status")) {
+                    out["messaging_feature_status"] = json!({
+                        "hop_v2": !matches!(page.routing, Routing::HandoverV1 { .. }),
+                        "msgr_multi_app": true,
+                        "ig_multi_app": false,
+                    });
+                }
+                Ok((out, Vec::new()))
+            }
+            ("POST", "messages") => self.send(&app, &page, p),
+            ("POST", "pass_thread_control")
+            | ("POST", "take_thread_control")
+            | ("POST", "request_thread_control")
+            | ("POST", "release_thread_control")
+            | ("POST", "extend_thread_control") => self.control_call(&app, &page, endpoint, p),
+            ("GET", "thread_owner") => self.thread_owner(&app, &page, p),
+            ("GET", "secondary_receivers") => match &page.routing {
+                Routing::HandoverV1 {
+                    primary,
+                    secondaries,
+                } => {
+                    if &app != primary {
+                        return Err(GraphError::new(
+                            10,
+                            Some(2_018_171),
+                            "Only the primary receiver can list secondary receivers",
+                        ));
+                    }
+                    let data: Vec<Value> = secondaries
+                        .iter()
+                        .map(|s| {
+                            let name = self.apps.get(s).map(|a| a.name.clone()).unwrap_or_default();
+                            json!({"id": s, "name": name})
+                        })
+                        .collect();
+                    Ok((json!({"data": data}), Vec::new()))
+                }
+                _ => Err(GraphError::new(
+                    10,
+                    Some(2_018_171),
+                    "This is only available to primary and secondary receivers",
+                )),
+            },
+            ("GET", "subscribed_apps") => {
+                let data: Vec<Value> = self
+                    .subs
+                    .iter()
+                    .filter(|((pg, _), f)| pg == &page.id && !f.is_empty())
+                    .map(|((_, a), f)| {
+                        let name = self.apps.get(a).map(|x| x.name.clone()).unwrap_or_default();
+                        json!({"id": a, "name": name, "subscribed_fields": f})
+                    })
+                    .collect();
+                Ok((json!({"data": data}), Vec::new()))
+            }
+            ("POST", "subscribed_apps") => {
+                let fields: BTreeSet<String> = match p.get("subscribed_fields") {
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(normalize_field)
+                        .collect(),
+                    Some(Value::String(s)) => s
+                        .split(',')
+                        .filter(|f| !f.trim().is_empty())
+                        .map(normalize_field)
+                        .collect(),
+                    _ => return Err(GraphError::param("param subscribed_fields is required")),
+                };
+                self.subs.insert((page.id.clone(), app), fields);
+                Ok((json!({"success": true}), Vec::new()))
+            }
+            ("DELETE", "subscribed_apps") => {
+                self.subs.insert((page.id.clone(), app), BTreeSet::new());
+                Ok((json!({"success": true}), Vec::new()))
+            }
+            (
+                _,
+                "node"
+                | "messages"
+                | "pass_thread_control"
+                | "take_thread_control"
+                | "request_thread_control"
+                | "release_thread_control"
+                | "extend_thread_control"
+                | "thread_owner"
+                | "secondary_receivers"
+                | "subscribed_apps",
+            ) => Err(GraphError::new(
+                100,
+                Some(33),
+                &format!("Unsupported {} request", method.to_lowercase()),
+            )),
+            _ => Err(GraphError::new(
+                2500,
+                None,
+                &format!("Unknown path components: /{endpoint}"),
+            )),
+        }
+    }
+
+    fn control_call(
+        &mut self,
+        app: &str,
+        page: &PageConfig,
+        endpoint: &str,
+        p: &Map<String, Value>,
+    ) -> Answer {
+        let psid = recipient_psid(p)
+            .ok_or_else(|| GraphError::param("param recipient must be non-empty."))?;
+        let mut th = self
+            .thread_clone(&page.id, &psid)
+            .ok_or_else(|| GraphError::new(100, Some(2_018_001), "No matching user found"))?;
+        let metadata = param_str(p, "metadata");
+        let notices = match endpoint {
+            "pass_thread_control" => {
+                self.pass(page, &mut th, app, param_str(p, "target_app_id"), metadata)?
+            }
+            "take_thread_control" => self.take(page, &mut th, app, metadata, false)?,
+            "request_thread_control" => self.request(page, &mut th, app, metadata)?,
+            "release_thread_control" => {
+                self.release(page, &mut th, app)?;
+                Vec::new()
+            }
+            _ => {
+                self.extend(page, &mut th, app, param_str(p, "duration"))?;
+                Vec::new()
+            }
+        };
+        self.store(&page.id, &psid, th);
+        let planned = self.plan_notices(&page.id, &psid, notices);
+        Ok((json!({"success": true}), planned))
+    }
+
+    fn thread_owner(&mut self, app: &str, page: &PageConfig, p: &Map<String, Value>) -> Answer {
+        let psid = recipient_psid(p)
+            .ok_or_else(|| GraphError::param("param recipient must be non-empty."))?;
+        let th = self
+            .thread_clone(&page.id, &psid)
+            .ok_or_else(|| GraphError::new(100, Some(2_018_001), "No matching user found"))?;
+        let owner_json = |owner: &str, exp: Option<i64>| {
+            let mut o = json!({"app_id": owner});
+            if let Some(e) = exp {
+                o["expiration"] = json!(e / 1000);
+            }
+            json!({"data": [{"thread_owner": o}]})
+        };
+        let body = match (&page.routing, &th.owner) {
+            (Routing::ConversationRouting { default_app }, Some(o)) => {
+                if app == o || app == default_app {
+                    owner_json(o, th.expires_at_ms)
+                } else {
+                    json!({"data": []})
+                }
+            }
+            (Routing::ZeroConfig, Some(o)) => owner_json(o, th.expires_at_ms),
+            (Routing::HandoverV1 { primary, .. }, owner) => {
+                let effective = owner.clone().unwrap_or_else(|| primary.clone());
+                if app == primary || app == effective || &effective == primary {
+                    owner_json(&effective, None)
+                } else {
+                    return Err(GraphError::new(
+                        100,
+                        Some(2_018_234),
+                        "A secondary receiver cannot see the thread owner",
+                    ));
+                }
+            }
+            (_, None) => json!({"data": []}),
+        };
+        Ok((body, Vec::new()))
+    }
+
+    fn send(&mut self, app: &str, page: &PageConfig, p: &Map<String, Value>) -> Answer {
+        let now = self.now_ms;
+        let recipient = param_obj(p, "recipient")
+            .ok_or_else(|| GraphError::param("param recipient must be non-empty."))?;
+        let message = param_obj(p, "message");
+        let sender_action = param_str(p, "sender_action");
+        match (&message, &sender_action) {
+            (Some(_), Some(_)) => {
+                return Err(GraphError::param(
+                    "sender_action cannot be sent with message",
+                ))
+            }
+            (None, None) => return Err(GraphError::param("param message must be non-empty.")),
+            (None, Some(a)) => {
+                let ok = ["typing_on", "typing_off", "mark_seen", "react", "unreact"]
+                    .contains(&a.to_lowercase().as_str());
+                if !ok {
+                    return Err(GraphError::param("param sender_action is invalid"));
+                }
+            }
+            _ => {}
+        }
+        let messaging_type = param_str(p, "messaging_type")
+            .unwrap_or_else(|| "RESPONSE".into())
+            .to_uppercase();
+        if !["RESPONSE", "UPDATE", "MESSAGE_TAG", "UTILITY"].contains(&messaging_type.as_str()) {
+            return Err(GraphError::param("param messaging_type is invalid"));
+        }
+        let tag = param_str(p, "tag").map(|t| t.to_uppercase());
+        if messaging_type == "MESSAGE_TAG" && tag.is_none() {
+            return Err(GraphError::param(
+                "param tag is required when messaging_type is MESSAGE_TAG",
+            ));
+        }
+        if let Some(t) = &tag {
+            let legacy_ok = RETIRED_2026_TAGS.contains(&t.as_str()) && now < TAGS_RETIRED_MS;
+            if t != "HUMAN_AGENT" && !legacy_ok {
+                return Err(GraphError::param(&format!(
+                    "Invalid parameter: tag {t} is not supported"
+                )));
+            }
+        }
+        let tagged = messaging_type == "MESSAGE_TAG";
+        let human_agent = tagged && tag.as_deref() == Some("HUMAN_AGENT");
+        if human_agent && !self.apps.get(app).is_some_and(|a| a.human_agent) {
+            return Err(GraphError::new(
+                200,
+                None,
+                "The HUMAN_AGENT tag requires the Human Agent feature for this app",
+            ));
+        }
+
+        // Who is the recipient?
+        enum Kind {
+            Psid,
+            Otn(String),
+            UserRef(String),
+        }
+        let (psid, kind) = if let Some(id) = param_str(&recipient, "id") {
+            (id, Kind::Psid)
+        } else if let Some(t) = param_str(&recipient, "one_time_notif_token") {
+            let tok = self
+                .otn
+                .get(&t)
+                .filter(|x| x.page_id == page.id)
+                .ok_or_else(|| GraphError::param("Invalid one_time_notif_token"))?;
+            if tok.used {
+                return Err(GraphError::param(
+                    "The one_time_notif_token was already used",
+                ));
+            }
+            if now >= tok.created_ms + OTN_LIFETIME_MS {
+                return Err(GraphError::param("The one_time_notif_token has expired"));
+            }
+            (tok.psid.clone(), Kind::Otn(t))
+        } else if let Some(r) = param_str(&recipient, "user_ref") {
+            let u = self
+                .user_refs
+                .get(&(page.id.clone(), r.clone()))
+                .filter(|u| !u.used)
+                .ok_or_else(|| GraphError::new(100, Some(2_018_001), "No matching user found"))?;
+            (u.psid.clone(), Kind::UserRef(r))
+        } else if recipient.contains_key("notification_messages_token") {
+            return Err(GraphError::param(
+                "Recurring notifications (notification_messages_token) are retired",
+            ));
+        } else {
+            return Err(GraphError::param("param recipient is invalid"));
+        };
+        let mut th = self
+            .thread_clone(&page.id, &psid)
+            .ok_or_else(|| GraphError::new(100, Some(2_018_001), "No matching user found"))?;
+        if !Self::may_send(page, &th, app) {
+            return Err(GraphError::new(
+                10,
+                Some(2_018_300),
+                "This message is being sent by an app that does not control this thread: another app is controlling this thread",
+            ));
+        }
+        if matches!(kind, Kind::Psid) {
+            let open = if human_agent {
+                th.last_user_action_ms
+                    .is_some_and(|t| now - t < HUMAN_AGENT_MS)
+            } else {
+                th.window_open(now) || (tagged && sender_action.is_none())
+            };
+            if !open {
+                return Err(GraphError::new(
+                    10,
+                    Some(2_018_278),
+                    "This message is sent outside of allowed window.",
+                ));
+            }
+        }
+        if sender_action.is_some() {
+            return Ok((json!({"recipient_id": psid}), Vec::new()));
+        }
+        let message = message.unwrap_or_default();
+        // Validate inline control before anything is sent.
+        let control = param_obj(p, "thread_control");
+        let mut after = th.clone();
+        let mut notices = Vec::new();
+        if let Some(c) = &control {
+            let kind = param_str(c, "control_type").unwrap_or_else(|| "release".into());
+            match kind.as_str() {
+                "pass" => {
+                    notices = self.pass(page, &mut after, app, param_str(c, "app_id"), None)?;
+                }
+                "release" => self.release(page, &mut after, app)?,
+                _ => {
+                    return Err(GraphError::param(
+                        "param thread_control.control_type is invalid",
+                    ))
+                }
+            }
+        }
+        match &kind {
+            Kind::Otn(t) => {
+                if let Some(tok) = self.otn.get_mut(t) {
+                    tok.used = true;
+                }
+            }
+            Kind::UserRef(r) => {
+                if let Some(u) = self.user_refs.get_mut(&(page.id.clone(), r.clone())) {
+                    u.used = true;
+                }
+            }
+            Kind::Psid => {}
+        }
+        let metadata = param_str(&message, "metadata");
+        let (mid, mut planned) = self.echo(page, &mut th, &psid, app, message, metadata);
+        if control.is_some() {
+            after.transcript = th.transcript.clone();
+            th = after;
+        }
+        self.store(&page.id, &psid, th);
+        planned.extend(self.plan_notices(&page.id, &psid, notices));
+        let body = match kind {
+            Kind::UserRef(_) => json!({"message_id": mid}),
+            _ => json!({"recipient_id": psid, "message_id": mid}),
+        };
+        Ok((body, planned))
+    }
+
+    /// Records a page message and plans its echo.
+    fn echo(
+        &mut self,
+        page: &PageConfig,
+        th: &mut Thread,
+        psid: &str,
+        app: &str,
+        mut message: Map<String, Value>,
+        metadata: Option<String>,
+    ) -> (String, Vec<Planned>) {
+        let mid = format!("m_{}", self.next_seq());
+        th.transcript.push(TranscriptLine {
+            mid: mid.clone(),
+            from: "page".into(),
+            app_id: Some(app.to_string()),
+            text: param_str(&message, "text"),
+            metadata: metadata.clone(),
+            at_ms: self.now_ms,
+        });
+        message.remove("metadata");
+        message.remove("quick_replies");
+        message.insert("is_echo".into(), json!(true));
+        message.insert("app_id".into(), id_value(app));
+        if let Some(m) = metadata {
+            message.insert("metadata".into(), json!(m));
+        }
+        message.insert("mid".into(), json!(mid));
+        let item = json!({
+            "sender": {"id": page.id},
+            "recipient": {"id": psid},
+            "timestamp": self.now_ms,
+            "message": message,
+        });
+        let planned = self.route(page, th, "echo", item);
+        (mid, planned)
+    }
+
+    // ----- user actions (control API) -------------------------------------
+
+    /// A qualifying user action: refreshes the window and, for actions that
+    /// enter the thread, hands an idle Conversation Routing thread to the
+    /// default app (or the app of the m.me link rule).
+    fn user_activity(
+        &self,
+        page: &PageConfig,
+        th: &mut Thread,
+        enters: bool,
+        link_ref: Option<&str>,
+    ) {
+        let now = self.now_ms;
+        th.last_user_action_ms = Some(now);
+        match &page.routing {
+            Routing::ConversationRouting { default_app } => {
+                if th.owner.is_none() {
+                    if enters {
+                        let target = link_ref
+                            .and_then(|r| page.link_routes.get(r))
+                            .filter(|a| self.apps.contains_key(*a))
+                            .unwrap_or(default_app);
+                        th.owner = Some(target.clone());
+                        th.expires_at_ms = Some(now + DAY_MS);
+                    }
+                } else {
+                    th.expires_at_ms = Some(th.expires_at_ms.unwrap_or(0).max(now + DAY_MS));
+                }
+            }
+            Routing::ZeroConfig => {
+                if th.owner.is_some() {
+                    th.expires_at_ms = Some(th.expires_at_ms.unwrap_or(0).max(now + DAY_MS));
+                }
+            }
+            Routing::HandoverV1 { .. } => {}
+        }
+    }
+
+    fn user_item(&self, page: &PageConfig, psid: &str, key: &str, body: Value) -> Value {
+        let mut item = json!({
+            "sender": {"id": psid},
+            "recipient": {"id": page.id},
+            "timestamp": self.now_ms,
+        });
+        item[key] = body;
+        item
+    }
+
+    pub(crate) fn user_message(
+        &mut self,
+        page_id: &str,
+        psid: &str,
+        m: UserMessage,
+    ) -> Result<(String, Vec<Planned>), ControlError> {
+        let page = self.page(page_id)?;
+        let mid = m
+            .mid
+            .clone()
+            .unwrap_or_else(|| format!("m_{}", self.next_seq()));
+        let now = self.now_ms;
+        let mut th = self.thread_mut(page_id, psid).clone();
+        let link_ref = m.referral.as_ref().and_then(|r| r.ref_.clone());
+        self.user_activity(&page, &mut th, true, link_ref.as_deref());
+        if th.user_messages == 0
+            && m.referral.as_ref().and_then(|r| r.source.as_deref()) == Some("ADS")
+        {
+            th.ads_window_until_ms = Some(now + 7 * DAY_MS);
+        }
+        th.user_messages += 1;
+        let mut msg = json!({"mid": mid});
+        if let Some(t) = &m.text {
+            msg["text"] = json!(t);
+        }
+        if let Some(q) = &m.quick_reply_payload {
+            msg["quick_reply"] = json!({"payload": q});
+        }
+        if let Some(a) = &m.attachments {
+            msg["attachments"] = a.clone();
+        }
+        if let Some(r) = &m.referral {
+            msg["referral"] = referral_json(r);
+        }
+        th.transcript.push(TranscriptLine {
+            mid: mid.clone(),
+            from: "user".into(),
+            app_id: None,
+            text: m.text.clone(),
+            metadata: None,
+            at_ms: now,
+        });
+        let item = self.user_item(&page, psid, "message", msg);
+        let planned = self.route(&page, &th, "message", item);
+        self.store(page_id, psid, th);
+        Ok((mid, planned))
+    }
+
+    pub(crate) fn user_postback(
+        &mut self,
+        page_id: &str,
+        psid: &str,
+        pb: UserPostback,
+    ) -> Result<(String, Vec<Planned>), ControlError> {
+        let page = self.page(page_id)?;
+        let mid = format!("m_{}", self.next_seq());
+        let mut th = self.thread_mut(page_id, psid).clone();
+        let link_ref = pb.referral.as_ref().and_then(|r| r.ref_.clone());
+        self.user_activity(&page, &mut th, true, link_ref.as_deref());
+        let mut body = json!({"mid": mid, "title": pb.title, "payload": pb.payload});
+        if let Some(r) = &pb.referral {
+            body["referral"] = referral_json(r);
+        }
+        let item = self.user_item(&page, psid, "postback", body);
+        let planned = self.route(&page, &th, "postback", item);
+        self.store(page_id, psid, th);
+        Ok((mid, planned))
+    }
+
+    pub(crate) fn user_reaction(
+        &mut self,
+        page_id: &str,
+        psid: &str,
+        r: UserReaction,
+    ) -> Result<Vec<Planned>, ControlError> {
+        let page = self.page(page_id)?;
+        let mut th = self.thread_mut(page_id, psid).clone();
+        self.user_activity(&page, &mut th, false, None);
+        let action = r.action.unwrap_or_else(|| "react".into());
+        let mut body = json!({"mid": r.mid, "action": action});
+        if action != "unreact" {
+            body["reaction"] = json!(r.reaction.unwrap_or_else(|| "love".into()));
+            body["emoji"] = json!(r.emoji.unwrap_or_else(|| "\u{2764}".into()));
+        }
+        let item = self.user_item(&page, psid, "reaction", body);
+        let planned = self.route(&page, &th, "reaction", item);
+        self.store(page_id, psid, th);
+        Ok(planned)
+    }
+
+    pub(crate) fn user_referral(
+        &mut self,
+        page_id: &str,
+        psid: &str,
+        r: Referral,
+    ) -> Result<Vec<Planned>, ControlError> {
+        let page = self.page(page_id)?;
+        let mut th = self.thread_mut(page_id, psid).clone();
+        self.user_activity(&page, &mut th, true, r.ref_.as_deref());
+        let item = self.user_item(&page, psid, "referral", referral_json(&r));
+        let planned = self.route(&page, &th, "referral", item);
+        self.store(page_id, psid, th);
+        Ok(planned)
+    }
+
+    pub(crate) fn user_otn_optin(
+        &mut self,
+        page_id: &str,
+        psid: &str,
+        payload: String,
+    ) -> Result<(String, Vec<Planned>), ControlError> {
+        let page = self.page(page_id)?;
+        let token = format!("otn_{}", self.next_seq());
+        let th = self.thread_mut(page_id, psid).clone();
+        self.otn.insert(
+            token.clone(),
+            OtnToken {
+                page_id: page_id.to_string(),
+                psid: psid.to_string(),
+                payload: payload.clone(),
+                created_ms: self.now_ms,
+                used: false,
+            },
+        );
+        let body = json!({"type": "one_time_notif_req", "payload": payload, "one_time_notif_token": token});
+        let item = self.user_item(&page, psid, "optin", body);
+        Ok((token, self.route(&page, &th, "optin", item)))
+    }
+
+    /// Send-to-Messenger / checkbox plugin opt-in: opens the window; a
+    /// `user_ref` becomes a single-use Send API recipient.
+    pub(crate) fn user_plugin_optin(
+        &mut self,
+        page_id: &str,
+        psid: &str,
+        ref_: Option<String>,
+        user_ref: Option<String>,
+    ) -> Result<Vec<Planned>, ControlError> {
+        let page = self.page(page_id)?;
+        let mut th = self.thread_mut(page_id, psid).clone();
+        self.user_activity(&page, &mut th, false, None);
+        let mut body = json!({});
+        if let Some(r) = &ref_ {
+            body["ref"] = json!(r);
+        }
+        if let Some(u) = &user_ref {
+            body["user_ref"] = json!(u);
+            self.user_refs.insert(
+                (page_id.to_string(), u.clone()),
+                UserRef {
+                    psid: psid.to_string(),
+                    used: false,
+                },
+            );
+        }
+        let item = self.user_item(&page, psid, "optin", body);
+        let planned = self.route(&page, &th, "optin", item);
+        self.store(page_id, psid, th);
+        Ok(planned)
+    }
+
+    pub(crate) fn user_receipt(
+        &mut self,
+        page_id: &str,
+        psid: &str,
+        read: bool,
+        r: UserReceipt,
+    ) -> Result<Vec<Planned>, ControlError> {
+        let page = self.page(page_id)?;
+        let th = self.thread_mut(page_id, psid).clone();
+        let watermark = r.watermark.unwrap_or(self.now_ms);
+        let (key, body) = if read {
+            ("read", json!({"watermark": watermark}))
+        } else {
+            let mut b = json!({"watermark": watermark});
+            if let Some(m) = r.mids {
+                b["mids"] = json!(m);
+            }
+            ("delivery", b)
+        };
+        let item = self.user_item(&page, psid, key, body);
+        Ok(self.route(&page, &th, key, item))
+    }
+
+    // ----- Page Inbox ----------------------------------------------------------
+
+    /// A human replies in Business Suite (or moves the thread to Main): the
+    /// Page Inbox takes control; with text, its echo follows.
+    pub(crate) fn inbox_takeover(
+        &mut self,
+        page_id: &str,
+        psid: &str,
+        text: Option<String>,
+    ) -> Result<(Option<String>, Vec<Planned>), ControlError> {
+        let page = self.page(page_id)?;
+        let mut th = self.thread_mut(page_id, psid).clone();
+        let notices = self
+            .take(&page, &mut th, PAGE_INBOX_APP_ID, None, true)
+            .map_err(ControlError::Refused)?;
+        let mut planned = self.plan_notices(page_id, psid, notices);
+        let mut mid = None;
+        if let Some(t) = text {
+            let mut msg = Map::new();
+            msg.insert("text".into(), json!(t));
+            let (m, p) = self.echo(&page, &mut th, psid, PAGE_INBOX_APP_ID, msg, None);
+            mid = Some(m);
+            planned.extend(p);
+        }
+        self.store(page_id, psid, th);
+        Ok((mid, planned))
+    }
+
+    /// The human marks the thread done: control goes back to the default app
+    /// (primary in Handover v1; idle in zero-config).
+    pub(crate) fn inbox_done(
+        &mut self,
+        page_id: &str,
+        psid: &str,
+    ) -> Result<Vec<Planned>, ControlError> {
+        let page = self.page(page_id)?;
+        let mut th = self.thread_mut(page_id, psid).clone();
+        let notices = match &page.routing {
+            Routing::ZeroConfig => {
+                self.release(&page, &mut th, PAGE_INBOX_APP_ID)
+                    .map_err(ControlError::Refused)?;
+                Vec::new()
+            }
+            _ => self
+                .pass(&page, &mut th, PAGE_INBOX_APP_ID, None, None)
+                .map_err(ControlError::Refused)?,
+        };
+        self.store(page_id, psid, th);
+        Ok(self.plan_notices(page_id, psid, notices))
+    }
+
+    /// Sets the owner behind everyone's back (no webhooks).
+    pub(crate) fn set_owner(
+        &mut self,
+        page_id: &str,
+        psid: &str,
+        owner: Option<String>,
+        expires_at_ms: Option<i64>,
+    ) -> Result<ThreadView, ControlError> {
+        let page = self.page(page_id)?;
+        if let Some(o) = &owner {
+            if !self.apps.contains_key(o) {
+                return Err(ControlError::BadRequest(format!("no app {o}")));
+            }
+        }
+        let now = self.now_ms;
+        let v1 = matches!(page.routing, Routing::HandoverV1 { .. });
+        let th = self.thread_mut(page_id, psid);
+        th.expires_at_ms = match (&owner, v1) {
+            (None, _) | (_, true) => None,
+            (Some(_), false) => Some(expires_at_ms.unwrap_or(now + DAY_MS)),
+        };
+        th.owner = owner;
+        self.thread_view(page_id, psid)
+    }
+
+    pub(crate) fn thread_view(
+        &mut self,
+        page_id: &str,
+        psid: &str,
+    ) -> Result<ThreadView, ControlError> {
+        let page = self.page(page_id)?;
+        let now = self.now_ms;
+        let th = self
+            .thread_clone(page_id, psid)
+            .ok_or_else(|| ControlError::NotFound(format!("no thread {page_id}/{psid}")))?;
+        let otn_tokens = self
+            .otn
+            .iter()
+            .filter(|(_, t)| t.page_id == page_id && t.psid == psid)
+            .map(|(k, t)| OtnTokenView {
+                token: k.clone(),
+                payload: t.payload.clone(),
+                created_ms: t.created_ms,
+                expires_ms: t.created_ms + OTN_LIFETIME_MS,
+                used: t.used,
+            })
+            .collect();
+        Ok(ThreadView {
+            page_id: page_id.to_string(),
+            psid: psid.to_string(),
+            owner: th.owner.clone(),
+            expires_at_ms: th.expires_at_ms,
+            idle: th.owner.is_none(),
+            messaging_apps: self.messaging_apps(&page, &th).into_iter().collect(),
+            last_user_action_ms: th.last_user_action_ms,
+            window_open: th.window_open(now),
+            ads_window_until_ms: th.ads_window_until_ms,
+            otn_tokens,
+            transcript: th.transcript.clone(),
+        })
+    }
+}

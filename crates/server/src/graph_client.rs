@@ -1,0 +1,131 @@
+//! The one client for Meta's Graph API: every upstream call goes through it,
+//! with a timeout and bounded retries only where Meta marks the failure
+//! transient (or the request provably never left). It returns Meta's answer
+//! as data; deciding what it means is the domain's job.
+
+use std::time::Duration;
+
+use domain::events::GraphError;
+use serde_json::Value;
+
+/// What came back from Meta.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GraphAnswer {
+    /// A 2xx with its JSON body.
+    Ok(Value),
+    /// Meta's error JSON (or a synthetic one for an answer that was not JSON).
+    Err {
+        status: u16,
+        error: GraphError,
+        body: Value,
+    },
+    /// The request may have reached Meta but no answer came (timeout, reset).
+    Unknown(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct GraphClient {
+    http: reqwest::Client,
+    retries: usize,
+}
+
+impl GraphClient {
+    pub fn new(timeout: Duration, retries: usize) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .build()
+            .expect("a reqwest client with only timeouts set always builds");
+        Self { http, retries }
+    }
+
+    /// `POST {base}/{version}/{node}/{edge}` with a JSON body and the page token.
+    pub async fn post(
+        &self,
+        base: &str,
+        version: &str,
+        node: &str,
+        edge: &str,
+        token: &str,
+        body: &Value,
+    ) -> GraphAnswer {
+        let url = format!("{}/{version}/{node}/{edge}", base.trim_end_matches('/'));
+        self.with_retries(|| self.http.post(&url).bearer_auth(token).json(body))
+            .await
+    }
+
+    /// `GET {base}/{version}/{node}/{edge}?query` with the page token.
+    pub async fn get(
+        &self,
+        base: &str,
+        version: &str,
+        node: &str,
+        edge: &str,
+        token: &str,
+        query: &[(&str, &str)],
+    ) -> GraphAnswer {
+        let url = format!("{}/{version}/{node}/{edge}", base.trim_end_matches('/'));
+        self.with_retries(|| self.http.get(&url).bearer_auth(token).query(query))
+            .await
+    }
+
+    async fn with_retries(&self, request: impl Fn() -> reqwest::RequestBuilder) -> GraphAnswer {
+        let mut attempt = 0;
+        loop {
+            let answer = Self::once(request()).await;
+            let retry = match &answer {
+                GraphAnswer::Err { error, .. } => error.is_transient,
+                _ => false,
+            };
+            if !retry || attempt >= self.retries {
+                return answer;
+            }
+            attempt += 1;
+            tracing::debug!(attempt, "retrying a transient Graph failure");
+        }
+    }
+
+    async fn once(request: reqwest::RequestBuilder) -> GraphAnswer {
+        let response = match request.send().await {
+            Ok(r) => r,
+            // Nothing reached Meta: safe to call again.
+            Err(e) if e.is_connect() => {
+                return GraphAnswer::Err {
+                    status: 503,
+                    error: GraphError {
+                        code: 2,
+                        subcode: None,
+                        message: format!("Graph API unreachable: {e}"),
+                        fbtrace_id: None,
+                        is_transient: true,
+                    },
+                    body: Value::Null,
+                }
+            }
+            Err(e) => return GraphAnswer::Unknown(format!("no answer from the Graph API: {e}")),
+        };
+        let status = response.status().as_u16();
+        let bytes = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                return GraphAnswer::Unknown(format!("the Graph API answer was cut off: {e}"))
+            }
+        };
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            return GraphAnswer::Ok(body);
+        }
+        let error = wire::graph::parse_error(&body).unwrap_or_else(|| GraphError {
+            code: if status >= 500 { 2 } else { 1 },
+            subcode: None,
+            message: format!("HTTP {status} from the Graph API without an error body"),
+            fbtrace_id: None,
+            is_transient: status >= 500,
+        });
+        GraphAnswer::Err {
+            status,
+            error,
+            body,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Baton system tests live in `system/`; this library is empty.

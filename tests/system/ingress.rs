@@ -1,0 +1,473 @@
+//! Webhook ingress against the real server: the handshake, signatures, body
+//! limits, dedupe of retries and of copies, batches, malformed bodies, replay.
+
+use domain::events::Channel;
+use domain::Event;
+use serde_json::json;
+use server::projections::{Projections, State};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_handshake_answers_the_challenge_and_refuses_the_rest() {
+    let baton = TestBaton::start(&config_toml("http://127.0.0.1:9", &cr_mode())).await;
+    let get = |q: &str| {
+        baton
+            .http
+            .get(baton.url(&format!("/webhooks/{BOT}?{q}")))
+            .send()
+    };
+    let ok = get("hub.mode=subscribe&hub.verify_token=verify-bot&hub.challenge=1158201444")
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.unwrap(), "1158201444");
+    for q in [
+        "hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1",
+        "hub.mode=unsubscribe&hub.verify_token=verify-bot&hub.challenge=1",
+        "hub.mode=subscribe&hub.verify_token=verify-human&hub.challenge=1",
+        "hub.mode=subscribe&hub.verify_token=verify-bot",
+        "",
+    ] {
+        assert_eq!(get(q).await.unwrap().status(), 403, "{q}");
+    }
+    let unknown = baton
+        .http
+        .get(baton.url("/webhooks/4242?hub.mode=subscribe"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(baton.head().await, 0, "a handshake records nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_message_is_one_fact_once_durable() {
+    let baton = TestBaton::start(&config_toml("http://127.0.0.1:9", &cr_mode())).await;
+    let body = envelope(
+        json!([{"id": PAGE, "time": T0.millis(), "messaging": [message_item("u1", "m.1", T0.millis())]}]),
+    );
+    let res = baton.post_signed(BOT, BOT_SECRET, &body).await;
+    assert_eq!(res.status(), 200);
+    let events = baton.events().await;
+    let names: Vec<&str> = events.iter().map(Event::type_name).collect();
+    assert_eq!(
+        names,
+        [
+            "WebhookDeliveryReceived",
+            "MessagingEventReceived",
+            "ThreadRouted"
+        ]
+    );
+    match &events[1] {
+        Event::MessagingEventReceived(m) => {
+            assert_eq!(m.delivery.app.as_str(), BOT);
+            assert_eq!(m.delivery.channel, Channel::Messaging);
+            assert_eq!(m.raw["message"]["mid"], "m.1", "the item is kept verbatim");
+            assert!(m.window.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    // The 200 came after the projections folded the facts (read-your-writes).
+    let state = baton.running.state.projections.read();
+    assert_eq!(state.position, 3);
+    assert_eq!(state.threads.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_delivery_with_several_entries_and_items_is_fully_recorded() {
+    let baton = TestBaton::start(&config_toml("http://127.0.0.1:9", &cr_mode())).await;
+    let t = T0.millis();
+    let body = envelope(json!([
+        {"id": PAGE, "time": t, "messaging": [
+            message_item("u1", "m.1", t),
+            message_item("u2", "m.2", t + 1),
+            {"sender": {"id": "u1"}, "recipient": {"id": PAGE}, "timestamp": t + 2, "postback": {"mid": "m.3", "title": "Go", "payload": "GO"}},
+            {"sender": {"id": "u1"}, "recipient": {"id": PAGE}, "timestamp": t + 3, "read": {"watermark": t + 1}}
+        ]},
+        {"id": PAGE, "time": t, "standby": [message_item("u3", "m.4", t + 4)]},
+        {"id": "9990009", "time": t, "messaging": [message_item("u4", "m.5", t + 5)]}
+    ]));
+    assert_eq!(
+        baton.post_signed(BOT, BOT_SECRET, &body).await.status(),
+        200
+    );
+    let events = baton.events().await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.type_name() == "MessagingEventReceived")
+            .count(),
+        5
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.type_name() == "UnattributedItemReceived")
+            .count(),
+        1,
+        "an item for a page Baton does not serve is kept, not dropped"
+    );
+    match &events[0] {
+        Event::WebhookDeliveryReceived(d) => {
+            assert_eq!(
+                d.parsed,
+                domain::events::ParseOutcome::Parsed {
+                    entries: 3,
+                    items: 6
+                }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_delivery_is_not_duplicated() {
+    let baton = TestBaton::start(&config_toml("http://127.0.0.1:9", &cr_mode())).await;
+    let body = envelope(
+        json!([{"id": PAGE, "time": T0.millis(), "messaging": [message_item("u1", "m.1", T0.millis())]}]),
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            baton.post_signed(BOT, BOT_SECRET, &body).await.status(),
+            200
+        );
+    }
+    // The same item in a different delivery (another batch) is still one fact.
+    let other = envelope(
+        json!([{"id": PAGE, "time": T0.millis() + 9, "messaging": [message_item("u1", "m.1", T0.millis())]}]),
+    );
+    assert_eq!(
+        baton.post_signed(BOT, BOT_SECRET, &other).await.status(),
+        200
+    );
+    assert_eq!(baton.count("MessagingEventReceived").await, 1);
+    assert_eq!(baton.count("MessagingEventCopyReceived").await, 0);
+    assert_eq!(
+        baton.count("WebhookDeliveryReceived").await,
+        2,
+        "identical bytes are kept once"
+    );
+    assert_eq!(
+        baton.running.state.metrics.deliveries_of(BOT, "duplicate"),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_for_two_apps_are_one_fact_with_both_deliveries() {
+    let baton = TestBaton::start(&config_toml("http://127.0.0.1:9", &cr_mode())).await;
+    let t = T0.millis();
+    let owner_copy =
+        envelope(json!([{"id": PAGE, "time": t, "messaging": [message_item("u1", "m.1", t)]}]));
+    let standby_copy =
+        envelope(json!([{"id": PAGE, "time": t, "standby": [message_item("u1", "m.1", t)]}]));
+    // Both apps' deliveries race; either may land first.
+    let (a, b) = tokio::join!(
+        baton.post_signed(BOT, BOT_SECRET, &owner_copy),
+        baton.post_signed(HUMAN, HUMAN_SECRET, &standby_copy)
+    );
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    let events = baton.events().await;
+    let received: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::MessagingEventReceived(m) => {
+                Some((m.delivery.app.to_string(), m.delivery.channel))
+            }
+            Event::MessagingEventCopyReceived(m) => {
+                Some((m.delivery.app.to_string(), m.delivery.channel))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(received.len(), 2, "{received:?}");
+    assert_eq!(baton.count("MessagingEventReceived").await, 1);
+    assert!(received.contains(&(BOT.to_owned(), Channel::Messaging)));
+    assert!(received.contains(&(HUMAN.to_owned(), Channel::Standby)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_and_missing_signatures_are_refused_and_store_nothing() {
+    let baton = TestBaton::start(&config_toml("http://127.0.0.1:9", &cr_mode())).await;
+    let body = envelope(
+        json!([{"id": PAGE, "time": T0.millis(), "messaging": [message_item("u1", "m.1", T0.millis())]}]),
+    );
+    let post = |sig256: Option<String>, sig1: Option<String>| {
+        let mut req = baton
+            .http
+            .post(baton.url(&format!("/webhooks/{BOT}")))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(s) = sig256 {
+            req = req.header("x-hub-signature-256", s);
+        }
+        if let Some(s) = sig1 {
+            req = req.header("x-hub-signature", s);
+        }
+        req.send()
+    };
+    let cases = [
+        (None, None),
+        (Some("sha256=deadbeef".to_owned()), None),
+        (
+            Some(wire::signature::sign_sha256(HUMAN_SECRET.as_bytes(), &body)),
+            None,
+        ),
+        (None, Some(wire::signature::sign_sha1(b"wrong", &body))),
+        (
+            Some(wire::signature::sign_sha256(BOT_SECRET.as_bytes(), &body)),
+            Some("sha1=00".to_owned()),
+        ),
+        (
+            Some(wire::signature::sign_sha256(
+                BOT_SECRET.as_bytes(),
+                b"another body",
+            )),
+            None,
+        ),
+    ];
+    for (s256, s1) in cases {
+        let res = post(s256.clone(), s1.clone()).await.unwrap();
+        assert_eq!(res.status(), 401, "{s256:?} {s1:?}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_signature");
+        assert!(!body["message"].as_str().unwrap().contains(BOT_SECRET));
+    }
+    assert_eq!(
+        baton.head().await,
+        0,
+        "nothing is stored for a bad signature"
+    );
+    let metrics = baton
+        .http
+        .get(baton.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "baton_webhook_signature_failures_total{{app=\"{BOT}\"}} 6"
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_and_wrong_content_types_are_refused() {
+    let baton = TestBaton::start(&config_toml("http://127.0.0.1:9", &cr_mode())).await;
+    let big = vec![b' '; 70_000];
+    let res = baton.post_signed(BOT, BOT_SECRET, &big).await;
+    assert_eq!(res.status(), 413);
+    let body = envelope(json!([]));
+    let res = baton
+        .http
+        .post(baton.url(&format!("/webhooks/{BOT}")))
+        .header("content-type", "text/plain")
+        .header(
+            "x-hub-signature-256",
+            wire::signature::sign_sha256(BOT_SECRET.as_bytes(), &body),
+        )
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415);
+    let res = baton.post_signed("4242", BOT_SECRET, &body).await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(baton.head().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_body_that_is_not_json_is_recorded_and_acknowledged() {
+    let baton = TestBaton::start(&config_toml("http://127.0.0.1:9", &cr_mode())).await;
+    let truncated = br#"{"object":"page","entry":[{"id":"5550001","messaging":[{"sender""#;
+    assert_eq!(
+        baton.post_signed(BOT, BOT_SECRET, truncated).await.status(),
+        200,
+        "Meta must not retry it forever"
+    );
+    let events = baton.events().await;
+    assert_eq!(events.len(), 1);
+    match &events[0] {
+        Event::WebhookDeliveryReceived(d) => assert!(matches!(
+            d.parsed,
+            domain::events::ParseOutcome::NotJson { .. }
+        )),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corpus_of_mangled_payloads_never_crashes_the_server() {
+    let baton = TestBaton::start(&config_toml("http://127.0.0.1:9", &cr_mode())).await;
+    let t = T0.millis();
+    let good = String::from_utf8(envelope(json!([{"id": PAGE, "time": t, "messaging": [
+        message_item("u1", "m.1", t),
+        {"sender": {"id": "u1"}, "recipient": {"id": PAGE}, "timestamp": t, "pass_thread_control": {"previous_owner_app_id": null, "new_owner_app_id": HUMAN}},
+        {"sender": {"id": "u1"}, "recipient": {"id": PAGE}, "timestamp": t, "optin": {"type": "one_time_notif_req", "one_time_notif_token": "tok", "payload": "p"}}
+    ]}])))
+    .unwrap();
+    let mut corpus: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"null".to_vec(),
+        b"[]".to_vec(),
+        b"{\"entry\":5}".to_vec(),
+        b"{\"object\":\"page\",\"entry\":[{\"id\":null}]}".to_vec(),
+        b"{\"object\":\"page\",\"entry\":[{\"id\":\"5550001\",\"messaging\":[null,1,\"x\",{}]}]}".to_vec(),
+        b"{\"object\":\"page\",\"entry\":[{\"id\":\"5550001\",\"messaging\":[{\"sender\":{\"id\":{}},\"message\":[]}]}]}".to_vec(),
+        format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(),
+        vec![0xff, 0xfe, 0x00, 0x01],
+        good.replace("5550001", "").into_bytes(),
+        good.replace("\"timestamp\"", "\"timestamp\":\"soon\",\"x\"").into_bytes(),
+        good.replace("m.1", "m.1\u{0000}").into_bytes(),
+    ];
+    // Every truncation and a sweep of single-byte changes of a good body.
+    for cut in (0..good.len()).step_by(7) {
+        corpus.push(good.as_bytes()[..cut].to_vec());
+    }
+    for pos in (0..good.len()).step_by(11) {
+        let mut b = good.clone().into_bytes();
+        b[pos] = b"}{\"0:,[]x\\"[pos % 10];
+        corpus.push(b);
+    }
+    for body in &corpus {
+        let status = baton.post_signed(BOT, BOT_SECRET, body).await.status();
+        assert!(
+            status == 200 || status.is_client_error(),
+            "{status} for {:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    assert_eq!(
+        baton
+            .http
+            .get(baton.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The good body still works after all that, and the chain verifies.
+    assert_eq!(
+        baton
+            .post_signed(BOT, BOT_SECRET, good.as_bytes())
+            .await
+            .status(),
+        200
+    );
+    event_log::verify(baton.running.state.store.as_ref())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_the_log_from_zero_equals_the_live_projections() {
+    let baton = TestBaton::start(&config_toml("http://127.0.0.1:9", &cr_mode())).await;
+    let t = T0.millis();
+    let deliveries = [
+        (BOT, BOT_SECRET, "messaging", message_item("u1", "m.1", t)),
+        (HUMAN, HUMAN_SECRET, "standby", message_item("u1", "m.1", t)),
+        (
+            HUMAN,
+            HUMAN_SECRET,
+            "messaging",
+            json!({"sender": {"id": "u1"}, "recipient": {"id": PAGE}, "timestamp": t + 5, "pass_thread_control": {"previous_owner_app_id": BOT, "new_owner_app_id": HUMAN, "metadata": "to a human"}}),
+        ),
+        (
+            BOT,
+            BOT_SECRET,
+            "standby",
+            message_item("u1", "m.2", t + 10),
+        ),
+        (
+            HUMAN,
+            HUMAN_SECRET,
+            "messaging",
+            message_item("u1", "m.2", t + 10),
+        ),
+        (
+            BOT,
+            BOT_SECRET,
+            "messaging",
+            json!({"sender": {"id": "u2"}, "recipient": {"id": PAGE}, "timestamp": t + 20, "optin": {"type": "one_time_notif_req", "one_time_notif_token": "tok-1", "payload": "restock"}}),
+        ),
+        (
+            BOT,
+            BOT_SECRET,
+            "messaging",
+            json!({"recipient": {"id": PAGE}, "timestamp": t + 30, "policy_enforcement": {"action": "warning", "reason": "careful"}}),
+        ),
+    ];
+    for (app, secret, channel, item) in deliveries {
+        let body = envelope(json!([{"id": PAGE, "time": t, channel: [item]}]));
+        assert_eq!(baton.post_signed(app, secret, &body).await.status(), 200);
+    }
+    let live = baton.running.state.projections.read().clone();
+    assert_eq!(live.threads.len(), 2);
+    let thread = live
+        .threads
+        .values()
+        .find(|l| l.key.psid.as_str() == "u1")
+        .unwrap();
+    assert_eq!(thread.control.owner().map(|a| a.as_str()), Some(HUMAN));
+    let config = server::Config::parse(&baton.config_text, "test.toml", |_| None).unwrap();
+    let replayed = Projections::new(State::new(config.pages.values().map(|(_, p)| p.clone())));
+    replayed
+        .catch_up(baton.running.state.store.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(*replayed.read(), live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_answer() {
+    let baton = TestBaton::start(&config_toml("http://127.0.0.1:9", &cr_mode())).await;
+    let body = envelope(
+        json!([{"id": PAGE, "time": T0.millis(), "messaging": [message_item("u1", "m.1", T0.millis())]}]),
+    );
+    baton.post_signed(BOT, BOT_SECRET, &body).await;
+    assert_eq!(
+        baton
+            .http
+            .get(baton.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        baton
+            .http
+            .get(baton.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = baton
+        .http
+        .get(baton.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        &format!("baton_webhook_deliveries_total{{app=\"{BOT}\",outcome=\"accepted\"}} 1"),
+        "baton_append_latency_seconds_count 1",
+        "baton_append_queue_depth 0",
+        "baton_log_head_position 3",
+        "baton_projection_position 3",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+}
