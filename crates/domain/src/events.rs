@@ -676,6 +676,30 @@ pub struct WebhookDeliveryReceived {
     pub parsed: ParseOutcome,
 }
 
+/// Dispatch gave up on forwarding one recorded item to an app's backend after
+/// the configured age; the app's other events move on. Stream `dispatch/{app}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatchDeadLettered {
+    pub app: AppId,
+    /// Log position of the item that could not be delivered.
+    pub position: u64,
+    #[serde(default)]
+    pub thread: Option<ThreadKey>,
+    pub at: Timestamp,
+    pub attempts: u32,
+    pub last_error: String,
+}
+
+/// Someone asked to deliver a dead-lettered item again. Stream `dispatch/{app}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatchRedriveRequested {
+    pub app: AppId,
+    pub position: u64,
+    pub at: Timestamp,
+    /// Who asked (`cli`, `api:<token owner>`), for the audit trail.
+    pub by: String,
+}
+
 // ---- Type names, versions, encoding. ----------------------------------------
 
 /// An event as the log stores it.
@@ -823,6 +847,8 @@ event_schema! {
     SendOutcomeRecorded = 1,
     OneTimeTokenIssued = 1,
     OneTimeTokenConsumed = 1,
+    DispatchDeadLettered = 1,
+    DispatchRedriveRequested = 1,
 }
 
 impl Event {
@@ -849,7 +875,9 @@ impl Event {
             Event::WebhookDeliveryReceived(_)
             | Event::UnattributedItemReceived(_)
             | Event::PolicyEnforcementReceived(_)
-            | Event::AppRolesChanged(_) => None,
+            | Event::AppRolesChanged(_)
+            | Event::DispatchDeadLettered(_)
+            | Event::DispatchRedriveRequested(_) => None,
         }
     }
 
@@ -859,6 +887,10 @@ impl Event {
         match (self.thread(), self) {
             (Some(thread), _) => thread.stream_name(),
             (None, Event::WebhookDeliveryReceived(e)) => format!("deliveries/{}", e.app),
+            (None, Event::DispatchDeadLettered(DispatchDeadLettered { app, .. }))
+            | (None, Event::DispatchRedriveRequested(DispatchRedriveRequested { app, .. })) => {
+                format!("dispatch/{app}")
+            }
             (None, Event::UnattributedItemReceived(UnattributedItemReceived { page, .. }))
             | (None, Event::PolicyEnforcementReceived(PolicyEnforcementReceived { page, .. }))
             | (None, Event::AppRolesChanged(AppRolesChanged { page, .. })) => {

@@ -202,7 +202,9 @@ impl ThreadLedger {
             | Event::WebhookDeliveryReceived(_)
             | Event::UnattributedItemReceived(_)
             | Event::PolicyEnforcementReceived(_)
-            | Event::AppRolesChanged(_) => {}
+            | Event::AppRolesChanged(_)
+            | Event::DispatchDeadLettered(_)
+            | Event::DispatchRedriveRequested(_) => {}
         }
     }
 

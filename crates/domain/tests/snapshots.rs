@@ -246,10 +246,26 @@ fn samples() -> Vec<Event> {
         }
         .into(),
         OneTimeTokenConsumed {
-            thread: t,
+            thread: t.clone(),
             at: hours(48),
             token: "otn-1".into(),
             send_id: cid("send-2"),
+        }
+        .into(),
+        DispatchDeadLettered {
+            app: bot(),
+            position: 42,
+            thread: Some(t),
+            at: hours(2),
+            attempts: 9,
+            last_error: "HTTP 503 from http://127.0.0.1:3001/webhook".into(),
+        }
+        .into(),
+        DispatchRedriveRequested {
+            app: bot(),
+            position: 42,
+            at: hours(3),
+            by: "cli".into(),
         }
         .into(),
     ]
