@@ -238,5 +238,13 @@ pub fn explain(event: &Event) -> String {
         Event::OneTimeTokenConsumed(e) => {
             format!("one-time notification token used by send {}", e.send_id)
         }
+        Event::DispatchDeadLettered(e) => format!(
+            "delivery of position {} to {}'s backend dead-lettered after {} attempts: {}",
+            e.position, e.app, e.attempts, e.last_error
+        ),
+        Event::DispatchRedriveRequested(e) => format!(
+            "{} asked to deliver position {} to {} again",
+            e.by, e.position, e.app
+        ),
     }
 }
