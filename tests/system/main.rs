@@ -3,5 +3,6 @@
 
 mod handover;
 mod ingress;
+mod sends;
 mod stack;
 mod support;

@@ -27,6 +27,10 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(mode: Mode) -> Stack {
+        Self::start_tuned(mode, Tuning::default()).await
+    }
+
+    pub async fn start_tuned(mode: Mode, tuning: Tuning) -> Stack {
         let hop_primary = matches!(mode, Mode::HandoverV1).then(|| BOT.to_owned());
         let page = match mode {
             Mode::ConversationRouting => PageConfig::conversation_routing(PAGE, BOT),
@@ -55,7 +59,8 @@ impl Stack {
                 r#"{{ mode = "handover_v1", primary = "{BOT}", secondaries = ["{HUMAN}", "263902037430900"] }}"#
             ),
         };
-        let baton = TestBaton::start(&config_toml(&emulator.base_url(), &baton_mode)).await;
+        let baton =
+            TestBaton::start(&config_toml_with(&emulator.base_url(), &baton_mode, tuning)).await;
         let ctl = emulator.control();
         for app in [BOT, HUMAN] {
             ctl.set_callback(app, Some(&baton.url(&format!("/webhooks/{app}"))))
@@ -88,6 +93,28 @@ impl Stack {
             "every delivery to Baton succeeded: {:?}",
             result.deliveries
         );
+    }
+
+    /// Sends through Baton as `token`'s app; returns status and body.
+    pub async fn send(&self, token: &str, body: Value) -> (u16, Value) {
+        self.send_with_key(token, body, None).await
+    }
+
+    pub async fn send_with_key(&self, token: &str, body: Value, key: Option<&str>) -> (u16, Value) {
+        let mut req = self
+            .baton
+            .http
+            .post(self.baton.url("/v21.0/me/messages"))
+            .bearer_auth(token)
+            .json(&body);
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let body = res.json().await.unwrap_or(Value::Null);
+        self.ctl.wait_deliveries().await.unwrap();
+        (status, body)
     }
 
     /// Calls Baton's Graph-compatible API as `token`'s app.

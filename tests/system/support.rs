@@ -19,11 +19,38 @@ pub const HUMAN_SECRET: &str = "human-app-secret";
 /// A configuration with one Conversation Routing page, the bot as default app,
 /// the human inbox app and the Page Inbox. `graph` is the Graph base URL.
 pub fn config_toml(graph: &str, mode: &str) -> String {
+    config_toml_with(graph, mode, Tuning::default())
+}
+
+/// Settings a test may change.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    pub timeout_ms: u64,
+    pub rate: f64,
+    pub burst: f64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            timeout_ms: 5000,
+            rate: 300.0,
+            burst: 300.0,
+        }
+    }
+}
+
+pub fn config_toml_with(graph: &str, mode: &str, tuning: Tuning) -> String {
+    let (timeout, rate, burst) = (tuning.timeout_ms, tuning.rate, tuning.burst);
     format!(
         r#"
 listen = "127.0.0.1:0"
 data_dir = "unused"
 max_body_bytes = 65536
+graph_timeout_ms = {timeout}
+send_backoff_ms = 1
+send_rate_per_second = {rate}
+send_burst = {burst}
 
 [[pages]]
 id = "{PAGE}"

@@ -82,6 +82,9 @@ pub struct SendMessage {
     /// The Graph request body to forward (never holds an access token).
     #[serde(default)]
     pub payload: Value,
+    /// The app's `Idempotency-Key`: a retry with the same key gets the first answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// A command an app issues, as itself, on one thread.

@@ -82,6 +82,10 @@ pub struct ThreadLedger {
     /// The widest window granted so far (its `closes_at` only grows).
     pub window: Option<WindowGrant>,
     pub tokens: Vec<TokenState>,
+    /// When control last changed hands (or lapsed): older evidence of who
+    /// controls the thread, such as a late echo, says nothing about now.
+    #[serde(default)]
+    pub control_changed_at: Option<Timestamp>,
     /// How many events of this thread have been applied (the stream version).
     pub version: u64,
 }
@@ -95,6 +99,7 @@ impl ThreadLedger {
             last_user_action: None,
             window: None,
             tokens: Vec::new(),
+            control_changed_at: None,
             version: 0,
         }
     }
@@ -150,9 +155,15 @@ impl ThreadLedger {
                     });
                 }
             }
-            Event::ThreadControlReleased(_) | Event::ThreadControlExpired(_) => {
+            Event::ThreadControlReleased(e) => {
                 self.control = Control::Idle;
                 self.pending_requests.clear();
+                self.control_changed_at = Some(e.at);
+            }
+            Event::ThreadControlExpired(e) => {
+                self.control = Control::Idle;
+                self.pending_requests.clear();
+                self.control_changed_at = Some(e.expired_at);
             }
             Event::ThreadControlExtended(e) => match &mut self.control {
                 Control::Active { extended_until, .. } => *extended_until = Some(e.until),
@@ -168,9 +179,13 @@ impl ThreadLedger {
                 ControlView::Idle => {
                     self.control = Control::Idle;
                     self.pending_requests.clear();
+                    self.control_changed_at = Some(e.at);
                 }
                 ControlView::Owner { app } => self.give_control(app.clone(), e.at),
-                ControlView::Unknown => self.control = Control::Unknown { since: e.at },
+                ControlView::Unknown => {
+                    self.control = Control::Unknown { since: e.at };
+                    self.control_changed_at = Some(e.at);
+                }
             },
             Event::OneTimeTokenIssued(e) => {
                 if self.token(&e.token).is_none() {
@@ -210,6 +225,7 @@ impl ThreadLedger {
 
     fn give_control(&mut self, owner: AppId, at: Timestamp) {
         self.pending_requests.clear();
+        self.control_changed_at = Some(at);
         self.control = Control::Active {
             owner,
             since: at,

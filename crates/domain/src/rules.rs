@@ -1020,6 +1020,14 @@ fn routing_or_drift(
     if let InboundEvent::Echo { mid, app_id, .. } = event {
         // An echo is the Page speaking: its `app_id` is the app (or inbox) that sent it.
         let sender = app_id.as_ref()?;
+        // Sent before control last changed (a reply then a release, delivered
+        // late): it says nothing about who controls the thread now.
+        if ledger
+            .control_changed_at
+            .is_some_and(|changed| at <= changed)
+        {
+            return None;
+        }
         let allowed =
             answering_app(view, page).map_or(*view == ControlView::Unknown, |a| a == sender);
         if allowed || *view == ControlView::Unknown {

@@ -225,3 +225,27 @@ fn a_copy_is_recorded_without_reopening_anything() {
     let events = rules::observe(&s.ledger, &s.page, copy, T0);
     assert_eq!(type_names(&events), ["MessagingEventCopyReceived"]);
 }
+
+#[test]
+fn an_echo_sent_before_the_last_control_change_is_no_drift() {
+    // The human app replies and releases in one call; the reply's echo
+    // arrives after the release was recorded.
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .passed_to(hours(1), human())
+        .done(release(human()), hours(2));
+    let late_echo = Observation::Item {
+        at: hours(2),
+        dedupe_key: "echo-late".into(),
+        delivery: domain::events::DeliveryCopy {
+            app: bot(),
+            channel: Channel::Standby,
+        },
+        event: echo("m-reply", human()),
+        raw: serde_json::json!({}),
+    };
+    let events = rules::observe(&s.ledger, &s.page, late_echo, hours(3));
+    assert!(drift_of(&events).is_none(), "{events:#?}");
+    let s = s.record(events);
+    assert_eq!(s.owner_at(hours(3)), ControlView::Idle);
+}

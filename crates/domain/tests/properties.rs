@@ -197,6 +197,7 @@ fn command(kind: u8, app: &AppId, target: Option<AppId>, extra: u16) -> Command 
                 content,
                 thread_control,
                 payload: serde_json::Value::Null,
+                idempotency_key: None,
             })
         }
     }

@@ -33,6 +33,7 @@ fn sample_send() -> SendMessage {
         },
         thread_control: Some(InlineControl::Release),
         payload: json!({"message": {"text": "We are on it"}, "messaging_type": "MESSAGE_TAG", "tag": "HUMAN_AGENT"}),
+        idempotency_key: None,
     }
 }
 

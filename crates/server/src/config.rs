@@ -72,6 +72,13 @@ struct RawConfig {
     admin_token: Option<SecretSource>,
     #[serde(default = "default_graph_timeout")]
     graph_timeout_ms: u64,
+    #[serde(default = "default_send_rate")]
+    send_rate_per_second: f64,
+    send_burst: Option<f64>,
+    #[serde(default = "default_send_attempts")]
+    send_max_attempts: u32,
+    #[serde(default = "default_send_backoff")]
+    send_backoff_ms: u64,
     #[serde(default)]
     pages: Vec<RawPage>,
     #[serde(default)]
@@ -84,6 +91,19 @@ fn default_max_body() -> usize {
 
 fn default_graph_timeout() -> u64 {
     10_000
+}
+
+/// Meta's documented Send API limit for text: 300 calls/s per page.
+fn default_send_rate() -> f64 {
+    300.0
+}
+
+fn default_send_attempts() -> u32 {
+    5
+}
+
+fn default_send_backoff() -> u64 {
+    250
 }
 
 /// How logs are written.
@@ -170,6 +190,13 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// How long a Graph API call may take before its outcome is unknown.
     pub graph_timeout_ms: u64,
+    /// Sends per second per page (token bucket), and the bucket's size.
+    pub send_rate_per_second: f64,
+    pub send_burst: f64,
+    /// Attempts per send when Meta throttles or fails before sending.
+    pub send_max_attempts: u32,
+    /// Base of the exponential backoff between those attempts.
+    pub send_backoff_ms: u64,
     pub pages: BTreeMap<PageId, (String, Page)>,
     pub apps: BTreeMap<AppId, AppConfig>,
 }
@@ -344,8 +371,21 @@ impl Config {
         if raw.graph_timeout_ms == 0 {
             return Err(invalid("graph_timeout_ms", "must be greater than 0"));
         }
+        if raw.send_rate_per_second.is_nan() || raw.send_rate_per_second <= 0.0 {
+            return Err(invalid("send_rate_per_second", "must be greater than 0"));
+        }
+        if raw.send_burst.is_some_and(|b| b < 1.0) {
+            return Err(invalid("send_burst", "must be at least 1"));
+        }
+        if raw.send_max_attempts == 0 {
+            return Err(invalid("send_max_attempts", "must be at least 1"));
+        }
         Ok(Config {
             listen,
+            send_rate_per_second: raw.send_rate_per_second,
+            send_burst: raw.send_burst.unwrap_or(raw.send_rate_per_second),
+            send_max_attempts: raw.send_max_attempts,
+            send_backoff_ms: raw.send_backoff_ms,
             data_dir: raw.data_dir,
             log_format: raw.log_format,
             max_body_bytes: raw.max_body_bytes,

@@ -317,6 +317,7 @@ pub async fn post_edge<S: EventStore + 'static>(
         | "request_thread_control"
         | "release_thread_control"
         | "extend_thread_control" => control(&state, caller, &edge).await,
+        "messages" => crate::sends::messages(&state, caller, &req).await,
         _ => Err(bad_param(format!(
             "Unsupported post request: edge {edge:?} is not served by Baton"
         ))),
@@ -411,7 +412,7 @@ async fn control<S: EventStore + 'static>(
     let now = state.clock.now();
 
     // 1. Decide and record.
-    let decided = record_with(state, &thread, |ledger, page| {
+    let decided = record_with(state, &thread, |_, ledger, page| {
         match rules::decide(ledger, page, &command, now) {
             Ok(events) => (events, Ok(())),
             Err(r) => (vec![rules::refusal(ledger, &command, &r, now)], Err(r)),
@@ -478,7 +479,7 @@ async fn control<S: EventStore + 'static>(
 
     // 3. Record Meta's answer (and the handover fact, or drift).
     let now = state.clock.now();
-    let settled = record_with(state, &thread, |ledger, page| {
+    let settled = record_with(state, &thread, |_, ledger, page| {
         (
             rules::settle_control(ledger, page, &command, &outcome, now),
             (),
@@ -570,7 +571,7 @@ pub async fn reconcile<S: EventStore + 'static>(
         at: now,
         owner: owner.clone(),
     };
-    if let Err(e) = record_with(state, thread, |ledger, page| {
+    if let Err(e) = record_with(state, thread, |_, ledger, page| {
         (rules::observe(ledger, page, observation(), now), ())
     })
     .await

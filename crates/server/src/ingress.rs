@@ -11,8 +11,8 @@ use std::time::Instant;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use domain::events::{
-    AppRolesChanged, DeliveryCopy, ParseOutcome, PolicyEnforcementReceived, RawBody,
-    UnattributedItemReceived, WebhookDeliveryReceived,
+    AppRolesChanged, DeliveryCopy, InboundEvent, ParseOutcome, PolicyEnforcementReceived, RawBody,
+    SendOutcome, SendOutcomeRecorded, UnattributedItemReceived, WebhookDeliveryReceived,
 };
 use domain::rules::{self, Observation};
 use domain::{AppId, Event, ThreadKey, ThreadLedger, Timestamp};
@@ -319,7 +319,23 @@ fn plan_records(
                             events: Vec::new(),
                         }
                     });
-                    let events = rules::observe(&group.ledger, page, observation, now);
+                    let mut events = rules::observe(&group.ledger, page, observation, now);
+                    // An echo of a send whose outcome was unknown settles it.
+                    if let Some((send_id, record)) = state.send_settled_by(event) {
+                        if &record.thread == thread {
+                            if let InboundEvent::Echo { mid, .. } = event {
+                                events.push(
+                                    SendOutcomeRecorded {
+                                        thread: thread.clone(),
+                                        at: now,
+                                        send_id: send_id.clone(),
+                                        outcome: SendOutcome::SettledByEcho { mid: mid.clone() },
+                                    }
+                                    .into(),
+                                );
+                            }
+                        }
+                    }
                     for e in &events {
                         group.ledger.apply(e);
                     }

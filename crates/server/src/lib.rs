@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod projections;
 pub mod read_api;
 pub mod record;
+pub mod sends;
 pub mod timers;
 
 use std::net::{SocketAddr, TcpListener};
@@ -36,6 +37,9 @@ pub struct AppState<S> {
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     pub graph: graph_client::GraphClient,
+    /// The sender's client: no automatic retries (the send policy decides).
+    pub send_graph: graph_client::GraphClient,
+    pub limiter: sends::RateLimiter,
 }
 
 /// A running server.
@@ -119,6 +123,11 @@ pub async fn start<S: EventStore + 'static>(
             std::time::Duration::from_millis(config.graph_timeout_ms),
             2,
         ),
+        send_graph: graph_client::GraphClient::new(
+            std::time::Duration::from_millis(config.graph_timeout_ms),
+            0,
+        ),
+        limiter: sends::RateLimiter::new(config.send_rate_per_second, config.send_burst),
     });
     let timers = tokio::spawn(timers::run(
         state.clone(),
@@ -150,6 +159,7 @@ pub async fn start<S: EventStore + 'static>(
                 "/api/threads/{page_id}/{psid}/timeline",
                 web::get().to(read_api::timeline::<S>),
             )
+            .route("/api/sends/check", web::post().to(sends::check::<S>))
             .service(
                 web::resource("/{version:v[0-9]+(\\.[0-9]+)?}/{node}/{edge}")
                     .app_data(web::PayloadConfig::new(body_limit))

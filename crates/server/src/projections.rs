@@ -9,19 +9,60 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use domain::events::{Channel, Event};
-use domain::{AppId, Page, PageId, ThreadKey, ThreadLedger};
+use domain::events::{Channel, Event, GraphError, InboundEvent, SendOutcome};
+use domain::{AppId, CommandId, Page, PageId, Rejection, ThreadKey, ThreadLedger};
 use event_log::{EventStore, Record, StorageError};
 use tokio::sync::watch;
 
+/// Baton tags a send without metadata with `baton:send:<send id>`, so its
+/// echo can settle an unknown outcome.
+pub const SEND_METADATA_PREFIX: &str = "baton:send:";
+
 /// Which apps (and on which channel) have delivered an item already.
 pub type Copies = Vec<(AppId, Channel)>;
+
+/// Where a send stands, as the outbox sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendStatus {
+    /// Accepted and durable; Meta has not answered yet.
+    Pending,
+    Sent {
+        message_id: String,
+        recipient_id: Option<String>,
+    },
+    Failed {
+        error: GraphError,
+    },
+    /// No answer came; the echo will settle it.
+    Unknown {
+        reason: String,
+    },
+    Refused {
+        rejection: Rejection,
+    },
+}
+
+/// One send in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRecord {
+    pub thread: ThreadKey,
+    pub app: AppId,
+    pub status: SendStatus,
+}
 
 /// The folded state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct State {
     pub pages: HashMap<PageId, Page>,
     pub threads: HashMap<ThreadKey, ThreadLedger>,
+    /// One-Time Notification token → its thread.
+    pub tokens: HashMap<String, ThreadKey>,
+    /// The outbox: every send decided, by id.
+    pub sends: HashMap<CommandId, SendRecord>,
+    /// `(app, Idempotency-Key)` → the send it first produced.
+    pub idempotency: HashMap<(AppId, String), CommandId>,
+    /// Echoes of Baton's own sends (tagged `baton:send:<id>`): send → mid.
+    pub echoed: HashMap<CommandId, String>,
     /// Dedupe index: a 64-bit digest of each item's dedupe key → its copies.
     seen: HashMap<u64, Copies>,
     /// The last log position folded in.
@@ -41,6 +82,10 @@ impl State {
         Self {
             pages: pages.into_iter().map(|p| (p.id.clone(), p)).collect(),
             threads: HashMap::new(),
+            tokens: HashMap::new(),
+            sends: HashMap::new(),
+            idempotency: HashMap::new(),
+            echoed: HashMap::new(),
             seen: HashMap::new(),
             position: 0,
             undecodable: 0,
@@ -55,6 +100,21 @@ impl State {
         self.threads.get(key)
     }
 
+    /// The send an echo settles: one Baton tagged (`metadata = baton:send:<id>`)
+    /// whose outcome is still unknown.
+    pub fn send_settled_by(&self, event: &InboundEvent) -> Option<(&CommandId, &SendRecord)> {
+        let InboundEvent::Echo {
+            metadata: Some(m), ..
+        } = event
+        else {
+            return None;
+        };
+        let id = m.strip_prefix(SEND_METADATA_PREFIX)?;
+        self.sends
+            .iter()
+            .find(|(sid, r)| sid.as_str() == id && matches!(r.status, SendStatus::Unknown { .. }))
+    }
+
     /// Folds one stored record.
     pub fn apply_record(&mut self, record: &Record) {
         self.position = record.position;
@@ -67,6 +127,19 @@ impl State {
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::MessagingEventReceived(e) => {
+                if let InboundEvent::Echo {
+                    mid,
+                    metadata: Some(m),
+                    ..
+                } = &e.event
+                {
+                    if let Some(id) = m
+                        .strip_prefix(SEND_METADATA_PREFIX)
+                        .and_then(|id| CommandId::parse(id).ok())
+                    {
+                        self.echoed.insert(id, mid.clone());
+                    }
+                }
                 self.seen
                     .entry(digest(&e.dedupe_key))
                     .or_default()
@@ -78,8 +151,76 @@ impl State {
                     .or_default()
                     .push((e.delivery.app.clone(), e.delivery.channel));
             }
+            Event::OneTimeTokenIssued(e) => {
+                self.tokens.insert(e.token.clone(), e.thread.clone());
+            }
+            Event::SendAccepted(e) => {
+                if let Some(key) = &e.send.idempotency_key {
+                    self.idempotency
+                        .insert((e.send.app.clone(), key.clone()), e.send.send_id.clone());
+                }
+                self.sends.insert(
+                    e.send.send_id.clone(),
+                    SendRecord {
+                        thread: e.thread.clone(),
+                        app: e.send.app.clone(),
+                        status: SendStatus::Pending,
+                    },
+                );
+            }
+            Event::CommandRefused(e) => {
+                if let domain::Command::SendMessage(send) = &e.command {
+                    if let Some(key) = &send.idempotency_key {
+                        self.idempotency
+                            .insert((send.app.clone(), key.clone()), send.send_id.clone());
+                    }
+                    self.sends.insert(
+                        send.send_id.clone(),
+                        SendRecord {
+                            thread: e.thread.clone(),
+                            app: send.app.clone(),
+                            status: SendStatus::Refused {
+                                rejection: e.rejection.clone(),
+                            },
+                        },
+                    );
+                }
+            }
+            Event::SendOutcomeRecorded(e) => {
+                if let Some(record) = self.sends.get_mut(&e.send_id) {
+                    if matches!(record.status, SendStatus::Sent { .. })
+                        && matches!(e.outcome, SendOutcome::Unknown { .. })
+                    {
+                        // The echo settled it before the timeout was recorded.
+                        return self.apply_thread(event);
+                    }
+                    record.status = match &e.outcome {
+                        SendOutcome::Sent {
+                            message_id,
+                            recipient_id,
+                        } => SendStatus::Sent {
+                            message_id: message_id.clone(),
+                            recipient_id: recipient_id.clone(),
+                        },
+                        SendOutcome::SettledByEcho { mid } => SendStatus::Sent {
+                            message_id: mid.clone(),
+                            recipient_id: Some(e.thread.psid.to_string()),
+                        },
+                        SendOutcome::Failed { error } => SendStatus::Failed {
+                            error: error.clone(),
+                        },
+                        SendOutcome::Unknown { reason } => SendStatus::Unknown {
+                            reason: reason.clone(),
+                        },
+                    };
+                }
+            }
             _ => {}
         }
+        self.apply_thread(event);
+    }
+
+    fn apply_thread(&mut self, event: &Event) {
         if let Some(thread) = event.thread() {
             self.threads
                 .entry(thread.clone())

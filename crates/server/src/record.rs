@@ -9,6 +9,7 @@ use std::time::Instant;
 use domain::{Event, Page, ThreadKey, ThreadLedger};
 use event_log::{AppendError, EventStore, ExpectedVersion, NewRecord};
 
+use crate::projections::State;
 use crate::AppState;
 
 const MAX_ATTEMPTS: usize = 32;
@@ -40,7 +41,7 @@ pub fn encode(event: &Event) -> NewRecord {
 pub async fn record_with<S, T>(
     state: &AppState<S>,
     thread: &ThreadKey,
-    mut decide: impl FnMut(&ThreadLedger, &Page) -> (Vec<Event>, T),
+    mut decide: impl FnMut(&State, &ThreadLedger, &Page) -> (Vec<Event>, T),
 ) -> Result<(T, Vec<Event>), RecordError>
 where
     S: EventStore + 'static,
@@ -61,7 +62,7 @@ where
                     &fresh
                 }
             };
-            let (events, value) = decide(ledger, page);
+            let (events, value) = decide(&snapshot, ledger, page);
             (events, value, ledger.version)
         };
         if events.is_empty() {

@@ -31,7 +31,7 @@ pub async fn expire_due<S: EventStore + 'static>(state: &AppState<S>) -> usize {
     };
     let mut expired = 0;
     for key in due {
-        match record_with(state, &key, |ledger, page| {
+        match record_with(state, &key, |_, ledger, page| {
             (rules::tick(ledger, page, now).into_iter().collect(), ())
         })
         .await

@@ -162,6 +162,7 @@ pub fn send_msg(
         content: SendContent::Message { metadata: None },
         thread_control: None,
         payload: serde_json::json!({"message": {"text": "hello"}}),
+        idempotency_key: None,
     }
 }
 
