@@ -43,7 +43,7 @@ impl Backend for MemoryBackend {
         Ok(self.read().keys.get(key).copied())
     }
 
-    fn commit(&self, records: &[Record]) -> Result<(), StorageError> {
+    fn commit(&self, records: Vec<Record>, _stored: Vec<Vec<u8>>) -> Result<(), StorageError> {
         let mut data = self.data.write().unwrap_or_else(PoisonError::into_inner);
         for record in records {
             data.streams
@@ -61,7 +61,7 @@ impl Backend for MemoryBackend {
                     },
                 );
             }
-            data.records.push(record.clone());
+            data.records.push(record);
         }
         Ok(())
     }

@@ -274,6 +274,16 @@ impl Record {
         out
     }
 
+    /// Sets `hash` from the other fields and returns the stored bytes, with
+    /// one encoding: the writer hashes the canonical bytes and hands the same
+    /// buffer (plus the hash) to the backend instead of encoding twice.
+    pub(crate) fn seal(&mut self) -> Vec<u8> {
+        let mut out = self.canonical_bytes();
+        self.hash = ChainHash(Sha256::digest(&out).into());
+        out.extend_from_slice(&self.hash.0);
+        out
+    }
+
     /// Inverse of [`Record::stored_bytes`]. Does not check the hash; that is
     /// the verifier's job.
     pub(crate) fn from_stored_bytes(bytes: &[u8]) -> Result<Record, &'static str> {
@@ -436,6 +446,16 @@ mod tests {
     fn stored_bytes_round_trip() {
         let r = sample();
         assert_eq!(Record::from_stored_bytes(&r.stored_bytes()), Ok(r));
+    }
+
+    #[test]
+    fn seal_matches_compute_hash_and_stored_bytes() {
+        let r = sample();
+        let mut sealed = r.clone();
+        sealed.hash = ChainHash::ZERO;
+        let bytes = sealed.seal();
+        assert_eq!(sealed, r);
+        assert_eq!(bytes, r.stored_bytes());
     }
 
     /// Snapshot of the canonical layout: a change here is a format change and

@@ -25,7 +25,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn idempotent(&self, key: &str) -> Result<Option<Appended>, StorageError>;
     /// Writes `records` (contiguous, continuing the head) and their indexes
     /// atomically, then makes them durable. `Ok` means they survive a crash.
-    fn commit(&self, records: &[Record]) -> Result<(), StorageError>;
+    /// `stored[i]` is `records[i].stored_bytes()`, already encoded by the
+    /// writer (which had to encode the record to hash it anyway). The
+    /// backend takes ownership, so it can keep the records without a copy.
+    fn commit(&self, records: Vec<Record>, stored: Vec<Vec<u8>>) -> Result<(), StorageError>;
     /// Records with positions in `from..=to`, at most `limit`.
     fn read_all(&self, from: u64, to: u64, limit: usize) -> Result<Vec<Record>, StorageError>;
     /// Records of `stream` from `from_version`, with position at most
@@ -297,6 +300,8 @@ impl From<StorageError> for StageError {
 struct Stage {
     head: Head,
     records: Vec<Record>,
+    /// Stored bytes of `records`, index for index.
+    stored: Vec<Vec<u8>>,
     streams: HashMap<String, u64>,
     keys: HashMap<String, Appended>,
 }
@@ -377,6 +382,7 @@ impl<B: Backend> Writer<B> {
         let mut stage = Stage {
             head: self.head,
             records: Vec::new(),
+            stored: Vec::new(),
             streams: HashMap::new(),
             keys: HashMap::new(),
         };
@@ -395,7 +401,9 @@ impl<B: Backend> Writer<B> {
             }
         }
         if failure.is_none() && !stage.records.is_empty() {
-            if let Err(e) = self.shared.backend.commit(&stage.records) {
+            let records = std::mem::take(&mut stage.records);
+            let stored = std::mem::take(&mut stage.stored);
+            if let Err(e) = self.shared.backend.commit(records, stored) {
                 failure = Some(e);
             }
         }
@@ -436,18 +444,18 @@ impl<B: Backend> Writer<B> {
                 hash: record.hash,
             };
         }
-        if let Err(e) = self.shared.backend.commit(&records) {
+        let streams = records
+            .iter()
+            .map(|r| (r.stream.clone(), r.stream_version))
+            .collect();
+        let stored = records.iter().map(Record::stored_bytes).collect();
+        if let Err(e) = self.shared.backend.commit(records, stored) {
             return Err(AppendError::WriterStopped {
                 cause: self.shared.stop(e),
             });
         }
         self.publish(head);
-        self.remember_streams(
-            records
-                .into_iter()
-                .map(|r| (r.stream, r.stream_version))
-                .collect(),
-        );
+        self.remember_streams(streams);
         Ok(head)
     }
 
@@ -486,6 +494,7 @@ impl Stage {
         let mut streams: HashMap<&str, u64> = HashMap::new();
         let mut keys: HashMap<&str, Appended> = HashMap::new();
         let mut records = Vec::with_capacity(batch.len());
+        let mut stored = Vec::with_capacity(batch.len());
         let mut head = self.head;
         let mut out = Vec::with_capacity(batch.len());
         for (index, new) in batch.iter().enumerate() {
@@ -541,7 +550,7 @@ impl Stage {
                 prev_hash: head.hash,
                 hash: ChainHash::ZERO,
             };
-            record.hash = record.compute_hash();
+            stored.push(record.seal());
             head = Head {
                 position: record.position,
                 hash: record.hash,
@@ -566,6 +575,7 @@ impl Stage {
             self.keys.insert(key.to_owned(), appended);
         }
         self.records.append(&mut records);
+        self.stored.append(&mut stored);
         self.head = head;
         Ok(out)
     }
@@ -597,7 +607,7 @@ mod tests {
         fn idempotent(&self, _: &str) -> Result<Option<Appended>, StorageError> {
             Ok(None)
         }
-        fn commit(&self, _: &[Record]) -> Result<(), StorageError> {
+        fn commit(&self, _: Vec<Record>, _: Vec<Vec<u8>>) -> Result<(), StorageError> {
             if self.fail.load(Ordering::SeqCst) {
                 Err(StorageError::Engine("disk on fire".into()))
             } else {

@@ -3,6 +3,7 @@
 //! Every handler appends to the log before it answers; nothing here holds a
 //! rule of Meta's (those live in `domain`).
 
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -160,6 +161,11 @@ pub async fn start<S: EventStore + 'static>(
                 web::get().to(read_api::timeline::<S>),
             )
             .route("/api/sends/check", web::post().to(sends::check::<S>))
+            .route("/api/admin/export", web::get().to(admin::export::<S>))
+            .route(
+                "/api/admin/projections",
+                web::get().to(admin::projections::<S>),
+            )
             .service(
                 web::resource("/{version:v[0-9]+(\\.[0-9]+)?}/{node}/{edge}")
                     .app_data(web::PayloadConfig::new(body_limit))

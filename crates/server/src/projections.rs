@@ -92,6 +92,25 @@ impl State {
         }
     }
 
+    /// A digest of the thread ledgers and pages, independent of map order:
+    /// two folds of the same log give the same digest.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut threads: Vec<(&ThreadKey, &ThreadLedger)> = self.threads.iter().collect();
+        threads.sort_by(|a, b| a.0.cmp(b.0));
+        let mut pages: Vec<(&PageId, &Page)> = self.pages.iter().collect();
+        pages.sort_by(|a, b| a.0.cmp(b.0));
+        let mut h = Sha256::new();
+        h.update(self.position.to_be_bytes());
+        for (_, ledger) in threads {
+            h.update(serde_json::to_vec(ledger).unwrap_or_default());
+        }
+        for (_, page) in pages {
+            h.update(serde_json::to_vec(page).unwrap_or_default());
+        }
+        hex::encode(h.finalize())
+    }
+
     pub fn copies(&self, dedupe_key: &str) -> Option<&Copies> {
         self.seen.get(&digest(dedupe_key))
     }
