@@ -1,0 +1,139 @@
+//! Send throughput: sends/s through Baton (gate + outbox + recorded outcome,
+//! durable sled log) to the emulator, against the same client posting the
+//! same requests to the emulator directly, at the same concurrency, in one
+//! run. Run: `cargo bench -p server --bench send`
+//! (`BATON_BENCH_SENDS=4000` for a longer run).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use emulator::{AppConfig, Emulator, PageConfig, World};
+use event_log::SledStore;
+use serde_json::json;
+use server::{Config, ManualClock};
+
+const PAGE: &str = "5550001";
+const USERS: usize = 200;
+const CONCURRENCY: usize = 16;
+
+fn config(graph: &str) -> Config {
+    let text = format!(
+        r#"
+listen = "127.0.0.1:0"
+data_dir = "unused"
+send_rate_per_second = 1000000
+[[pages]]
+id = "{PAGE}"
+routing = {{ mode = "conversation_routing", default_app = "1001" }}
+apps = ["1001"]
+[[apps]]
+id = "1001"
+kind = "bot"
+management = "managed"
+app_secret = "bench-secret"
+verify_token = "v"
+api_token = "baton-bot"
+graph_base_url = "{graph}"
+page_tokens = {{ "{PAGE}" = "page-token-bot" }}
+"#
+    );
+    Config::parse(&text, "bench.toml", |_| None).expect("bench config")
+}
+
+struct Outcome {
+    per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn drive(url: String, token: &'static str, sends: usize) -> Outcome {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (next, url) = (next.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut lat = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= sends {
+                    return lat;
+                }
+                let body = json!({"recipient": {"id": format!("user-{}", n % USERS)}, "messaging_type": "RESPONSE", "message": {"text": format!("Your order #{n} has shipped")}});
+                let t = Instant::now();
+                let res = http.post(&url).bearer_auth(token).json(&body).send().await.expect("request");
+                assert_eq!(res.status(), 200, "send {n} failed: {}", res.text().await.unwrap_or_default());
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    Outcome {
+        per_sec: sends as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.5),
+        p99: pct(0.99),
+    }
+}
+
+fn main() {
+    let sends: usize = std::env::var("BATON_BENCH_SENDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let world = World::default().with_page(PageConfig::conversation_routing(PAGE, "1001")).with_app(
+            AppConfig::new("1001", "bench-secret")
+                .with_token(PAGE, "page-token-bot")
+                // No echoes: both runs then cost Meta's side the same.
+                .with_fields(&["messages", "messaging_postbacks", "messaging_handovers", "standby"]),
+        );
+        let emulator = Emulator::start(world).expect("emulator");
+        let ctl = emulator.control();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path().join("log")).unwrap());
+        let clock = Arc::new(ManualClock::new(domain::Timestamp::from_millis(emulator::DEFAULT_EPOCH_MS)));
+        let baton = server::start(config(&emulator.base_url()), store, clock).await.expect("baton");
+        ctl.set_callback("1001", Some(&format!("{}/webhooks/1001", baton.base_url()))).await.unwrap();
+        for u in 0..USERS {
+            ctl.user_text(PAGE, &format!("user-{u}"), "where is my order?").await.unwrap();
+        }
+        // Warm both paths.
+        let _ = drive(format!("{}/v21.0/{PAGE}/messages", emulator.base_url()), "page-token-bot", 200).await;
+        let _ = drive(format!("{}/v21.0/me/messages", baton.base_url()), "baton-bot", 200).await;
+        println!("send: {sends} sends over {CONCURRENCY} connections to {USERS} threads");
+        println!("{:<10} {:<30} {:>10} {:>10} {:>10}", "graph", "path", "sends/s", "p50", "p99");
+        // First with the emulator answering at once (Baton's whole cost shows),
+        // then with Meta-like 25 ms answers held by the emulator.
+        for latency in [0u64, 25] {
+            if latency > 0 {
+                let delay = emulator::FaultSpec::Delay { count: u32::MAX, endpoint: Some("messages".into()), millis: Some(latency) };
+                ctl.add_fault(&delay).await.unwrap();
+            }
+            let n = if latency > 0 { sends / 4 } else { sends };
+            let direct = drive(format!("{}/v21.0/{PAGE}/messages", emulator.base_url()), "page-token-bot", n).await;
+            let through = drive(format!("{}/v21.0/me/messages", baton.base_url()), "baton-bot", n).await;
+            let label = format!("{latency} ms");
+            println!("{label:<10} {:<30} {:>10.0} {:>10.2?} {:>10.2?}", "client -> emulator (direct)", direct.per_sec, direct.p50, direct.p99);
+            println!("{label:<10} {:<30} {:>10.0} {:>10.2?} {:>10.2?}", "client -> Baton -> emulator", through.per_sec, through.p50, through.p99);
+            println!(
+                "{label:<10} through/direct throughput: {:.2} (target >= 0.70: gate and outbox cost at most 30%)",
+                through.per_sec / direct.per_sec
+            );
+        }
+        ctl.clear_faults().await.unwrap();
+        baton.stop().await;
+    });
+}
