@@ -471,3 +471,49 @@ async fn health_readiness_and_metrics_answer() {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_loris_body_is_cut_off_and_stores_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let baton = TestBaton::start(&config_toml("http://127.0.0.1:9", &cr_mode())).await;
+    let mut conn = tokio::net::TcpStream::connect(baton.running.addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /webhooks/{BOT} HTTP/1.1\r\nHost: baton\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{{\"object\":\"pa"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // Then nothing more: the server gives up after body_timeout_ms (300 ms here).
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"));
+    assert_eq!(baton.head().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_cannot_act_on_a_page_it_is_not_on() {
+    let baton = TestBaton::start(&config_toml("http://127.0.0.1:9", &cr_mode())).await;
+    let res = baton
+        .http
+        .post(baton.url(&format!("/v21.0/{OTHER_PAGE}/pass_thread_control")))
+        .bearer_auth("baton-human")
+        .json(&json!({"recipient": {"id": "u1"}, "target_app_id": BOT}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], 200);
+    // Nor read another page's threads.
+    let res = baton
+        .http
+        .get(baton.url(&format!("/api/threads/{OTHER_PAGE}/u1")))
+        .bearer_auth("baton-human")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(baton.head().await, 0, "nothing recorded");
+}

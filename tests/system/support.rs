@@ -11,6 +11,8 @@ use server::{Config, ManualClock, Running};
 /// 2026-11-01T09:00:00Z, where the emulator's clock starts too.
 pub const T0: Timestamp = Timestamp::from_millis(1_793_523_600_000);
 pub const PAGE: &str = "5550001";
+/// A second page that none of the managed apps serves.
+pub const OTHER_PAGE: &str = "5550002";
 pub const BOT: &str = "1001";
 pub const HUMAN: &str = "1002";
 pub const BOT_SECRET: &str = "bot-app-secret";
@@ -48,6 +50,8 @@ listen = "127.0.0.1:0"
 data_dir = "unused"
 max_body_bytes = 65536
 graph_timeout_ms = {timeout}
+body_timeout_ms = 300
+admin_token = "admin-secret"
 send_backoff_ms = 1
 send_rate_per_second = {rate}
 send_burst = {burst}
@@ -57,6 +61,12 @@ id = "{PAGE}"
 name = "Test page"
 routing = {mode}
 apps = ["{BOT}", "{HUMAN}", "263902037430900"]
+
+[[pages]]
+id = "{OTHER_PAGE}"
+name = "Another page, answered in the Page Inbox only"
+routing = {{ mode = "conversation_routing", default_app = "263902037430900" }}
+apps = ["263902037430900"]
 
 [[apps]]
 id = "{BOT}"

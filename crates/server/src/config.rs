@@ -72,6 +72,8 @@ struct RawConfig {
     admin_token: Option<SecretSource>,
     #[serde(default = "default_graph_timeout")]
     graph_timeout_ms: u64,
+    #[serde(default = "default_body_timeout")]
+    body_timeout_ms: u64,
     #[serde(default = "default_send_rate")]
     send_rate_per_second: f64,
     send_burst: Option<f64>,
@@ -90,6 +92,10 @@ fn default_max_body() -> usize {
 }
 
 fn default_graph_timeout() -> u64 {
+    10_000
+}
+
+fn default_body_timeout() -> u64 {
     10_000
 }
 
@@ -190,6 +196,8 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// How long a Graph API call may take before its outcome is unknown.
     pub graph_timeout_ms: u64,
+    /// How long a client may take to send a request body (slow-loris guard).
+    pub body_timeout_ms: u64,
     /// Sends per second per page (token bucket), and the bucket's size.
     pub send_rate_per_second: f64,
     pub send_burst: f64,
@@ -391,6 +399,7 @@ impl Config {
             max_body_bytes: raw.max_body_bytes,
             admin_token,
             graph_timeout_ms: raw.graph_timeout_ms,
+            body_timeout_ms: raw.body_timeout_ms.max(1),
             pages,
             apps,
         })

@@ -105,13 +105,34 @@ pub async fn receive<S: EventStore + 'static>(
         }
     }
     let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadBody(e.to_string()))?;
-        if body.len() + chunk.len() > limit {
-            metrics.delivery(app_label, "too_large");
-            return Err(ApiError::TooLarge { limit });
+    let timeout = std::time::Duration::from_millis(state.config.body_timeout_ms);
+    let read = async {
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| ApiError::BadBody(e.to_string()))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::TooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            metrics.delivery(
+                app_label,
+                if matches!(e, ApiError::TooLarge { .. }) {
+                    "too_large"
+                } else {
+                    "bad_body"
+                },
+            );
+            return Err(e);
+        }
+        Err(_) => {
+            metrics.delivery(app_label, "body_timeout");
+            return Err(ApiError::BodyTimeout(state.config.body_timeout_ms));
+        }
     }
     let body = body.freeze();
 
