@@ -3,6 +3,7 @@
 
 mod handover;
 mod ingress;
+mod reliability;
 mod sends;
 mod stack;
 mod support;
