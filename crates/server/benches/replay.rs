@@ -3,6 +3,7 @@
 //!    reading and decoding it, in the same run (target: replay >= 50% of the
 //!    read-and-decode speed).
 //! 2. Resident bytes per tracked thread at one million threads.
+//!
 //! Run: `cargo bench -p server --bench replay` (`BATON_BENCH_THREADS` to change
 //! the thread count of part 2).
 
@@ -10,7 +11,10 @@ use std::time::Instant;
 
 use domain::events::{Channel, DeliveryCopy, InboundEvent};
 use domain::rules::{self, Observation};
-use domain::{AppId, AppKind, AppProfile, Event, Management, Page, PageId, Psid, RoutingMode, ThreadKey, ThreadLedger, Timestamp};
+use domain::{
+    AppId, AppKind, AppProfile, Event, Management, Page, PageId, Psid, RoutingMode, ThreadKey,
+    ThreadLedger, Timestamp,
+};
 use event_log::{EventStore, MemoryStore, NewRecord};
 use server::projections::State;
 
@@ -29,10 +33,16 @@ fn page() -> Page {
     let bot = AppId::parse("1001").unwrap();
     Page::new(
         PageId::parse("5550001").unwrap(),
-        RoutingMode::ConversationRouting { default_app: bot.clone() },
+        RoutingMode::ConversationRouting {
+            default_app: bot.clone(),
+        },
         [
             AppProfile::new(bot, AppKind::Bot, Management::Managed).allowed_to_take(),
-            AppProfile::new(AppId::parse("1002").unwrap(), AppKind::Human, Management::Managed),
+            AppProfile::new(
+                AppId::parse("1002").unwrap(),
+                AppKind::Human,
+                Management::Managed,
+            ),
         ],
     )
 }
@@ -50,18 +60,53 @@ fn thread_events(page: &Page, n: usize, t0: Timestamp) -> Vec<Event> {
     };
     for m in 0..3 {
         let mid = format!("m.{n}.{m}");
-        let event = InboundEvent::Message { mid: mid.clone(), text: Some("Hello, where is my order?".into()), attachment_types: vec![], reply_to: None, referral: None };
+        let event = InboundEvent::Message {
+            mid: mid.clone(),
+            text: Some("Hello, where is my order?".into()),
+            attachment_types: vec![],
+            reply_to: None,
+            referral: None,
+        };
         let raw = serde_json::json!({"sender": {"id": format!("user-{n}")}, "recipient": {"id": "5550001"}, "timestamp": t0.millis(), "message": {"mid": mid, "text": "Hello, where is my order?"}});
-        let bot = DeliveryCopy { app: AppId::parse("1001").unwrap(), channel: Channel::Messaging };
-        let human = DeliveryCopy { app: AppId::parse("1002").unwrap(), channel: Channel::Standby };
-        observe(&mut ledger, Observation::Item { at: t0, dedupe_key: mid.clone(), delivery: bot, event: event.clone(), raw: raw.clone() }, &mut out);
-        observe(&mut ledger, Observation::Copy { at: t0, dedupe_key: mid, delivery: human, event, raw }, &mut out);
+        let bot = DeliveryCopy {
+            app: AppId::parse("1001").unwrap(),
+            channel: Channel::Messaging,
+        };
+        let human = DeliveryCopy {
+            app: AppId::parse("1002").unwrap(),
+            channel: Channel::Standby,
+        };
+        observe(
+            &mut ledger,
+            Observation::Item {
+                at: t0,
+                dedupe_key: mid.clone(),
+                delivery: bot,
+                event: event.clone(),
+                raw: raw.clone(),
+            },
+            &mut out,
+        );
+        observe(
+            &mut ledger,
+            Observation::Copy {
+                at: t0,
+                dedupe_key: mid,
+                delivery: human,
+                event,
+                raw,
+            },
+            &mut out,
+        );
     }
     out
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let page = page();
     let t0 = Timestamp::from_millis(1_793_523_600_000);
 
@@ -74,7 +119,12 @@ fn main() {
                 .iter()
                 .map(|e| {
                     let enc = e.encode();
-                    NewRecord::new(e.stream_name(), enc.type_name, enc.schema_version, enc.payload)
+                    NewRecord::new(
+                        e.stream_name(),
+                        enc.type_name,
+                        enc.schema_version,
+                        enc.payload,
+                    )
                 })
                 .collect();
             store.append(batch).await.unwrap();
@@ -103,13 +153,25 @@ fn main() {
         best_replay = best_replay.min(t.elapsed().as_secs_f64());
     }
     println!("replay: {n} records over {threads} threads (best of 3)");
-    println!("  read + decode:          {:>10.0} records/s", n as f64 / best_decode);
-    println!("  read + decode + fold:   {:>10.0} records/s", n as f64 / best_replay);
-    println!("  replay / read-and-decode: {:.2} (target >= 0.50)", best_decode / best_replay);
+    println!(
+        "  read + decode:          {:>10.0} records/s",
+        n as f64 / best_decode
+    );
+    println!(
+        "  read + decode + fold:   {:>10.0} records/s",
+        n as f64 / best_replay
+    );
+    println!(
+        "  replay / read-and-decode: {:.2} (target >= 0.50)",
+        best_decode / best_replay
+    );
     drop(records);
 
     // Part 2: heap bytes per tracked thread.
-    let million: usize = std::env::var("BATON_BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let million: usize = std::env::var("BATON_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let before = resident_bytes();
     let mut state = State::new([page.clone()]);
     for n in 0..million {
