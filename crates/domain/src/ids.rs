@@ -173,9 +173,32 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// The calendar date and time in UTC: `(year, month, day, hour, minute, second, millisecond)`.
+    pub fn to_utc(self) -> (i64, u32, u32, u32, u32, u32, u32) {
+        let ms = self.0.rem_euclid(1000) as u32;
+        let secs = self.0.div_euclid(1000);
+        let days = secs.div_euclid(86_400);
+        let rem = secs.rem_euclid(86_400) as u32;
+        // Howard Hinnant's civil_from_days.
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        (year, month, day, rem / 3600, rem / 60 % 60, rem % 60, ms)
+    }
+}
+
+/// RFC 3339 in UTC, e.g. `2026-11-01T09:00:00.000Z`.
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}ms", self.0)
+        let (y, mo, d, h, mi, s, ms) = self.to_utc();
+        write!(f, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
     }
 }
 
@@ -237,6 +260,30 @@ mod tests {
         let ok: PageId = serde_json::from_str("\"42\"").unwrap();
         assert_eq!(ok.as_str(), "42");
         assert!(serde_json::from_str::<PageId>("\"\"").is_err());
+    }
+
+    #[test]
+    fn timestamps_print_as_rfc3339_utc() {
+        assert_eq!(
+            Timestamp::from_millis(0).to_string(),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            Timestamp::from_millis(1_793_523_600_000).to_string(),
+            "2026-11-01T09:00:00.000Z"
+        );
+        assert_eq!(
+            Timestamp::from_millis(1_777_248_000_001).to_string(),
+            "2026-04-27T00:00:00.001Z"
+        );
+        assert_eq!(
+            Timestamp::from_millis(951_782_400_000).to_string(),
+            "2000-02-29T00:00:00.000Z"
+        );
+        assert_eq!(
+            Timestamp::from_millis(-1).to_string(),
+            "1969-12-31T23:59:59.999Z"
+        );
     }
 
     #[test]

@@ -1,0 +1,413 @@
+//! `baton demo`: everything Baton does, offline, in one command. It starts the
+//! emulator (standing in for Meta), Baton on an embedded sled log in a
+//! temporary directory, and two sample backends (a bot and a human inbox)
+//! that print what Baton forwards to them; then it plays a conversation — the
+//! user asks for a human, the bot passes control, the human answers, a send
+//! outside the window is refused with its reason, the human hands back, the
+//! bot answers again — and prints the thread's audit timeline.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use anyhow::{bail, Context};
+use domain::Span;
+use emulator::{AppConfig, Emulator, PageConfig, World};
+use serde_json::{json, Value};
+
+const PAGE: &str = "5550001";
+const BOT: &str = "1001";
+const HUMAN: &str = "1002";
+const USER: &str = "user-ana";
+
+/// A sample backend: checks both signatures and keeps what it received.
+#[derive(Debug, Clone)]
+struct Backend {
+    name: &'static str,
+    secret: &'static str,
+    received: Arc<Mutex<Vec<Value>>>,
+}
+
+async fn backend_hook(
+    state: web::Data<Backend>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok());
+    let check = wire::signature::check_signatures(
+        state.secret.as_bytes(),
+        &body,
+        header("x-hub-signature-256"),
+        header("x-hub-signature"),
+    );
+    if !wire::signature::accepted(&check) {
+        return HttpResponse::Unauthorized().finish();
+    }
+    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+        state
+            .received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(v);
+    }
+    HttpResponse::Ok().body("EVENT_RECEIVED")
+}
+
+fn start_backend(backend: Backend) -> anyhow::Result<(String, actix_web::dev::ServerHandle)> {
+    let data = web::Data::new(backend);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/webhook", web::post().to(backend_hook))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind("127.0.0.1:0")?;
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    Ok((format!("http://{addr}/webhook"), handle))
+}
+
+fn config(
+    graph: &str,
+    bot_backend: &str,
+    human_backend: &str,
+    data_dir: &std::path::Path,
+) -> String {
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+data_dir = {data_dir:?}
+admin_token = "demo-admin"
+[[pages]]
+id = "{PAGE}"
+name = "Demo Shop"
+routing = {{ mode = "conversation_routing", default_app = "{BOT}" }}
+apps = ["{BOT}", "{HUMAN}", "263902037430900"]
+[[apps]]
+id = "{BOT}"
+name = "Shop bot"
+kind = "bot"
+management = "managed"
+may_take_control = true
+app_secret = "demo-bot-secret"
+verify_token = "demo-verify-bot"
+api_token = "demo-baton-bot"
+graph_base_url = "{graph}"
+backend_url = "{bot_backend}"
+page_tokens = {{ "{PAGE}" = "demo-page-token-bot" }}
+[[apps]]
+id = "{HUMAN}"
+name = "Support inbox"
+kind = "human"
+management = "managed"
+app_secret = "demo-human-secret"
+verify_token = "demo-verify-human"
+api_token = "demo-baton-human"
+graph_base_url = "{graph}"
+backend_url = "{human_backend}"
+page_tokens = {{ "{PAGE}" = "demo-page-token-human" }}
+[[apps]]
+id = "263902037430900"
+name = "Page Inbox"
+kind = "human"
+management = "external"
+"#,
+        data_dir = data_dir.display().to_string()
+    )
+}
+
+struct Baton {
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Baton {
+    async fn call(&self, token: &str, edge: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+        let res = self
+            .http
+            .post(format!("{}/v21.0/me/{edge}", self.url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await?;
+        let status = res.status().as_u16();
+        Ok((status, res.json().await.unwrap_or(Value::Null)))
+    }
+}
+
+fn say(out: &mut impl Write, line: impl AsRef<str>) -> anyhow::Result<()> {
+    writeln!(out, "{}", line.as_ref())?;
+    Ok(())
+}
+
+fn outcome(status: u16, body: &Value) -> String {
+    if status == 200 {
+        "accepted".to_owned()
+    } else {
+        format!(
+            "REFUSED {}{}: {}",
+            body["error"]["code"],
+            body["error"]["error_subcode"]
+                .as_u64()
+                .map(|s| format!("/{s}"))
+                .unwrap_or_default(),
+            body["error"]["message"].as_str().unwrap_or_default()
+        )
+    }
+}
+
+/// Runs the demo, writing the story and the audit timeline to `out`.
+pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let world = World {
+        epoch_ms: now,
+        ..World::default()
+    }
+    .with_page(PageConfig::conversation_routing(PAGE, BOT))
+    .with_app(
+        AppConfig::new(BOT, "demo-bot-secret")
+            .with_token(PAGE, "demo-page-token-bot")
+            .may_take(true),
+    )
+    .with_app(
+        AppConfig::new(HUMAN, "demo-human-secret")
+            .with_token(PAGE, "demo-page-token-human")
+            .human_agent(true),
+    );
+    let emulator = Emulator::start(world).context("starting the emulator")?;
+    let ctl = emulator.control();
+
+    let bot = Backend {
+        name: "bot backend",
+        secret: "demo-bot-secret",
+        received: Arc::default(),
+    };
+    let human = Backend {
+        name: "human inbox backend",
+        secret: "demo-human-secret",
+        received: Arc::default(),
+    };
+    let (bot_url, bot_handle) = start_backend(bot.clone())?;
+    let (human_url, human_handle) = start_backend(human.clone())?;
+
+    let dir = tempfile::tempdir()?;
+    let text = config(&emulator.base_url(), &bot_url, &human_url, dir.path());
+    let config = server::Config::parse(&text, "demo.toml", |_| None)?;
+    let store = Arc::new(event_log::SledStore::open(dir.path().join("log"))?);
+    let clock = Arc::new(server::ManualClock::new(domain::Timestamp::from_millis(
+        now,
+    )));
+    let running = server::start(config, store, clock.clone()).await?;
+    for app in [BOT, HUMAN] {
+        ctl.set_callback(app, Some(&format!("{}/webhooks/{app}", running.base_url())))
+            .await?;
+    }
+    let baton = Baton {
+        url: running.base_url(),
+        http: reqwest::Client::new(),
+    };
+    say(
+        out,
+        format!(
+            "Baton is up at {} (log in {}), Meta is played by the emulator at {}.",
+            baton.url,
+            dir.path().display(),
+            emulator.base_url()
+        ),
+    )?;
+    say(out, format!("Page {PAGE}: Conversation Routing, default app {BOT} (bot); {HUMAN} is the human inbox app.\n"))?;
+
+    let user = |t: &'static str| {
+        let ctl = ctl.clone();
+        async move { ctl.user_text(PAGE, USER, t).await }
+    };
+    let text_to = |t: &str| json!({"recipient": {"id": USER}, "messaging_type": "RESPONSE", "message": {"text": t}});
+
+    say(out, "1. The user writes: \"Hi, where is my parcel?\"")?;
+    user("Hi, where is my parcel?").await?;
+    let (s, b) = baton
+        .call(
+            "demo-baton-bot",
+            "messages",
+            text_to("Let me look that up for you."),
+        )
+        .await?;
+    say(
+        out,
+        format!(
+            "   bot replies \"Let me look that up for you.\" → {}",
+            outcome(s, &b)
+        ),
+    )?;
+
+    say(out, "2. The user writes: \"I want to talk to a human\"")?;
+    user("I want to talk to a human").await?;
+    let (s, b) = baton
+        .call("demo-baton-bot", "pass_thread_control", json!({"recipient": {"id": USER}, "target_app_id": HUMAN, "metadata": "user asked for a human"}))
+        .await?;
+    say(
+        out,
+        format!(
+            "   bot passes control to the human inbox → {}",
+            outcome(s, &b)
+        ),
+    )?;
+    ctl.wait_deliveries().await?;
+
+    say(out, "3. The human answers.")?;
+    let (s, b) = baton
+        .call(
+            "demo-baton-human",
+            "messages",
+            text_to("Hi, I'm Ana from support. Your parcel left the depot today."),
+        )
+        .await?;
+    say(
+        out,
+        format!(
+            "   human: \"Hi, I'm Ana from support…\" → {}",
+            outcome(s, &b)
+        ),
+    )?;
+    let (s, b) = baton
+        .call(
+            "demo-baton-bot",
+            "messages",
+            text_to("Can I help with anything else?"),
+        )
+        .await?;
+    say(
+        out,
+        format!("   bot tries to talk over the human → {}", outcome(s, &b)),
+    )?;
+    let (s, b) = baton
+        .call(
+            "demo-baton-human",
+            "extend_thread_control",
+            json!({"recipient": {"id": USER}, "duration": 3 * 86_400}),
+        )
+        .await?;
+    say(
+        out,
+        format!("   human extends control for 3 days → {}", outcome(s, &b)),
+    )?;
+
+    say(out, "4. A day passes without a word from the user.")?;
+    ctl.advance(Span::hours(25).millis()).await?;
+    clock.advance(Span::hours(25));
+    let (s, b) = baton
+        .call("demo-baton-human", "messages", text_to("Did it arrive?"))
+        .await?;
+    say(
+        out,
+        format!("   human sends a plain reply → {}", outcome(s, &b)),
+    )?;
+    let tagged = json!({"recipient": {"id": USER}, "messaging_type": "MESSAGE_TAG", "tag": "HUMAN_AGENT", "message": {"text": "Following up: did your parcel arrive?"}});
+    let (s, b) = baton.call("demo-baton-human", "messages", tagged).await?;
+    say(
+        out,
+        format!(
+            "   human follows up with the HUMAN_AGENT tag → {}",
+            outcome(s, &b)
+        ),
+    )?;
+
+    say(
+        out,
+        "5. The user answers; the human marks the conversation done.",
+    )?;
+    user("Yes it did, thanks!").await?;
+    let (s, b) = baton
+        .call(
+            "demo-baton-human",
+            "pass_thread_control",
+            json!({"recipient": {"id": USER}, "metadata": "done"}),
+        )
+        .await?;
+    say(
+        out,
+        format!(
+            "   human passes control back to the default app → {}",
+            outcome(s, &b)
+        ),
+    )?;
+    ctl.wait_deliveries().await?;
+    let (s, b) = baton
+        .call(
+            "demo-baton-bot",
+            "messages",
+            text_to("Glad it arrived! Anything else I can do?"),
+        )
+        .await?;
+    say(out, format!("   bot answers again → {}", outcome(s, &b)))?;
+    if s != 200 {
+        bail!("the bot could not answer after getting control back: {b}");
+    }
+
+    // What the backends saw (forwarded by Baton's dispatch, when it runs).
+    ctl.wait_deliveries().await?;
+    for backend in [&bot, &human] {
+        let n = backend
+            .received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        say(
+            out,
+            format!(
+                "   the {} received {n} signed deliveries from Baton",
+                backend.name
+            ),
+        )?;
+    }
+
+    say(
+        out,
+        "\nAudit timeline of the thread (GET /api/threads/{page}/{psid}/timeline):",
+    )?;
+    let timeline: Value = baton
+        .http
+        .get(format!("{}/api/threads/{PAGE}/{USER}/timeline", baton.url))
+        .bearer_auth("demo-admin")
+        .send()
+        .await?
+        .json()
+        .await?;
+    for e in timeline["events"].as_array().cloned().unwrap_or_default() {
+        say(
+            out,
+            format!(
+                "  #{:<4} {:<28} {}",
+                e["position"],
+                e["type"].as_str().unwrap_or_default(),
+                e["explanation"].as_str().unwrap_or_default()
+            ),
+        )?;
+    }
+    let state: Value = baton
+        .http
+        .get(format!("{}/api/threads/{PAGE}/{USER}", baton.url))
+        .bearer_auth("demo-admin")
+        .send()
+        .await?
+        .json()
+        .await?;
+    say(
+        out,
+        format!(
+            "\nNow: thread {}, owner {}, window open: {}.",
+            state["state"], state["owner"], state["window_open"]
+        ),
+    )?;
+
+    running.stop().await;
+    bot_handle.stop(true).await;
+    human_handle.stop(true).await;
+    emulator.stop().await;
+    Ok(())
+}
