@@ -159,8 +159,24 @@ fn outcome(status: u16, body: &Value) -> String {
     }
 }
 
-/// Runs the demo, writing the story and the audit timeline to `out`.
+/// Runs the demo in a temporary directory, writing the story and the audit
+/// timeline to `out`.
 pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    run_in(dir.path(), out).await
+}
+
+/// Runs the demo with its data directory (the sled log in `<dir>/log`) at
+/// `dir`, which is kept afterwards for `baton verify`, `replay` and `audit`.
+/// `dir` must not hold a log already.
+pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Result<()> {
+    if dir.join("log").exists() {
+        bail!(
+            "{} already holds a log: give the demo a new directory",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
@@ -195,10 +211,10 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
     let (bot_url, bot_handle) = start_backend(bot.clone())?;
     let (human_url, human_handle) = start_backend(human.clone())?;
 
-    let dir = tempfile::tempdir()?;
-    let text = config(&emulator.base_url(), &bot_url, &human_url, dir.path());
+    let text = config(&emulator.base_url(), &bot_url, &human_url, dir);
+    std::fs::write(dir.join("baton.toml"), &text).context("writing the demo's configuration")?;
     let config = server::Config::parse(&text, "demo.toml", |_| None)?;
-    let store = Arc::new(event_log::SledStore::open(dir.path().join("log"))?);
+    let store = Arc::new(event_log::SledStore::open(dir.join("log"))?);
     let clock = Arc::new(server::ManualClock::new(domain::Timestamp::from_millis(
         now,
     )));
@@ -216,7 +232,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
         format!(
             "Baton is up at {} (log in {}), Meta is played by the emulator at {}.",
             baton.url,
-            dir.path().display(),
+            dir.join("log").display(),
             emulator.base_url()
         ),
     )?;
@@ -405,7 +421,9 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
         ),
     )?;
 
+    let state = running.state.clone();
     running.stop().await;
+    drop(state);
     bot_handle.stop(true).await;
     human_handle.stop(true).await;
     emulator.stop().await;
