@@ -1,5 +1,17 @@
-//! The `baton` binary. `serve` runs the server on the embedded sled log.
+//! The `baton` binary. `serve` runs the server on the embedded sled log; the
+//! other commands serve operators and auditors over the same crates: verify
+//! the chain, export NDJSON, replay the projections, audit a thread or the
+//! sends, redrive a dead letter. They read a STOPPED server's data directory,
+//! an NDJSON export, or ask a running server over its admin API.
 //! Exit codes: 0 ok, 1 a check failed, 2 usage or I/O error.
+
+mod audit;
+mod chain;
+mod http;
+mod redrive;
+mod replay;
+mod source;
+mod time;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,25 +19,156 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use domain::Timestamp;
+
+use crate::http::ServerArgs;
+use crate::source::SourceArgs;
+
+const EXIT_CODES: &str = "\
+Exit codes: 0 ok; 1 a check failed (chain broken, replay differs, redrive refused); 2 usage or I/O error.
+
+The log lives in <data_dir>/log, which a running server locks: offline commands need the
+server stopped, or use --server URL --token ADMIN_TOKEN to ask the running server.";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "baton",
     version,
-    about = "Baton: an event-sourced orchestrator for Meta's Messenger Platform"
+    about = "Baton: an event-sourced orchestrator for Meta's Messenger Platform",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// A check failed (a broken chain in a file being read, a replay that
+/// differs): exit code 1, unlike usage and I/O errors (2).
+#[derive(Debug)]
+pub struct CheckFailed(pub String);
+
+impl std::fmt::Display for CheckFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CheckFailed {}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: webhook ingress, health and metrics, on the sled log in `data_dir`.
+    /// Play a whole conversation offline and print its audit timeline
+    ///
+    /// Starts the Meta emulator, Baton on an embedded sled log, a sample bot
+    /// backend and a sample human-inbox backend, then: the user asks for a
+    /// human, the bot passes control, the human answers, a send outside the
+    /// window is refused with its reason, the human hands back, the bot
+    /// answers again. With --data-dir the log (and its baton.toml) is kept
+    /// for `baton verify`, `replay` and `audit`.
+    #[command(after_help = EXIT_CODES)]
+    Demo {
+        /// Keep the demo's data directory here (it must not hold a log yet).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run the server: webhook ingress, the Graph-compatible API, dispatch, health and metrics, on the sled log in `data_dir`.
     Serve {
         /// The TOML configuration (see deploy/baton.example.toml).
         #[arg(long, short, env = "BATON_CONFIG")]
         config: PathBuf,
+    },
+    /// Check the log's hash chain from position 1
+    ///
+    /// Prints the records checked and the head hash, or the first bad
+    /// position (and NDJSON line) and exits 1.
+    #[command(after_help = EXIT_CODES)]
+    Verify {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the log as NDJSON, one record per line
+    ///
+    /// Every hashed field is kept, so the file verifies on another machine.
+    /// Reads a stopped server's data directory, or asks a running server.
+    #[command(after_help = EXIT_CODES)]
+    Export(chain::ExportArgs),
+    /// Rebuild the projections from the log and print their digest
+    ///
+    /// Also checks that folding is deterministic (all at once equals two
+    /// halves with a clone between) and, with --server, that the digest at
+    /// the server's position matches the server's; exits 1 if not.
+    #[command(after_help = EXIT_CODES)]
+    Replay {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A thread's state at a time and why, or every send and refusal
+    Audit {
+        #[command(subcommand)]
+        what: Audit,
+    },
+    /// Deliver a dead-lettered item to an app's backend again
+    ///
+    /// With --server, asks the running server. Offline (--data-dir or
+    /// --config), appends a DispatchRedriveRequested to the stopped server's
+    /// log after checking that the position is a dead letter of that app (or
+    /// the item it names); the dispatcher picks it up when the server starts.
+    #[command(after_help = EXIT_CODES)]
+    Redrive(redrive::RedriveArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum Audit {
+    /// Who owned a thread at a time, and the facts and decisions that led there
+    ///
+    /// Folds the thread's events whose own time is at or before --at, then
+    /// shows the state (idle/active/unknown, owner, answering app, control
+    /// expiry, window, tokens, pending requests) and the history, one line
+    /// per event. Needs --config for the page's routing mode.
+    #[command(after_help = EXIT_CODES)]
+    Thread {
+        /// The page id.
+        page: String,
+        /// The user's page-scoped id.
+        psid: String,
+        /// Fold the facts up to this time: RFC 3339 (2026-11-01T14:02:00Z) or
+        /// epoch milliseconds. Default: now.
+        #[arg(long, value_name = "TIME", value_parser = time::parse)]
+        at: Option<Timestamp>,
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List sends: accepted ones with basis and outcome, refused ones with code and reason
+    #[command(after_help = EXIT_CODES)]
+    Sends {
+        /// Only the refused sends.
+        #[arg(long)]
+        refused: bool,
+        /// Only sends decided at or after this time (RFC 3339 or epoch ms).
+        #[arg(long, value_name = "TIME", value_parser = time::parse)]
+        since: Option<Timestamp>,
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -43,6 +186,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        Err(e) if e.downcast_ref::<CheckFailed>().is_some() => {
+            eprintln!("baton: {e:#}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("baton: {e:#}");
             ExitCode::from(2)
@@ -52,7 +199,48 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Demo { data_dir } => {
+            let mut out = std::io::stdout();
+            match data_dir {
+                Some(dir) => demo::run_in(&dir, &mut out).await?,
+                None => demo::run(&mut out).await?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve { config } => serve(config).await,
+        Command::Verify {
+            source,
+            server,
+            json,
+        } => chain::verify(source, server, json).await,
+        Command::Export(args) => chain::export(args).await,
+        Command::Replay {
+            source,
+            server,
+            json,
+        } => replay::replay(source, server, json).await,
+        Command::Audit {
+            what:
+                Audit::Thread {
+                    page,
+                    psid,
+                    at,
+                    source,
+                    server,
+                    json,
+                },
+        } => audit::thread(page, psid, at, source, server, json).await,
+        Command::Audit {
+            what:
+                Audit::Sends {
+                    refused,
+                    since,
+                    source,
+                    server,
+                    json,
+                },
+        } => audit::sends(refused, since, source, server, json).await,
+        Command::Redrive(args) => redrive::redrive(args).await,
     }
 }
 
