@@ -1,6 +1,7 @@
 //! System tests: the real server on port 0 with a temporary sled log, driven
 //! over HTTP exactly as Meta (or the emulator standing in for it) would.
 
+mod dispatch;
 mod handover;
 mod ingress;
 mod reliability;

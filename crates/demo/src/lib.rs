@@ -365,19 +365,64 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
         bail!("the bot could not answer after getting control back: {b}");
     }
 
-    // What the backends saw (forwarded by Baton's dispatch, when it runs).
+    // What the backends saw: Baton's dispatch forwards each app's copies.
     ctl.wait_deliveries().await?;
+    let head = event_log::EventStore::head(running.state.store.as_ref())
+        .await?
+        .position;
+    if let Some(dispatcher) = &running.state.dispatcher {
+        for app in [BOT, HUMAN] {
+            let id = domain::AppId::parse(app)?;
+            if let Some(mut status) = dispatcher.subscribe_status(&id) {
+                let settled = |s: &dispatch::BackendStatus| {
+                    s.read_position >= head && s.queue_depth == 0 && s.in_flight == 0
+                };
+                tokio::time::timeout(std::time::Duration::from_secs(10), status.wait_for(settled))
+                    .await
+                    .context("waiting for dispatch to reach the backends")??;
+            }
+        }
+    }
     for backend in [&bot, &human] {
-        let n = backend
+        let received = backend
             .received
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .len();
+            .clone();
+        let kinds: Vec<String> = received
+            .iter()
+            .filter_map(|v| {
+                let entry = &v["entry"][0];
+                let (channel, item) = if entry["messaging"].is_array() {
+                    ("messaging", &entry["messaging"][0])
+                } else {
+                    ("standby", &entry["standby"][0])
+                };
+                let what = [
+                    "message",
+                    "postback",
+                    "pass_thread_control",
+                    "take_thread_control",
+                    "read",
+                    "delivery",
+                ]
+                .into_iter()
+                .find(|k| item.get(*k).is_some())?;
+                let what = if item["message"]["is_echo"] == true {
+                    "echo"
+                } else {
+                    what
+                };
+                Some(format!("{what}/{channel}"))
+            })
+            .collect();
         say(
             out,
             format!(
-                "   the {} received {n} signed deliveries from Baton",
-                backend.name
+                "   the {} received {} signed deliveries from Baton: {}",
+                backend.name,
+                received.len(),
+                kinds.join(", ")
             ),
         )?;
     }

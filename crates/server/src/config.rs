@@ -74,6 +74,8 @@ struct RawConfig {
     graph_timeout_ms: u64,
     #[serde(default = "default_body_timeout")]
     body_timeout_ms: u64,
+    #[serde(default = "default_dead_letter_after")]
+    dispatch_dead_letter_after_secs: u64,
     #[serde(default = "default_send_rate")]
     send_rate_per_second: f64,
     send_burst: Option<f64>,
@@ -97,6 +99,10 @@ fn default_graph_timeout() -> u64 {
 
 fn default_body_timeout() -> u64 {
     10_000
+}
+
+fn default_dead_letter_after() -> u64 {
+    24 * 3600
 }
 
 /// Meta's documented Send API limit for text: 300 calls/s per page.
@@ -198,6 +204,8 @@ pub struct Config {
     pub graph_timeout_ms: u64,
     /// How long a client may take to send a request body (slow-loris guard).
     pub body_timeout_ms: u64,
+    /// Dispatch gives up on an item this long after it was recorded (dead letter).
+    pub dispatch_dead_letter_after_secs: u64,
     /// Sends per second per page (token bucket), and the bucket's size.
     pub send_rate_per_second: f64,
     pub send_burst: f64,
@@ -400,6 +408,7 @@ impl Config {
             admin_token,
             graph_timeout_ms: raw.graph_timeout_ms,
             body_timeout_ms: raw.body_timeout_ms.max(1),
+            dispatch_dead_letter_after_secs: raw.dispatch_dead_letter_after_secs.max(1),
             pages,
             apps,
         })

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod delivery_api;
 pub mod error;
 pub mod graph_api;
 pub mod graph_client;
@@ -41,6 +42,8 @@ pub struct AppState<S> {
     /// The sender's client: no automatic retries (the send policy decides).
     pub send_graph: graph_client::GraphClient,
     pub limiter: sends::RateLimiter,
+    /// Forwards each app's events to its backend; `None` when no app has a `backend_url`.
+    pub dispatcher: Option<Arc<dispatch::Dispatcher<S>>>,
 }
 
 /// A running server.
@@ -52,6 +55,7 @@ pub struct Running<S> {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     follower: tokio::task::JoinHandle<()>,
     timers: tokio::task::JoinHandle<()>,
+    dispatch: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl<S> Running<S> {
@@ -65,6 +69,9 @@ impl<S> Running<S> {
         let _ = self.server.await;
         self.follower.abort();
         self.timers.abort();
+        if let Some(d) = self.dispatch {
+            d.abort();
+        }
     }
 
     /// Waits until the server stops (a signal, or `stop` from elsewhere).
@@ -75,6 +82,9 @@ impl<S> Running<S> {
         };
         self.follower.abort();
         self.timers.abort();
+        if let Some(d) = self.dispatch {
+            d.abort();
+        }
         result
     }
 }
@@ -96,6 +106,8 @@ pub enum StartError {
     },
     #[error("cannot replay the event log: {0}")]
     Replay(#[from] StorageError),
+    #[error("cannot start dispatch: {0}")]
+    Dispatch(#[from] dispatch::DispatchError),
 }
 
 /// Replays the log into projections, then serves on `config.listen` (port 0
@@ -114,6 +126,28 @@ pub async fn start<S: EventStore + 'static>(
     );
     let follower = tokio::spawn(projections.clone().follow(store.clone()));
 
+    let backends: Vec<dispatch::BackendConfig> = config
+        .apps
+        .values()
+        .filter_map(|a| {
+            let m = a.managed.as_ref()?;
+            Some(dispatch::BackendConfig {
+                app: a.id.clone(),
+                url: m.backend_url.clone()?,
+                secret: dispatch::Secret::new(m.app_secret.expose()),
+            })
+        })
+        .collect();
+    let dispatcher = if backends.is_empty() {
+        None
+    } else {
+        let mut dc = dispatch::DispatchConfig::new(backends, config.data_dir.join("dispatch"));
+        dc.dead_letter_age = domain::Span::seconds(config.dispatch_dead_letter_after_secs as i64);
+        dc.clock = clock.clone();
+        Some(Arc::new(
+            dispatch::Dispatcher::new(store.clone(), dc).await?,
+        ))
+    };
     let state = Arc::new(AppState {
         config: config.clone(),
         store,
@@ -129,6 +163,14 @@ pub async fn start<S: EventStore + 'static>(
             0,
         ),
         limiter: sends::RateLimiter::new(config.send_rate_per_second, config.send_burst),
+        dispatcher: dispatcher.clone(),
+    });
+    let dispatch = dispatcher.map(|d| {
+        tokio::spawn(async move {
+            if let Err(e) = d.run().await {
+                tracing::error!(error = %e, "dispatch stopped");
+            }
+        })
     });
     let timers = tokio::spawn(timers::run(
         state.clone(),
@@ -163,6 +205,14 @@ pub async fn start<S: EventStore + 'static>(
             .route("/api/sends/check", web::post().to(sends::check::<S>))
             .route("/api/admin/export", web::get().to(admin::export::<S>))
             .route(
+                "/api/apps/{app_id}/delivery",
+                web::get().to(delivery_api::status::<S>),
+            )
+            .route(
+                "/api/apps/{app_id}/redrive",
+                web::post().to(delivery_api::redrive::<S>),
+            )
+            .route(
                 "/api/admin/projections",
                 web::get().to(admin::projections::<S>),
             )
@@ -191,6 +241,7 @@ pub async fn start<S: EventStore + 'static>(
         server,
         follower,
         timers,
+        dispatch,
     })
 }
 
@@ -219,9 +270,13 @@ async fn readyz<S: EventStore + 'static>(state: web::Data<AppState<S>>) -> HttpR
 
 async fn metrics_text<S: EventStore + 'static>(state: web::Data<AppState<S>>) -> HttpResponse {
     let head = state.store.head().await.map(|h| h.position).unwrap_or(0);
+    let mut text = state.metrics.render(head, state.projections.position());
+    if let Some(d) = &state.dispatcher {
+        text.push_str(&d.render_metrics());
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render(head, state.projections.position()))
+        .body(text)
 }
 
 /// Installs the tracing subscriber: text or JSON lines, level from `RUST_LOG`

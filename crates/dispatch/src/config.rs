@@ -1,0 +1,161 @@
+//! Dispatch configuration: one typed tree (per-app backends, global retry and
+//! dead-letter policy) and the injectable clock. It reads no files and no
+//! environment; the shell builds it from its own configuration.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use domain::ids::{AppId, Span, Timestamp};
+
+/// Where time comes from. Dead-letter age is measured with it, so tests move
+/// time forward instead of waiting.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Now, in milliseconds since the Unix epoch.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Timestamp::from_millis(ms)
+    }
+}
+
+/// A clock that only moves when told to (tests, replays).
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    now: AtomicI64,
+}
+
+impl ManualClock {
+    /// A clock stopped at `start`.
+    pub fn new(start: Timestamp) -> ManualClock {
+        ManualClock {
+            now: AtomicI64::new(start.millis()),
+        }
+    }
+
+    /// A clock stopped at the system's current time (records carry the log
+    /// writer's wall-clock time, so ages start near zero).
+    pub fn starting_now() -> ManualClock {
+        ManualClock::new(SystemClock.now())
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Span) {
+        self.now.fetch_add(by.0, Ordering::SeqCst);
+    }
+
+    /// Sets the clock.
+    pub fn set(&self, to: Timestamp) {
+        self.now.store(to.millis(), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_millis(self.now.load(Ordering::SeqCst))
+    }
+}
+
+/// An app secret. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Secret {
+        Secret(secret.into())
+    }
+
+    /// The secret bytes, for signing only.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// One managed app's backend.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub app: AppId,
+    /// Where the app's webhook handler listens (`http://…/webhook`).
+    pub url: String,
+    /// The app secret the envelopes are signed with.
+    pub secret: Secret,
+}
+
+/// Where a backend without a cursor file starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// Position 1: everything ever recorded for the app (nothing is lost).
+    #[default]
+    Beginning,
+    /// The log's head when the dispatcher starts: only what arrives later.
+    Head,
+}
+
+/// Dispatch configuration.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    pub backends: Vec<BackendConfig>,
+    /// Directory holding one cursor file per app (`<app>.cursor`).
+    pub cursor_dir: PathBuf,
+    /// First retry delay; doubles per attempt up to `backoff_cap`, with jitter.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// Dead-letter an item after this many failed attempts (`None`: only age counts).
+    pub max_attempts: Option<u32>,
+    /// Dead-letter an item that is still failing this long after it was
+    /// recorded (or after its redrive was requested), by `clock`.
+    pub dead_letter_age: Span,
+    /// Requests in flight per backend (each thread has at most one).
+    pub concurrency: usize,
+    /// Items read from the log but not yet settled, per backend. When full,
+    /// the backend stops reading until something settles.
+    pub max_pending: usize,
+    /// Timeout of one POST, connection included.
+    pub http_timeout: Duration,
+    /// Least time between two cursor writes of one backend. A crash repeats
+    /// at most what settled in this interval (plus what was in flight).
+    pub cursor_flush_interval: Duration,
+    /// Records per log read.
+    pub read_batch: usize,
+    pub start_at: StartAt,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl DispatchConfig {
+    /// Defaults an operator would expect: retries from 500 ms up to 5 min,
+    /// dead letter after 24 h, 8 requests per backend, 10 s timeout.
+    pub fn new(backends: Vec<BackendConfig>, cursor_dir: impl Into<PathBuf>) -> DispatchConfig {
+        DispatchConfig {
+            backends,
+            cursor_dir: cursor_dir.into(),
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(300),
+            max_attempts: None,
+            dead_letter_age: Span::hours(24),
+            concurrency: 8,
+            max_pending: 10_000,
+            http_timeout: Duration::from_secs(10),
+            cursor_flush_interval: Duration::from_millis(200),
+            read_batch: 512,
+            start_at: StartAt::Beginning,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Delivery visibility and redrive for one app's backend:
+//! `GET /api/apps/{app_id}/delivery` (queue depth, oldest pending age,
+//! attempts, failures, dead letters) and `POST /api/apps/{app_id}/redrive`.
+//! Callers: the admin token, or the app's own Baton token.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use domain::AppId;
+use event_log::EventStore;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Who is asking: `admin` or `app:<id>`; only the admin or the app itself.
+fn authorize<S>(state: &AppState<S>, req: &HttpRequest, app: &AppId) -> Result<String, ApiError> {
+    let token = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    if state
+        .config
+        .admin_token
+        .as_ref()
+        .is_some_and(|a| ct_eq(a.expose().as_bytes(), token.as_bytes()))
+    {
+        return Ok("api:admin".to_owned());
+    }
+    match state.config.managed(app) {
+        Some((_, m)) if ct_eq(m.api_token.expose().as_bytes(), token.as_bytes()) => {
+            Ok(format!("api:app:{app}"))
+        }
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+fn app_id(raw: &str) -> Result<AppId, ApiError> {
+    AppId::parse(raw).map_err(|e| ApiError::BadRequest(format!("app id: {e}")))
+}
+
+/// `GET /api/apps/{app_id}/delivery`.
+pub async fn status<S: EventStore + 'static>(
+    state: web::Data<AppState<S>>,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let app = app_id(&path)?;
+    authorize(&state, &req, &app)?;
+    let Some(dispatcher) = &state.dispatcher else {
+        return Err(ApiError::NotFound(
+            "no app has a backend_url: dispatch is off".into(),
+        ));
+    };
+    let status = dispatcher
+        .app_status(&app)
+        .ok_or_else(|| ApiError::NotFound(format!("app {app} has no backend_url")))?;
+    let dead = dispatch::dead_letters(state.store.as_ref(), &app)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(HttpResponse::Ok()
+        .json(json!({ "app_id": app.as_str(), "status": status, "dead_letters": dead })))
+}
+
+/// `POST /api/apps/{app_id}/redrive` with `{"position": N}`: deliver a dead letter again.
+pub async fn redrive<S: EventStore + 'static>(
+    state: web::Data<AppState<S>>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    body: web::Json<serde_json::Value>,
+) -> Result<HttpResponse, ApiError> {
+    let app = app_id(&path)?;
+    let by = authorize(&state, &req, &app)?;
+    let position = body
+        .get("position")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| {
+            ApiError::BadRequest(
+                "body must be {\"position\": <log position of the dead-lettered item>}".into(),
+            )
+        })?;
+    match dispatch::request_redrive(state.store.as_ref(), &app, position, &by, state.clock.now())
+        .await
+    {
+        Ok(at) => Ok(HttpResponse::Accepted().json(
+            json!({ "app_id": app.as_str(), "position": position, "requested_at_position": at }),
+        )),
+        Err(dispatch::RedriveError::NotDeadLettered { .. }) => Err(ApiError::NotFound(format!(
+            "app {app} has no dead letter at position {position}"
+        ))),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+    }
+}
