@@ -7,26 +7,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use event_log::EventStore;
 use serde_json::json;
 
+use crate::auth::{bearer, is_admin};
 use crate::error::ApiError;
 use crate::AppState;
 
 fn admin_only<S>(state: &AppState<S>, req: &HttpRequest) -> Result<(), ApiError> {
-    let token = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized)?;
-    let admin = state
-        .config
-        .admin_token
-        .as_ref()
-        .ok_or(ApiError::Unauthorized)?;
-    let (a, b) = (admin.expose().as_bytes(), token.as_bytes());
-    if a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0 {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
+    match bearer(req) {
+        Some(token) if is_admin(state, token) => Ok(()),
+        _ => Err(ApiError::Unauthorized),
     }
 }
 

@@ -8,27 +8,14 @@ use domain::AppId;
 use event_log::EventStore;
 use serde_json::json;
 
+use crate::auth::{bearer, ct_eq, is_admin};
 use crate::error::ApiError;
 use crate::AppState;
 
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Who is asking: `admin` or `app:<id>`; only the admin or the app itself.
 fn authorize<S>(state: &AppState<S>, req: &HttpRequest, app: &AppId) -> Result<String, ApiError> {
-    let token = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized)?;
-    if state
-        .config
-        .admin_token
-        .as_ref()
-        .is_some_and(|a| ct_eq(a.expose().as_bytes(), token.as_bytes()))
-    {
+    let token = bearer(req).ok_or(ApiError::Unauthorized)?;
+    if is_admin(state, token) {
         return Ok("api:admin".to_owned());
     }
     match state.config.managed(app) {

@@ -17,6 +17,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
 
+use crate::auth::ct_eq;
 use crate::graph_client::GraphAnswer;
 use crate::record::{record_with, RecordError};
 use crate::AppState;
@@ -148,10 +149,6 @@ pub fn params(req: &HttpRequest, body: &[u8]) -> Result<Map<String, Value>, Grap
         }
     }
     Ok(map)
-}
-
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Finds the app by its Baton token, checks `appsecret_proof`, resolves the

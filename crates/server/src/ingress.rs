@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use wire::webhook::{self, Envelope, ItemKind};
 
+use crate::auth::ct_eq;
 use crate::error::ApiError;
 use crate::projections::{Copies, State};
 use crate::AppState;
@@ -46,7 +47,7 @@ pub async fn verify<S: EventStore + 'static>(
         .unwrap_or_default();
     match (mode, query.get("hub.challenge")) {
         (Some("subscribe"), Some(challenge))
-            if constant_time_eq(token, managed.verify_token.expose().as_bytes()) =>
+            if ct_eq(token, managed.verify_token.expose().as_bytes()) =>
         {
             Ok(HttpResponse::Ok()
                 .content_type("text/plain")
@@ -57,13 +58,6 @@ pub async fn verify<S: EventStore + 'static>(
             Err(ApiError::VerifyRefused)
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `POST /webhooks/{app_id}`.

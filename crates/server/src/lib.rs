@@ -4,6 +4,7 @@
 //! rule of Meta's (those live in `domain`).
 
 pub mod admin;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod delivery_api;

@@ -10,12 +10,9 @@ use domain::{PageId, Psid, ThreadKey, ThreadLedger};
 use event_log::EventStore;
 use serde_json::{json, Value};
 
+use crate::auth::{bearer, ct_eq, is_admin};
 use crate::error::ApiError;
 use crate::AppState;
-
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 /// Checks the bearer token: the admin token, or the token of an app on `page`.
 pub fn authorize<S>(
@@ -23,16 +20,9 @@ pub fn authorize<S>(
     req: &HttpRequest,
     page: Option<&PageId>,
 ) -> Result<(), ApiError> {
-    let token = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized)?;
-    if let Some(admin) = &state.config.admin_token {
-        if ct_eq(admin.expose().as_bytes(), token.as_bytes()) {
-            return Ok(());
-        }
+    let token = bearer(req).ok_or(ApiError::Unauthorized)?;
+    if is_admin(state, token) {
+        return Ok(());
     }
     let app_ok = state.config.apps.values().any(|a| {
         a.managed
