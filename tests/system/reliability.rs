@@ -1,7 +1,9 @@
 //! The reliability suite: Baton is killed with SIGKILL under webhook load,
 //! again and again, on one data directory. Every webhook that got a 200 must
 //! be in the log exactly once, positions have no gap, the chain verifies,
-//! and replaying the log equals the live projections of a restarted server.
+//! replaying the log equals the live projections of a restarted server, and
+//! the bot's backend receives every recorded item with no gap and no
+//! reordering per thread (duplicates allowed: dispatch is at least once).
 //! Short form in CI: 20 kills (`BATON_RELIABILITY_CYCLES` for the long form).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,14 +18,99 @@ use server::projections::State;
 
 use crate::support::*;
 
-fn config(dir: &std::path::Path) -> std::path::PathBuf {
-    let text = config_toml("http://127.0.0.1:9", &cr_mode()).replace(
-        "data_dir = \"unused\"",
-        &format!("data_dir = {:?}", dir.join("data").display().to_string()),
-    );
+fn config(dir: &std::path::Path, backend: &str) -> std::path::PathBuf {
+    let text = config_toml("http://127.0.0.1:9", &cr_mode())
+        .replace(
+            "data_dir = \"unused\"",
+            &format!("data_dir = {:?}", dir.join("data").display().to_string()),
+        )
+        .replacen(
+            "page_tokens = { \"5550001\" = \"page-token-bot\" }",
+            &format!(
+                "page_tokens = {{ \"5550001\" = \"page-token-bot\" }}\nbackend_url = \"{backend}\""
+            ),
+            1,
+        );
     let path = dir.join("baton.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// The bot's backend: records (thread, mid) in arrival order, for the whole test.
+struct Backend {
+    url: String,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+    arrived: Arc<tokio::sync::Notify>,
+}
+
+impl Backend {
+    fn start() -> Backend {
+        use actix_web::{web, App, HttpResponse, HttpServer};
+        let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let (s, a) = (seen.clone(), arrived.clone());
+        let server = HttpServer::new(move || {
+            let (s, a) = (s.clone(), a.clone());
+            App::new().route(
+                "/webhook",
+                web::post().to(move |body: web::Bytes| {
+                    let (s, a) = (s.clone(), a.clone());
+                    async move {
+                        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+                            let item = &v["entry"][0]["messaging"][0];
+                            if let (Some(psid), Some(mid)) = (
+                                item["sender"]["id"].as_str(),
+                                item["message"]["mid"].as_str(),
+                            ) {
+                                s.lock().unwrap().push((psid.to_owned(), mid.to_owned()));
+                                a.notify_waiters();
+                            }
+                        }
+                        HttpResponse::Ok().finish()
+                    }
+                }),
+            )
+        })
+        .workers(1)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .unwrap();
+        let url = format!("http://{}/webhook", server.addrs()[0]);
+        tokio::spawn(server.run());
+        Backend { url, seen, arrived }
+    }
+
+    /// Waits until `n` distinct items have arrived.
+    async fn wait_for_distinct(&self, n: usize) {
+        loop {
+            let notified = self.arrived.notified();
+            if self
+                .seen
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, m)| m)
+                .collect::<BTreeSet<_>>()
+                .len()
+                >= n
+            {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Each thread's mids in the order of their first arrival.
+    fn per_thread(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut first = BTreeSet::new();
+        for (psid, mid) in self.seen.lock().unwrap().iter() {
+            if first.insert(mid.clone()) {
+                out.entry(psid.clone()).or_default().push(mid.clone());
+            }
+        }
+        out
+    }
 }
 
 struct Server {
@@ -79,7 +166,8 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path());
+    let backend = Backend::start();
+    let config = config(dir.path(), &backend.url);
     let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     for cycle in 0..cycles {
         let mut server = spawn(&config);
@@ -176,6 +264,40 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook() {
         .json()
         .await
         .unwrap();
+    // Dispatch: every item recorded for the bot reaches its backend, in order per thread.
+    let export = http
+        .get(format!("{}/api/admin/export", server.url))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in export.lines() {
+        let r = event_log::parse_ndjson_line(line.as_bytes()).unwrap();
+        if let Ok(Event::MessagingEventReceived(m)) =
+            Event::decode(&r.type_name, r.schema_version, &r.payload)
+        {
+            if m.delivery.app.as_str() == BOT {
+                expected
+                    .entry(m.thread.psid.to_string())
+                    .or_default()
+                    .push(m.raw["message"]["mid"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    let total: usize = expected.values().map(Vec::len).sum();
+    backend.wait_for_distinct(total).await;
+    let received = backend.per_thread();
+    for (psid, mids) in &expected {
+        assert_eq!(
+            received.get(psid),
+            Some(mids),
+            "thread {psid}: a gap or a reordering in dispatch"
+        );
+    }
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let store = SledStore::open(dir.path().join("data/log")).unwrap();
