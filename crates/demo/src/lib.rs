@@ -70,53 +70,35 @@ fn start_backend(backend: Backend) -> anyhow::Result<(String, actix_web::dev::Se
     Ok((format!("http://{addr}/webhook"), handle))
 }
 
+/// The configuration shipped in `deploy/baton.example.toml`, pointed at the
+/// emulator, the sample backends and the demo's data directory: the demo runs
+/// the same server an operator starts from that file.
+const EXAMPLE: &str = include_str!("../../../deploy/baton.example.toml");
+
 fn config(
     graph: &str,
     bot_backend: &str,
     human_backend: &str,
     data_dir: &std::path::Path,
-) -> String {
-    format!(
-        r#"
-listen = "127.0.0.1:0"
-data_dir = {data_dir:?}
-admin_token = "demo-admin"
-[[pages]]
-id = "{PAGE}"
-name = "Demo Shop"
-routing = {{ mode = "conversation_routing", default_app = "{BOT}" }}
-apps = ["{BOT}", "{HUMAN}", "263902037430900"]
-[[apps]]
-id = "{BOT}"
-name = "Shop bot"
-kind = "bot"
-management = "managed"
-may_take_control = true
-app_secret = "demo-bot-secret"
-verify_token = "demo-verify-bot"
-api_token = "demo-baton-bot"
-graph_base_url = "{graph}"
-backend_url = "{bot_backend}"
-page_tokens = {{ "{PAGE}" = "demo-page-token-bot" }}
-[[apps]]
-id = "{HUMAN}"
-name = "Support inbox"
-kind = "human"
-management = "managed"
-app_secret = "demo-human-secret"
-verify_token = "demo-verify-human"
-api_token = "demo-baton-human"
-graph_base_url = "{graph}"
-backend_url = "{human_backend}"
-page_tokens = {{ "{PAGE}" = "demo-page-token-human" }}
-[[apps]]
-id = "263902037430900"
-name = "Page Inbox"
-kind = "human"
-management = "external"
-"#,
-        data_dir = data_dir.display().to_string()
-    )
+) -> anyhow::Result<String> {
+    let mut text = String::new();
+    for line in EXAMPLE.lines() {
+        let key = line.split('=').next().unwrap_or_default().trim();
+        let line = match key {
+            "listen" => "listen = \"127.0.0.1:0\"".to_owned(),
+            "data_dir" => format!("data_dir = {:?}", data_dir.display().to_string()),
+            "graph_base_url" => format!("graph_base_url = {graph:?}"),
+            "backend_url" if line.contains("3001") => format!("backend_url = {bot_backend:?}"),
+            "backend_url" => format!("backend_url = {human_backend:?}"),
+            _ => line.to_owned(),
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
+    if !text.contains(bot_backend) || !text.contains(human_backend) {
+        bail!("deploy/baton.example.toml no longer has the bot (:3001) and human (:3002) backend_url lines the demo rewrites");
+    }
+    Ok(text)
 }
 
 struct Baton {
@@ -186,13 +168,13 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     }
     .with_page(PageConfig::conversation_routing(PAGE, BOT))
     .with_app(
-        AppConfig::new(BOT, "demo-bot-secret")
-            .with_token(PAGE, "demo-page-token-bot")
+        AppConfig::new(BOT, "example-bot-app-secret")
+            .with_token(PAGE, "example-page-token-bot")
             .may_take(true),
     )
     .with_app(
-        AppConfig::new(HUMAN, "demo-human-secret")
-            .with_token(PAGE, "demo-page-token-human")
+        AppConfig::new(HUMAN, "example-human-app-secret")
+            .with_token(PAGE, "example-page-token-human")
             .human_agent(true),
     );
     let emulator = Emulator::start(world).context("starting the emulator")?;
@@ -200,18 +182,18 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
 
     let bot = Backend {
         name: "bot backend",
-        secret: "demo-bot-secret",
+        secret: "example-bot-app-secret",
         received: Arc::default(),
     };
     let human = Backend {
         name: "human inbox backend",
-        secret: "demo-human-secret",
+        secret: "example-human-app-secret",
         received: Arc::default(),
     };
     let (bot_url, bot_handle) = start_backend(bot.clone())?;
     let (human_url, human_handle) = start_backend(human.clone())?;
 
-    let text = config(&emulator.base_url(), &bot_url, &human_url, dir);
+    let text = config(&emulator.base_url(), &bot_url, &human_url, dir)?;
     std::fs::write(dir.join("baton.toml"), &text).context("writing the demo's configuration")?;
     let config = server::Config::parse(&text, "demo.toml", |_| None)?;
     let store = Arc::new(event_log::SledStore::open(dir.join("log"))?);
@@ -236,6 +218,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
             emulator.base_url()
         ),
     )?;
+    say(out, "Configuration: deploy/baton.example.toml, pointed at the emulator and the sample backends.")?;
     say(out, format!("Page {PAGE}: Conversation Routing, default app {BOT} (bot); {HUMAN} is the human inbox app.\n"))?;
 
     let user = |t: &'static str| {
@@ -248,7 +231,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     user("Hi, where is my parcel?").await?;
     let (s, b) = baton
         .call(
-            "demo-baton-bot",
+            "example-baton-token-bot",
             "messages",
             text_to("Let me look that up for you."),
         )
@@ -264,7 +247,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     say(out, "2. The user writes: \"I want to talk to a human\"")?;
     user("I want to talk to a human").await?;
     let (s, b) = baton
-        .call("demo-baton-bot", "pass_thread_control", json!({"recipient": {"id": USER}, "target_app_id": HUMAN, "metadata": "user asked for a human"}))
+        .call("example-baton-token-bot", "pass_thread_control", json!({"recipient": {"id": USER}, "target_app_id": HUMAN, "metadata": "user asked for a human"}))
         .await?;
     say(
         out,
@@ -278,7 +261,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     say(out, "3. The human answers.")?;
     let (s, b) = baton
         .call(
-            "demo-baton-human",
+            "example-baton-token-human",
             "messages",
             text_to("Hi, I'm Ana from support. Your parcel left the depot today."),
         )
@@ -292,7 +275,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     )?;
     let (s, b) = baton
         .call(
-            "demo-baton-bot",
+            "example-baton-token-bot",
             "messages",
             text_to("Can I help with anything else?"),
         )
@@ -303,7 +286,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     )?;
     let (s, b) = baton
         .call(
-            "demo-baton-human",
+            "example-baton-token-human",
             "extend_thread_control",
             json!({"recipient": {"id": USER}, "duration": 3 * 86_400}),
         )
@@ -317,14 +300,20 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     ctl.advance(Span::hours(25).millis()).await?;
     clock.advance(Span::hours(25));
     let (s, b) = baton
-        .call("demo-baton-human", "messages", text_to("Did it arrive?"))
+        .call(
+            "example-baton-token-human",
+            "messages",
+            text_to("Did it arrive?"),
+        )
         .await?;
     say(
         out,
         format!("   human sends a plain reply → {}", outcome(s, &b)),
     )?;
     let tagged = json!({"recipient": {"id": USER}, "messaging_type": "MESSAGE_TAG", "tag": "HUMAN_AGENT", "message": {"text": "Following up: did your parcel arrive?"}});
-    let (s, b) = baton.call("demo-baton-human", "messages", tagged).await?;
+    let (s, b) = baton
+        .call("example-baton-token-human", "messages", tagged)
+        .await?;
     say(
         out,
         format!(
@@ -340,7 +329,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     user("Yes it did, thanks!").await?;
     let (s, b) = baton
         .call(
-            "demo-baton-human",
+            "example-baton-token-human",
             "pass_thread_control",
             json!({"recipient": {"id": USER}, "metadata": "done"}),
         )
@@ -355,7 +344,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     ctl.wait_deliveries().await?;
     let (s, b) = baton
         .call(
-            "demo-baton-bot",
+            "example-baton-token-bot",
             "messages",
             text_to("Glad it arrived! Anything else I can do?"),
         )
@@ -434,7 +423,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     let timeline: Value = baton
         .http
         .get(format!("{}/api/threads/{PAGE}/{USER}/timeline", baton.url))
-        .bearer_auth("demo-admin")
+        .bearer_auth("example-baton-token-bot")
         .send()
         .await?
         .json()
@@ -453,7 +442,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     let state: Value = baton
         .http
         .get(format!("{}/api/threads/{PAGE}/{USER}", baton.url))
-        .bearer_auth("demo-admin")
+        .bearer_auth("example-baton-token-bot")
         .send()
         .await?
         .json()
