@@ -123,3 +123,109 @@ async fn a_full_disk_refuses_to_acknowledge_says_why_and_leaves_the_log_intact()
     event_log::verify(&store.inner).await.unwrap();
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_interrupted_by_a_crash_is_recorded_unknown_at_start_and_settled_by_its_echo() {
+    use domain::events::{Channel, DeliveryCopy, SendOutcome};
+    use domain::rules::{self, Observation};
+    let config = server::Config::parse(
+        &config_toml("http://127.0.0.1:9", &cr_mode()),
+        "test.toml",
+        |_| None,
+    )
+    .unwrap();
+    let page = config
+        .page(&domain::PageId::parse(PAGE).unwrap())
+        .unwrap()
+        .clone();
+    // The history a crash leaves behind: the user wrote, a send was accepted, nothing else.
+    let thread = domain::ThreadKey::new(page.id.clone(), domain::Psid::parse("u1").unwrap());
+    let mut ledger = domain::ThreadLedger::new(thread.clone());
+    let mut history = rules::observe(
+        &ledger,
+        &page,
+        Observation::Item {
+            at: T0,
+            dedupe_key: "5550001:mid:m.1".into(),
+            delivery: DeliveryCopy {
+                app: domain::AppId::parse(BOT).unwrap(),
+                channel: Channel::Messaging,
+            },
+            event: domain::events::InboundEvent::Message {
+                mid: "m.1".into(),
+                text: Some("hi".into()),
+                attachment_types: vec![],
+                reply_to: None,
+                referral: None,
+            },
+            raw: json!({}),
+        },
+        T0,
+    );
+    for e in &history {
+        ledger.apply(e);
+    }
+    let send_id = domain::CommandId::parse("0190d7a4-0000-7000-8000-0000000000aa").unwrap();
+    let send = domain::SendMessage {
+        send_id: send_id.clone(),
+        app: domain::AppId::parse(BOT).unwrap(),
+        recipient: domain::Recipient::Psid(thread.psid.clone()),
+        messaging_type: Some(domain::MessagingType::Response),
+        tag: None,
+        content: domain::SendContent::Message { metadata: None },
+        thread_control: None,
+        payload: json!({"message": {"text": "hello", "metadata": format!("baton:send:{send_id}")}}),
+        idempotency_key: None,
+    };
+    history.extend(rules::decide(&ledger, &page, &domain::Command::SendMessage(send), T0).unwrap());
+    let store = Arc::new(event_log::MemoryStore::new());
+    let records = history.iter().map(server::record::encode).collect();
+    store.append(records).await.unwrap();
+
+    let running = server::start(
+        config,
+        store.clone(),
+        Arc::new(server::ManualClock::new(T0)),
+    )
+    .await
+    .unwrap();
+    let outcomes = |events: Vec<Record>| -> Vec<SendOutcome> {
+        events
+            .iter()
+            .filter_map(|r| {
+                match domain::Event::decode(&r.type_name, r.schema_version, &r.payload).unwrap() {
+                    domain::Event::SendOutcomeRecorded(o) => Some(o.outcome),
+                    _ => None,
+                }
+            })
+            .collect()
+    };
+    let recorded = outcomes(store.read_all(1, usize::MAX).await.unwrap());
+    assert!(
+        matches!(recorded.as_slice(), [SendOutcome::Unknown { .. }]),
+        "{recorded:?}"
+    );
+
+    // Meta had sent it: its echo (from the sending app) settles it.
+    let echo = json!({"sender": {"id": PAGE}, "recipient": {"id": "u1"}, "timestamp": T0.millis(),
+        "message": {"is_echo": true, "app_id": BOT, "mid": "m.out", "text": "hello", "metadata": format!("baton:send:{send_id}")}});
+    let body = envelope(json!([{"id": PAGE, "time": T0.millis(), "messaging": [echo]}]));
+    let res = reqwest::Client::new()
+        .post(format!("{}/webhooks/{BOT}", running.base_url()))
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature-256",
+            wire::signature::sign_sha256(BOT_SECRET.as_bytes(), &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let recorded = outcomes(store.read_all(1, usize::MAX).await.unwrap());
+    assert!(
+        matches!(recorded.as_slice(), [SendOutcome::Unknown { .. }, SendOutcome::SettledByEcho { mid }] if mid == "m.out"),
+        "{recorded:?}"
+    );
+    running.stop().await;
+}

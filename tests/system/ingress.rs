@@ -517,3 +517,42 @@ async fn an_app_cannot_act_on_a_page_it_is_not_on() {
     assert_eq!(res.status(), 401);
     assert_eq!(baton.head().await, 0, "nothing recorded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_cannot_deliver_facts_for_a_page_it_is_not_on() {
+    let baton = TestBaton::start(&config_toml("http://127.0.0.1:9", &cr_mode())).await;
+    // The bot signs (with its own secret) items claiming to come from a page it does not serve.
+    let body = envelope(
+        json!([{"id": OTHER_PAGE, "time": T0.millis(), "messaging": [
+            {"sender": {"id": "u9"}, "recipient": {"id": OTHER_PAGE}, "timestamp": T0.millis(), "message": {"mid": "m.x", "text": "hi"}},
+            {"recipient": {"id": OTHER_PAGE}, "timestamp": T0.millis(), "policy_enforcement": {"action": "block", "reason": "forged"}},
+            {"recipient": {"id": OTHER_PAGE}, "timestamp": T0.millis(), "app_roles": {BOT: ["primary_receiver"]}}
+        ]}]),
+    );
+    assert_eq!(
+        baton.post_signed(BOT, BOT_SECRET, &body).await.status(),
+        200,
+        "kept, not retried forever"
+    );
+    let events = baton.events().await;
+    let names: Vec<&str> = events.iter().map(Event::type_name).collect();
+    assert_eq!(
+        names,
+        [
+            "WebhookDeliveryReceived",
+            "UnattributedItemReceived",
+            "UnattributedItemReceived",
+            "UnattributedItemReceived"
+        ]
+    );
+    let state = baton.running.state.projections.read().clone();
+    assert!(
+        state.threads.is_empty(),
+        "no thread state from another page's items"
+    );
+    let other = state
+        .pages
+        .get(&domain::PageId::parse(OTHER_PAGE).unwrap())
+        .unwrap();
+    assert!(other.blocked.is_none(), "a forged block changes nothing");
+}

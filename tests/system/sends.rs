@@ -433,6 +433,7 @@ async fn inline_release_and_sender_actions_and_bad_bodies() {
         json!({"recipient": {"id": "u1"}, "messaging_type": "RESPONSE", "message": {"text": ""}}),
         json!({"recipient": {"id": "u1"}, "messaging_type": "RESPONSE"}),
         json!({"recipient": {"id": "u1"}, "messaging_type": "RESPONSE", "message": {"text": "x"}, "thread_control": {"control_type": "steal"}}),
+        json!({"recipient": {"id": "u1"}, "messaging_type": "RESPONSE", "message": {"text": "x", "metadata": "baton:send:someone-elses"}}),
     ] {
         let (status, body) = stack.send("baton-bot", bad.clone()).await;
         assert_eq!(

@@ -42,6 +42,7 @@ pub fn event_time(event: &Event) -> Option<Timestamp> {
         Event::SendOutcomeRecorded(e) => e.at,
         Event::OneTimeTokenIssued(e) => e.at,
         Event::OneTimeTokenConsumed(e) => e.at,
+        Event::OneTimeTokenReleased(e) => e.at,
         Event::DispatchDeadLettered(e) => e.at,
         Event::DispatchRedriveRequested(e) => e.at,
     })

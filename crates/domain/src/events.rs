@@ -644,6 +644,16 @@ pub struct OneTimeTokenConsumed {
     pub send_id: CommandId,
 }
 
+/// A token consumed by a send that Meta then refused for certain: Meta never
+/// used it, so the user's opt-in is still good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OneTimeTokenReleased {
+    pub thread: ThreadKey,
+    pub at: Timestamp,
+    pub token: String,
+    pub send_id: CommandId,
+}
+
 /// `messaging_policy_enforcement`: a page-level warning, block or unblock.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyEnforcementReceived {
@@ -847,6 +857,7 @@ event_schema! {
     SendOutcomeRecorded = 1,
     OneTimeTokenIssued = 1,
     OneTimeTokenConsumed = 1,
+    OneTimeTokenReleased = 1,
     DispatchDeadLettered = 1,
     DispatchRedriveRequested = 1,
 }
@@ -872,6 +883,7 @@ impl Event {
             Event::SendOutcomeRecorded(e) => Some(&e.thread),
             Event::OneTimeTokenIssued(e) => Some(&e.thread),
             Event::OneTimeTokenConsumed(e) => Some(&e.thread),
+            Event::OneTimeTokenReleased(e) => Some(&e.thread),
             Event::WebhookDeliveryReceived(_)
             | Event::UnattributedItemReceived(_)
             | Event::PolicyEnforcementReceived(_)

@@ -238,6 +238,10 @@ pub fn explain(event: &Event) -> String {
         Event::OneTimeTokenConsumed(e) => {
             format!("one-time notification token used by send {}", e.send_id)
         }
+        Event::OneTimeTokenReleased(e) => format!(
+            "one-time notification token given back: Meta refused send {} for certain",
+            e.send_id
+        ),
         Event::DispatchDeadLettered(e) => format!(
             "delivery of position {} to {}'s backend dead-lettered after {} attempts: {}",
             e.position, e.app, e.attempts, e.last_error

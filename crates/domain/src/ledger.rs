@@ -206,6 +206,13 @@ impl ThreadLedger {
                     });
                 }
             }
+            Event::OneTimeTokenReleased(e) => {
+                if let Some(t) = self.tokens.iter_mut().find(|t| t.token == e.token) {
+                    if t.consumed.as_ref().is_some_and(|u| u.send_id == e.send_id) {
+                        t.consumed = None;
+                    }
+                }
+            }
             // Decisions and outcomes are history, not state: the outbox and the
             // timeline are projections of their own.
             Event::MessagingEventCopyReceived(_)

@@ -188,7 +188,7 @@ fn check_control(
         Command::RequestThreadControl { .. } => may_request(&view, page, app)?.0,
         Command::ReleaseThreadControl { .. } => may_release(&view, page, app)?,
         Command::ExtendThreadControl { duration_secs, .. } => {
-            if *duration_secs == 0 || Span::seconds(*duration_secs as i64) > MAX_EXTENSION {
+            if *duration_secs == 0 || *duration_secs > (MAX_EXTENSION.millis() / 1000) as u64 {
                 return Err(Rejection::new(
                     RejectionKind::InvalidDuration,
                     format!(
@@ -704,6 +704,8 @@ fn control_fact(
         Command::RequestThreadControl { app, .. } => {
             ledger.pending_requests.iter().any(|r| &r.app == app)
         }
+        // Settled twice (the echo, then Meta's answer): nothing left to release.
+        Command::ReleaseThreadControl { .. } => view == ControlView::Idle,
         _ => false,
     };
     if already {
@@ -820,6 +822,19 @@ pub fn settle_send(
             events.push(drift_to_unknown(ledger, page, &send.send_id, error, now));
         }
         SendOutcome::Failed { .. } | SendOutcome::Unknown { .. } => {}
+    }
+    // A definite failure never used the token: the user's opt-in stands.
+    if let (SendOutcome::Failed { .. }, Recipient::OneTimeToken(token)) = (outcome, &send.recipient)
+    {
+        events.push(
+            crate::events::OneTimeTokenReleased {
+                thread: ledger.key.clone(),
+                at: now,
+                token: token.clone(),
+                send_id: send.send_id.clone(),
+            }
+            .into(),
+        );
     }
     events
 }

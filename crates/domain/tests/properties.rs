@@ -535,6 +535,10 @@ fn check_sends_against_oracle(page: &Page, history: &[Event]) -> Result<(), Test
                     }
                 }
             }
+            Event::OneTimeTokenReleased(r) => {
+                // Meta refused that send for certain: the token is good again.
+                spent.remove(&r.token);
+            }
             Event::OneTimeTokenConsumed(c) => {
                 prop_assert!(
                     spent.insert(c.token.clone()),

@@ -596,3 +596,50 @@ fn an_optin_copy_does_not_issue_the_token_twice() {
     let s = with_token(cr()).item(hours(1), bot(), Channel::Messaging, otn_optin("tok-1"));
     assert_eq!(s.ledger.tokens.len(), 1);
 }
+
+#[test]
+fn otn_token_comes_back_when_meta_refuses_the_send_for_certain() {
+    let s = with_token(cr());
+    let cmd = token_send(bot(), "tok-1");
+    let accepted = assert_accepted(s.when(&cmd, hours(48)));
+    let s = s.record(accepted);
+    assert_refused(
+        s.when(&token_send(bot(), "tok-1"), hours(48)),
+        RejectionKind::TokenSpent,
+        100,
+        None,
+    );
+    let domain::Command::SendMessage(send) = &cmd else {
+        unreachable!()
+    };
+    let failed = domain::events::SendOutcome::Failed {
+        error: domain::events::GraphError {
+            code: 551,
+            subcode: Some(1_545_041),
+            message: "unavailable".into(),
+            fbtrace_id: None,
+            is_transient: false,
+        },
+    };
+    let events = rules::settle_send(&s.ledger, &s.page, send, &failed, hours(48));
+    assert_eq!(
+        type_names(&events),
+        ["SendOutcomeRecorded", "OneTimeTokenReleased"]
+    );
+    let s = s.record(events);
+    assert_accepted(s.when(&token_send(bot(), "tok-1"), hours(49)));
+    // An unknown outcome keeps it spent: Meta may have used it.
+    let unknown = domain::events::SendOutcome::Unknown {
+        reason: "timeout".into(),
+    };
+    assert_eq!(
+        type_names(&rules::settle_send(
+            &s.ledger,
+            &s.page,
+            send,
+            &unknown,
+            hours(49)
+        )),
+        ["SendOutcomeRecorded"]
+    );
+}

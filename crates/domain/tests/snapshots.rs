@@ -253,6 +253,13 @@ fn samples() -> Vec<Event> {
             send_id: cid("send-2"),
         }
         .into(),
+        OneTimeTokenReleased {
+            thread: t.clone(),
+            at: hours(48),
+            token: "otn-1".into(),
+            send_id: cid("send-2"),
+        }
+        .into(),
         DispatchDeadLettered {
             app: bot(),
             position: 42,

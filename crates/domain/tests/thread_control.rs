@@ -382,6 +382,13 @@ fn extend_duration_must_be_between_one_second_and_seven_days() {
         None,
     );
     assert_accepted(s.when(&extend(bot(), 7 * 86_400), hours(1)));
+    // A duration that would wrap when converted is refused too.
+    assert_refused(
+        s.when(&extend(bot(), u64::MAX), hours(1)),
+        RejectionKind::InvalidDuration,
+        100,
+        None,
+    );
 }
 
 #[test]

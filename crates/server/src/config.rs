@@ -380,10 +380,35 @@ impl Config {
             };
             pages.insert(id.clone(), (p.name.clone(), Page::new(id, mode, profiles)));
         }
+        // Tokens identify callers: two apps (or an app and the admin) must never share one.
+        let mut tokens: Vec<(&str, String)> = apps
+            .values()
+            .filter_map(|a: &AppConfig| {
+                Some((
+                    a.managed.as_ref()?.api_token.expose(),
+                    format!("apps.{}.api_token", a.id),
+                ))
+            })
+            .collect();
+        tokens.sort();
+        if let Some(w) = tokens.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(invalid(
+                w[1].1.clone(),
+                format!("is the same token as {}: every app needs its own", w[0].1),
+            ));
+        }
         let admin_token = match &raw.admin_token {
             Some(s) => Some(secret("admin_token".to_owned(), s)?),
             None => None,
         };
+        if let Some(admin) = &admin_token {
+            if let Some((_, field)) = tokens.iter().find(|(t, _)| *t == admin.expose()) {
+                return Err(invalid(
+                    "admin_token",
+                    format!("is the same token as {field}"),
+                ));
+            }
+        }
         if raw.graph_timeout_ms == 0 {
             return Err(invalid("graph_timeout_ms", "must be greater than 0"));
         }

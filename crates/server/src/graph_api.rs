@@ -476,7 +476,7 @@ async fn control<S: EventStore + 'static>(
 
     // 3. Record Meta's answer (and the handover fact, or drift).
     let now = state.clock.now();
-    let settled = record_with(state, &thread, |_, ledger, page| {
+    let settled = crate::record::record_settlement(state, &thread, |_, ledger, page| {
         (
             rules::settle_control(ledger, page, &command, &outcome, now),
             (),
@@ -484,7 +484,15 @@ async fn control<S: EventStore + 'static>(
     })
     .await;
     match settled {
-        Err(e) => tracing::error!(error = %e, "Meta answered but the answer could not be recorded"),
+        Err(e) => {
+            tracing::error!(error = %e, "Meta answered but the answer could not be recorded");
+            return Err(meta_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                2,
+                None,
+                format!("(#2) Meta answered this call but Baton could not record its answer ({e}); read thread_owner before retrying"),
+            ));
+        }
         Ok(((), events)) => {
             let drifted = events
                 .iter()

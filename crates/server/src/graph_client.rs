@@ -115,6 +115,10 @@ impl GraphClient {
         if (200..300).contains(&status) {
             return GraphAnswer::Ok(body);
         }
+        if status >= 500 && body.get("error").is_none() {
+            // A proxy's or Meta's edge error: the call may have been carried out.
+            return GraphAnswer::Unknown(format!("HTTP {status} from the Graph API without an error body; the call may have been carried out"));
+        }
         let error = wire::graph::parse_error(&body).unwrap_or_else(|| GraphError {
             code: if status >= 500 { 2 } else { 1 },
             subcode: None,

@@ -12,7 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use domain::events::{
     AppRolesChanged, DeliveryCopy, InboundEvent, ParseOutcome, PolicyEnforcementReceived, RawBody,
-    SendOutcome, SendOutcomeRecorded, UnattributedItemReceived, WebhookDeliveryReceived,
+    SendOutcome, UnattributedItemReceived, WebhookDeliveryReceived,
 };
 use domain::rules::{self, Observation};
 use domain::{AppId, Event, ThreadKey, ThreadLedger, Timestamp};
@@ -283,6 +283,26 @@ fn plan_records(
                 channel: item.channel,
             };
             let page_key = |key: &str| format!("page:{key}:{app}:{:?}", item.channel);
+            // An app speaks only for the pages it is configured on: anything
+            // else it delivers is kept verbatim and changes no state.
+            let item_page = match &item.kind {
+                ItemKind::Thread { thread, .. } => &thread.page,
+                _ => &entry.page,
+            };
+            if !state
+                .pages
+                .get(item_page)
+                .is_some_and(|p| p.apps.contains_key(app))
+            {
+                let e = UnattributedItemReceived {
+                    page: item_page.clone(),
+                    at: item.kind.at(),
+                    delivery,
+                    raw: item.raw.clone(),
+                };
+                page_events.push((e.into(), page_key(item.kind.dedupe_key())));
+                continue;
+            }
             match &item.kind {
                 ItemKind::Thread {
                     thread,
@@ -291,14 +311,7 @@ fn plan_records(
                     event,
                 } => {
                     let Some(page) = state.pages.get(&thread.page) else {
-                        let e = UnattributedItemReceived {
-                            page: thread.page.clone(),
-                            at: *at,
-                            delivery,
-                            raw: item.raw.clone(),
-                        };
-                        page_events.push((e.into(), page_key(dedupe_key)));
-                        continue;
+                        continue; // checked above
                     };
                     let mut copies: Copies = state.copies(dedupe_key).cloned().unwrap_or_default();
                     copies.extend(local_seen.get(dedupe_key).cloned().unwrap_or_default());
@@ -334,27 +347,31 @@ fn plan_records(
                             events: Vec::new(),
                         }
                     });
-                    let mut events = rules::observe(&group.ledger, page, observation, now);
-                    // An echo of a send whose outcome was unknown settles it.
-                    if let Some((send_id, record)) = state.send_settled_by(event) {
-                        if &record.thread == thread {
-                            if let InboundEvent::Echo { mid, .. } = event {
-                                events.push(
-                                    SendOutcomeRecorded {
-                                        thread: thread.clone(),
-                                        at: now,
-                                        send_id: send_id.clone(),
-                                        outcome: SendOutcome::SettledByEcho { mid: mid.clone() },
-                                    }
-                                    .into(),
-                                );
-                            }
-                        }
-                    }
+                    let events = rules::observe(&group.ledger, page, observation, now);
                     for e in &events {
                         group.ledger.apply(e);
                     }
                     group.events.extend(events);
+                    // An echo of a send whose outcome is not known settles it,
+                    // inline thread control included.
+                    if let (Some((send_id, record)), InboundEvent::Echo { mid, .. }) =
+                        (state.send_settled_by(event), event)
+                    {
+                        if &record.thread == thread {
+                            let outcome = SendOutcome::SettledByEcho { mid: mid.clone() };
+                            let settled = rules::settle_send(
+                                &group.ledger,
+                                page,
+                                &record.as_send(&send_id),
+                                &outcome,
+                                now,
+                            );
+                            for e in &settled {
+                                group.ledger.apply(e);
+                            }
+                            group.events.extend(settled);
+                        }
+                    }
                 }
                 ItemKind::AppRoles {
                     at,

@@ -125,6 +125,14 @@ pub async fn start<S: EventStore + 'static>(
         position = projections.position(),
         "projections replayed from the log"
     );
+    let interrupted =
+        recover_interrupted_sends(&projections, store.as_ref(), clock.as_ref()).await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            sends = interrupted,
+            "sends interrupted by the last stop are recorded as unknown; their echoes settle them"
+        );
+    }
     let follower = tokio::spawn(projections.clone().follow(store.clone()));
 
     let backends: Vec<dispatch::BackendConfig> = config
@@ -244,6 +252,67 @@ pub async fn start<S: EventStore + 'static>(
         timers,
         dispatch,
     })
+}
+
+/// Sends accepted before a crash whose outcome was never recorded: Meta may or
+/// may not have them. They are recorded as unknown (never resent blindly), and
+/// settled at once when their echo is already in the log, else when it comes.
+async fn recover_interrupted_sends<S: EventStore>(
+    projections: &Projections,
+    store: &S,
+    clock: &dyn Clock,
+) -> Result<usize, StorageError> {
+    use domain::events::SendOutcome;
+    let now = clock.now();
+    let mut events = Vec::new();
+    {
+        let snapshot = projections.read();
+        for (id, record) in snapshot
+            .sends
+            .iter()
+            .filter(|(_, r)| r.status == projections::SendStatus::Pending)
+        {
+            let (Some(page), Some(ledger)) = (
+                snapshot.pages.get(&record.thread.page),
+                snapshot.thread(&record.thread),
+            ) else {
+                continue;
+            };
+            let send = record.as_send(id);
+            let unknown = SendOutcome::Unknown {
+                reason: "Baton stopped before Meta's answer was recorded".to_owned(),
+            };
+            let mut ledger = ledger.clone();
+            let mut settled = domain::rules::settle_send(&ledger, page, &send, &unknown, now);
+            if let Some(mid) = snapshot.echoed.get(id) {
+                for e in &settled {
+                    ledger.apply(e);
+                }
+                settled.extend(domain::rules::settle_send(
+                    &ledger,
+                    page,
+                    &send,
+                    &SendOutcome::SettledByEcho { mid: mid.clone() },
+                    now,
+                ));
+            }
+            events.extend(settled);
+        }
+    }
+    let n = events
+        .iter()
+        .filter(|e| matches!(e, domain::Event::SendOutcomeRecorded(_)))
+        .count();
+    if !events.is_empty() {
+        // Nothing else writes yet: the server is not listening.
+        let records = events.iter().map(record::encode).collect();
+        store
+            .append(records)
+            .await
+            .map_err(|e| StorageError::Engine(Box::new(e)))?;
+        projections.catch_up(store).await?;
+    }
+    Ok(n)
 }
 
 async fn healthz() -> HttpResponse {

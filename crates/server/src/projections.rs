@@ -48,6 +48,25 @@ pub struct SendRecord {
     pub thread: ThreadKey,
     pub app: AppId,
     pub status: SendStatus,
+    /// The send's inline `thread_control`, which its echo settles too.
+    pub thread_control: Option<domain::InlineControl>,
+}
+
+impl SendRecord {
+    /// Enough of the original send for `rules::settle_send`.
+    pub fn as_send(&self, send_id: &CommandId) -> domain::SendMessage {
+        domain::SendMessage {
+            send_id: send_id.clone(),
+            app: self.app.clone(),
+            recipient: domain::Recipient::Psid(self.thread.psid.clone()),
+            messaging_type: None,
+            tag: None,
+            content: domain::SendContent::Message { metadata: None },
+            thread_control: self.thread_control.clone(),
+            payload: serde_json::Value::Null,
+            idempotency_key: None,
+        }
+    }
 }
 
 /// The folded state.
@@ -119,19 +138,23 @@ impl State {
         self.threads.get(key)
     }
 
-    /// The send an echo settles: one Baton tagged (`metadata = baton:send:<id>`)
-    /// whose outcome is still unknown.
-    pub fn send_settled_by(&self, event: &InboundEvent) -> Option<(&CommandId, &SendRecord)> {
+    /// The send an echo settles: one Baton tagged (`metadata = baton:send:<id>`),
+    /// sent by the same app, whose outcome was recorded as unknown (a timeout,
+    /// or a restart that interrupted it). A pending send's echo is kept in
+    /// `echoed` and settles it when its outcome is recorded.
+    pub fn send_settled_by(&self, event: &InboundEvent) -> Option<(CommandId, &SendRecord)> {
         let InboundEvent::Echo {
-            metadata: Some(m), ..
+            metadata: Some(m),
+            app_id: Some(sender),
+            ..
         } = event
         else {
             return None;
         };
-        let id = m.strip_prefix(SEND_METADATA_PREFIX)?;
-        self.sends
-            .iter()
-            .find(|(sid, r)| sid.as_str() == id && matches!(r.status, SendStatus::Unknown { .. }))
+        let id = CommandId::parse(m.strip_prefix(SEND_METADATA_PREFIX)?).ok()?;
+        let record = self.sends.get(&id)?;
+        let open = matches!(record.status, SendStatus::Unknown { .. });
+        (open && &record.app == sender).then_some((id, record))
     }
 
     /// Folds one stored record.
@@ -149,14 +172,17 @@ impl State {
                 if let InboundEvent::Echo {
                     mid,
                     metadata: Some(m),
-                    ..
+                    app_id: Some(sender),
                 } = &e.event
                 {
                     if let Some(id) = m
                         .strip_prefix(SEND_METADATA_PREFIX)
                         .and_then(|id| CommandId::parse(id).ok())
                     {
-                        self.echoed.insert(id, mid.clone());
+                        // Only the sending app's echo speaks for its send.
+                        if self.sends.get(&id).is_some_and(|r| &r.app == sender) {
+                            self.echoed.insert(id, mid.clone());
+                        }
                     }
                 }
                 self.seen
@@ -184,6 +210,7 @@ impl State {
                         thread: e.thread.clone(),
                         app: e.send.app.clone(),
                         status: SendStatus::Pending,
+                        thread_control: e.send.thread_control.clone(),
                     },
                 );
             }
@@ -198,6 +225,7 @@ impl State {
                         SendRecord {
                             thread: e.thread.clone(),
                             app: send.app.clone(),
+                            thread_control: None,
                             status: SendStatus::Refused {
                                 rejection: e.rejection.clone(),
                             },

@@ -102,20 +102,36 @@ pub async fn thread<S: EventStore + 'static>(
     Ok(HttpResponse::Ok().json(thread_view(&ledger, page, state.clock.now())))
 }
 
-/// `GET /api/threads/{page_id}/{psid}/timeline`.
+/// `GET /api/threads/{page_id}/{psid}/timeline?from=VERSION&limit=N`: up to
+/// `limit` events (default 1000, at most 10000) from stream version `from`
+/// (default 1); `next` gives the version to continue from.
 pub async fn timeline<S: EventStore + 'static>(
     state: web::Data<AppState<S>>,
     path: web::Path<(String, String)>,
+    query: web::Query<std::collections::HashMap<String, String>>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (page, psid) = path.into_inner();
     let key = thread_key(&page, &psid)?;
     authorize(&state, &req, Some(&key.page))?;
+    let number = |name: &str, default: u64| -> Result<u64, ApiError> {
+        match query.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| ApiError::BadRequest(format!("{name} must be a whole number"))),
+        }
+    };
+    let from = number("from", 1)?.max(1);
+    let limit = number("limit", 1000)?.clamp(1, 10_000) as usize;
     let records = state
         .store
-        .read_stream(&key.stream_name(), 1, usize::MAX)
+        .read_stream(&key.stream_name(), from, limit)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let next = (records.len() == limit)
+        .then(|| records.last().map(|r| r.stream_version + 1))
+        .flatten();
     let entries: Vec<Value> = records
         .iter()
         .map(
@@ -138,6 +154,6 @@ pub async fn timeline<S: EventStore + 'static>(
         )
         .collect();
     Ok(HttpResponse::Ok().json(
-        json!({ "page_id": key.page.as_str(), "psid": key.psid.as_str(), "events": entries }),
+        json!({ "page_id": key.page.as_str(), "psid": key.psid.as_str(), "events": entries, "next": next }),
     ))
 }

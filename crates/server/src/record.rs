@@ -108,3 +108,27 @@ where
         }
     }
 }
+
+/// Records Meta's answer to a call that already left: the same as
+/// [`record_with`], but a busy log is retried a few times (with a short
+/// backoff) before giving up, because the answer cannot be asked for again.
+pub async fn record_settlement<S, T>(
+    state: &AppState<S>,
+    thread: &ThreadKey,
+    mut decide: impl FnMut(&State, &ThreadLedger, &Page) -> (Vec<Event>, T),
+) -> Result<(T, Vec<Event>), RecordError>
+where
+    S: EventStore + 'static,
+{
+    let mut delay = std::time::Duration::from_millis(10);
+    for _ in 0..8 {
+        match record_with(state, thread, &mut decide).await {
+            Err(RecordError::Busy) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+    record_with(state, thread, &mut decide).await
+}

@@ -182,6 +182,11 @@ pub fn parse_send(
             }
             let metadata = match m.get("metadata") {
                 None => None,
+                Some(Value::String(s)) if s.starts_with(SEND_METADATA_PREFIX) => {
+                    return Err(bad_param(format!(
+                        "param message.metadata may not start with {SEND_METADATA_PREFIX:?}: Baton uses that prefix to match echoes"
+                    )))
+                }
                 Some(Value::String(s)) if s.chars().count() < 1000 => Some(s.clone()),
                 Some(_) => {
                     return Err(bad_param(
@@ -387,27 +392,45 @@ pub async fn messages<S: EventStore + 'static>(
 
     let outcome = attempt(state, &caller, &send).await;
     let now = state.clock.now();
-    let settled = record_with(state, &thread, |snapshot, ledger, page| {
+    let settled = crate::record::record_settlement(state, &thread, |snapshot, ledger, page| {
         let mut events = rules::settle_send(ledger, page, &send, &outcome, now);
         // Meta sent the echo before Baton gave up waiting: it settles the send now.
         if let (SendOutcome::Unknown { .. }, Some(mid)) =
             (&outcome, snapshot.echoed.get(&send.send_id))
         {
-            events.push(
-                domain::events::SendOutcomeRecorded {
-                    thread: thread.clone(),
-                    at: now,
-                    send_id: send.send_id.clone(),
-                    outcome: SendOutcome::SettledByEcho { mid: mid.clone() },
-                }
-                .into(),
-            );
+            let mut after = ledger.clone();
+            for e in &events {
+                after.apply(e);
+            }
+            events.extend(rules::settle_send(
+                &after,
+                page,
+                &send,
+                &SendOutcome::SettledByEcho { mid: mid.clone() },
+                now,
+            ));
         }
         (events, ())
     })
     .await;
-    if let Err(e) = &settled {
-        tracing::error!(error = %e, send = %send.send_id, "Meta answered a send but the answer could not be recorded");
+    match settled {
+        Err(e) => {
+            tracing::error!(error = %e, send = %send.send_id, "Meta answered a send but the answer could not be recorded");
+            return Err(meta_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                2,
+                None,
+                format!("(#2) Meta answered this send but Baton could not record the answer ({e}); do not resend: Baton settles it from the echo"),
+            ));
+        }
+        Ok(((), events)) => {
+            let drifted = events
+                .iter()
+                .any(|e| matches!(e, domain::Event::OwnershipDriftDetected(d) if d.observed == domain::events::ControlView::Unknown));
+            if drifted {
+                crate::graph_api::reconcile(state, &thread, &caller.version).await;
+            }
+        }
     }
     let status = match &outcome {
         SendOutcome::Sent {

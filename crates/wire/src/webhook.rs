@@ -82,6 +82,16 @@ pub enum ItemKind {
 }
 
 impl ItemKind {
+    /// Meta's time for the item.
+    pub fn at(&self) -> Timestamp {
+        match self {
+            ItemKind::Thread { at, .. }
+            | ItemKind::AppRoles { at, .. }
+            | ItemKind::PolicyEnforcement { at, .. }
+            | ItemKind::Unattributed { at, .. } => *at,
+        }
+    }
+
     pub fn dedupe_key(&self) -> &str {
         match self {
             ItemKind::Thread { dedupe_key, .. }
