@@ -8,9 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use domain::events::DispatchRedriveRequested;
 use domain::{AppId, Event, Timestamp};
-use event_log::{EventStore, NewRecord, SledStore};
+use event_log::{EventStore, SledStore};
 use serde_json::json;
 
 use crate::http::ServerArgs;
@@ -127,48 +126,16 @@ async fn offline(
             )))
         }
     };
-    // Like the server's redrive, only a dead letter is redriven: an item the
-    // backend acknowledged needs no second delivery.
-    let stream = format!("dispatch/{app}");
-    let mut dead = false;
-    let mut from = 1;
-    loop {
-        let records = store
-            .read_stream(&stream, from, 1024)
-            .await
-            .context("reading the dispatch stream")?;
-        let Some(last) = records.last() else { break };
-        from = last.stream_version + 1;
-        dead |= records.iter().any(|r| {
-            matches!(
-                Event::decode(&r.type_name, r.schema_version, &r.payload),
-                Ok(Event::DispatchDeadLettered(dl)) if dl.position == item
-            )
-        });
-    }
-    if !dead {
-        return Ok(Err(format!(
-            "position {item} was delivered to {app} but never dead-lettered: there is nothing to redrive"
-        )));
-    }
+    // Like the server's redrive (the same function), only a dead letter is
+    // redriven: an item the backend acknowledged needs no second delivery.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let event = Event::DispatchRedriveRequested(DispatchRedriveRequested {
-        app: app.clone(),
-        position: item,
-        at: Timestamp::from_millis(now),
-        by: "cli".to_owned(),
-    });
-    let enc = event.encode();
-    let appended = store
-        .append(vec![NewRecord::new(
-            event.stream_name(),
-            enc.type_name,
-            enc.schema_version,
-            enc.payload,
-        )])
-        .await
-        .context("appending the redrive request")?;
-    Ok(Ok((item, appended.first().map_or(0, |a| a.position))))
+    match dispatch::request_redrive(store, app, item, "cli", Timestamp::from_millis(now)).await {
+        Ok(at) => Ok(Ok((item, at))),
+        Err(dispatch::RedriveError::NotDeadLettered { .. }) => Ok(Err(format!(
+            "position {item} was delivered to {app} but never dead-lettered: there is nothing to redrive"
+        ))),
+        Err(e) => Err(anyhow::Error::new(e).context("appending the redrive request")),
+    }
 }

@@ -42,6 +42,31 @@ pub enum SendStatus {
     },
 }
 
+impl SendStatus {
+    /// The status an outcome gives a send to `psid`.
+    pub fn from_outcome(outcome: &SendOutcome, psid: &str) -> SendStatus {
+        match outcome {
+            SendOutcome::Sent {
+                message_id,
+                recipient_id,
+            } => SendStatus::Sent {
+                message_id: message_id.clone(),
+                recipient_id: recipient_id.clone(),
+            },
+            SendOutcome::SettledByEcho { mid } => SendStatus::Sent {
+                message_id: mid.clone(),
+                recipient_id: Some(psid.to_owned()),
+            },
+            SendOutcome::Failed { error } => SendStatus::Failed {
+                error: error.clone(),
+            },
+            SendOutcome::Unknown { reason } => SendStatus::Unknown {
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
 /// One send in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendRecord {
@@ -241,25 +266,7 @@ impl State {
                         // The echo settled it before the timeout was recorded.
                         return self.apply_thread(event);
                     }
-                    record.status = match &e.outcome {
-                        SendOutcome::Sent {
-                            message_id,
-                            recipient_id,
-                        } => SendStatus::Sent {
-                            message_id: message_id.clone(),
-                            recipient_id: recipient_id.clone(),
-                        },
-                        SendOutcome::SettledByEcho { mid } => SendStatus::Sent {
-                            message_id: mid.clone(),
-                            recipient_id: Some(e.thread.psid.to_string()),
-                        },
-                        SendOutcome::Failed { error } => SendStatus::Failed {
-                            error: error.clone(),
-                        },
-                        SendOutcome::Unknown { reason } => SendStatus::Unknown {
-                            reason: reason.clone(),
-                        },
-                    };
+                    record.status = SendStatus::from_outcome(&e.outcome, e.thread.psid.as_str());
                 }
             }
             _ => {}

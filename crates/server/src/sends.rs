@@ -432,25 +432,7 @@ pub async fn messages<S: EventStore + 'static>(
             }
         }
     }
-    let status = match &outcome {
-        SendOutcome::Sent {
-            message_id,
-            recipient_id,
-        } => SendStatus::Sent {
-            message_id: message_id.clone(),
-            recipient_id: recipient_id.clone(),
-        },
-        SendOutcome::Failed { error } => SendStatus::Failed {
-            error: error.clone(),
-        },
-        SendOutcome::Unknown { reason } => SendStatus::Unknown {
-            reason: reason.clone(),
-        },
-        SendOutcome::SettledByEcho { mid } => SendStatus::Sent {
-            message_id: mid.clone(),
-            recipient_id: None,
-        },
-    };
+    let status = SendStatus::from_outcome(&outcome, thread.psid.as_str());
     answer(&status)
 }
 
