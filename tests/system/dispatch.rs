@@ -61,10 +61,11 @@ async fn each_backend_gets_its_own_copy_on_metas_channel_signed_both_ways() {
     let (bot_url, bot_seen, bot_handle) = backend();
     let (human_url, human_seen, human_handle) = backend();
     let dir = tempfile::tempdir().unwrap();
-    let text = config_toml(&emulator.base_url(), &cr_mode())
-        .replace("data_dir = \"unused\"", &format!("data_dir = {:?}", dir.path().display().to_string()))
-        .replacen("page_tokens = { \"5550001\" = \"page-token-bot\" }", &format!("page_tokens = {{ \"5550001\" = \"page-token-bot\" }}\nbackend_url = \"{bot_url}\""), 1)
-        .replacen("page_tokens = { \"5550001\" = \"page-token-human\" }", &format!("page_tokens = {{ \"5550001\" = \"page-token-human\" }}\nbackend_url = \"{human_url}\""), 1);
+    let text = BatonToml::new(&emulator.base_url())
+        .data_dir(dir.path())
+        .bot_backend(&bot_url)
+        .human_backend(&human_url)
+        .render();
     let baton = TestBaton::start_in(dir, &text).await;
     for app in [BOT, HUMAN] {
         ctl.set_callback(app, Some(&baton.url(&format!("/webhooks/{app}"))))

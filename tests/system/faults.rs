@@ -176,10 +176,22 @@ async fn a_send_interrupted_by_a_crash_is_recorded_unknown_at_start_and_settled_
         thread_control: None,
         payload: json!({"message": {"text": "hello", "metadata": format!("baton:send:{send_id}")}}),
         idempotency_key: None,
+        graph_version: None,
     };
     history.extend(rules::decide(&ledger, &page, &domain::Command::SendMessage(send), T0).unwrap());
+    // The outbox recorded its attempt, called Meta, and the process died
+    // before Meta's answer was recorded.
+    history.push(
+        domain::events::SendAttempted {
+            thread: thread.clone(),
+            at: T0,
+            send_id: send_id.clone(),
+            attempt: 1,
+        }
+        .into(),
+    );
     let store = Arc::new(event_log::MemoryStore::new());
-    let records = history.iter().map(server::record::encode).collect();
+    let records = history.iter().map(orchestration::encode).collect();
     store.append(records).await.unwrap();
 
     let running = server::start(
@@ -200,6 +212,9 @@ async fn a_send_interrupted_by_a_crash_is_recorded_unknown_at_start_and_settled_
             })
             .collect()
     };
+    // The outbox worker resumes it at start: the attempt may have reached
+    // Meta, so its outcome is unknown (never sent again blindly).
+    settled(&running, &send_id).await;
     let recorded = outcomes(store.read_all(1, usize::MAX).await.unwrap());
     assert!(
         matches!(recorded.as_slice(), [SendOutcome::Unknown { .. }]),
@@ -228,4 +243,20 @@ async fn a_send_interrupted_by_a_crash_is_recorded_unknown_at_start_and_settled_
         "{recorded:?}"
     );
     running.stop().await;
+}
+
+/// Waits until the outbox has recorded an outcome for `send`.
+async fn settled<S: EventStore + 'static>(running: &server::Running<S>, send: &domain::CommandId) {
+    use server::projections::SendStatus;
+    running
+        .state
+        .projections
+        .wait_until(|s| {
+            s.sends
+                .get(send)
+                .filter(|r| r.status != SendStatus::Pending)
+                .map(|_| ())
+        })
+        .await
+        .expect("the projections follow the log");
 }

@@ -503,9 +503,15 @@ async fn an_app_cannot_act_on_a_page_it_is_not_on() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 403);
+    assert_eq!(res.status(), 400);
     let body: serde_json::Value = res.json().await.unwrap();
-    assert_eq!(body["error"]["code"], 200);
+    assert_eq!(
+        (
+            body["error"]["code"].clone(),
+            body["error"]["error_subcode"].clone()
+        ),
+        (json!(100), json!(33))
+    );
     // Nor read another page's threads.
     let res = baton
         .http

@@ -1,10 +1,12 @@
 //! System tests: the real server on port 0 with a temporary sled log, driven
 //! over HTTP exactly as Meta (or the emulator standing in for it) would.
 
+mod differential;
 mod dispatch;
 mod faults;
 mod handover;
 mod ingress;
+mod outbox;
 mod reliability;
 mod sends;
 mod stack;

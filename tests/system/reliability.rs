@@ -19,18 +19,10 @@ use server::projections::State;
 use crate::support::*;
 
 fn config(dir: &std::path::Path, backend: &str) -> std::path::PathBuf {
-    let text = config_toml("http://127.0.0.1:9", &cr_mode())
-        .replace(
-            "data_dir = \"unused\"",
-            &format!("data_dir = {:?}", dir.join("data").display().to_string()),
-        )
-        .replacen(
-            "page_tokens = { \"5550001\" = \"page-token-bot\" }",
-            &format!(
-                "page_tokens = {{ \"5550001\" = \"page-token-bot\" }}\nbackend_url = \"{backend}\""
-            ),
-            1,
-        );
+    let text = BatonToml::new("http://127.0.0.1:9")
+        .data_dir(&dir.join("data"))
+        .bot_backend(backend)
+        .render();
     let path = dir.join("baton.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -41,6 +33,8 @@ struct Backend {
     url: String,
     seen: Arc<Mutex<Vec<(String, String)>>>,
     arrived: Arc<tokio::sync::Notify>,
+    /// Items of this thread are answered 503 (its handler is down).
+    refuse: Arc<Mutex<Option<String>>>,
 }
 
 impl Backend {
@@ -48,13 +42,14 @@ impl Backend {
         use actix_web::{web, App, HttpResponse, HttpServer};
         let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
         let arrived = Arc::new(tokio::sync::Notify::new());
-        let (s, a) = (seen.clone(), arrived.clone());
+        let refuse: Arc<Mutex<Option<String>>> = Arc::default();
+        let (s, a, limit) = (seen.clone(), arrived.clone(), refuse.clone());
         let server = HttpServer::new(move || {
-            let (s, a) = (s.clone(), a.clone());
+            let (s, a, limit) = (s.clone(), a.clone(), limit.clone());
             App::new().route(
                 "/webhook",
                 web::post().to(move |body: web::Bytes| {
-                    let (s, a) = (s.clone(), a.clone());
+                    let (s, a, limit) = (s.clone(), a.clone(), limit.clone());
                     async move {
                         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
                             let item = &v["entry"][0]["messaging"][0];
@@ -62,6 +57,9 @@ impl Backend {
                                 item["sender"]["id"].as_str(),
                                 item["message"]["mid"].as_str(),
                             ) {
+                                if limit.lock().unwrap().as_deref() == Some(psid) {
+                                    return HttpResponse::ServiceUnavailable().finish();
+                                }
                                 s.lock().unwrap().push((psid.to_owned(), mid.to_owned()));
                                 a.notify_waiters();
                             }
@@ -77,7 +75,12 @@ impl Backend {
         .unwrap();
         let url = format!("http://{}/webhook", server.addrs()[0]);
         tokio::spawn(server.run());
-        Backend { url, seen, arrived }
+        Backend {
+            url,
+            seen,
+            arrived,
+            refuse,
+        }
     }
 
     /// Waits until `n` distinct items have arrived.
@@ -319,4 +322,288 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook() {
         "replay from zero equals live"
     );
     store.close().await;
+}
+
+/// How a request under a stop ended. A client that is told "stopping"
+/// backs off, as Meta and a well-behaved app do.
+#[derive(Debug)]
+enum Ended {
+    Answered(u16, serde_json::Value),
+    /// No connection: the server had stopped accepting.
+    Refused,
+    /// A connection that broke without an answer: what a stop must not do.
+    Broken(String),
+}
+
+async fn ended(req: reqwest::RequestBuilder) -> Ended {
+    match req.send().await {
+        Ok(res) => {
+            let status = res.status().as_u16();
+            match res.bytes().await {
+                Ok(body) => Ended::Answered(
+                    status,
+                    serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                ),
+                Err(e) => Ended::Broken(format!("answer cut off: {e}")),
+            }
+        }
+        Err(e) if e.is_connect() => Ended::Refused,
+        Err(e) => Ended::Broken(e.to_string()),
+    }
+}
+
+/// Sends SIGTERM (the stop `baton serve`, systemd and containers use) and
+/// waits for the process to exit; answers whether it exited cleanly.
+async fn terminate(mut server: Server) -> bool {
+    let pid = server.child.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success(), "kill -TERM {pid}");
+    tokio::task::spawn_blocking(move || server.child.wait().unwrap().success())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_answers_every_request_and_loses_nothing() {
+    use emulator::{AppConfig, Emulator, PageConfig, World};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start();
+    // The backend acknowledges every thread but one right up to the stop
+    // (only the cursor written at the stop remembers the last of them); the
+    // refused thread's items wait, and go out after the restart.
+    *backend.refuse.lock().unwrap() = Some("w4".to_owned());
+    // Meta: the emulator, which knows the people the bot answers.
+    let world = World::default()
+        .with_page(PageConfig::conversation_routing(PAGE, BOT))
+        .with_app(AppConfig::new(BOT, BOT_SECRET).with_token(PAGE, "page-token-bot"));
+    let emulator = Emulator::start(world).unwrap();
+    let ctl = emulator.control();
+    const READERS: usize = 4;
+    for u in 0..READERS {
+        ctl.user_text(PAGE, &format!("s{u}"), "hello")
+            .await
+            .unwrap();
+    }
+    let path = dir.path().join("baton.toml");
+    let text = BatonToml::new(&emulator.base_url())
+        .data_dir(&dir.path().join("data"))
+        .bot_backend(&backend.url)
+        .tuning(Tuning {
+            stop_grace_ms: 300,
+            ..Tuning::default()
+        })
+        .render();
+    std::fs::write(&path, text).unwrap();
+
+    let server = spawn(&path);
+    let url = server.url.clone();
+    // A fresh connection per request: a stopped server refuses, it cannot
+    // break a pooled connection under a request.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    // The people open their window at Baton's clock (the system's).
+    let now = server::Clock::now(&server::SystemClock).millis();
+    for u in 0..READERS {
+        let body = envelope(
+            json!([{"id": PAGE, "time": now, "messaging": [message_item(&format!("s{u}"), &format!("open-{u}"), now)]}]),
+        );
+        assert_eq!(post(&http, &url, body).await, Some(200));
+    }
+
+    let acked_webhooks: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sent: Arc<Mutex<Vec<String>>> = Arc::default();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let broken: Arc<Mutex<Vec<String>>> = Arc::default();
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::new();
+    for task in 0..3 {
+        let (http, url, acked, answered, broken, progress) = (
+            http.clone(),
+            url.clone(),
+            acked_webhooks.clone(),
+            answered.clone(),
+            broken.clone(),
+            progress.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                let mid = format!("w{task}.{i}");
+                let b = body(&mid, &format!("w{}", i % 5));
+                let req = http
+                    .post(format!("{url}/webhooks/{BOT}"))
+                    .header("content-type", "application/json")
+                    .header(
+                        "x-hub-signature-256",
+                        wire::signature::sign_sha256(BOT_SECRET.as_bytes(), &b),
+                    )
+                    .body(b);
+                match ended(req).await {
+                    Ended::Answered(503, body) if body["error"] == "stopping" => return,
+                    Ended::Answered(status, _) => {
+                        if status == 200 {
+                            acked.lock().unwrap().push(mid);
+                        }
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        progress.notify_one();
+                    }
+                    Ended::Refused => return,
+                    Ended::Broken(e) => broken.lock().unwrap().push(e),
+                }
+            }
+        }));
+    }
+    for task in 0..2 {
+        let (http, url, sent, answered, broken, progress) = (
+            http.clone(),
+            url.clone(),
+            sent.clone(),
+            answered.clone(),
+            broken.clone(),
+            progress.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                let psid = format!("s{}", (task + i) % READERS);
+                let req = http
+                    .post(format!("{url}/v21.0/me/messages"))
+                    .bearer_auth("baton-bot")
+                    .json(
+                        &json!({"recipient": {"id": psid}, "messaging_type": "RESPONSE",
+                        "message": {"text": format!("answer {task}.{i}")}}),
+                    );
+                match ended(req).await {
+                    Ended::Answered(503, body)
+                        if body["error"]["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("stopping")) =>
+                    {
+                        return
+                    }
+                    Ended::Answered(status, body) => {
+                        if status == 200 {
+                            let mid = body["message_id"].as_str().unwrap().to_owned();
+                            sent.lock().unwrap().push(mid);
+                        }
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        progress.notify_one();
+                    }
+                    Ended::Refused => return,
+                    Ended::Broken(e) => broken.lock().unwrap().push(e),
+                }
+            }
+        }));
+    }
+    while answered.load(Ordering::SeqCst) < 60 {
+        progress.notified().await;
+    }
+    assert!(terminate(server).await, "SIGTERM stops Baton cleanly");
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let broken = broken.lock().unwrap().clone();
+    assert!(
+        broken.is_empty(),
+        "every request is answered or refused: {broken:?}"
+    );
+    let acked_webhooks = acked_webhooks.lock().unwrap().clone();
+    let sent = sent.lock().unwrap().clone();
+    assert!(!acked_webhooks.is_empty() && !sent.is_empty());
+    let delivered_before_restart = backend.seen.lock().unwrap().len();
+    let acked_before: BTreeSet<String> = backend
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, m)| m.clone())
+        .collect();
+    // The cursor written at the stop covers everything acknowledged.
+    let cursor = dispatch::CursorFile::new(
+        &dir.path().join("data").join("dispatch"),
+        &domain::AppId::parse(BOT).unwrap(),
+    )
+    .load()
+    .unwrap()
+    .expect("the stop wrote the bot's cursor");
+
+    // Restart with the backend whole again: dispatch resumes where its
+    // cursor was written at the stop.
+    *backend.refuse.lock().unwrap() = None;
+    let server = spawn(&path);
+    backend
+        .wait_for_distinct(acked_webhooks.len() + READERS)
+        .await;
+    let export = reqwest::Client::new()
+        .get(format!("{}/api/admin/export", server.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(terminate(server).await);
+
+    // Nothing acknowledged is lost: every 200 webhook's item and every 200
+    // send's outcome is in the log.
+    let mut recorded_mids = BTreeSet::new();
+    let mut sent_mids = BTreeSet::new();
+    for line in export.lines() {
+        let r = event_log::parse_ndjson_line(line.as_bytes()).unwrap();
+        match Event::decode(&r.type_name, r.schema_version, &r.payload) {
+            Ok(Event::MessagingEventReceived(m)) => {
+                let mid = m.raw["message"]["mid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if acked_before.contains(&mid) {
+                    assert!(
+                        r.position < cursor.cursor || cursor.settled.contains(&r.position),
+                        "{mid} at {} was acknowledged before the stop; the cursor written then says {cursor:?}",
+                        r.position
+                    );
+                }
+                recorded_mids.insert(mid);
+            }
+            Ok(Event::SendOutcomeRecorded(o)) => {
+                if let domain::events::SendOutcome::Sent { message_id, .. } = o.outcome {
+                    sent_mids.insert(message_id);
+                }
+            }
+            _ => {}
+        }
+    }
+    for mid in &acked_webhooks {
+        assert!(
+            recorded_mids.contains(mid),
+            "acknowledged webhook {mid} is in the log"
+        );
+    }
+    for mid in &sent {
+        assert!(
+            sent_mids.contains(mid),
+            "answered send {mid} has its outcome in the log"
+        );
+    }
+    // Dispatch re-delivered nothing its backend acknowledged before the stop.
+    let seen = backend.seen.lock().unwrap().clone();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, mid) in &seen {
+        *counts.entry(mid).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "delivered twice after the restart: {twice:?}"
+    );
+    println!(
+        "sigterm: {} webhooks and {} sends answered 200 before the stop, {} items delivered before it and {} after, none twice",
+        acked_webhooks.len(),
+        sent.len(),
+        delivered_before_restart,
+        seen.len() - delivered_before_restart
+    );
 }

@@ -40,6 +40,8 @@ pub fn event_time(event: &Event) -> Option<Timestamp> {
         Event::SendAccepted(e) => e.at,
         Event::CommandRefused(e) => e.at,
         Event::SendOutcomeRecorded(e) => e.at,
+        Event::SendAttempted(e) => e.at,
+        Event::SendRetryScheduled(e) => e.at,
         Event::OneTimeTokenIssued(e) => e.at,
         Event::OneTimeTokenConsumed(e) => e.at,
         Event::OneTimeTokenReleased(e) => e.at,

@@ -255,13 +255,8 @@ async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
     let store = Arc::new(store);
     let running = server::start(config, store, Arc::new(server::SystemClock)).await?;
     println!("baton listening on {}", running.base_url());
-    let handle = running.handle.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!("interrupt: stopping");
-            handle.stop(true).await;
-        }
-    });
-    running.wait().await.context("server")?;
+    server::serve_until_signal(running)
+        .await
+        .context("server")?;
     Ok(ExitCode::SUCCESS)
 }

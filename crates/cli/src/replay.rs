@@ -9,9 +9,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use domain::Control;
+use orchestration::State;
 use serde::Deserialize;
 use serde_json::json;
-use server::projections::State;
 
 use crate::http::ServerArgs;
 use crate::source::{Source, SourceArgs};

@@ -9,66 +9,20 @@ use std::sync::Arc;
 
 use domain::events::DispatchDeadLettered;
 use domain::{AppId, Event, PageId, Psid, ThreadKey, Timestamp};
-use event_log::{EventStore, NewRecord, SledStore};
+use event_log::{EventStore, SledStore};
 use serde_json::{json, Value};
 use server::{Config, ManualClock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use test_support::{ADMIN_TOKEN as ADMIN, BOT, BOT_SECRET, HUMAN, HUMAN_SECRET, PAGE};
+
 /// 2026-11-01T09:00:00Z.
-const T0: i64 = 1_793_523_600_000;
-const PAGE: &str = "5550001";
-const BOT: &str = "1001";
-const HUMAN: &str = "1002";
-const BOT_SECRET: &str = "bot-app-secret";
-const HUMAN_SECRET: &str = "human-app-secret";
-const ADMIN: &str = "admin-secret";
+const T0: i64 = test_support::T0.millis();
 
 fn config_toml(data_dir: &Path, graph: &str) -> String {
-    format!(
-        r#"
-listen = "127.0.0.1:0"
-data_dir = "{data_dir}"
-admin_token = "{ADMIN}"
-graph_timeout_ms = 5000
-send_backoff_ms = 1
-
-[[pages]]
-id = "{PAGE}"
-name = "Test page"
-routing = {{ mode = "conversation_routing", default_app = "{BOT}" }}
-apps = ["{BOT}", "{HUMAN}", "263902037430900"]
-
-[[apps]]
-id = "{BOT}"
-name = "Bot"
-kind = "bot"
-management = "managed"
-may_take_control = true
-app_secret = "{BOT_SECRET}"
-verify_token = "verify-bot"
-api_token = "baton-bot"
-graph_base_url = "{graph}"
-page_tokens = {{ "{PAGE}" = "page-token-bot" }}
-
-[[apps]]
-id = "{HUMAN}"
-name = "Human inbox"
-kind = "human"
-management = "managed"
-app_secret = "{HUMAN_SECRET}"
-verify_token = "verify-human"
-api_token = "baton-human"
-graph_base_url = "{graph}"
-page_tokens = {{ "{PAGE}" = "page-token-human" }}
-
-[[apps]]
-id = "263902037430900"
-name = "Page Inbox"
-kind = "human"
-management = "external"
-"#,
-        data_dir = data_dir.display()
-    )
+    test_support::BatonToml::new(graph)
+        .data_dir(data_dir)
+        .render()
 }
 
 /// A Graph API stand-in that accepts every send.
@@ -226,9 +180,8 @@ fn fixture() -> Fixture {
             attempts: 7,
             last_error: "HTTP 500 from the backend".into(),
         });
-        let enc = dead.encode();
         let appended = store
-            .append(vec![NewRecord::new(dead.stream_name(), enc.type_name, enc.schema_version, enc.payload)])
+            .append(vec![orchestration::encode(&dead)])
             .await
             .unwrap();
         let dead_letter = appended[0].position;

@@ -101,13 +101,7 @@ fn record(app: usize, id: u64) -> NewRecord {
         },
         raw: raw(&psid, id),
     });
-    let enc = e.encode();
-    NewRecord::new(
-        e.stream_name(),
-        enc.type_name,
-        enc.schema_version,
-        enc.payload,
-    )
+    orchestration::encode(&e)
 }
 
 /// Item ids: app 0 gets even ids, app 1 odd ones, so receipts never collide.

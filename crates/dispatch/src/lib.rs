@@ -29,7 +29,7 @@ use std::sync::Arc;
 use domain::events::{DispatchDeadLettered, DispatchRedriveRequested};
 use domain::ids::{AppId, Timestamp};
 use domain::Event;
-use event_log::{AppendError, EventStore, NewRecord, StorageError};
+use event_log::{AppendError, EventStore, StorageError};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -161,6 +161,15 @@ impl<S: EventStore + 'static> Dispatcher<S> {
     /// were last written; a restart resumes there). Refused while already
     /// running. Only one dispatcher may use a cursor directory at a time.
     pub async fn run(&self) -> Result<(), DispatchError> {
+        let never = orchestration::Trigger::new();
+        self.run_until(never.subscribe()).await
+    }
+
+    /// Delivers until `shutdown` fires (or the log closes): each backend's
+    /// worker then stops reading, lets the attempts in flight finish and
+    /// settle, and writes its cursor, so a restart re-delivers nothing its
+    /// backend acknowledged.
+    pub async fn run_until(&self, shutdown: orchestration::Shutdown) -> Result<(), DispatchError> {
         if self.running.swap(true, Ordering::SeqCst) {
             return Err(DispatchError::AlreadyRunning);
         }
@@ -176,6 +185,7 @@ impl<S: EventStore + 'static> Dispatcher<S> {
                 cursor_file: backend.cursor_file.clone(),
                 status: Arc::clone(&backend.status),
                 resume: backend.resume.clone(),
+                shutdown: shutdown.clone(),
             };
             let span = tracing::info_span!("dispatch", app = %backend.config.app);
             tasks.spawn(worker.run().instrument(span));
@@ -305,14 +315,11 @@ pub async fn request_redrive<S: EventStore>(
         at: now,
         by: by.to_owned(),
     });
-    let enc = event.encode();
-    let appended = store
-        .append(vec![NewRecord::new(
-            event.stream_name(),
-            enc.type_name,
-            enc.schema_version,
-            enc.payload,
-        )])
-        .await?;
+    let appended = orchestration::record::append(
+        store,
+        vec![orchestration::record::Planned::new(event)],
+        orchestration::OnBusy::Retry,
+    )
+    .await?;
     Ok(appended.first().map_or(0, |a| a.position))
 }

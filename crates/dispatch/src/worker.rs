@@ -12,7 +12,8 @@ use std::time::Duration;
 use domain::events::DispatchDeadLettered;
 use domain::ids::{AppId, Timestamp};
 use domain::Event;
-use event_log::{EventStore, NewRecord, StorageError};
+use event_log::{EventStore, StorageError};
+use orchestration::record::{OnBusy, Planned};
 use tokio::sync::watch;
 use tokio::task::{Id as TaskId, JoinSet};
 use tokio::time::Instant;
@@ -54,6 +55,8 @@ pub(crate) struct Worker<S> {
     pub status: Arc<watch::Sender<BackendStatus>>,
     /// Where reading resumes and which positions above it are settled.
     pub resume: CursorState,
+    /// Stop reading, drain and write the cursor when this fires.
+    pub shutdown: orchestration::Shutdown,
 }
 
 struct State {
@@ -101,7 +104,8 @@ impl State {
 }
 
 impl<S: EventStore + 'static> Worker<S> {
-    /// Runs until the log's subscription closes (the store was dropped).
+    /// Runs until the shutdown fires (then drains what is in flight and
+    /// writes the cursor) or the log's subscription closes.
     pub async fn run(self) {
         let app = self.backend.app.clone();
         let mut head = self.store.subscribe();
@@ -125,17 +129,23 @@ impl<S: EventStore + 'static> Worker<S> {
                 ..BackendStatus::default()
             },
         };
+        let mut stopping = false;
         loop {
-            // Mark the head seen before reading, so an append racing the read
-            // still wakes us.
-            head.borrow_and_update();
-            if let Err(e) = self.fill(&mut st).await {
-                tracing::error!(app = %app, error = %e, "dispatch cannot read the log; retrying on the next append");
+            if !stopping {
+                // Mark the head seen before reading, so an append racing the
+                // read still wakes us.
+                head.borrow_and_update();
+                if let Err(e) = self.fill(&mut st).await {
+                    tracing::error!(app = %app, error = %e, "dispatch cannot read the log; retrying on the next append");
+                }
+                self.fire_timers(&mut st);
+                self.launch(&mut st);
             }
-            self.fire_timers(&mut st);
-            self.launch(&mut st);
             self.maybe_flush(&mut st, false).await;
             self.publish(&st);
+            if stopping && st.in_flight.is_empty() {
+                break;
+            }
 
             let reading = st.pending.len() < self.config.max_pending;
             let next_timer = st.timers.peek().map(|Reverse((at, _, _))| *at);
@@ -146,8 +156,13 @@ impl<S: EventStore + 'static> Worker<S> {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            let mut shutdown = self.shutdown.clone();
             tokio::select! {
-                changed = head.changed(), if reading => {
+                () = shutdown.recv(), if !stopping => {
+                    tracing::info!(app = %app, in_flight = st.in_flight.len(), "dispatch draining: attempts in flight finish, then the cursor is written");
+                    stopping = true;
+                }
+                changed = head.changed(), if reading && !stopping => {
                     if changed.is_err() {
                         // The log is gone: the process is shutting down.
                         break;
@@ -167,7 +182,7 @@ impl<S: EventStore + 'static> Worker<S> {
                         }
                     }
                 }
-                () = sleep_until_opt(wake), if wake.is_some() => {}
+                () = sleep_until_opt(wake), if wake.is_some() && !stopping => {}
             }
         }
         self.maybe_flush(&mut st, true).await;
@@ -389,17 +404,11 @@ impl<S: EventStore + 'static> Worker<S> {
             attempts,
             last_error: error.to_owned(),
         });
-        let enc = event.encode();
         // Keyed by the obligation, so a restart that dead-letters the same
         // obligation again does not record it twice.
-        let record = NewRecord::new(
-            event.stream_name(),
-            enc.type_name,
-            enc.schema_version,
-            enc.payload,
-        )
-        .idempotency_key(format!("dispatch/{}/dead/{key}", self.backend.app));
-        self.store.append(vec![record]).await?;
+        let fact = Planned::new(event)
+            .idempotency_key(format!("dispatch/{}/dead/{key}", self.backend.app));
+        orchestration::record::append(self.store.as_ref(), vec![fact], OnBusy::Retry).await?;
         tracing::warn!(app = %self.backend.app, position = item.position, attempts, error, "dispatch dead-lettered an item");
         Ok(())
     }

@@ -477,3 +477,70 @@ async fn abort_mid_stream_and_restart_resumes_with_no_gap_and_no_reordering() {
     assert!(bot_dups < 150, "bot duplicates {bot_dups}");
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_drains_and_writes_the_cursor_so_a_restart_redelivers_nothing() {
+    let bot = Backend::start();
+    let inbox = Backend::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cursors = dir.path().join("cursors");
+    let store = Arc::new(SledStore::open(dir.path().join("log")).unwrap());
+    let make = || {
+        let mut cfg = config(
+            &[(BOT, &bot, BOT_SECRET), (INBOX, &inbox, INBOX_SECRET)],
+            &cursors,
+            Arc::new(ManualClock::starting_now()),
+        );
+        // Only the shutdown writes the cursor in this test.
+        cfg.cursor_flush_interval = Duration::from_secs(3600);
+        cfg
+    };
+    let events: Vec<Event> = (0..40)
+        .flat_map(|seq| {
+            let psid = format!("t{}", seq % 4);
+            [
+                copy(&psid, seq, BOT, Channel::Messaging),
+                copy(&psid, seq, INBOX, Channel::Standby),
+            ]
+        })
+        .collect();
+    append(store.as_ref(), &events).await;
+    let first = Arc::new(Dispatcher::new(Arc::clone(&store), make()).await.unwrap());
+    let trigger = orchestration::Trigger::new();
+    let task = {
+        let (d, signal) = (Arc::clone(&first), trigger.subscribe());
+        tokio::spawn(async move { d.run_until(signal).await })
+    };
+    bot.wait_until("every item", |b| b.delivered().len() >= 40)
+        .await;
+    inbox
+        .wait_until("every item", |b| b.delivered().len() >= 40)
+        .await;
+    trigger.fire();
+    task.await.unwrap().unwrap();
+    let status = first.app_status(&app(BOT)).unwrap();
+    assert!(!status.running, "the worker stopped");
+    assert_eq!(
+        status.cursor_stored, status.cursor,
+        "the stop wrote the cursor"
+    );
+
+    // A restart finds nothing left to deliver.
+    let second = Arc::new(Dispatcher::new(Arc::clone(&store), make()).await.unwrap());
+    let trigger = orchestration::Trigger::new();
+    let task = {
+        let (d, signal) = (Arc::clone(&second), trigger.subscribe());
+        tokio::spawn(async move { d.run_until(signal).await })
+    };
+    let head = store.head().await.unwrap().position;
+    wait_status(&second, BOT, "caught up", |s| s.read_position >= head).await;
+    wait_status(&second, INBOX, "caught up", |s| s.read_position >= head).await;
+    trigger.fire();
+    task.await.unwrap().unwrap();
+    assert_eq!(bot.delivered().len(), 40, "nothing redelivered to the bot");
+    assert_eq!(
+        inbox.delivered().len(),
+        40,
+        "nothing redelivered to the inbox"
+    );
+}

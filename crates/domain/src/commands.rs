@@ -85,6 +85,10 @@ pub struct SendMessage {
     /// The app's `Idempotency-Key`: a retry with the same key gets the first answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The Graph API version the app called (`v21.0`): the outbox calls Meta
+    /// with the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_version: Option<String>,
 }
 
 /// A command an app issues, as itself, on one thread.

@@ -606,6 +606,12 @@ pub struct SendAccepted {
     pub at: Timestamp,
     pub send: SendMessage,
     pub basis: SendBasis,
+    /// Whether the outbox records `SendAttempted` before each call (every
+    /// acceptance since the outbox worker). An acceptance without it (an older
+    /// log) may have been attempted already, so after a restart its outcome
+    /// is unknown rather than sent again.
+    #[serde(default)]
+    pub attempts_recorded: bool,
 }
 
 /// A command (send or thread control) refused before it reached Meta.
@@ -615,6 +621,30 @@ pub struct CommandRefused {
     pub at: Timestamp,
     pub command: Command,
     pub rejection: Rejection,
+}
+
+/// The outbox is about to call Meta with an accepted send (attempt 1, 2, …).
+/// Recorded before the call leaves, so after a crash Baton knows which sends
+/// never reached Meta (no attempt: send them) and which may have (an attempt
+/// without an answer: the outcome is unknown until the echo settles it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendAttempted {
+    pub thread: ThreadKey,
+    pub at: Timestamp,
+    pub send_id: CommandId,
+    pub attempt: u32,
+}
+
+/// Meta answered an attempt with an error that says nothing was sent (a rate
+/// limit or a temporary failure): the outbox tries again at `retry_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendRetryScheduled {
+    pub thread: ThreadKey,
+    pub at: Timestamp,
+    pub send_id: CommandId,
+    pub attempt: u32,
+    pub error: GraphError,
+    pub retry_at: Timestamp,
 }
 
 /// What Meta made of an accepted send.
@@ -855,6 +885,8 @@ event_schema! {
     SendAccepted = 1,
     CommandRefused = 1,
     SendOutcomeRecorded = 1,
+    SendAttempted = 1,
+    SendRetryScheduled = 1,
     OneTimeTokenIssued = 1,
     OneTimeTokenConsumed = 1,
     OneTimeTokenReleased = 1,
@@ -881,6 +913,8 @@ impl Event {
             Event::SendAccepted(e) => Some(&e.thread),
             Event::CommandRefused(e) => Some(&e.thread),
             Event::SendOutcomeRecorded(e) => Some(&e.thread),
+            Event::SendAttempted(e) => Some(&e.thread),
+            Event::SendRetryScheduled(e) => Some(&e.thread),
             Event::OneTimeTokenIssued(e) => Some(&e.thread),
             Event::OneTimeTokenConsumed(e) => Some(&e.thread),
             Event::OneTimeTokenReleased(e) => Some(&e.thread),

@@ -231,6 +231,18 @@ pub fn explain(event: &Event) -> String {
                 format!("send {} confirmed by its echo {mid}", e.send_id)
             }
         },
+        Event::SendAttempted(e) => {
+            format!("send {} handed to Meta (attempt {})", e.send_id, e.attempt)
+        }
+        Event::SendRetryScheduled(e) => format!(
+            "send {} not sent by Meta on attempt {} ({}{}: {}); tried again at {}",
+            e.send_id,
+            e.attempt,
+            e.error.code,
+            e.error.subcode.map(|s| format!("/{s}")).unwrap_or_default(),
+            e.error.message,
+            e.retry_at
+        ),
         Event::OneTimeTokenIssued(e) => format!(
             "one-time notification token issued, valid until {}",
             e.expires_at

@@ -221,6 +221,8 @@ impl ThreadLedger {
             | Event::SendAccepted(_)
             | Event::CommandRefused(_)
             | Event::SendOutcomeRecorded(_)
+            | Event::SendAttempted(_)
+            | Event::SendRetryScheduled(_)
             | Event::WebhookDeliveryReceived(_)
             | Event::UnattributedItemReceived(_)
             | Event::PolicyEnforcementReceived(_)

@@ -13,6 +13,7 @@
 pub mod commands;
 pub mod events;
 pub mod explain;
+pub mod graph;
 pub mod ids;
 pub mod ledger;
 pub mod page;

@@ -49,17 +49,45 @@ pub enum RejectionKind {
     InvalidDuration,
     /// A call that the page's routing mode does not offer.
     NotSupportedInMode,
-    /// A thread-control call on a thread nobody controls, where that makes no sense.
-    ThreadIdle,
 }
 
 impl RejectionKind {
+    /// Every kind, in declaration order.
+    pub const ALL: &'static [RejectionKind] = {
+        use RejectionKind::*;
+        &[
+            AppNotOnPage,
+            PageBlocked,
+            NotThreadOwner,
+            NotControlOwner,
+            OutsideWindow,
+            HumanAgentNotHuman,
+            RetiredTag,
+            UnknownTag,
+            TagNeedsPermission,
+            TagMismatch,
+            MessagingTypeRequired,
+            TokenUnknown,
+            TokenSpent,
+            TokenExpired,
+            TokenWrongPage,
+            TakeNotSupported,
+            TakeNotAllowed,
+            AlreadyOwner,
+            InvalidTarget,
+            InvalidDuration,
+            NotSupportedInMode,
+        ]
+    };
+
     /// Meta's `(code, error_subcode)` for this refusal: what Meta answers for the
     /// same request, so an SDK behind Baton sees what it would see without it.
     pub fn meta_code(self) -> (u32, Option<u32>) {
         use RejectionKind::*;
         match self {
-            AppNotOnPage => (200, None),
+            // Meta's answer to a call on a Page the caller has no access to:
+            // "object does not exist or you lack permission".
+            AppNotOnPage => (100, Some(33)),
             PageBlocked => (10, Some(1_893_063)),
             NotThreadOwner => (10, Some(2_018_300)),
             NotControlOwner => (100, Some(2_534_037)),
@@ -70,9 +98,7 @@ impl RejectionKind {
             TokenUnknown | TokenSpent | TokenExpired | TokenWrongPage => (100, None),
             TakeNotSupported => (27, None),
             TakeNotAllowed => (200, None),
-            AlreadyOwner | InvalidTarget | InvalidDuration | NotSupportedInMode | ThreadIdle => {
-                (100, None)
-            }
+            AlreadyOwner | InvalidTarget | InvalidDuration | NotSupportedInMode => (100, None),
         }
     }
 
@@ -101,7 +127,6 @@ impl RejectionKind {
             InvalidTarget => "invalid_target",
             InvalidDuration => "invalid_duration",
             NotSupportedInMode => "not_supported_in_mode",
-            ThreadIdle => "thread_idle",
         }
     }
 }
@@ -150,3 +175,44 @@ impl fmt::Display for Rejection {
 }
 
 impl std::error::Error for Rejection {}
+
+#[cfg(test)]
+mod tests {
+    use super::RejectionKind;
+
+    /// `ALL` lists every kind: a new variant fails to compile here until it
+    /// is given a place, and the test fails until it is in `ALL`.
+    #[test]
+    fn all_lists_every_kind() {
+        use RejectionKind::*;
+        let index = |k: RejectionKind| -> usize {
+            match k {
+                AppNotOnPage => 0,
+                PageBlocked => 1,
+                NotThreadOwner => 2,
+                NotControlOwner => 3,
+                OutsideWindow => 4,
+                HumanAgentNotHuman => 5,
+                RetiredTag => 6,
+                UnknownTag => 7,
+                TagNeedsPermission => 8,
+                TagMismatch => 9,
+                MessagingTypeRequired => 10,
+                TokenUnknown => 11,
+                TokenSpent => 12,
+                TokenExpired => 13,
+                TokenWrongPage => 14,
+                TakeNotSupported => 15,
+                TakeNotAllowed => 16,
+                AlreadyOwner => 17,
+                InvalidTarget => 18,
+                InvalidDuration => 19,
+                NotSupportedInMode => 20,
+            }
+        };
+        for (i, k) in RejectionKind::ALL.iter().enumerate() {
+            assert_eq!(index(*k), i, "{k:?}");
+        }
+        assert_eq!(RejectionKind::ALL.len(), 21);
+    }
+}

@@ -115,6 +115,7 @@ pub fn decide(
                     at: now,
                     send: send.clone(),
                     basis,
+                    attempts_recorded: true,
                 }
                 .into(),
             );
@@ -350,6 +351,14 @@ fn may_release(view: &ControlView, page: &Page, app: &AppId) -> Result<ControlRu
     match view {
         ControlView::Owner { app: owner } if owner == app => Ok(ControlRule::OwnerMayRelease),
         ControlView::Unknown => Ok(ControlRule::OwnerMayRelease),
+        // The legacy primary owns every thread nobody else holds: it is the
+        // current owner, so Meta lets it release (the thread stays idle).
+        ControlView::Idle
+            if matches!(page.mode, RoutingMode::HandoverV1 { .. })
+                && page.mode.idle_holder() == Some(app) =>
+        {
+            Ok(ControlRule::OwnerMayRelease)
+        }
         _ => Err(not_control_owner(view, page, app, "release_thread_control")),
     }
 }
@@ -418,6 +427,20 @@ fn check_send(
         }
         _ => {}
     }
+    // Then the tag (known, in force, allowed to this app) and the token
+    // recipient: a request Meta cannot carry out is refused as such, before
+    // anyone asks who controls the thread (Meta must resolve a token before it
+    // knows the thread at all).
+    let tag = match (send.messaging_type, send.tag.as_deref()) {
+        (Some(MessagingType::MessageTag), Some(tag)) => {
+            Some((tag, tag_use(page, &send.app, tag, now)?))
+        }
+        _ => None,
+    };
+    let token = match &send.recipient {
+        Recipient::OneTimeToken(token) => Some(token_basis(ledger, page, token, now)?),
+        Recipient::Psid(_) | Recipient::UserRef(_) => None,
+    };
 
     let view = control_at(ledger, page, now);
     let owner = owner_basis(&view, page, &send.app, &send.recipient)?;
@@ -432,7 +455,10 @@ fn check_send(
             }
         }
     }
-    let window = window_basis(ledger, page, send, now)?;
+    let window = match token {
+        Some(basis) => basis,
+        None => window_basis(ledger, send, tag, now)?,
+    };
     Ok(SendBasis {
         mode: page.mode.name().to_owned(),
         owner,
@@ -485,19 +511,49 @@ fn outside_window(ledger: &ThreadLedger, now: Timestamp) -> Rejection {
     Rejection::new(RejectionKind::OutsideWindow, reason)
 }
 
+/// The window part of a send whose tag and token were already checked.
 fn window_basis(
     ledger: &ThreadLedger,
-    page: &Page,
     send: &SendMessage,
+    tag: Option<(&str, TagUse)>,
     now: Timestamp,
 ) -> Result<WindowBasis, Rejection> {
-    match &send.recipient {
-        Recipient::OneTimeToken(token) => return token_basis(ledger, page, token, now),
-        Recipient::UserRef(_) => return Ok(WindowBasis::UserRef),
-        Recipient::Psid(_) => {}
+    if let Recipient::UserRef(_) = &send.recipient {
+        return Ok(WindowBasis::UserRef);
     }
-    if let (Some(MessagingType::MessageTag), Some(tag)) = (send.messaging_type, &send.tag) {
-        return tag_basis(ledger, page, &send.app, tag, now);
+    match tag {
+        Some((_, TagUse::HumanAgent)) => {
+            let Some(last) = ledger.last_user_action else {
+                return Err(outside_window(ledger, now));
+            };
+            let closes_at = last.plus(HUMAN_AGENT_WINDOW);
+            if now >= closes_at {
+                return Err(Rejection::new(
+                    RejectionKind::OutsideWindow,
+                    format!("HUMAN_AGENT allows 7 days after the person's last message ({last}); that closed at {closes_at}"),
+                ));
+            }
+            return Ok(WindowBasis::HumanAgent {
+                last_user_action_at: last,
+                closes_at,
+            });
+        }
+        Some((tag, _)) => {
+            // An update tag still in force: outside the window, but only
+            // toward a person who started a conversation.
+            if ledger.last_user_action.is_none() {
+                return Err(outside_window(ledger, now));
+            }
+            let valid_until = policy::TAG_TABLE
+                .iter()
+                .find(|e| e.name == tag)
+                .and_then(|e| e.retired_at);
+            return Ok(WindowBasis::MessageTag {
+                tag: tag.to_owned(),
+                valid_until,
+            });
+        }
+        None => {}
     }
     match ledger.window {
         Some(w) if now < w.closes_at => Ok(WindowBasis::StandardWindow {
@@ -509,13 +565,9 @@ fn window_basis(
     }
 }
 
-fn tag_basis(
-    ledger: &ThreadLedger,
-    page: &Page,
-    app: &AppId,
-    tag: &str,
-    now: Timestamp,
-) -> Result<WindowBasis, Rejection> {
+/// What a tag allows this app at `now`, or why Meta refuses it (unknown,
+/// retired, a permission the page or app lacks). Window checks come later.
+fn tag_use(page: &Page, app: &AppId, tag: &str, now: Timestamp) -> Result<TagUse, Rejection> {
     match policy::tag_status(tag, now) {
         TagStatus::Unknown => Err(Rejection::new(
             RejectionKind::UnknownTag,
@@ -534,41 +586,15 @@ fn tag_basis(
             format!("tag {tag} is not confirmed by Meta's current documentation; Baton does not send it"),
         )),
         TagStatus::InForce(TagUse::HumanAgent) => {
-            let kind = page.app(app).map(|p| p.kind);
-            if kind != Some(AppKind::Human) {
+            if page.app(app).map(|p| p.kind) != Some(AppKind::Human) {
                 return Err(Rejection::new(
                     RejectionKind::HumanAgentNotHuman,
                     format!("the HUMAN_AGENT tag is for human agents only; app {app} is a bot app"),
                 ));
             }
-            let Some(last) = ledger.last_user_action else {
-                return Err(outside_window(ledger, now));
-            };
-            let closes_at = last.plus(HUMAN_AGENT_WINDOW);
-            if now >= closes_at {
-                return Err(Rejection::new(
-                    RejectionKind::OutsideWindow,
-                    format!("HUMAN_AGENT allows 7 days after the person's last message ({last}); that closed at {closes_at}"),
-                ));
-            }
-            Ok(WindowBasis::HumanAgent {
-                last_user_action_at: last,
-                closes_at,
-            })
+            Ok(TagUse::HumanAgent)
         }
-        TagStatus::InForce(TagUse::OutsideWindow) => {
-            if ledger.last_user_action.is_none() {
-                return Err(outside_window(ledger, now));
-            }
-            let valid_until = policy::TAG_TABLE
-                .iter()
-                .find(|e| e.name == tag)
-                .and_then(|e| e.retired_at);
-            Ok(WindowBasis::MessageTag {
-                tag: tag.to_owned(),
-                valid_until,
-            })
-        }
+        TagStatus::InForce(use_ @ TagUse::OutsideWindow) => Ok(use_),
     }
 }
 
@@ -616,10 +642,7 @@ fn token_basis(
 
 /// Errors by which Meta says the caller does not control the thread.
 pub fn is_not_owner_error(error: &GraphError) -> bool {
-    matches!(
-        (error.code, error.subcode),
-        (10, Some(2_018_300)) | (100, Some(2_534_037))
-    )
+    crate::graph::classify(error) == crate::graph::AnswerClass::NotOwner
 }
 
 /// Meta's answer to a forwarded thread-control call (one `decide` accepted):
@@ -911,7 +934,7 @@ pub fn observe(
                     &delivery,
                     &event,
                     &dedupe_key,
-                    window.is_some(),
+                    window.is_some() && enters_thread(&event),
                     at,
                     now,
                 )
@@ -1000,6 +1023,22 @@ pub fn observe(
         }
     }
     events
+}
+
+/// Whether a user action enters the thread, so that Conversation Routing
+/// hands an idle thread to an app: a message (quick replies included), a
+/// postback (Get Started) or a referral. A reaction or a plugin opt-in opens
+/// the window but leaves an idle thread idle (reference §1.3: idle means "no
+/// user→business message in the last 24 h"; routing happens "when a user
+/// enters an idle thread or taps Get Started").
+fn enters_thread(event: &InboundEvent) -> bool {
+    matches!(
+        event,
+        InboundEvent::Message { .. }
+            | InboundEvent::QuickReply { .. }
+            | InboundEvent::Postback { .. }
+            | InboundEvent::Referral { .. }
+    )
 }
 
 /// What the channel an app received an item on says about ownership.

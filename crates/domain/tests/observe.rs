@@ -249,3 +249,32 @@ fn an_echo_sent_before_the_last_control_change_is_no_drift() {
     let s = s.record(events);
     assert_eq!(s.owner_at(hours(3)), ControlView::Idle);
 }
+
+#[test]
+fn cr_a_reaction_or_a_plugin_optin_opens_the_window_but_leaves_an_idle_thread_idle() {
+    use domain::events::{InboundEvent, Optin};
+    let reaction = InboundEvent::Reaction {
+        mid: "m0".into(),
+        action: "react".into(),
+        reaction: Some("love".into()),
+    };
+    let optin = InboundEvent::Optin {
+        optin: Optin::Plugin {
+            reference: Some("landing".into()),
+            user_ref: None,
+        },
+    };
+    for event in [reaction, optin] {
+        let s = Scenario::given(cr()).item(T0, bot(), Channel::Messaging, event.clone());
+        assert_eq!(
+            type_names(&s.history),
+            ["MessagingEventReceived"],
+            "{event:?} routes nothing"
+        );
+        assert_eq!(s.owner_at(T0), ControlView::Idle, "{event:?}");
+        assert!(
+            s.ledger.window.is_some_and(|w| w.closes_at > T0),
+            "{event:?} opens the window"
+        );
+    }
+}

@@ -198,6 +198,7 @@ fn command(kind: u8, app: &AppId, target: Option<AppId>, extra: u16) -> Command 
                 thread_control,
                 payload: serde_json::Value::Null,
                 idempotency_key: None,
+                graph_version: None,
             })
         }
     }

@@ -137,14 +137,14 @@ fn app_not_on_page_refused() {
         assert_refused(
             s.when(&reply(stranger()), hours(1)),
             RejectionKind::AppNotOnPage,
-            200,
-            None,
+            100,
+            Some(33),
         );
         assert_refused(
             s.when(&take(stranger()), hours(1)),
             RejectionKind::AppNotOnPage,
-            200,
-            None,
+            100,
+            Some(33),
         );
     }
 }
@@ -588,6 +588,43 @@ fn otn_token_send_still_needs_ownership() {
         RejectionKind::NotThreadOwner,
         10,
         Some(2_018_300),
+    );
+}
+
+#[test]
+fn tag_and_token_problems_are_refused_before_ownership() {
+    // The human app owns the thread; the others' requests are malformed in
+    // ways Meta refuses whoever controls the thread.
+    let s = with_token(cr()).passed_to(hours(2), human());
+    assert_refused(
+        s.when(&tagged(bot(), "HUMAN_AGENT"), hours(3)),
+        RejectionKind::HumanAgentNotHuman,
+        10,
+        None,
+    );
+    assert_refused(
+        s.when(&tagged(other(), "ACCOUNT_UPDATE"), hours(3)),
+        RejectionKind::RetiredTag,
+        100,
+        None,
+    );
+    assert_refused(
+        s.when(&tagged(other(), "NON_PROMOTIONAL_SUBSCRIPTION"), hours(3)),
+        RejectionKind::TagNeedsPermission,
+        10,
+        Some(2_018_065),
+    );
+    assert_refused(
+        s.when(&token_send(other(), "tok-404"), hours(3)),
+        RejectionKind::TokenUnknown,
+        100,
+        None,
+    );
+    assert_refused(
+        s.when(&token_send(bot(), "tok-1"), hours(24 * 366)),
+        RejectionKind::TokenExpired,
+        100,
+        None,
     );
 }
 

@@ -34,6 +34,7 @@ fn sample_send() -> SendMessage {
         thread_control: Some(InlineControl::Release),
         payload: json!({"message": {"text": "We are on it"}, "messaging_type": "MESSAGE_TAG", "tag": "HUMAN_AGENT"}),
         idempotency_key: None,
+        graph_version: None,
     }
 }
 
@@ -215,6 +216,7 @@ fn samples() -> Vec<Event> {
                     closes_at: hours(168),
                 },
             },
+            attempts_recorded: true,
         }
         .into(),
         CommandRefused {
@@ -236,6 +238,28 @@ fn samples() -> Vec<Event> {
                 message_id: "m_abc".into(),
                 recipient_id: Some("user-1".into()),
             },
+        }
+        .into(),
+        SendAttempted {
+            thread: t.clone(),
+            at: T0,
+            send_id: cid("send-1"),
+            attempt: 1,
+        }
+        .into(),
+        SendRetryScheduled {
+            thread: t.clone(),
+            at: T0,
+            send_id: cid("send-1"),
+            attempt: 1,
+            error: GraphError {
+                code: 613,
+                subcode: None,
+                message: "(#613) Calls to this api have exceeded the rate limit.".into(),
+                fbtrace_id: Some("A1b2".into()),
+                is_transient: false,
+            },
+            retry_at: hours(1),
         }
         .into(),
         OneTimeTokenIssued {

@@ -341,6 +341,23 @@ fn release_by_a_non_owner_refused() {
 }
 
 #[test]
+fn hop_primary_may_release_the_thread_it_holds_by_default() {
+    // Legacy: the primary owns every thread no secondary holds, so it is the
+    // current owner; the thread stays with it (idle) and no fact is recorded.
+    let s = Scenario::given(hop()).user_message(T0);
+    let events = assert_accepted(s.when(&release(bot()), hours(1)));
+    assert_eq!(rule(&events), ControlRule::OwnerMayRelease);
+    let s = s.done(release(bot()), hours(1));
+    assert_eq!(s.owner_at(hours(1)), ControlView::Idle);
+    assert_refused(
+        s.when(&release(human()), hours(2)),
+        RejectionKind::NotControlOwner,
+        100,
+        Some(2_534_037),
+    );
+}
+
+#[test]
 fn hop_release_by_secondary_returns_to_primary() {
     let s = Scenario::given(hop())
         .user_message(T0)

@@ -89,6 +89,16 @@ pub struct InboxText {
     pub text: Option<String>,
 }
 
+/// Meta's policy enforcement acts on a page (`messaging_policy_enforcement`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PolicyEnforcement {
+    /// `block` (the page may not send until `unblock`), `unblock` or `warning`.
+    pub action: String,
+    /// Why; Meta sends none on `unblock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// Forcibly set a thread's owner (no webhooks).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SetOwner {

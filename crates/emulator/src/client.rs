@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 
 use crate::api::{
     ActionResult, BatchResult, CallRecord, ClockView, DeliveryAttempt, FaultSpec, FaultView,
-    InboxText, Referral, SetOwner, ThreadView, UserMessage, UserOtnOptin, UserPostback,
-    UserReaction, UserReceipt,
+    InboxText, PolicyEnforcement, Referral, SetOwner, ThreadView, UserMessage, UserOtnOptin,
+    UserPostback, UserReaction, UserReceipt,
 };
 use crate::world::{AppConfig, PageConfig};
 
@@ -240,6 +240,24 @@ impl ControlClient {
     /// The human marks the thread done.
     pub async fn inbox_done(&self, page: &str, psid: &str) -> Result<ActionResult, ClientError> {
         self.post(&format!("/pages/{page}/inbox/{psid}/done"), &json!({}))
+            .await
+    }
+
+    // ----- pages -----
+
+    /// Meta's policy enforcement blocks, unblocks or warns the page; apps
+    /// subscribed to `messaging_policy_enforcement` get the webhook.
+    pub async fn policy_enforcement(
+        &self,
+        page: &str,
+        action: &str,
+        reason: Option<&str>,
+    ) -> Result<ActionResult, ClientError> {
+        let body = PolicyEnforcement {
+            action: action.to_string(),
+            reason: reason.map(str::to_string),
+        };
+        self.post(&format!("/pages/{page}/policy_enforcement"), &body)
             .await
     }
 

@@ -30,6 +30,8 @@ const RETIRED_2026_TAGS: &[&str] = &[
     "POST_PURCHASE_UPDATE",
     "ACCOUNT_UPDATE",
 ];
+/// The News Messaging tag: no emulated page has that permission (10/2018065).
+const NEWS_TAG: &str = "NON_PROMOTIONAL_SUBSCRIPTION";
 
 /// Which array of a webhook entry an item goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +112,11 @@ impl GraphError {
     }
 }
 
+/// A take or request by the app that already holds the thread (100).
+fn already_owner() -> GraphError {
+    GraphError::param("The calling app already controls this thread")
+}
+
 /// Why a control API call failed.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum ControlError {
@@ -148,7 +155,6 @@ struct Thread {
     expires_at_ms: Option<i64>,
     last_user_action_ms: Option<i64>,
     ads_window_until_ms: Option<i64>,
-    user_messages: u64,
     transcript: Vec<TranscriptLine>,
 }
 
@@ -236,6 +242,8 @@ pub(crate) struct Engine {
     threads: BTreeMap<(String, String), Thread>,
     otn: BTreeMap<String, OtnToken>,
     user_refs: BTreeMap<(String, String), UserRef>,
+    /// Pages Meta's policy enforcement blocked from sending, with the reason.
+    blocked: BTreeMap<String, Option<String>>,
     now_ms: i64,
     seq: u64,
     calls: Vec<CallRecord>,
@@ -327,6 +335,7 @@ impl Engine {
             threads: BTreeMap::new(),
             otn: BTreeMap::new(),
             user_refs: BTreeMap::new(),
+            blocked: BTreeMap::new(),
             now_ms: world.epoch_ms,
             seq: 0,
             calls: Vec::new(),
@@ -831,8 +840,13 @@ impl Engine {
                 )),
                 Routing::ConversationRouting { .. } | Routing::ZeroConfig => {
                     let may_take = self.apps.get(caller).is_some_and(|a| a.may_take);
-                    if th.owner.as_deref().is_some_and(|o| o != caller) && !may_take && !forced {
-                        return Err(GraphError::param(
+                    if th.owner.as_deref() == Some(caller) && !forced {
+                        return Err(already_owner());
+                    }
+                    if th.owner.is_some() && !may_take && !forced {
+                        return Err(GraphError::new(
+                            200,
+                            None,
                             "This app is not allowed to take control of this conversation",
                         ));
                     }
@@ -843,11 +857,16 @@ impl Engine {
                 }
                 Routing::HandoverV1 { primary, .. } => {
                     if caller != primary && !forced {
-                        return Err(GraphError::param(
+                        return Err(GraphError::new(
+                            200,
+                            None,
                             "Only the primary receiver can take thread control",
                         ));
                     }
                     let previous = th.owner.clone().unwrap_or_else(|| primary.clone());
+                    if previous == caller && !forced {
+                        return Err(already_owner());
+                    }
                     th.owner = (caller != primary).then(|| caller.to_string());
                     th.expires_at_ms = None;
                     Some(previous)
@@ -877,6 +896,7 @@ impl Engine {
                 th.owner.clone().unwrap_or_else(|| default_app.clone())
             }
             Routing::ZeroConfig => match &th.owner {
+                Some(o) if o == caller => return Err(already_owner()),
                 Some(o) => o.clone(),
                 None => {
                     // Zero-config: the first app to request an idle thread gets it.
@@ -891,11 +911,16 @@ impl Engine {
                         "The primary receiver cannot request thread control",
                     ));
                 }
+                if th.owner.as_deref() == Some(caller) {
+                    return Err(already_owner());
+                }
                 primary.clone()
             }
         };
+        // Asking for what one already holds (the owner, or the default app of
+        // an idle thread) is refused rather than sent to oneself.
         if to == caller {
-            return Ok(Vec::new());
+            return Err(already_owner());
         }
         Ok(vec![Notice::Request {
             to,
@@ -939,12 +964,10 @@ impl Engine {
             ));
         }
         match &page.routing {
-            Routing::HandoverV1 { primary, .. } => {
-                if th.owner.clone().unwrap_or_else(|| primary.clone()) != caller {
-                    return Err(GraphError::not_owner());
-                }
-                Ok(())
-            }
+            // Legacy control never lapses: there is nothing to extend.
+            Routing::HandoverV1 { .. } => Err(GraphError::param(
+                "extend_thread_control is not supported for this page: Handover Protocol v1 control does not expire",
+            )),
             _ => {
                 if th.owner.as_deref() != Some(caller) {
                     return Err(GraphError::not_owner());
@@ -1266,6 +1289,17 @@ impl Engine {
 
     fn send(&mut self, app: &str, page: &PageConfig, p: &Map<String, Value>) -> Answer {
         let now = self.now_ms;
+        // Checks run in one order: the page, the request's own parameters
+        // (type, tag, the tag's permission), the recipient (Meta must resolve
+        // it before it knows the thread), then the thread (owner, inline
+        // control, window). Baton's domain keeps the same order.
+        if self.blocked.contains_key(&page.id) {
+            return Err(GraphError::new(
+                10,
+                Some(1_893_063),
+                "This Page is temporarily restricted from sending messages (policy enforcement)",
+            ));
+        }
         let recipient = param_obj(p, "recipient")
             .ok_or_else(|| GraphError::param("param recipient must be non-empty."))?;
         let message = param_obj(p, "message");
@@ -1286,19 +1320,43 @@ impl Engine {
             }
             _ => {}
         }
-        let messaging_type = param_str(p, "messaging_type")
-            .unwrap_or_else(|| "RESPONSE".into())
-            .to_uppercase();
-        if !["RESPONSE", "UPDATE", "MESSAGE_TAG", "UTILITY"].contains(&messaging_type.as_str()) {
-            return Err(GraphError::param("param messaging_type is invalid"));
+        // Enum values are matched exactly, as Meta documents them (upper case).
+        let messaging_type = param_str(p, "messaging_type");
+        if let Some(t) = &messaging_type {
+            if !["RESPONSE", "UPDATE", "MESSAGE_TAG", "UTILITY"].contains(&t.as_str()) {
+                return Err(GraphError::param("param messaging_type is invalid"));
+            }
         }
-        let tag = param_str(p, "tag").map(|t| t.to_uppercase());
-        if messaging_type == "MESSAGE_TAG" && tag.is_none() {
-            return Err(GraphError::param(
-                "param tag is required when messaging_type is MESSAGE_TAG",
-            ));
+        let tag = param_str(p, "tag");
+        let to_token = recipient.contains_key("one_time_notif_token");
+        match (messaging_type.as_deref(), &tag) {
+            (Some("MESSAGE_TAG"), None) => {
+                return Err(GraphError::param(
+                    "param tag is required when messaging_type is MESSAGE_TAG",
+                ))
+            }
+            (_, Some(t)) if messaging_type.as_deref() != Some("MESSAGE_TAG") => {
+                return Err(GraphError::param(&format!(
+                    "param tag {t} requires messaging_type MESSAGE_TAG"
+                )))
+            }
+            // Meta's docs make messaging_type required on messages. The One-Time
+            // Notification docs send to a token without one, so that stays allowed.
+            (None, None) if message.is_some() && !to_token => {
+                return Err(GraphError::param(
+                    "param messaging_type is required (RESPONSE, UPDATE or MESSAGE_TAG)",
+                ))
+            }
+            _ => {}
         }
         if let Some(t) = &tag {
+            if t == NEWS_TAG {
+                return Err(GraphError::new(
+                    10,
+                    Some(2_018_065),
+                    "The NON_PROMOTIONAL_SUBSCRIPTION tag needs the News Messaging permission, which this Page does not have",
+                ));
+            }
             let legacy_ok = RETIRED_2026_TAGS.contains(&t.as_str()) && now < TAGS_RETIRED_MS;
             if t != "HUMAN_AGENT" && !legacy_ok {
                 return Err(GraphError::param(&format!(
@@ -1306,11 +1364,11 @@ impl Engine {
                 )));
             }
         }
-        let tagged = messaging_type == "MESSAGE_TAG";
-        let human_agent = tagged && tag.as_deref() == Some("HUMAN_AGENT");
+        let tagged = tag.is_some();
+        let human_agent = tag.as_deref() == Some("HUMAN_AGENT");
         if human_agent && !self.apps.get(app).is_some_and(|a| a.human_agent) {
             return Err(GraphError::new(
-                200,
+                10,
                 None,
                 "The HUMAN_AGENT tag requires the Human Agent feature for this app",
             ));
@@ -1363,27 +1421,12 @@ impl Engine {
                 "This message is being sent by an app that does not control this thread: another app is controlling this thread",
             ));
         }
-        if matches!(kind, Kind::Psid) {
-            let open = if human_agent {
-                th.last_user_action_ms
-                    .is_some_and(|t| now - t < HUMAN_AGENT_MS)
-            } else {
-                th.window_open(now) || (tagged && sender_action.is_none())
-            };
-            if !open {
-                return Err(GraphError::new(
-                    10,
-                    Some(2_018_278),
-                    "This message is sent outside of allowed window.",
-                ));
-            }
-        }
-        if sender_action.is_some() {
-            return Ok((json!({"recipient_id": psid}), Vec::new()));
-        }
-        let message = message.unwrap_or_default();
-        // Validate inline control before anything is sent.
-        let control = param_obj(p, "thread_control");
+        // Validate inline control before the window: a malformed hand-over is
+        // refused as such, whatever the window.
+        let control = match sender_action {
+            Some(_) => None,
+            None => param_obj(p, "thread_control"),
+        };
         let mut after = th.clone();
         let mut notices = Vec::new();
         if let Some(c) = &control {
@@ -1400,6 +1443,29 @@ impl Engine {
                 }
             }
         }
+        if matches!(kind, Kind::Psid) {
+            let open = if human_agent {
+                th.last_user_action_ms
+                    .is_some_and(|t| now - t < HUMAN_AGENT_MS)
+            } else if tagged {
+                // A (not yet retired) update tag works outside the window, but
+                // only toward a person who started a conversation.
+                th.last_user_action_ms.is_some()
+            } else {
+                th.window_open(now)
+            };
+            if !open {
+                return Err(GraphError::new(
+                    10,
+                    Some(2_018_278),
+                    "This message is sent outside of allowed window.",
+                ));
+            }
+        }
+        if sender_action.is_some() {
+            return Ok((json!({"recipient_id": psid}), Vec::new()));
+        }
+        let message = message.unwrap_or_default();
         match &kind {
             Kind::Otn(t) => {
                 if let Some(tok) = self.otn.get_mut(t) {
@@ -1467,9 +1533,13 @@ impl Engine {
 
     // ----- user actions (control API) -------------------------------------
 
-    /// A qualifying user action: refreshes the window and, for actions that
-    /// enter the thread, hands an idle Conversation Routing thread to the
-    /// default app (or the app of the m.me link rule).
+    /// A qualifying user action (one that opens the window): refreshes the
+    /// window and, for an action that enters the thread (a message, a
+    /// postback such as Get Started, a referral), hands an idle Conversation
+    /// Routing thread to the default app (or the app of the m.me link rule).
+    /// A reaction or a plugin opt-in keeps an idle thread idle: the reference
+    /// defines idle as "no user→business message in the last 24 h" and routes
+    /// "when a user enters an idle thread or taps Get Started".
     fn user_activity(
         &self,
         page: &PageConfig,
@@ -1528,12 +1598,12 @@ impl Engine {
         let mut th = self.thread_mut(page_id, psid).clone();
         let link_ref = m.referral.as_ref().and_then(|r| r.ref_.clone());
         self.user_activity(&page, &mut th, true, link_ref.as_deref());
-        if th.user_messages == 0
-            && m.referral.as_ref().and_then(|r| r.source.as_deref()) == Some("ADS")
-        {
-            th.ads_window_until_ms = Some(now + 7 * DAY_MS);
+        // The message that follows a Click-to-Messenger ad click carries the
+        // ad's referral: it opens up to 7 days (a wider window never shrinks).
+        if m.referral.as_ref().and_then(|r| r.source.as_deref()) == Some("ADS") {
+            let until = now + 7 * DAY_MS;
+            th.ads_window_until_ms = Some(th.ads_window_until_ms.map_or(until, |u| u.max(until)));
         }
-        th.user_messages += 1;
         let mut msg = json!({"mid": mid});
         if let Some(t) = &m.text {
             msg["text"] = json!(t);
@@ -1695,6 +1765,58 @@ impl Engine {
         };
         let item = self.user_item(&page, psid, key, body);
         Ok(self.route(&page, &th, key, item))
+    }
+
+    // ----- policy enforcement ------------------------------------------------
+
+    /// Meta's policy enforcement acts on the page: `block` refuses every send
+    /// (messages and sender actions) with 10/1893063 until `unblock`;
+    /// thread-control calls are not affected. Apps subscribed to
+    /// `messaging_policy_enforcement` get the webhook.
+    pub(crate) fn policy_enforcement(
+        &mut self,
+        page_id: &str,
+        action: &str,
+        reason: Option<String>,
+    ) -> Result<Vec<Planned>, ControlError> {
+        let page = self.page(page_id)?;
+        match action {
+            "block" => {
+                self.blocked.insert(page.id.clone(), reason.clone());
+            }
+            "unblock" => {
+                self.blocked.remove(&page.id);
+            }
+            "warning" => {}
+            other => {
+                return Err(ControlError::BadRequest(format!(
+                    "action must be block, unblock or warning, not {other}"
+                )))
+            }
+        }
+        let mut body = json!({ "action": action });
+        if let (Some(r), false) = (&reason, action == "unblock") {
+            body["reason"] = json!(r);
+        }
+        let item = json!({
+            "recipient": {"id": page.id},
+            "timestamp": self.now_ms,
+            "policy_enforcement": body,
+        });
+        Ok(self
+            .connected(&page.id)
+            .into_iter()
+            .filter(|app| {
+                self.has_callback(app)
+                    && self.subscribed(&page.id, app, "messaging_policy_enforcement")
+            })
+            .map(|app| Planned {
+                app_id: app,
+                page_id: page.id.clone(),
+                channel: Channel::Messaging,
+                item: item.clone(),
+            })
+            .collect())
     }
 
     // ----- Page Inbox ----------------------------------------------------------

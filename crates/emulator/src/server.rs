@@ -21,8 +21,8 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api::{
-    ActionResult, BatchResult, DeliveryResult, FaultSpec, InboxText, Referral, SetOwner,
-    UserMessage, UserOtnOptin, UserPostback, UserReaction, UserReceipt,
+    ActionResult, BatchResult, DeliveryResult, FaultSpec, InboxText, PolicyEnforcement, Referral,
+    SetOwner, UserMessage, UserOtnOptin, UserPostback, UserReaction, UserReceipt,
 };
 use crate::client::ControlClient;
 use crate::delivery::{self, Delivery, Job};
@@ -216,6 +216,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
             .route("/logs", web::delete().to(clear_calls))
             .route("/batch/begin", web::post().to(batch_begin))
             .route("/batch/flush", web::post().to(batch_flush))
+            .route(
+                "/pages/{page}/policy_enforcement",
+                web::post().to(policy_enforcement),
+            )
             .route("/pages/{page}/threads/{psid}", web::get().to(get_thread))
             .route(
                 "/pages/{page}/threads/{psid}/owner",
@@ -452,6 +456,24 @@ async fn batch_flush(data: Data) -> HttpResponse {
     HttpResponse::Ok().json(BatchResult {
         deliveries: results(rx).await,
     })
+}
+
+async fn policy_enforcement(
+    data: Data,
+    path: web::Path<String>,
+    body: web::Json<PolicyEnforcement>,
+) -> HttpResponse {
+    let page = path.into_inner();
+    let body = body.into_inner();
+    let outcome: Result<(ActionResult, Pending), HttpResponse> = (|| {
+        let mut eng = data.lock();
+        let planned = eng
+            .policy_enforcement(&page, &body.action, body.reason)
+            .map_err(control_error)?;
+        let rx = data.enqueue(&mut eng, planned, true);
+        Ok((ActionResult::default(), rx))
+    })();
+    finish(outcome).await
 }
 
 async fn get_thread(data: Data, path: web::Path<(String, String)>) -> HttpResponse {

@@ -173,8 +173,8 @@ async fn window_tags_and_human_agent() {
             .await
         }
     };
-    // The bot lacks the Human Agent feature.
-    assert_eq!(code(&human(BOT_TOKEN).await.1).0, 200);
+    // The bot lacks the Human Agent feature: 10, as Baton's domain answers.
+    assert_eq!(code(&human(BOT_TOKEN).await.1), (10, None));
     // Give the thread to the CRM (human agent app): it may use HUMAN_AGENT within 7 days.
     let (s, b) = f
         .post(
@@ -312,9 +312,10 @@ async fn conversation_routing_thread_control() {
         .await;
     assert_eq!(b, json!({"data": []}));
 
-    // Take: refused for an app without the toggle, allowed for one with it.
+    // Take: refused for an app without the toggle (200, a permission), allowed
+    // for one with it.
     let (_, b) = f.post(BOT_TOKEN, "take_thread_control", rcp.clone()).await;
-    assert_eq!(code(&b).0, 100);
+    assert_eq!(code(&b), (200, None));
     let (s, _) = f
         .post(
             "tok-333",
@@ -433,7 +434,7 @@ async fn conversation_routing_thread_control() {
         .post(
             CRM_TOKEN,
             "messages",
-            json!({"recipient": {"id": USER}, "message": {"text": "bye"},
+            json!({"recipient": {"id": USER}, "messaging_type": "RESPONSE", "message": {"text": "bye"},
               "thread_control": {"control_type": "pass"}}),
         )
         .await;
@@ -531,14 +532,14 @@ async fn handover_v1_rules() {
         (10, Some(2018300))
     );
     let rcp = json!({"recipient": {"id": USER}});
+    // Only the primary may take: a secondary lacks the permission (200).
     assert_eq!(
         code(
             &f.post(CRM_TOKEN, "take_thread_control", rcp.clone())
                 .await
                 .1
-        )
-        .0,
-        100
+        ),
+        (200, None)
     );
     assert_eq!(
         code(
@@ -621,7 +622,7 @@ async fn tokens_pages_and_parameter_forms() {
             "{}/2002/messages?access_token={BOT_TOKEN}",
             f.emu.graph_url()
         ))
-        .json(&json!({"recipient": {"id": USER}, "message": {"text": "x"}}))
+        .json(&json!({"recipient": {"id": USER}, "messaging_type": "RESPONSE", "message": {"text": "x"}}))
         .send()
         .await
         .unwrap();
@@ -645,7 +646,7 @@ async fn tokens_pages_and_parameter_forms() {
         .post(
             BOT_TOKEN,
             "messages",
-            json!({"recipient": {"id": "404"}, "message": {"text": "x"}}),
+            json!({"recipient": {"id": "404"}, "messaging_type": "RESPONSE", "message": {"text": "x"}}),
         )
         .await;
     assert_eq!(code(&b), (100, Some(2018001)));
@@ -773,7 +774,7 @@ async fn graph_faults_happen_and_clear() {
         let url = format!("{}/me/messages?access_token={BOT_TOKEN}", f.emu.graph_url());
         async move {
             http.post(url)
-                .json(&json!({"recipient": {"id": USER}, "message": {"text": "slow"}}))
+                .json(&json!({"recipient": {"id": USER}, "messaging_type": "RESPONSE", "message": {"text": "slow"}}))
                 .send()
                 .await
                 .unwrap()
@@ -932,8 +933,194 @@ async fn referral_link_routing_and_ads_window() {
         .post(
             BOT_TOKEN,
             "messages",
-            json!({"recipient": {"id": "9003"}, "message": {"text": "still ok"}}),
+            json!({"recipient": {"id": "9003"}, "messaging_type": "RESPONSE", "message": {"text": "still ok"}}),
         )
         .await;
     assert_eq!(s, 200, "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_enforcement_blocks_sends_until_unblocked() {
+    let f = Fixture::with(|w, bot, crm| {
+        w.with_page(PageConfig::conversation_routing(PAGE, BOT))
+            .with_app(bot.with_fields(&["messages", "messaging_policy_enforcement"]))
+            .with_app(crm)
+    });
+    let c = f.emu.control();
+    c.user_text(PAGE, USER, "hi").await.unwrap();
+    let r = c
+        .policy_enforcement(PAGE, "block", Some("spam"))
+        .await
+        .unwrap();
+    // Only the app subscribed to messaging_policy_enforcement is told.
+    assert_eq!(r.deliveries.len(), 1, "{r:?}");
+    let notice = f.bot.items_with("policy_enforcement");
+    assert_eq!(notice.len(), 1);
+    assert_eq!(
+        notice[0].1["policy_enforcement"],
+        json!({"action": "block", "reason": "spam"})
+    );
+    assert_eq!(notice[0].1["recipient"]["id"], PAGE);
+    assert!(f.crm.items_with("policy_enforcement").is_empty());
+    // Messages and sender actions are refused; thread control still works.
+    assert_eq!(
+        code(&f.send_text(BOT_TOKEN, "x").await.1),
+        (10, Some(1893063))
+    );
+    let (_, b) = f
+        .post(
+            BOT_TOKEN,
+            "messages",
+            json!({"recipient": {"id": USER}, "sender_action": "typing_on"}),
+        )
+        .await;
+    assert_eq!(code(&b), (10, Some(1893063)));
+    let (s, _) = f
+        .post(
+            BOT_TOKEN,
+            "pass_thread_control",
+            json!({"recipient": {"id": USER}, "target_app_id": CRM}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    c.policy_enforcement(PAGE, "unblock", None).await.unwrap();
+    assert_eq!(
+        f.bot.items_with("policy_enforcement")[1].1["policy_enforcement"],
+        json!({"action": "unblock"})
+    );
+    assert_eq!(f.send_text(CRM_TOKEN, "back").await.0, 200);
+    assert!(c.policy_enforcement(PAGE, "ban", None).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_parameters_are_checked_as_documented() {
+    let f = Fixture::with(|w, bot, crm| {
+        w.with_page(PageConfig::zero_config(PAGE))
+            .with_app(bot)
+            .with_app(crm.human_agent(true))
+    });
+    let c = f.emu.control();
+    c.user_text(PAGE, USER, "hi").await.unwrap();
+    let send = |token: &'static str, extra: serde_json::Value| {
+        let f = &f;
+        async move {
+            let mut body = json!({"recipient": {"id": USER}, "message": {"text": "x"}});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            code(&f.post(token, "messages", body).await.1)
+        }
+    };
+    // messaging_type is required on messages, and matched exactly.
+    assert_eq!(send(BOT_TOKEN, json!({})).await, (100, None));
+    assert_eq!(
+        send(BOT_TOKEN, json!({"messaging_type": "response"})).await,
+        (100, None)
+    );
+    // A tag needs MESSAGE_TAG, and MESSAGE_TAG needs a tag.
+    assert_eq!(
+        send(
+            CRM_TOKEN,
+            json!({"messaging_type": "RESPONSE", "tag": "HUMAN_AGENT"})
+        )
+        .await,
+        (100, None)
+    );
+    assert_eq!(
+        send(CRM_TOKEN, json!({"messaging_type": "MESSAGE_TAG"})).await,
+        (100, None)
+    );
+    // Tags are case-sensitive.
+    assert_eq!(
+        send(
+            CRM_TOKEN,
+            json!({"messaging_type": "MESSAGE_TAG", "tag": "human_agent"})
+        )
+        .await,
+        (100, None)
+    );
+    let (status, body) = f
+        .post(
+            CRM_TOKEN,
+            "messages",
+            json!({"recipient": {"id": USER}, "messaging_type": "MESSAGE_TAG",
+                   "tag": "HUMAN_AGENT", "message": {"text": "agent here"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The News Messaging tag needs a permission no emulated page has.
+    assert_eq!(
+        send(
+            BOT_TOKEN,
+            json!({"messaging_type": "MESSAGE_TAG", "tag": "NON_PROMOTIONAL_SUBSCRIPTION"})
+        )
+        .await,
+        (10, Some(2018065))
+    );
+    // Sender actions need no messaging_type.
+    let (s, _) = f
+        .post(
+            BOT_TOKEN,
+            "messages",
+            json!({"recipient": {"id": USER}, "sender_action": "mark_seen"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    // A later message from an ad opens 7 days too, not only the first one.
+    let m = UserMessage {
+        text: Some("from ad".into()),
+        referral: Some(Referral {
+            source: Some("ADS".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    c.user_message(PAGE, USER, &m).await.unwrap();
+    c.advance(5 * DAY).await.unwrap();
+    assert_eq!(f.send_text(BOT_TOKEN, "day five").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn holding_apps_may_not_take_or_request_and_v1_has_no_extend() {
+    let f = Fixture::cr();
+    let c = f.emu.control();
+    c.user_text(PAGE, USER, "hi").await.unwrap();
+    let rcp = json!({"recipient": {"id": USER}});
+    let (_, b) = f.post(BOT_TOKEN, "take_thread_control", rcp.clone()).await;
+    assert_eq!(code(&b), (100, None), "the owner takes: {b}");
+    let (_, b) = f
+        .post(BOT_TOKEN, "request_thread_control", rcp.clone())
+        .await;
+    assert_eq!(code(&b), (100, None), "the owner requests: {b}");
+    let (s, _) = f
+        .post(BOT_TOKEN, "release_thread_control", rcp.clone())
+        .await;
+    assert_eq!(s, 200);
+    let (_, b) = f
+        .post(BOT_TOKEN, "request_thread_control", rcp.clone())
+        .await;
+    assert_eq!(
+        code(&b),
+        (100, None),
+        "the default app of an idle thread: {b}"
+    );
+
+    let f = Fixture::with(|w, bot, crm| {
+        w.with_page(PageConfig::handover_v1(PAGE, BOT, &[CRM]))
+            .with_app(bot)
+            .with_app(crm)
+    });
+    f.emu.control().user_text(PAGE, USER, "hi").await.unwrap();
+    let (_, b) = f.post(BOT_TOKEN, "take_thread_control", rcp.clone()).await;
+    assert_eq!(code(&b), (100, None), "the primary already holds it: {b}");
+    let extend = json!({"recipient": {"id": USER}, "duration": 3600});
+    for token in [BOT_TOKEN, CRM_TOKEN] {
+        let (_, b) = f.post(token, "extend_thread_control", extend.clone()).await;
+        assert_eq!(code(&b), (100, None), "{b}");
+    }
+    // The primary holds an idle v1 thread by default: it may release it.
+    let (s, _) = f
+        .post(BOT_TOKEN, "release_thread_control", rcp.clone())
+        .await;
+    assert_eq!(s, 200);
 }

@@ -11,40 +11,13 @@ use std::time::{Duration, Instant};
 use event_log::{EventStore, MemoryStore, SledStore};
 use server::{Config, ManualClock};
 
-const PAGE: &str = "5550001";
-const SECRET: &str = "bench-secret";
+use test_support::{BOT_SECRET, HUMAN_SECRET, PAGE};
+
 const CONNECTIONS: usize = 32;
 const ITEMS_PER_DELIVERY: usize = 4;
 
 fn config() -> Config {
-    let text = format!(
-        r#"
-listen = "127.0.0.1:0"
-data_dir = "unused"
-[[pages]]
-id = "{PAGE}"
-routing = {{ mode = "conversation_routing", default_app = "1001" }}
-apps = ["1001", "1002"]
-[[apps]]
-id = "1001"
-kind = "bot"
-management = "managed"
-app_secret = "{SECRET}"
-verify_token = "v"
-api_token = "t1"
-graph_base_url = "http://127.0.0.1:9"
-page_tokens = {{ "{PAGE}" = "p1" }}
-[[apps]]
-id = "1002"
-kind = "human"
-management = "managed"
-app_secret = "{SECRET}"
-verify_token = "v"
-api_token = "t2"
-graph_base_url = "http://127.0.0.1:9"
-page_tokens = {{ "{PAGE}" = "p2" }}
-"#
-    );
+    let text = test_support::BatonToml::new("http://127.0.0.1:9").render();
     Config::parse(&text, "bench.toml", |_| None).expect("bench config")
 }
 
@@ -79,9 +52,7 @@ struct Outcome {
 }
 
 async fn run<S: EventStore + 'static>(store: Arc<S>, deliveries: usize) -> Outcome {
-    let clock = Arc::new(ManualClock::new(domain::Timestamp::from_millis(
-        1_793_523_600_000,
-    )));
+    let clock = Arc::new(ManualClock::new(test_support::T0));
     let running = server::start(config(), store, clock)
         .await
         .expect("server starts");
@@ -104,7 +75,12 @@ async fn run<S: EventStore + 'static>(store: Arc<S>, deliveries: usize) -> Outco
                     return latencies;
                 }
                 let (app, body) = &bodies[n];
-                let sig = wire::signature::sign_sha256(SECRET.as_bytes(), body);
+                let secret = if app == test_support::BOT {
+                    BOT_SECRET
+                } else {
+                    HUMAN_SECRET
+                };
+                let sig = wire::signature::sign_sha256(secret.as_bytes(), body);
                 let t = Instant::now();
                 let res = http
                     .post(format!("{url}/webhooks/{app}"))

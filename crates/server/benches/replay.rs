@@ -117,15 +117,7 @@ fn main() {
         for n in 0..threads {
             let batch: Vec<NewRecord> = thread_events(&page, n, t0)
                 .iter()
-                .map(|e| {
-                    let enc = e.encode();
-                    NewRecord::new(
-                        e.stream_name(),
-                        enc.type_name,
-                        enc.schema_version,
-                        enc.payload,
-                    )
-                })
+                .map(orchestration::encode)
                 .collect();
             store.append(batch).await.unwrap();
         }

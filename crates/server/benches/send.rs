@@ -13,31 +13,20 @@ use event_log::SledStore;
 use serde_json::json;
 use server::{Config, ManualClock};
 
-const PAGE: &str = "5550001";
+use test_support::{BOT, BOT_SECRET, PAGE};
+
 const USERS: usize = 200;
 const CONCURRENCY: usize = 16;
 
 fn config(graph: &str) -> Config {
-    let text = format!(
-        r#"
-listen = "127.0.0.1:0"
-data_dir = "unused"
-send_rate_per_second = 1000000
-[[pages]]
-id = "{PAGE}"
-routing = {{ mode = "conversation_routing", default_app = "1001" }}
-apps = ["1001"]
-[[apps]]
-id = "1001"
-kind = "bot"
-management = "managed"
-app_secret = "bench-secret"
-verify_token = "v"
-api_token = "baton-bot"
-graph_base_url = "{graph}"
-page_tokens = {{ "{PAGE}" = "page-token-bot" }}
-"#
-    );
+    let unlimited = test_support::Tuning {
+        rate: 1_000_000.0,
+        burst: 1_000_000.0,
+        ..test_support::Tuning::default()
+    };
+    let text = test_support::BatonToml::new(graph)
+        .tuning(unlimited)
+        .render();
     Config::parse(&text, "bench.toml", |_| None).expect("bench config")
 }
 
@@ -94,8 +83,8 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let world = World::default().with_page(PageConfig::conversation_routing(PAGE, "1001")).with_app(
-            AppConfig::new("1001", "bench-secret")
+        let world = World::default().with_page(PageConfig::conversation_routing(PAGE, BOT)).with_app(
+            AppConfig::new(BOT, BOT_SECRET)
                 .with_token(PAGE, "page-token-bot")
                 // No echoes: both runs then cost Meta's side the same.
                 .with_fields(&["messages", "messaging_postbacks", "messaging_handovers", "standby"]),
@@ -106,7 +95,7 @@ fn main() {
         let store = Arc::new(SledStore::open(dir.path().join("log")).unwrap());
         let clock = Arc::new(ManualClock::new(domain::Timestamp::from_millis(emulator::DEFAULT_EPOCH_MS)));
         let baton = server::start(config(&emulator.base_url()), store, clock).await.expect("baton");
-        ctl.set_callback("1001", Some(&format!("{}/webhooks/1001", baton.base_url()))).await.unwrap();
+        ctl.set_callback(BOT, Some(&format!("{}/webhooks/{BOT}", baton.base_url()))).await.unwrap();
         for u in 0..USERS {
             ctl.user_text(PAGE, &format!("user-{u}"), "where is my order?").await.unwrap();
         }

@@ -7,13 +7,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use event_log::EventStore;
 use serde_json::json;
 
-use crate::auth::{bearer, is_admin};
+use crate::auth::{bearer, identify, Identity};
 use crate::error::ApiError;
 use crate::AppState;
 
 fn admin_only<S>(state: &AppState<S>, req: &HttpRequest) -> Result<(), ApiError> {
-    match bearer(req) {
-        Some(token) if is_admin(state, token) => Ok(()),
+    match bearer(req).and_then(|t| identify(&state.config, t)) {
+        Some(Identity::Admin) => Ok(()),
         _ => Err(ApiError::Unauthorized),
     }
 }

@@ -8,20 +8,16 @@ use domain::AppId;
 use event_log::EventStore;
 use serde_json::json;
 
-use crate::auth::{bearer, ct_eq, is_admin};
+use crate::auth::{bearer, identify, Identity};
 use crate::error::ApiError;
 use crate::AppState;
 
 /// Who is asking: `admin` or `app:<id>`; only the admin or the app itself.
 fn authorize<S>(state: &AppState<S>, req: &HttpRequest, app: &AppId) -> Result<String, ApiError> {
     let token = bearer(req).ok_or(ApiError::Unauthorized)?;
-    if is_admin(state, token) {
-        return Ok("api:admin".to_owned());
-    }
-    match state.config.managed(app) {
-        Some((_, m)) if ct_eq(m.api_token.expose().as_bytes(), token.as_bytes()) => {
-            Ok(format!("api:app:{app}"))
-        }
+    match identify(&state.config, token) {
+        Some(Identity::Admin) => Ok("api:admin".to_owned()),
+        Some(Identity::App(a, _)) if a.id == *app => Ok(format!("api:app:{app}")),
         _ => Err(ApiError::Unauthorized),
     }
 }

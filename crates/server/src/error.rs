@@ -33,6 +33,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("the request body did not arrive within {0} ms")]
     BodyTimeout(u64),
+    #[error("Baton is stopping; retry shortly")]
+    Stopping,
 }
 
 impl ApiError {
@@ -53,6 +55,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
         }
     }
 
@@ -74,4 +77,16 @@ impl ResponseError for ApiError {
         }
         res.json(json!({ "error": code, "message": self.to_string() }))
     }
+}
+
+/// An error with its causes, `a: b: c`, for logs and Baton's own messages.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

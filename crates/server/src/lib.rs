@@ -1,23 +1,17 @@
-//! Baton's shell around the pure domain: configuration, the HTTP server
-//! (webhook ingress, health, metrics), and projections folded from the log.
-//! Every handler appends to the log before it answers; nothing here holds a
-//! rule of Meta's (those live in `domain`).
+//! Baton's HTTP driver: the actix-web server with webhook ingress, the
+//! Graph-compatible API, Baton's read, delivery and admin APIs, health and
+//! metrics. Handlers parse, call one function of the application layer
+//! (`orchestration`), and render; none holds a retry loop, a sleep, an
+//! append or a rule of Meta's (those live in `orchestration` and `domain`).
 
 pub mod admin;
 pub mod auth;
-pub mod clock;
-pub mod config;
 pub mod delivery_api;
 pub mod error;
 pub mod graph_api;
-pub mod graph_client;
 pub mod ingress;
-pub mod metrics;
-pub mod projections;
 pub mod read_api;
-pub mod record;
 pub mod sends;
-pub mod timers;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -25,26 +19,26 @@ use std::sync::Arc;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use event_log::{EventStore, StorageError};
+use orchestration::{Baton, Tasks};
 
-pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{Config, ConfigError, LogFormat, Secret};
-use metrics::Metrics;
-use projections::{Projections, State};
+pub use orchestration::{config, metrics, projections};
+pub use orchestration::{Clock, Config, ConfigError, LogFormat, ManualClock, Secret, SystemClock};
 
-/// What every handler shares.
+/// What every handler shares: the application and, when any app has a
+/// backend, dispatch.
 #[derive(Debug)]
 pub struct AppState<S> {
-    pub config: Arc<Config>,
-    pub store: Arc<S>,
-    pub projections: Arc<Projections>,
-    pub metrics: Arc<Metrics>,
-    pub clock: Arc<dyn Clock>,
-    pub graph: graph_client::GraphClient,
-    /// The sender's client: no automatic retries (the send policy decides).
-    pub send_graph: graph_client::GraphClient,
-    pub limiter: sends::RateLimiter,
+    pub baton: Arc<Baton<S>>,
     /// Forwards each app's events to its backend; `None` when no app has a `backend_url`.
     pub dispatcher: Option<Arc<dispatch::Dispatcher<S>>>,
+}
+
+impl<S> std::ops::Deref for AppState<S> {
+    type Target = Baton<S>;
+
+    fn deref(&self) -> &Baton<S> {
+        &self.baton
+    }
 }
 
 /// A running server.
@@ -54,86 +48,170 @@ pub struct Running<S> {
     pub handle: ServerHandle,
     pub state: Arc<AppState<S>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
-    follower: tokio::task::JoinHandle<()>,
-    timers: tokio::task::JoinHandle<()>,
+    tasks: Tasks,
     dispatch: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl<S> Running<S> {
+impl<S: EventStore + 'static> Running<S> {
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, finishes in-flight requests, stops the background tasks.
+    /// Shuts down in order: stop accepting and let the requests in flight
+    /// finish (a send waits for its outcome), then the outbox records the
+    /// outcomes of the calls it has in flight, dispatch lets its attempts
+    /// finish and writes its cursors, and the projections fold the last
+    /// records.
     pub async fn stop(self) {
-        self.handle.stop(true).await;
-        let _ = self.server.await;
-        self.follower.abort();
-        self.timers.abort();
-        if let Some(d) = self.dispatch {
-            d.abort();
+        stop_http(&self.state, &self.handle).await;
+        let result = self.server.await;
+        Self::drain(self.tasks, self.dispatch).await;
+        if let Ok(Err(e)) = result {
+            tracing::error!(error = %e, "the HTTP server stopped with an error");
         }
     }
 
-    /// Waits until the server stops (a signal, or `stop` from elsewhere).
+    /// Waits until the HTTP server stops (`stop` from elsewhere, through
+    /// `handle`), then drains like [`Running::stop`].
     pub async fn wait(self) -> std::io::Result<()> {
         let result = match self.server.await {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),
         };
-        self.follower.abort();
-        self.timers.abort();
-        if let Some(d) = self.dispatch {
-            d.abort();
-        }
+        Self::drain(self.tasks, self.dispatch).await;
         result
+    }
+
+    async fn drain(tasks: Tasks, dispatch: Option<tokio::task::JoinHandle<()>>) {
+        let workers = tasks.shutdown();
+        let dispatch = async {
+            if let Some(d) = dispatch {
+                if let Err(e) = d.await {
+                    tracing::error!(error = %e, "dispatch stopped abnormally");
+                }
+            }
+        };
+        tokio::join!(workers, dispatch);
+        tracing::info!("baton stopped");
+    }
+
+    /// Records expiry for every lapsed thread now (tests move the clock, then call this).
+    pub async fn expire_due(&self) -> usize {
+        self.state.baton.expire_due().await
     }
 }
 
-impl<S: EventStore + 'static> Running<S> {
-    /// Records expiry for every lapsed thread now (tests move the clock, then call this).
-    pub async fn expire_due(&self) -> usize {
-        timers::expire_due(&self.state).await
+/// Serves until SIGTERM (systemd, containers) or SIGINT (Ctrl-C), then
+/// stops in order (see [`Running::stop`]): the one stop signal of `baton
+/// serve`.
+pub async fn serve_until_signal<S: EventStore + 'static>(
+    running: Running<S>,
+) -> std::io::Result<()> {
+    let handle = running.handle.clone();
+    let state = running.state.clone();
+    tokio::spawn(async move {
+        let signal = stop_signal().await;
+        tracing::info!(
+            signal,
+            "stopping: requests in flight finish, sends record their outcome, dispatch writes its cursors"
+        );
+        stop_http(&state, &handle).await;
+    });
+    running.wait().await
+}
+
+/// The HTTP side of a stop: every new request is answered 503 "stopping"
+/// (Meta and apps retry later) for `stop_grace_ms`, so that connections
+/// already queued at the listener get an answer rather than a reset; then
+/// the listener closes and the requests in flight finish.
+async fn stop_http<S>(state: &AppState<S>, handle: &ServerHandle) {
+    state.baton.begin_stop();
+    let grace = std::time::Duration::from_millis(state.baton.config.stop_grace_ms);
+    if !grace.is_zero() {
+        tokio::time::sleep(grace).await;
+    }
+    handle.stop(true).await;
+}
+
+/// Answers every request that arrives once a stop has begun with 503 and
+/// `Connection: close`, in the shape of the surface it was sent to.
+async fn refuse_while_stopping<S: 'static>(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    use actix_web::body::EitherBody;
+    use actix_web::ResponseError;
+    let stopping = req
+        .app_data::<web::Data<AppState<S>>>()
+        .is_some_and(|s| s.baton.is_stopping());
+    if !stopping {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
+    let graph = req.path().starts_with("/v");
+    let mut res = if graph {
+        graph_api::GraphFailure::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            domain::graph::code::TEMPORARY,
+            None,
+            "(#2) Baton is stopping; retry shortly",
+        )
+        .error_response()
+    } else {
+        error::ApiError::Stopping.error_response()
+    };
+    res.head_mut()
+        .set_connection_type(actix_web::http::ConnectionType::Close);
+    Ok(req.into_response(res).map_body(|_, b| EitherBody::right(b)))
+}
+
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops Baton");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
     }
 }
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot replay the event log: {0}")]
+    #[error("cannot replay the event log")]
     Replay(#[from] StorageError),
-    #[error("cannot start dispatch: {0}")]
+    #[error("cannot start dispatch")]
     Dispatch(#[from] dispatch::DispatchError),
 }
 
-/// Replays the log into projections, then serves on `config.listen` (port 0
-/// picks a free port; `Running::addr` says which).
+/// Starts the application (replay, the outbox, timers), dispatch, and the
+/// HTTP server on `config.listen` (port 0 picks a free port;
+/// `Running::addr` says which).
 pub async fn start<S: EventStore + 'static>(
     config: Config,
     store: Arc<S>,
     clock: Arc<dyn Clock>,
 ) -> Result<Running<S>, StartError> {
-    let config = Arc::new(config);
-    let projections = Projections::new(State::new(config.pages.values().map(|(_, p)| p.clone())));
-    projections.catch_up(store.as_ref()).await?;
-    tracing::info!(
-        position = projections.position(),
-        "projections replayed from the log"
-    );
-    let interrupted =
-        recover_interrupted_sends(&projections, store.as_ref(), clock.as_ref()).await?;
-    if interrupted > 0 {
-        tracing::warn!(
-            sends = interrupted,
-            "sends interrupted by the last stop are recorded as unknown; their echoes settle them"
-        );
-    }
-    let follower = tokio::spawn(projections.clone().follow(store.clone()));
+    let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let (baton, tasks) = Baton::start(config, store.clone(), clock.clone()).await?;
+    let config = baton.config.clone();
 
     let backends: Vec<dispatch::BackendConfig> = config
         .apps
@@ -152,52 +230,32 @@ pub async fn start<S: EventStore + 'static>(
     } else {
         let mut dc = dispatch::DispatchConfig::new(backends, config.data_dir.join("dispatch"));
         dc.dead_letter_age = domain::Span::seconds(config.dispatch_dead_letter_after_secs as i64);
-        dc.clock = clock.clone();
-        Some(Arc::new(
-            dispatch::Dispatcher::new(store.clone(), dc).await?,
-        ))
+        dc.clock = clock;
+        match dispatch::Dispatcher::new(store, dc).await {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                tasks.shutdown().await;
+                return Err(e.into());
+            }
+        }
     };
-    let state = Arc::new(AppState {
-        config: config.clone(),
-        store,
-        projections,
-        metrics: Arc::new(Metrics::default()),
-        clock,
-        graph: graph_client::GraphClient::new(
-            std::time::Duration::from_millis(config.graph_timeout_ms),
-            2,
-        ),
-        send_graph: graph_client::GraphClient::new(
-            std::time::Duration::from_millis(config.graph_timeout_ms),
-            0,
-        ),
-        limiter: sends::RateLimiter::new(config.send_rate_per_second, config.send_burst),
-        dispatcher: dispatcher.clone(),
-    });
-    let dispatch = dispatcher.map(|d| {
+    let dispatch = dispatcher.clone().map(|d| {
+        let shutdown = tasks.signal();
         tokio::spawn(async move {
-            if let Err(e) = d.run().await {
+            if let Err(e) = d.run_until(shutdown).await {
                 tracing::error!(error = %e, "dispatch stopped");
             }
         })
     });
-    let timers = tokio::spawn(timers::run(
-        state.clone(),
-        std::time::Duration::from_secs(5),
-    ));
-    let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.listen,
-        source,
-    })?;
+    let state = Arc::new(AppState { baton, dispatcher });
     let data = web::Data::from(state.clone());
     let body_limit = config.max_body_bytes;
+    // Requests in flight at a stop may wait for a send's outcome.
+    let drain_secs = state.baton.outcome_wait().as_secs().max(1);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .wrap(actix_web::middleware::from_fn(refuse_while_stopping::<S>))
             .route("/webhooks/{app_id}", web::get().to(ingress::verify::<S>))
             .route("/webhooks/{app_id}", web::post().to(ingress::receive::<S>))
             .route("/healthz", web::get().to(healthz))
@@ -234,6 +292,7 @@ pub async fn start<S: EventStore + 'static>(
     })
     .workers(2)
     .disable_signals()
+    .shutdown_timeout(drain_secs)
     .listen(listener)
     .map_err(|source| StartError::Bind {
         addr: config.listen,
@@ -248,71 +307,9 @@ pub async fn start<S: EventStore + 'static>(
         handle,
         state,
         server,
-        follower,
-        timers,
+        tasks,
         dispatch,
     })
-}
-
-/// Sends accepted before a crash whose outcome was never recorded: Meta may or
-/// may not have them. They are recorded as unknown (never resent blindly), and
-/// settled at once when their echo is already in the log, else when it comes.
-async fn recover_interrupted_sends<S: EventStore>(
-    projections: &Projections,
-    store: &S,
-    clock: &dyn Clock,
-) -> Result<usize, StorageError> {
-    use domain::events::SendOutcome;
-    let now = clock.now();
-    let mut events = Vec::new();
-    {
-        let snapshot = projections.read();
-        for (id, record) in snapshot
-            .sends
-            .iter()
-            .filter(|(_, r)| r.status == projections::SendStatus::Pending)
-        {
-            let (Some(page), Some(ledger)) = (
-                snapshot.pages.get(&record.thread.page),
-                snapshot.thread(&record.thread),
-            ) else {
-                continue;
-            };
-            let send = record.as_send(id);
-            let unknown = SendOutcome::Unknown {
-                reason: "Baton stopped before Meta's answer was recorded".to_owned(),
-            };
-            let mut ledger = ledger.clone();
-            let mut settled = domain::rules::settle_send(&ledger, page, &send, &unknown, now);
-            if let Some(mid) = snapshot.echoed.get(id) {
-                for e in &settled {
-                    ledger.apply(e);
-                }
-                settled.extend(domain::rules::settle_send(
-                    &ledger,
-                    page,
-                    &send,
-                    &SendOutcome::SettledByEcho { mid: mid.clone() },
-                    now,
-                ));
-            }
-            events.extend(settled);
-        }
-    }
-    let n = events
-        .iter()
-        .filter(|e| matches!(e, domain::Event::SendOutcomeRecorded(_)))
-        .count();
-    if !events.is_empty() {
-        // Nothing else writes yet: the server is not listening.
-        let records = events.iter().map(record::encode).collect();
-        store
-            .append(records)
-            .await
-            .map_err(|e| StorageError::Engine(Box::new(e)))?;
-        projections.catch_up(store).await?;
-    }
-    Ok(n)
 }
 
 async fn healthz() -> HttpResponse {

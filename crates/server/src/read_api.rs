@@ -10,7 +10,7 @@ use domain::{PageId, Psid, ThreadKey, ThreadLedger};
 use event_log::EventStore;
 use serde_json::{json, Value};
 
-use crate::auth::{bearer, ct_eq, is_admin};
+use crate::auth::{bearer, identify, Identity};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -21,24 +21,19 @@ pub fn authorize<S>(
     page: Option<&PageId>,
 ) -> Result<(), ApiError> {
     let token = bearer(req).ok_or(ApiError::Unauthorized)?;
-    if is_admin(state, token) {
-        return Ok(());
-    }
-    let app_ok = state.config.apps.values().any(|a| {
-        a.managed
-            .as_ref()
-            .is_some_and(|m| ct_eq(m.api_token.expose().as_bytes(), token.as_bytes()))
-            && page.is_none_or(|p| {
+    match identify(&state.config, token) {
+        Some(Identity::Admin) => Ok(()),
+        Some(Identity::App(a, _))
+            if page.is_none_or(|p| {
                 state
                     .config
                     .page(p)
                     .is_some_and(|pg| pg.apps.contains_key(&a.id))
-            })
-    });
-    if app_ok {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
+            }) =>
+        {
+            Ok(())
+        }
+        _ => Err(ApiError::Unauthorized),
     }
 }
 

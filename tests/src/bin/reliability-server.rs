@@ -1,6 +1,7 @@
 //! `reliability-server CONFIG`: runs Baton's server on the sled log in the
 //! configured data directory, prints `listening on URL`, and serves until it
-//! is killed. The reliability suite kills it with SIGKILL mid-load.
+//! is killed or stopped. The reliability suite kills it with SIGKILL mid-load,
+//! and stops it with SIGTERM (the same stop `baton serve` makes).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -24,6 +25,6 @@ fn main() {
             .expect("server");
         println!("listening on {}", running.base_url());
         std::io::stdout().flush().expect("stdout");
-        let _ = running.wait().await;
+        server::serve_until_signal(running).await.expect("serve");
     });
 }

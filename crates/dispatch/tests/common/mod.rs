@@ -12,7 +12,7 @@ use dispatch::{BackendConfig, BackendStatus, DispatchConfig, Dispatcher, ManualC
 use domain::events::{Channel, DeliveryCopy, MessagingEventCopyReceived, UnattributedItemReceived};
 use domain::ids::{AppId, PageId, Psid, ThreadKey, Timestamp};
 use domain::Event;
-use event_log::{EventStore, NewRecord};
+use event_log::EventStore;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -228,18 +228,7 @@ pub fn unattributed(to: &str, n: u64) -> Event {
 
 /// Appends events one batch, as ingress would; answers their positions.
 pub async fn append<S: EventStore>(store: &S, events: &[Event]) -> Vec<u64> {
-    let batch = events
-        .iter()
-        .map(|e| {
-            let enc = e.encode();
-            NewRecord::new(
-                e.stream_name(),
-                enc.type_name,
-                enc.schema_version,
-                enc.payload,
-            )
-        })
-        .collect();
+    let batch = events.iter().map(orchestration::encode).collect();
     store
         .append(batch)
         .await

@@ -163,6 +163,7 @@ pub fn send_msg(
         thread_control: None,
         payload: serde_json::json!({"message": {"text": "hello"}}),
         idempotency_key: None,
+        graph_version: None,
     }
 }
 

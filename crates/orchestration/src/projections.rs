@@ -1,16 +1,19 @@
-//! Projections: the thread ledgers, the pages and the dedupe index, folded
-//! from the log by the domain's `apply`. One follower task reads the log in
-//! order from the subscription, so state is a function of the log alone;
-//! request handlers read snapshots and wait for the follower to reach the
-//! positions they appended (read-your-writes). It never writes to the log.
+//! Projections: the thread ledgers, the pages, the dedupe index, the outbox
+//! (every send and, while it is open, what the outbox needs to carry it on)
+//! and the expiry index, folded from the log by the domain's `apply`. One
+//! follower task reads the log in order from the subscription, so state is a
+//! function of the log alone; writers wait for the follower to reach the
+//! positions they appended (read your writes). It never writes to the log.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use domain::events::{Channel, Event, GraphError, InboundEvent, SendOutcome};
-use domain::{AppId, CommandId, Page, PageId, Rejection, ThreadKey, ThreadLedger};
+use domain::{
+    AppId, CommandId, Page, PageId, Rejection, SendMessage, ThreadKey, ThreadLedger, Timestamp,
+};
 use event_log::{EventStore, Record, StorageError};
 use tokio::sync::watch;
 
@@ -68,13 +71,31 @@ impl SendStatus {
 }
 
 /// One send in the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SendRecord {
     pub thread: ThreadKey,
     pub app: AppId,
     pub status: SendStatus,
     /// The send's inline `thread_control`, which its echo settles too.
     pub thread_control: Option<domain::InlineControl>,
+    /// While the send is pending: what the outbox needs to carry it on.
+    pub open: Option<OpenSend>,
+}
+
+/// A pending send as the outbox left it: after a restart, the same worker
+/// code resumes it from here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenSend {
+    /// The log position of its acceptance (the outbox's order).
+    pub accepted_at: u64,
+    pub send: SendMessage,
+    /// Attempts recorded so far (`SendAttempted`).
+    pub attempts: u32,
+    /// Whether Meta's answer to the last attempt is recorded. An attempt
+    /// without an answer may have reached Meta.
+    pub answered: bool,
+    /// When the next attempt is due, after a "not sent" answer.
+    pub retry_at: Option<Timestamp>,
 }
 
 impl SendRecord {
@@ -90,6 +111,7 @@ impl SendRecord {
             thread_control: self.thread_control.clone(),
             payload: serde_json::Value::Null,
             idempotency_key: None,
+            graph_version: None,
         }
     }
 }
@@ -107,6 +129,12 @@ pub struct State {
     pub idempotency: HashMap<(AppId, String), CommandId>,
     /// Echoes of Baton's own sends (tagged `baton:send:<id>`): send → mid.
     pub echoed: HashMap<CommandId, String>,
+    /// Pending sends by the position of their acceptance: the outbox's queue.
+    pub open_sends: BTreeMap<u64, CommandId>,
+    /// When each active thread's control lapses, in time order (the expiry
+    /// timer wakes on the first; it never scans every thread).
+    expiries: BTreeSet<(Timestamp, ThreadKey)>,
+    expiry_of: HashMap<ThreadKey, Timestamp>,
     /// Dedupe index: a 64-bit digest of each item's dedupe key → its copies.
     seen: HashMap<u64, Copies>,
     /// The last log position folded in.
@@ -130,6 +158,9 @@ impl State {
             sends: HashMap::new(),
             idempotency: HashMap::new(),
             echoed: HashMap::new(),
+            open_sends: BTreeMap::new(),
+            expiries: BTreeSet::new(),
+            expiry_of: HashMap::new(),
             seen: HashMap::new(),
             position: 0,
             undecodable: 0,
@@ -161,6 +192,28 @@ impl State {
 
     pub fn thread(&self, key: &ThreadKey) -> Option<&ThreadLedger> {
         self.threads.get(key)
+    }
+
+    /// Threads whose control lapses at or before `now`, soonest first.
+    pub fn due_expiries(&self, now: Timestamp) -> Vec<ThreadKey> {
+        self.expiries
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, key)| key.clone())
+            .collect()
+    }
+
+    /// When the next control lapses, if any thread is active.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        self.expiries.first().map(|(at, _)| *at)
+    }
+
+    /// The pending sends, oldest acceptance first.
+    pub fn open_sends(&self) -> impl Iterator<Item = (&CommandId, &SendRecord, &OpenSend)> {
+        self.open_sends.values().filter_map(|id| {
+            let record = self.sends.get(id)?;
+            Some((id, record, record.open.as_ref()?))
+        })
     }
 
     /// The send an echo settles: one Baton tagged (`metadata = baton:send:<id>`),
@@ -236,8 +289,31 @@ impl State {
                         app: e.send.app.clone(),
                         status: SendStatus::Pending,
                         thread_control: e.send.thread_control.clone(),
+                        open: Some(OpenSend {
+                            accepted_at: self.position,
+                            send: e.send.clone(),
+                            attempts: 0,
+                            // An older log's acceptance may have been attempted.
+                            answered: e.attempts_recorded,
+                            retry_at: None,
+                        }),
                     },
                 );
+                self.open_sends
+                    .insert(self.position, e.send.send_id.clone());
+            }
+            Event::SendAttempted(e) => {
+                if let Some(open) = self.sends.get_mut(&e.send_id).and_then(|r| r.open.as_mut()) {
+                    open.attempts = open.attempts.max(e.attempt);
+                    open.answered = false;
+                    open.retry_at = None;
+                }
+            }
+            Event::SendRetryScheduled(e) => {
+                if let Some(open) = self.sends.get_mut(&e.send_id).and_then(|r| r.open.as_mut()) {
+                    open.answered = true;
+                    open.retry_at = Some(e.retry_at);
+                }
             }
             Event::CommandRefused(e) => {
                 if let domain::Command::SendMessage(send) = &e.command {
@@ -251,6 +327,7 @@ impl State {
                             thread: e.thread.clone(),
                             app: send.app.clone(),
                             thread_control: None,
+                            open: None,
                             status: SendStatus::Refused {
                                 rejection: e.rejection.clone(),
                             },
@@ -267,6 +344,9 @@ impl State {
                         return self.apply_thread(event);
                     }
                     record.status = SendStatus::from_outcome(&e.outcome, e.thread.psid.as_str());
+                    if let Some(open) = record.open.take() {
+                        self.open_sends.remove(&open.accepted_at);
+                    }
                 }
             }
             _ => {}
@@ -276,10 +356,26 @@ impl State {
 
     fn apply_thread(&mut self, event: &Event) {
         if let Some(thread) = event.thread() {
-            self.threads
+            let ledger = self
+                .threads
                 .entry(thread.clone())
-                .or_insert_with(|| ThreadLedger::new(thread.clone()))
-                .apply(event);
+                .or_insert_with(|| ThreadLedger::new(thread.clone()));
+            ledger.apply(event);
+            let expiry = self
+                .pages
+                .get(&thread.page)
+                .and_then(|p| domain::rules::control_expiry(ledger, p));
+            let before = self.expiry_of.get(thread).copied();
+            if before != expiry {
+                if let Some(at) = before {
+                    self.expiries.remove(&(at, thread.clone()));
+                    self.expiry_of.remove(thread);
+                }
+                if let Some(at) = expiry {
+                    self.expiries.insert((at, thread.clone()));
+                    self.expiry_of.insert(thread.clone(), at);
+                }
+            }
         } else {
             for page in self.pages.values_mut() {
                 page.apply(event);
@@ -320,6 +416,25 @@ impl Projections {
         let _ = rx.wait_for(|p| *p >= position).await;
     }
 
+    /// Follows the folded position (it changes after every fold).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.position.subscribe()
+    }
+
+    /// Waits until `ready` answers for the state, checking after every fold.
+    /// `None` when the follower has stopped (nothing will change any more).
+    pub async fn wait_until<T>(&self, mut ready: impl FnMut(&State) -> Option<T>) -> Option<T> {
+        let mut rx = self.position.subscribe();
+        loop {
+            if let Some(value) = ready(&self.read()) {
+                return Some(value);
+            }
+            if rx.changed().await.is_err() {
+                return ready(&self.read());
+            }
+        }
+    }
+
     /// Folds every durable record from the current position to the head.
     pub async fn catch_up<S: EventStore>(&self, store: &S) -> Result<(), StorageError> {
         loop {
@@ -339,15 +454,24 @@ impl Projections {
         }
     }
 
-    /// Follows the log forever: wakes on each durable group, folds it.
-    pub async fn follow<S: EventStore>(self: Arc<Self>, store: Arc<S>) {
+    /// Follows the log until `shutdown`: wakes on each durable group, folds it.
+    pub async fn follow<S: EventStore>(
+        self: Arc<Self>,
+        store: Arc<S>,
+        mut shutdown: crate::shutdown::Shutdown,
+    ) {
         let mut head = store.subscribe();
         loop {
             if let Err(e) = self.catch_up(store.as_ref()).await {
                 tracing::error!(error = %e, "projection follower cannot read the log; retrying on the next append");
             }
-            if head.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = head.changed() => if changed.is_err() { return },
+                () = shutdown.recv() => {
+                    // Fold what the other tasks wrote while draining.
+                    let _ = self.catch_up(store.as_ref()).await;
+                    return;
+                }
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The one client for Meta's Graph API: every upstream call goes through it,
-//! with a timeout and bounded retries only where Meta marks the failure
-//! transient (or the request provably never left). It returns Meta's answer
-//! as data; deciding what it means is the domain's job.
+//! with a timeout and, where it was built with a retry budget, retries only
+//! of what the domain's table classes as "not sent". It returns Meta's
+//! answer as data; deciding what it means is the domain's job.
 
 use std::time::Duration;
 
@@ -73,8 +73,11 @@ impl GraphClient {
         let mut attempt = 0;
         loop {
             let answer = Self::once(request()).await;
+            // The domain's table says what may be tried again.
             let retry = match &answer {
-                GraphAnswer::Err { error, .. } => error.is_transient,
+                GraphAnswer::Err { error, .. } => {
+                    domain::graph::classify(error) == domain::graph::AnswerClass::NotSent
+                }
                 _ => false,
             };
             if !retry || attempt >= self.retries {

@@ -83,6 +83,8 @@ struct RawConfig {
     send_max_attempts: u32,
     #[serde(default = "default_send_backoff")]
     send_backoff_ms: u64,
+    #[serde(default = "default_stop_grace")]
+    stop_grace_ms: u64,
     #[serde(default)]
     pages: Vec<RawPage>,
     #[serde(default)]
@@ -116,6 +118,12 @@ fn default_send_attempts() -> u32 {
 
 fn default_send_backoff() -> u64 {
     250
+}
+
+/// Long enough for connections already queued at the listener to be read
+/// and answered 503 before it closes.
+fn default_stop_grace() -> u64 {
+    1000
 }
 
 /// How logs are written.
@@ -213,6 +221,9 @@ pub struct Config {
     pub send_max_attempts: u32,
     /// Base of the exponential backoff between those attempts.
     pub send_backoff_ms: u64,
+    /// At a stop, how long Baton keeps accepting connections (answering
+    /// every new request 503 "stopping") before it closes its listener.
+    pub stop_grace_ms: u64,
     pub pages: BTreeMap<PageId, (String, Page)>,
     pub apps: BTreeMap<AppId, AppConfig>,
 }
@@ -427,6 +438,7 @@ impl Config {
             send_burst: raw.send_burst.unwrap_or(raw.send_rate_per_second),
             send_max_attempts: raw.send_max_attempts,
             send_backoff_ms: raw.send_backoff_ms,
+            stop_grace_ms: raw.stop_grace_ms,
             data_dir: raw.data_dir,
             log_format: raw.log_format,
             max_body_bytes: raw.max_body_bytes,

@@ -1,0 +1,331 @@
+//! Webhook intake: a delivery from Meta for one managed app. The signature
+//! is checked over the raw bytes with that app's secret before anything
+//! else; then the raw delivery and the facts each item carries are recorded
+//! (one fact per item however many apps or retries deliver it; a copy from
+//! another app or channel is attached to it), in one batch. It returns once
+//! all of it is durable and folded. It forwards nothing: dispatch reads the log.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use domain::events::{
+    AppRolesChanged, DeliveryCopy, ParseOutcome, PolicyEnforcementReceived, RawBody,
+    SignatureCheck, UnattributedItemReceived, WebhookDeliveryReceived,
+};
+use domain::rules::{self, Observation};
+use domain::{AppId, Event, ThreadKey, ThreadLedger, Timestamp};
+use event_log::EventStore;
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+use uuid::Uuid;
+use wire::webhook::{self, Envelope, ItemKind};
+
+use crate::projections::{Copies, State};
+use crate::record::{on_thread, OnBusy, Planned, RecordError};
+use crate::Baton;
+
+/// Why a delivery was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("no managed app {0} is configured here")]
+    UnknownApp(String),
+    /// Neither signature matched: nothing is stored.
+    #[error("{0}")]
+    BadSignature(&'static str),
+    #[error("the delivery could not be recorded")]
+    NotRecorded(#[source] RecordError),
+}
+
+/// What became of a recorded delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intake {
+    /// New facts recorded.
+    Accepted,
+    /// The same bytes were recorded before (a Meta retry).
+    Duplicate,
+    /// Kept verbatim: not JSON, or not a webhook envelope.
+    Unparsable,
+}
+
+impl Intake {
+    pub fn name(self) -> &'static str {
+        match self {
+            Intake::Accepted => "accepted",
+            Intake::Duplicate => "duplicate",
+            Intake::Unparsable => "unparsable",
+        }
+    }
+}
+
+impl<S: EventStore + 'static> Baton<S> {
+    /// Verifies and records one delivery for `app`: `signature_256` and
+    /// `signature_1` are the `X-Hub-Signature-256` and `X-Hub-Signature`
+    /// headers as received.
+    pub async fn ingest(
+        &self,
+        app: &AppId,
+        body: &[u8],
+        signature_256: Option<&str>,
+        signature_1: Option<&str>,
+    ) -> Result<Intake, IngestError> {
+        let Some((_, managed)) = self.config.managed(app) else {
+            return Err(IngestError::UnknownApp(app.to_string()));
+        };
+        let label = app.as_str();
+        let check = wire::signature::check_signatures(
+            managed.app_secret.expose().as_bytes(),
+            body,
+            signature_256,
+            signature_1,
+        );
+        if !wire::signature::accepted(&check) {
+            self.metrics.delivery(label, "bad_signature");
+            self.metrics.signature_failure(label);
+            tracing::warn!(%app, sha256 = ?check.sha256, sha1 = ?check.sha1, "webhook signature refused");
+            return Err(IngestError::BadSignature(wire::signature::refusal_reason(
+                &check,
+            )));
+        }
+        let delivery_id = Uuid::now_v7();
+        let span = tracing::info_span!("webhook", %app, delivery = %delivery_id);
+        let result = self
+            .record_delivery(app, body, check, delivery_id)
+            .instrument(span)
+            .await;
+        match &result {
+            Ok(intake) => self.metrics.delivery(label, intake.name()),
+            Err(IngestError::NotRecorded(RecordError::Busy)) => {
+                self.metrics.delivery(label, "busy")
+            }
+            Err(e) => {
+                self.metrics.delivery(label, "error");
+                tracing::error!(error = %e, "cannot record a webhook delivery");
+            }
+        }
+        result
+    }
+
+    async fn record_delivery(
+        &self,
+        app: &AppId,
+        body: &[u8],
+        check: SignatureCheck,
+        delivery_id: Uuid,
+    ) -> Result<Intake, IngestError> {
+        let now = self.clock.now();
+        let parsed = webhook::parse_envelope(body, now);
+        let parse_outcome = match &parsed {
+            Ok(env) => ParseOutcome::Parsed {
+                entries: env.entries.len() as u32,
+                items: env.item_count() as u32,
+            },
+            Err(webhook::EnvelopeError::NotJson(e)) => ParseOutcome::NotJson { error: e.clone() },
+            Err(webhook::EnvelopeError::NotAnEnvelope(e)) => {
+                ParseOutcome::NotAnEnvelope { error: e.clone() }
+            }
+        };
+        let raw_body = match std::str::from_utf8(body) {
+            Ok(text) => RawBody::Text(text.to_owned()),
+            Err(_) => RawBody::Base64(base64::engine::general_purpose::STANDARD.encode(body)),
+        };
+        let delivery_event: Event = WebhookDeliveryReceived {
+            delivery_id: delivery_id.to_string(),
+            app: app.clone(),
+            received_at: now,
+            signature: check,
+            body: raw_body,
+            parsed: parse_outcome,
+        }
+        .into();
+        // Meta's retries carry the same bytes: the raw delivery is kept once.
+        let delivery_key = format!("delivery:{app}:{}", hex::encode(Sha256::digest(body)));
+        let recorded = self
+            .recorder
+            .record(OnBusy::Fail, |snapshot| {
+                let mut plan = vec![
+                    Planned::new(delivery_event.clone()).idempotency_key(delivery_key.clone())
+                ];
+                plan.extend(plan_records(snapshot, app, parsed.as_ref().ok(), now));
+                let plan = plan
+                    .into_iter()
+                    .map(|p| p.correlated_with(delivery_id))
+                    .collect();
+                Ok((plan, ()))
+            })
+            .await
+            .map_err(IngestError::NotRecorded)?;
+        tracing::debug!(facts = recorded.events.len() - 1, "webhook recorded");
+        Ok(match (&parsed, recorded.duplicates.first()) {
+            (_, Some(true)) => Intake::Duplicate,
+            (Err(_), _) => Intake::Unparsable,
+            (Ok(_), _) => Intake::Accepted,
+        })
+    }
+}
+
+/// The facts a delivery adds, given the projections now: the domain observes
+/// each item against the thread's ledger (kept current across the items of
+/// this delivery), skipping copies already recorded.
+fn plan_records(
+    state: &State,
+    app: &AppId,
+    envelope: Option<&Envelope>,
+    now: Timestamp,
+) -> Vec<Planned> {
+    let Some(envelope) = envelope else {
+        return Vec::new();
+    };
+    struct Group {
+        ledger: ThreadLedger,
+        events: Vec<Event>,
+    }
+    let mut order: Vec<ThreadKey> = Vec::new();
+    let mut groups: HashMap<ThreadKey, Group> = HashMap::new();
+    let mut page_events: Vec<(Event, String)> = Vec::new();
+    let mut local_seen: HashMap<String, Copies> = HashMap::new();
+
+    for entry in &envelope.entries {
+        for item in &entry.items {
+            let delivery = DeliveryCopy {
+                app: app.clone(),
+                channel: item.channel,
+            };
+            let page_key = |key: &str| format!("page:{key}:{app}:{:?}", item.channel);
+            // An app speaks only for the pages it is configured on: anything
+            // else it delivers is kept verbatim and changes no state.
+            let item_page = match &item.kind {
+                ItemKind::Thread { thread, .. } => &thread.page,
+                _ => &entry.page,
+            };
+            if !state
+                .pages
+                .get(item_page)
+                .is_some_and(|p| p.apps.contains_key(app))
+            {
+                let e = UnattributedItemReceived {
+                    page: item_page.clone(),
+                    at: item.kind.at(),
+                    delivery,
+                    raw: item.raw.clone(),
+                };
+                page_events.push((e.into(), page_key(item.kind.dedupe_key())));
+                continue;
+            }
+            match &item.kind {
+                ItemKind::Thread {
+                    thread,
+                    at,
+                    dedupe_key,
+                    event,
+                } => {
+                    let Some(page) = state.pages.get(&thread.page) else {
+                        continue; // checked above
+                    };
+                    let mut copies: Copies = state.copies(dedupe_key).cloned().unwrap_or_default();
+                    copies.extend(local_seen.get(dedupe_key).cloned().unwrap_or_default());
+                    let me = (app.clone(), item.channel);
+                    if copies.contains(&me) {
+                        continue; // a retry of a copy already recorded
+                    }
+                    let observation = if copies.is_empty() {
+                        Observation::Item {
+                            at: *at,
+                            dedupe_key: dedupe_key.clone(),
+                            delivery,
+                            event: event.clone(),
+                            raw: item.raw.clone(),
+                        }
+                    } else {
+                        Observation::Copy {
+                            at: *at,
+                            dedupe_key: dedupe_key.clone(),
+                            delivery,
+                            event: event.clone(),
+                            raw: item.raw.clone(),
+                        }
+                    };
+                    local_seen.entry(dedupe_key.clone()).or_default().push(me);
+                    let group = groups.entry(thread.clone()).or_insert_with(|| {
+                        order.push(thread.clone());
+                        Group {
+                            ledger: state
+                                .thread(thread)
+                                .cloned()
+                                .unwrap_or_else(|| ThreadLedger::new(thread.clone())),
+                            events: Vec::new(),
+                        }
+                    });
+                    let events = rules::observe(&group.ledger, page, observation, now);
+                    for e in &events {
+                        group.ledger.apply(e);
+                    }
+                    group.events.extend(events);
+                    // An echo of a send whose outcome is not known settles it,
+                    // inline thread control included.
+                    let settled =
+                        crate::outbox::settle_by_echo(state, &group.ledger, page, event, now);
+                    for e in &settled {
+                        group.ledger.apply(e);
+                    }
+                    group.events.extend(settled);
+                }
+                ItemKind::AppRoles {
+                    at,
+                    dedupe_key,
+                    roles,
+                } => {
+                    let e = AppRolesChanged {
+                        page: entry.page.clone(),
+                        at: *at,
+                        roles: roles.clone(),
+                        delivery: Some(delivery),
+                        raw: item.raw.clone(),
+                    };
+                    page_events.push((e.into(), page_key(dedupe_key)));
+                }
+                ItemKind::PolicyEnforcement {
+                    at,
+                    dedupe_key,
+                    action,
+                    reason,
+                } => {
+                    let e = PolicyEnforcementReceived {
+                        page: entry.page.clone(),
+                        at: *at,
+                        action: *action,
+                        reason: reason.clone(),
+                        delivery,
+                        raw: item.raw.clone(),
+                    };
+                    page_events.push((e.into(), page_key(dedupe_key)));
+                }
+                ItemKind::Unattributed { at, dedupe_key, .. } => {
+                    let e = UnattributedItemReceived {
+                        page: entry.page.clone(),
+                        at: *at,
+                        delivery,
+                        raw: item.raw.clone(),
+                    };
+                    page_events.push((e.into(), page_key(dedupe_key)));
+                }
+            }
+        }
+    }
+
+    let mut planned = Vec::new();
+    for key in order {
+        let group = groups
+            .remove(&key)
+            .expect("every ordered thread has a group");
+        // The first record pins the thread's version: a concurrent delivery
+        // that got there first makes this batch conflict and re-plan.
+        let version = state.thread(&key).map_or(0, |l| l.version);
+        planned.extend(on_thread(version, group.events));
+    }
+    planned.extend(
+        page_events
+            .into_iter()
+            .map(|(e, key)| Planned::new(e).idempotency_key(key)),
+    );
+    planned
+}

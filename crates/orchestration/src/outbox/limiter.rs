@@ -1,0 +1,103 @@
+//! The per-page send rate: a token bucket per page (Meta allows 300 calls/s
+//! per page for text), and a pause when Meta says a page is throttled. It
+//! never sleeps: it says how long to wait, and the outbox worker wakes then.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use domain::PageId;
+
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    pages: HashMap<PageId, Bucket>,
+    delayed: u64,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    paused_until: Option<Instant>,
+}
+
+impl RateLimiter {
+    pub fn new(per_second: f64, burst: f64) -> Self {
+        Self {
+            rate: per_second.max(0.001),
+            burst: burst.max(1.0),
+            pages: HashMap::new(),
+            delayed: 0,
+        }
+    }
+
+    fn bucket(&mut self, page: &PageId, now: Instant) -> &mut Bucket {
+        let (rate, burst) = (self.rate, self.burst);
+        let b = self.pages.entry(page.clone()).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+            paused_until: None,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
+        b.last = now;
+        b
+    }
+
+    /// Takes one call for `page` now, or says how long until one is free.
+    pub fn try_acquire(&mut self, page: &PageId, now: Instant) -> Result<(), Duration> {
+        let rate = self.rate;
+        let b = self.bucket(page, now);
+        let wait = match b.paused_until {
+            Some(until) if until > now => until - now,
+            _ if b.tokens >= 1.0 => {
+                b.tokens -= 1.0;
+                return Ok(());
+            }
+            _ => Duration::from_secs_f64((1.0 - b.tokens) / rate),
+        };
+        self.delayed += 1;
+        Err(wait)
+    }
+
+    /// Holds every send to `page` for `for_`: Meta said the page is throttled.
+    pub fn pause(&mut self, page: &PageId, for_: Duration, now: Instant) {
+        let b = self.bucket(page, now);
+        b.tokens = 0.0;
+        b.paused_until = Some(now + for_);
+    }
+
+    /// How often a send had to wait for the limiter.
+    pub fn delayed(&self) -> u64 {
+        self.delayed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_refills_at_the_rate_and_a_pause_holds_the_page() {
+        let page = PageId::parse("1").unwrap();
+        let other = PageId::parse("2").unwrap();
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(10.0, 2.0);
+        assert!(l.try_acquire(&page, t0).is_ok());
+        assert!(l.try_acquire(&page, t0).is_ok());
+        let wait = l.try_acquire(&page, t0).unwrap_err();
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        assert!(l
+            .try_acquire(&page, t0 + Duration::from_millis(100))
+            .is_ok());
+        l.pause(&page, Duration::from_secs(1), t0);
+        assert!(l
+            .try_acquire(&page, t0 + Duration::from_millis(500))
+            .is_err());
+        assert!(l.try_acquire(&other, t0).is_ok(), "pages are independent");
+        assert!(l
+            .try_acquire(&page, t0 + Duration::from_millis(1200))
+            .is_ok());
+        assert_eq!(l.delayed(), 2);
+    }
+}

@@ -1,0 +1,66 @@
+//! Reconciliation: ask Meta who owns a thread (`thread_owner`, with the token
+//! of an app that may see it: the default app's or the legacy primary's) and
+//! record the answer as a fact; the ledger follows Meta when they differ.
+
+use domain::rules::{self, Observation};
+use domain::{AppId, ThreadKey};
+use event_log::EventStore;
+
+use crate::graph_client::GraphAnswer;
+use crate::record::OnBusy;
+use crate::Baton;
+
+impl<S: EventStore + 'static> Baton<S> {
+    /// Asks Meta who owns `thread` and records what Meta says. Does nothing
+    /// when no managed app may see ownership (zero-config, an external
+    /// default app): webhooks then tell.
+    #[tracing::instrument(skip_all, fields(page = %thread.page, psid = %thread.psid))]
+    pub async fn reconcile(&self, thread: &ThreadKey, version: &str) {
+        let Some(page) = self.config.page(&thread.page) else {
+            return;
+        };
+        let Some(viewer) = page.mode.idle_holder() else {
+            return; // zero-config: nobody can see ownership
+        };
+        let Some((_, managed)) = self.config.managed(viewer) else {
+            return; // the default app is external: wait for webhooks instead
+        };
+        let Some(token) = managed.page_tokens.get(&thread.page) else {
+            return;
+        };
+        let answer = self
+            .graph
+            .get(
+                &managed.graph_base_url,
+                version,
+                thread.page.as_str(),
+                "thread_owner",
+                token.expose(),
+                &[("recipient", thread.psid.as_str())],
+            )
+            .await;
+        let GraphAnswer::Ok(body) = answer else {
+            tracing::warn!("thread_owner could not be read to settle drift");
+            return;
+        };
+        let owner = body["data"]
+            .as_array()
+            .and_then(|d| d.first())
+            .and_then(|d| wire::webhook::id_string(&d["thread_owner"]["app_id"]))
+            .and_then(|s| AppId::parse(s).ok());
+        let now = self.clock.now();
+        let recorded = self
+            .recorder
+            .record_on(thread, OnBusy::Retry, |_, ledger, page| {
+                let observation = Observation::ThreadOwner {
+                    at: now,
+                    owner: owner.clone(),
+                };
+                (rules::observe(ledger, page, observation, now), ())
+            })
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "thread_owner answer could not be recorded");
+        }
+    }
+}

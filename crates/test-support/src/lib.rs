@@ -1,0 +1,329 @@
+//! Test support shared by Baton's system tests, CLI tests and benchmarks:
+//! the one test configuration ([`BatonToml`]: a Conversation Routing page
+//! with a bot, a human inbox and the Page Inbox, plus a page only the Page
+//! Inbox answers), Baton started for a test ([`TestBaton`]: port 0, a
+//! temporary sled log, a manual clock) and the whole stack with the emulator
+//! playing Meta ([`stack::Stack`]). It is for tests only: nothing here is
+//! part of Baton.
+
+pub mod stack;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use domain::{Event, Timestamp};
+use event_log::{EventStore, SledStore};
+use server::{Config, ManualClock, Running};
+
+/// 2026-11-01T09:00:00Z, where the emulator's clock starts too.
+pub const T0: Timestamp = Timestamp::from_millis(1_793_523_600_000);
+pub const PAGE: &str = "5550001";
+/// A second page that none of the managed apps serves.
+pub const OTHER_PAGE: &str = "5550002";
+pub const BOT: &str = "1001";
+pub const HUMAN: &str = "1002";
+pub const PAGE_INBOX: &str = "263902037430900";
+pub const BOT_SECRET: &str = "bot-app-secret";
+pub const HUMAN_SECRET: &str = "human-app-secret";
+pub const ADMIN_TOKEN: &str = "admin-secret";
+
+/// Settings a test may change.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    pub timeout_ms: u64,
+    pub rate: f64,
+    pub burst: f64,
+    /// How long a stop keeps answering 503 before closing the listener.
+    pub stop_grace_ms: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            timeout_ms: 5000,
+            rate: 300.0,
+            burst: 300.0,
+            stop_grace_ms: 0,
+        }
+    }
+}
+
+/// The test configuration, as `baton.toml` text.
+#[derive(Debug, Clone)]
+pub struct BatonToml {
+    graph: String,
+    routing: String,
+    data_dir: Option<PathBuf>,
+    tuning: Tuning,
+    bot_backend: Option<String>,
+    human_backend: Option<String>,
+}
+
+impl BatonToml {
+    /// Conversation Routing with the bot as default app; `graph` is the
+    /// Graph API base URL (the emulator's, or a closed port).
+    pub fn new(graph: &str) -> Self {
+        Self {
+            graph: graph.to_owned(),
+            routing: cr_mode(),
+            data_dir: None,
+            tuning: Tuning::default(),
+            bot_backend: None,
+            human_backend: None,
+        }
+    }
+
+    /// The test page's `routing` value (TOML inline table).
+    pub fn routing(mut self, routing: &str) -> Self {
+        self.routing = routing.to_owned();
+        self
+    }
+
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_owned());
+        self
+    }
+
+    pub fn tuning(mut self, tuning: Tuning) -> Self {
+        self.tuning = tuning;
+        self
+    }
+
+    /// Dispatch the bot's events to `url`.
+    pub fn bot_backend(mut self, url: &str) -> Self {
+        self.bot_backend = Some(url.to_owned());
+        self
+    }
+
+    /// Dispatch the human inbox's events to `url`.
+    pub fn human_backend(mut self, url: &str) -> Self {
+        self.human_backend = Some(url.to_owned());
+        self
+    }
+
+    pub fn render(&self) -> String {
+        let Tuning {
+            timeout_ms,
+            rate,
+            burst,
+            stop_grace_ms,
+        } = self.tuning;
+        let graph = &self.graph;
+        let routing = &self.routing;
+        let data_dir = self
+            .data_dir
+            .as_ref()
+            .map_or_else(|| "unused".to_owned(), |d| d.display().to_string());
+        let backend = |url: &Option<String>| {
+            url.as_ref()
+                .map(|u| format!("backend_url = {u:?}\n"))
+                .unwrap_or_default()
+        };
+        let (bot_backend, human_backend) =
+            (backend(&self.bot_backend), backend(&self.human_backend));
+        format!(
+            r#"
+listen = "127.0.0.1:0"
+data_dir = {data_dir:?}
+max_body_bytes = 65536
+graph_timeout_ms = {timeout_ms}
+body_timeout_ms = 300
+admin_token = "{ADMIN_TOKEN}"
+send_backoff_ms = 1
+stop_grace_ms = {stop_grace_ms}
+send_rate_per_second = {rate}
+send_burst = {burst}
+
+[[pages]]
+id = "{PAGE}"
+name = "Test page"
+routing = {routing}
+apps = ["{BOT}", "{HUMAN}", "{PAGE_INBOX}"]
+
+[[pages]]
+id = "{OTHER_PAGE}"
+name = "Another page, answered in the Page Inbox only"
+routing = {{ mode = "conversation_routing", default_app = "{PAGE_INBOX}" }}
+apps = ["{PAGE_INBOX}"]
+
+[[apps]]
+id = "{BOT}"
+name = "Bot"
+kind = "bot"
+management = "managed"
+may_take_control = true
+app_secret = "{BOT_SECRET}"
+verify_token = "verify-bot"
+api_token = "baton-bot"
+graph_base_url = "{graph}"
+page_tokens = {{ "{PAGE}" = "page-token-bot" }}
+{bot_backend}
+[[apps]]
+id = "{HUMAN}"
+name = "Human inbox"
+kind = "human"
+management = "managed"
+app_secret = "{HUMAN_SECRET}"
+verify_token = "verify-human"
+api_token = "baton-human"
+graph_base_url = "{graph}"
+page_tokens = {{ "{PAGE}" = "page-token-human" }}
+{human_backend}
+[[apps]]
+id = "{PAGE_INBOX}"
+name = "Page Inbox"
+kind = "human"
+management = "external"
+"#
+        )
+    }
+}
+
+/// The test configuration with the page in `mode` (a TOML inline table).
+pub fn config_toml(graph: &str, mode: &str) -> String {
+    BatonToml::new(graph).routing(mode).render()
+}
+
+/// [`config_toml`] with other timeouts and rates.
+pub fn config_toml_with(graph: &str, mode: &str, tuning: Tuning) -> String {
+    BatonToml::new(graph).routing(mode).tuning(tuning).render()
+}
+
+/// A text reply to `psid` as Meta's Send API takes it.
+pub fn text(psid: &str, t: &str) -> serde_json::Value {
+    serde_json::json!({"recipient": {"id": psid}, "messaging_type": "RESPONSE", "message": {"text": t}})
+}
+
+/// Conversation Routing with the bot as default app.
+pub fn cr_mode() -> String {
+    format!(r#"{{ mode = "conversation_routing", default_app = "{BOT}" }}"#)
+}
+
+/// Zero-config: every app answers, nobody owns.
+pub fn zero_config_mode() -> String {
+    r#"{ mode = "zero_config" }"#.to_owned()
+}
+
+/// Handover v1 with the bot as primary.
+pub fn handover_v1_mode() -> String {
+    format!(
+        r#"{{ mode = "handover_v1", primary = "{BOT}", secondaries = ["{HUMAN}", "{PAGE_INBOX}"] }}"#
+    )
+}
+
+#[derive(Debug)]
+pub struct TestBaton {
+    pub running: Running<SledStore>,
+    pub clock: Arc<ManualClock>,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    pub config_text: String,
+}
+
+impl TestBaton {
+    pub async fn start(config_text: &str) -> TestBaton {
+        Self::start_in(tempfile::tempdir().unwrap(), config_text).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, config_text: &str) -> TestBaton {
+        let config = Config::parse(config_text, "test.toml", |_| None).unwrap();
+        let store = Arc::new(open_log(&dir.path().join("log")).await);
+        let clock = Arc::new(ManualClock::new(T0));
+        let running = server::start(config, store, clock.clone()).await.unwrap();
+        TestBaton {
+            running,
+            clock,
+            dir,
+            http: reqwest::Client::new(),
+            config_text: config_text.to_owned(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.running.base_url())
+    }
+
+    /// Posts a body signed with `secret` in both schemes.
+    pub async fn post_signed(&self, app: &str, secret: &str, body: &[u8]) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/webhooks/{app}")))
+            .header("content-type", "application/json")
+            .header(
+                "x-hub-signature-256",
+                wire::signature::sign_sha256(secret.as_bytes(), body),
+            )
+            .header(
+                "x-hub-signature",
+                wire::signature::sign_sha1(secret.as_bytes(), body),
+            )
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn head(&self) -> u64 {
+        self.running.state.store.head().await.unwrap().position
+    }
+
+    /// Every event in the log, decoded, in order.
+    pub async fn events(&self) -> Vec<Event> {
+        let records = self
+            .running
+            .state
+            .store
+            .read_all(1, 1_000_000)
+            .await
+            .unwrap();
+        records
+            .iter()
+            .map(|r| Event::decode(&r.type_name, r.schema_version, &r.payload).unwrap())
+            .collect()
+    }
+
+    pub async fn count(&self, type_name: &str) -> usize {
+        self.events()
+            .await
+            .iter()
+            .filter(|e| e.type_name() == type_name)
+            .count()
+    }
+
+    /// Stops the server and closes the store, keeping the data directory.
+    pub async fn stop(self) -> (tempfile::TempDir, String) {
+        let store = self.running.state.store.clone();
+        self.running.stop().await;
+        if let Ok(store) = Arc::try_unwrap(store) {
+            store.close().await;
+        }
+        (self.dir, self.config_text)
+    }
+}
+
+/// A Messenger envelope with the given entries.
+pub fn envelope(entries: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"object": "page", "entry": entries})).unwrap()
+}
+
+/// A user message item.
+pub fn message_item(psid: &str, mid: &str, at: i64) -> serde_json::Value {
+    serde_json::json!({
+        "sender": {"id": psid}, "recipient": {"id": PAGE}, "timestamp": at,
+        "message": {"mid": mid, "text": "hello"}
+    })
+}
+
+/// Opens the sled log, waiting (a bounded time) for a store of this process
+/// that was just closed to let go of the directory lock.
+pub async fn open_log(path: &std::path::Path) -> SledStore {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStore::open(path) {
+            Ok(store) => return store,
+            Err(event_log::OpenError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await
+            }
+            Err(e) => panic!("cannot open the log at {}: {e}", path.display()),
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The emulator playing Meta and Baton behind it, wired together: the
+//! emulator's apps deliver their webhooks to Baton, Baton calls the
+//! emulator's Graph API, and both clocks move together.
+
+use domain::events::ControlView;
+use domain::rules;
+use domain::{PageId, Psid, Span, ThreadKey, ThreadLedger};
+use emulator::{AppConfig, ControlClient, Emulator, EmulatorHandle, PageConfig, World};
+use serde_json::{json, Value};
+use server::projections::{Projections, State};
+
+use crate::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    ConversationRouting,
+    ZeroConfig,
+    HandoverV1,
+}
+
+#[derive(Debug)]
+pub struct Stack {
+    pub emulator: EmulatorHandle,
+    pub ctl: ControlClient,
+    pub baton: TestBaton,
+    hop_primary: Option<String>,
+}
+
+impl Stack {
+    pub async fn start(mode: Mode) -> Stack {
+        Self::start_tuned(mode, Tuning::default()).await
+    }
+
+    pub async fn start_tuned(mode: Mode, tuning: Tuning) -> Stack {
+        let hop_primary = matches!(mode, Mode::HandoverV1).then(|| BOT.to_owned());
+        let page = match mode {
+            Mode::ConversationRouting => PageConfig::conversation_routing(PAGE, BOT),
+            Mode::ZeroConfig => PageConfig::zero_config(PAGE),
+            Mode::HandoverV1 => {
+                PageConfig::handover_v1(PAGE, BOT, &[HUMAN, emulator::PAGE_INBOX_APP_ID])
+            }
+        };
+        let world = World::default()
+            .with_page(page)
+            .with_app(
+                AppConfig::new(BOT, BOT_SECRET)
+                    .with_token(PAGE, "page-token-bot")
+                    .may_take(true),
+            )
+            .with_app(
+                AppConfig::new(HUMAN, HUMAN_SECRET)
+                    .with_token(PAGE, "page-token-human")
+                    .human_agent(true),
+            );
+        let emulator = Emulator::start(world).expect("emulator starts");
+        let baton_mode = match mode {
+            Mode::ConversationRouting => cr_mode(),
+            Mode::ZeroConfig => zero_config_mode(),
+            Mode::HandoverV1 => handover_v1_mode(),
+        };
+        let baton =
+            TestBaton::start(&config_toml_with(&emulator.base_url(), &baton_mode, tuning)).await;
+        let ctl = emulator.control();
+        for app in [BOT, HUMAN] {
+            ctl.set_callback(app, Some(&baton.url(&format!("/webhooks/{app}"))))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            ctl.clock().await.unwrap().now_ms,
+            T0.millis(),
+            "both clocks start together"
+        );
+        Stack {
+            emulator,
+            ctl,
+            baton,
+            hop_primary,
+        }
+    }
+
+    /// Stops Baton (in order, as `baton serve` does on SIGTERM) and starts
+    /// it again on the same data directory with `tuning`, pointing the
+    /// emulator's apps at its new address.
+    pub async fn restart_baton(self, tuning: Tuning) -> Stack {
+        let Stack {
+            emulator,
+            ctl,
+            baton,
+            hop_primary,
+        } = self;
+        let (dir, text) = baton.stop().await;
+        let mode = text
+            .lines()
+            .find_map(|l| l.strip_prefix("routing = "))
+            .map(str::to_owned)
+            .unwrap_or_else(cr_mode);
+        let baton =
+            TestBaton::start_in(dir, &config_toml_with(&emulator.base_url(), &mode, tuning)).await;
+        for app in [BOT, HUMAN] {
+            ctl.set_callback(app, Some(&baton.url(&format!("/webhooks/{app}"))))
+                .await
+                .unwrap();
+        }
+        Stack {
+            emulator,
+            ctl,
+            baton,
+            hop_primary,
+        }
+    }
+
+    /// What the page said to `psid`, as the emulator's transcript has it.
+    pub async fn page_messages(&self, psid: &str) -> Vec<String> {
+        let thread = self.ctl.thread(PAGE, psid).await.unwrap();
+        thread
+            .transcript
+            .iter()
+            .filter(|l| l.from == "page")
+            .filter_map(|l| l.text.clone())
+            .collect()
+    }
+
+    /// Moves both clocks.
+    pub async fn advance(&self, by: Span) {
+        self.ctl.advance(by.millis()).await.unwrap();
+        self.baton.clock.advance(by);
+    }
+
+    pub async fn user_says(&self, psid: &str, text: &str) {
+        let result = self.ctl.user_text(PAGE, psid, text).await.unwrap();
+        assert!(
+            result.deliveries.iter().all(|d| d.ok),
+            "every delivery to Baton succeeded: {:?}",
+            result.deliveries
+        );
+    }
+
+    /// Sends through Baton as `token`'s app; returns status and body.
+    pub async fn send(&self, token: &str, body: Value) -> (u16, Value) {
+        self.send_with_key(token, body, None).await
+    }
+
+    pub async fn send_with_key(&self, token: &str, body: Value, key: Option<&str>) -> (u16, Value) {
+        let mut req = self
+            .baton
+            .http
+            .post(self.baton.url("/v21.0/me/messages"))
+            .bearer_auth(token)
+            .json(&body);
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let body = res.json().await.unwrap_or(Value::Null);
+        self.ctl.wait_deliveries().await.unwrap();
+        (status, body)
+    }
+
+    /// Calls Baton's Graph-compatible API as `token`'s app.
+    pub async fn graph_post(&self, token: &str, edge: &str, body: Value) -> (u16, Value) {
+        let res = self
+            .baton
+            .http
+            .post(self.baton.url(&format!("/v21.0/{PAGE}/{edge}")))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let body = res.json().await.unwrap_or(Value::Null);
+        // Webhooks the call caused (pass → new owner) are delivered after it answers.
+        self.ctl.wait_deliveries().await.unwrap();
+        (status, body)
+    }
+
+    pub async fn pass(&self, token: &str, psid: &str, target: Option<&str>) -> (u16, Value) {
+        let mut body = json!({"recipient": {"id": psid}, "metadata": "over to you"});
+        if let Some(t) = target {
+            body["target_app_id"] = json!(t);
+        }
+        self.graph_post(token, "pass_thread_control", body).await
+    }
+
+    pub fn thread(psid: &str) -> ThreadKey {
+        ThreadKey::new(PageId::parse(PAGE).unwrap(), Psid::parse(psid).unwrap())
+    }
+
+    /// Baton's view of who controls the thread now.
+    pub fn ledger_view(&self, psid: &str) -> ControlView {
+        let snapshot = self.baton.running.state.projections.read();
+        let page = snapshot
+            .pages
+            .get(&PageId::parse(PAGE).unwrap())
+            .unwrap()
+            .clone();
+        let ledger = snapshot
+            .thread(&Self::thread(psid))
+            .cloned()
+            .unwrap_or_else(|| ThreadLedger::new(Self::thread(psid)));
+        rules::control_at(&ledger, &page, self.baton.clock.now_value())
+    }
+
+    /// Asserts the ledger agrees with the emulator, and that replaying the log
+    /// from zero gives exactly the live projections.
+    pub async fn assert_consistent(&self, psid: &str) {
+        let meta = self.ctl.thread(PAGE, psid).await.unwrap();
+        let expected = match meta.owner.clone() {
+            Some(app) => ControlView::Owner {
+                app: domain::AppId::parse(app).unwrap(),
+            },
+            None => ControlView::Idle,
+        };
+        let mut ours = self.ledger_view(psid);
+        // Handover v1: the primary holding the thread is what Meta calls idle.
+        if let ControlView::Owner { app } = &ours {
+            if self.hop_primary.as_deref() == Some(app.as_str()) {
+                ours = ControlView::Idle;
+            }
+        }
+        assert_eq!(
+            ours, expected,
+            "Baton's ledger differs from Meta's view: {meta:?}"
+        );
+        let live = self.baton.running.state.projections.read().clone();
+        let config = server::Config::parse(&self.baton.config_text, "test.toml", |_| None).unwrap();
+        let replayed = Projections::new(State::new(config.pages.values().map(|(_, p)| p.clone())));
+        replayed
+            .catch_up(self.baton.running.state.store.as_ref())
+            .await
+            .unwrap();
+        assert_eq!(*replayed.read(), live, "replay from zero differs from live");
+    }
+
+    /// Graph calls the emulator received for an edge.
+    pub async fn upstream_calls(&self, edge: &str) -> usize {
+        self.ctl
+            .calls()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|c| c.path.ends_with(edge))
+            .count()
+    }
+
+    /// The thread's timeline from Baton's read API.
+    pub async fn timeline(&self, psid: &str) -> Vec<Value> {
+        let res = self
+            .baton
+            .http
+            .get(
+                self.baton
+                    .url(&format!("/api/threads/{PAGE}/{psid}/timeline")),
+            )
+            .bearer_auth("baton-bot")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        body["events"].as_array().unwrap().clone()
+    }
+}
+
+trait NowValue {
+    fn now_value(&self) -> domain::Timestamp;
+}
+
+impl NowValue for server::ManualClock {
+    fn now_value(&self) -> domain::Timestamp {
+        server::Clock::now(self)
+    }
+}
