@@ -776,6 +776,7 @@ impl Run {
                 payload: self.send_body(s),
                 idempotency_key: None,
                 graph_version: None,
+                request_digest: None,
             }),
             Call::Pass(by, target) => Command::PassThreadControl {
                 call_id: id,

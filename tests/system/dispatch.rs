@@ -97,8 +97,8 @@ async fn each_backend_gets_its_own_copy_on_metas_channel_signed_both_ways() {
     human_status.wait_for(|s| s.delivered >= 2).await.unwrap();
 
     for (seen, secret, other_secret, channel) in [
-        (&bot_seen, BOT_SECRET, HUMAN_SECRET, "messaging"),
-        (&human_seen, HUMAN_SECRET, BOT_SECRET, "standby"),
+        (&bot_seen, BOT_FORWARD_SECRET, BOT_SECRET, "messaging"),
+        (&human_seen, HUMAN_FORWARD_SECRET, HUMAN_SECRET, "standby"),
     ] {
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen.len(), 2);

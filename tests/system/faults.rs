@@ -177,6 +177,7 @@ async fn a_send_interrupted_by_a_crash_is_recorded_unknown_at_start_and_settled_
         payload: json!({"message": {"text": "hello", "metadata": format!("baton:send:{send_id}")}}),
         idempotency_key: None,
         graph_version: None,
+        request_digest: None,
     };
     history.extend(rules::decide(&ledger, &page, &domain::Command::SendMessage(send), T0).unwrap());
     // The outbox recorded its attempt, called Meta, and the process died

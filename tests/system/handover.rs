@@ -3,18 +3,12 @@
 //! emulator's view and replaying the log from zero gives the same ledger.
 
 use domain::events::ControlView;
-use domain::{AppId, Span};
+use domain::Span;
 use emulator::FaultSpec;
 use serde_json::json;
 
 use crate::stack::{Mode, Stack};
 use crate::support::*;
-
-fn owner(app: &str) -> ControlView {
-    ControlView::Owner {
-        app: AppId::parse(app).unwrap(),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_message_reaches_baton_once_per_app_on_the_right_channel_and_is_one_fact() {

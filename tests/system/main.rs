@@ -5,6 +5,7 @@ mod differential;
 mod dispatch;
 mod faults;
 mod handover;
+mod hostile;
 mod ingress;
 mod outbox;
 mod reliability;

@@ -1,10 +1,11 @@
 //! The `baton` binary. `serve` runs the server on the embedded sled log; the
 //! other commands serve operators and auditors over the same crates: verify
-//! the chain, export NDJSON, replay the projections, audit a thread or the
-//! sends, redrive a dead letter. They read a STOPPED server's data directory,
+//! the chain (and its signed checkpoints), export NDJSON, sign checkpoints,
+//! replay the projections, audit a thread or the sends, redrive a dead letter. They read a STOPPED server's data directory,
 //! an NDJSON export, or ask a running server over its admin API.
 //! Exit codes: 0 ok, 1 a check failed, 2 usage or I/O error.
 
+mod anchor;
 mod audit;
 mod chain;
 mod http;
@@ -25,7 +26,7 @@ use crate::http::ServerArgs;
 use crate::source::SourceArgs;
 
 const EXIT_CODES: &str = "\
-Exit codes: 0 ok; 1 a check failed (chain broken, replay differs, redrive refused); 2 usage or I/O error.
+Exit codes: 0 ok; 1 a check failed (chain broken, a checkpoint fails, replay differs, redrive refused); 2 usage or I/O error.
 
 The log lives in <data_dir>/log, which a running server locks: offline commands need the
 server stopped, or use --server URL --token ADMIN_TOKEN to ask the running server.";
@@ -77,16 +78,22 @@ enum Command {
         #[arg(long, short, env = "BATON_CONFIG")]
         config: PathBuf,
     },
-    /// Check the log's hash chain from position 1
+    /// Check the log's hash chain from position 1, and its signed checkpoints
     ///
     /// Prints the records checked and the head hash, or the first bad
-    /// position (and NDJSON line) and exits 1.
+    /// position (and NDJSON line) and exits 1. The chain alone does not
+    /// detect a log rewritten and re-hashed from some record on: with
+    /// --checkpoint and --public-key, each checkpoint's signature is checked,
+    /// then the record at its position must carry the signed hash; the output
+    /// says up to which position the chain is anchored.
     #[command(after_help = EXIT_CODES)]
     Verify {
         #[command(flatten)]
         source: SourceArgs,
         #[command(flatten)]
         server: ServerArgs,
+        #[command(flatten)]
+        anchor: anchor::AnchorArgs,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -95,8 +102,23 @@ enum Command {
     ///
     /// Every hashed field is kept, so the file verifies on another machine.
     /// Reads a stopped server's data directory, or asks a running server.
+    /// With --key, also checks the written chain and signs its head into
+    /// `<out>.checkpoint.json`.
     #[command(after_help = EXIT_CODES)]
     Export(chain::ExportArgs),
+    /// Create a checkpoint signing key: PATH (private, mode 0600) and PATH.pub
+    ///
+    /// Prints the public key and its key id. Never overwrites a file.
+    #[command(after_help = EXIT_CODES)]
+    Keygen(anchor::KeygenArgs),
+    /// Sign the head of a STOPPED server's log as a checkpoint
+    ///
+    /// Verifies the whole chain first (exit 1, nothing signed, if it is
+    /// broken), then writes `DIR/checkpoints/<position>.json` (or --out).
+    /// `baton verify --checkpoint` later proves that no record up to that
+    /// position was rewritten, even with every later hash recomputed.
+    #[command(after_help = EXIT_CODES)]
+    Checkpoint(anchor::CheckpointArgs),
     /// Rebuild the projections from the log and print their digest
     ///
     /// Also checks that folding is deterministic (all at once equals two
@@ -211,9 +233,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify {
             source,
             server,
+            anchor,
             json,
-        } => chain::verify(source, server, json).await,
+        } => chain::verify(source, server, anchor, json).await,
         Command::Export(args) => chain::export(args).await,
+        Command::Keygen(args) => anchor::keygen(args),
+        Command::Checkpoint(args) => anchor::checkpoint(args).await,
         Command::Replay {
             source,
             server,

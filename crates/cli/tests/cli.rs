@@ -147,7 +147,16 @@ fn fixture() -> Fixture {
         clock.set(Timestamp::from_millis(T0 + 60_000));
         assert_eq!(send(&http, &base, "baton-bot").await, 200);
         assert_eq!(send(&http, &base, "baton-human").await, 400);
-        // 09:05 the bot passes the thread to the human inbox (Meta's webhook).
+        // 09:05 the bot passes the thread to the human inbox through Baton;
+        // Meta's webhook to the human confirms it.
+        clock.set(Timestamp::from_millis(T0 + 300_000));
+        let passed = http
+            .post(format!("{base}/v21.0/me/pass_thread_control?access_token=baton-bot"))
+            .json(&json!({"recipient": {"id": "u1"}, "target_app_id": HUMAN, "metadata": "to a human"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(passed.status(), 200);
         let pass = json!({"sender": {"id": "u1"}, "recipient": {"id": PAGE}, "timestamp": T0 + 300_000,
             "pass_thread_control": {"previous_owner_app_id": BOT, "new_owner_app_id": HUMAN, "metadata": "to a human"}});
         post_signed(&http, &base, HUMAN, HUMAN_SECRET, envelope(json!([pass]), "messaging")).await;
@@ -817,6 +826,8 @@ fn usage_errors_exit_2() {
         "replay",
         "audit",
         "redrive",
+        "keygen",
+        "checkpoint",
         "Exit codes",
     ] {
         assert!(text.contains(command), "{text}");
@@ -824,4 +835,360 @@ fn usage_errors_exit_2() {
     let help = baton(&["audit", "thread", "--help"]);
     assert_eq!(code(&help), 0);
     assert!(stdout(&help).contains("RFC 3339"), "{}", stdout(&help));
+}
+
+/// Rewrites the payload text of the record at `position` ("hello" →
+/// "jello") in an NDJSON export and recomputes its hash and every later
+/// `prev_hash` and `hash` with the log's own hashing, as someone with write
+/// access to the file (but not the signing key) can.
+fn rewrite_and_rehash(text: &str, position: u64) -> String {
+    let mut records: Vec<event_log::Record> = text
+        .lines()
+        .map(|l| event_log::parse_ndjson_line(l.as_bytes()).unwrap())
+        .collect();
+    let at = position as usize - 1;
+    let payload = String::from_utf8(records[at].payload.clone()).unwrap();
+    assert!(payload.contains("\"hello\""), "{payload}");
+    records[at].payload = payload.replacen("\"hello\"", "\"jello\"", 1).into_bytes();
+    for i in at..records.len() {
+        if i > 0 {
+            records[i].prev_hash = records[i - 1].hash;
+        }
+        records[i].hash = records[i].compute_hash();
+    }
+    records
+        .iter()
+        .map(|r| event_log::ndjson_line(r) + "\n")
+        .collect()
+}
+
+#[test]
+fn a_rewritten_and_rehashed_export_fails_its_signed_checkpoint() {
+    let f = fixture();
+    let key = f.dir.path().join("baton.key");
+    let key_s = key.to_str().unwrap();
+    let out = baton(&["keygen", "--out", key_s]);
+    assert_eq!(code(&out), 0, "{}", all(&out));
+    let public = format!("{key_s}.pub");
+    let public_hex = std::fs::read_to_string(&public).unwrap().trim().to_owned();
+    assert!(stdout(&out).contains(&public_hex), "{}", all(&out));
+    assert!(stdout(&out).contains("key id"), "{}", all(&out));
+
+    let export = f.dir.path().join("export.ndjson");
+    let export_s = export.to_str().unwrap();
+    let out = baton(&[
+        "export",
+        "--data-dir",
+        f.data_dir(),
+        "--out",
+        export_s,
+        "--key",
+        key_s,
+    ]);
+    assert_eq!(code(&out), 0, "{}", all(&out));
+    let checkpoint = format!("{export_s}.checkpoint.json");
+    let signed: Value =
+        serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
+    assert_eq!(signed["position"], f.dead_letter, "{signed}");
+
+    // The correct export with its checkpoint: anchored up to the head.
+    let out = baton(&[
+        "verify",
+        "--export",
+        export_s,
+        "--checkpoint",
+        &checkpoint,
+        "--public-key",
+        &public,
+    ]);
+    assert_eq!(code(&out), 0, "{}", all(&out));
+    assert!(
+        stdout(&out).contains(&format!("anchored      up to position {}", f.dead_letter)),
+        "{}",
+        all(&out)
+    );
+    assert!(
+        stdout(&out).contains(&format!(
+            "not anchored  0 records after position {}",
+            f.dead_letter
+        )),
+        "{}",
+        all(&out)
+    );
+
+    // u2's message rewritten, every later hash recomputed.
+    let text = std::fs::read_to_string(&export).unwrap();
+    let forged_text = rewrite_and_rehash(&text, f.u2_item);
+    assert_ne!(forged_text, text);
+    let forged = f.dir.path().join("forged.ndjson");
+    std::fs::write(&forged, &forged_text).unwrap();
+    let forged_s = forged.to_str().unwrap();
+
+    // The chain alone cannot tell, and says it is not anchored...
+    let out = baton(&["verify", "--export", forged_s]);
+    assert_eq!(code(&out), 0, "{}", all(&out));
+    assert!(
+        stdout(&out).contains("not anchored: no checkpoint given"),
+        "{}",
+        all(&out)
+    );
+    // ...the signed checkpoint can (the key given as hex this time).
+    let out = baton(&[
+        "verify",
+        "--export",
+        forged_s,
+        "--checkpoint",
+        &checkpoint,
+        "--public-key",
+        &public_hex,
+    ]);
+    assert_eq!(code(&out), 1, "{}", all(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "first bad position {} (line {})",
+            f.dead_letter, f.dead_letter
+        )),
+        "{}",
+        all(&out)
+    );
+    assert!(
+        stdout(&out).contains("differs from the signed checkpoint"),
+        "{}",
+        all(&out)
+    );
+    let out = baton(&[
+        "verify",
+        "--export",
+        forged_s,
+        "--checkpoint",
+        &checkpoint,
+        "--public-key",
+        &public,
+        "--json",
+    ]);
+    assert_eq!(code(&out), 1, "{}", all(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["position"], f.dead_letter, "{report}");
+
+    // An export cut before the checkpoint's position fails it; the chain
+    // alone would pass.
+    let cut: String = text
+        .lines()
+        .take(f.u2_item as usize)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cut_file = f.dir.path().join("cut.ndjson");
+    std::fs::write(&cut_file, cut).unwrap();
+    let cut_s = cut_file.to_str().unwrap();
+    assert_eq!(code(&baton(&["verify", "--export", cut_s])), 0);
+    let out = baton(&[
+        "verify",
+        "--export",
+        cut_s,
+        "--checkpoint",
+        &checkpoint,
+        "--public-key",
+        &public,
+    ]);
+    assert_eq!(code(&out), 1, "{}", all(&out));
+    assert!(
+        stdout(&out).contains(&format!("checkpoint position {}", f.dead_letter)),
+        "{}",
+        all(&out)
+    );
+    assert!(stdout(&out).contains("past the end"), "{}", all(&out));
+
+    // With a second checkpoint at the rewritten record itself (signed
+    // through the library, as the server will), the failure names that
+    // position: the earliest checkpoint at or after the rewrite.
+    let u2 =
+        event_log::parse_ndjson_line(text.lines().nth(f.u2_item as usize - 1).unwrap().as_bytes())
+            .unwrap();
+    let signer = event_log::CheckpointSigner::from_file(&key).unwrap();
+    let at_u2 = signer.sign(
+        &event_log::Head {
+            position: u2.position,
+            hash: u2.hash,
+        },
+        T0,
+    );
+    let dir = f.dir.path().join("checkpoints-both");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("a.json"), at_u2.to_json()).unwrap();
+    std::fs::copy(&checkpoint, dir.join("b.json")).unwrap();
+    let out = baton(&[
+        "verify",
+        "--export",
+        forged_s,
+        "--checkpoint",
+        dir.to_str().unwrap(),
+        "--public-key",
+        &public,
+    ]);
+    assert_eq!(code(&out), 1, "{}", all(&out));
+    assert!(
+        stdout(&out).contains(&format!("first bad position {}", f.u2_item)),
+        "{}",
+        all(&out)
+    );
+    // The genuine export passes both, anchored up to the head.
+    let out = baton(&[
+        "verify",
+        "--export",
+        export_s,
+        "--checkpoint",
+        dir.to_str().unwrap(),
+        "--public-key",
+        &public,
+    ]);
+    assert_eq!(code(&out), 0, "{}", all(&out));
+    assert!(stdout(&out).contains("by 2 checkpoints"), "{}", all(&out));
+}
+
+#[test]
+fn checkpoints_of_another_key_or_edited_fail_their_signature() {
+    let f = fixture();
+    let key = f.dir.path().join("k");
+    let other = f.dir.path().join("other");
+    for k in [&key, &other] {
+        let out = baton(&["keygen", "--out", k.to_str().unwrap()]);
+        assert_eq!(code(&out), 0, "{}", all(&out));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // keygen never overwrites.
+    let before = std::fs::read(&key).unwrap();
+    let out = baton(&["keygen", "--out", key.to_str().unwrap()]);
+    assert_eq!(code(&out), 2, "{}", all(&out));
+    assert!(all(&out).contains("already exists"), "{}", all(&out));
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+
+    // Signed on the stopped server's directory, by default into
+    // DIR/checkpoints/<position>.json.
+    let out = baton(&[
+        "checkpoint",
+        "--data-dir",
+        f.data_dir(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", all(&out));
+    let checkpoints = f.dir.path().join("checkpoints");
+    let file = checkpoints.join(format!("{}.json", f.dead_letter));
+    assert!(file.is_file(), "{}", all(&out));
+    let public = format!("{}.pub", key.display());
+    let other_public = format!("{}.pub", other.display());
+
+    let verify = |checkpoint: &Path, public: &str| {
+        baton(&[
+            "verify",
+            "--data-dir",
+            f.data_dir(),
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--public-key",
+            public,
+        ])
+    };
+    let out = verify(&checkpoints, &public);
+    assert_eq!(code(&out), 0, "{}", all(&out));
+    assert!(
+        stdout(&out).contains(&format!("anchored      up to position {}", f.dead_letter)),
+        "{}",
+        all(&out)
+    );
+
+    // Checked with another key: refused, naming the position and both keys.
+    let out = verify(&file, &other_public);
+    assert_eq!(code(&out), 1, "{}", all(&out));
+    assert!(
+        stdout(&out).contains(&format!("checkpoint position {}", f.dead_letter)),
+        "{}",
+        all(&out)
+    );
+    assert!(
+        stdout(&out).contains("not by the given public key"),
+        "{}",
+        all(&out)
+    );
+
+    // Signed with another key and relabelled with ours: the signature fails.
+    let other_checkpoint = f.dir.path().join("other-key.json");
+    let out = baton(&[
+        "checkpoint",
+        "--data-dir",
+        f.data_dir(),
+        "--key",
+        other.to_str().unwrap(),
+        "--out",
+        other_checkpoint.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", all(&out));
+    let mut relabelled: Value =
+        serde_json::from_str(&std::fs::read_to_string(other_checkpoint).unwrap()).unwrap();
+    let ours: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    relabelled["key_id"] = ours["key_id"].clone();
+    let edited = f.dir.path().join("edited.json");
+    std::fs::write(&edited, relabelled.to_string()).unwrap();
+    let out = verify(&edited, &public);
+    assert_eq!(code(&out), 1, "{}", all(&out));
+    assert!(stdout(&out).contains("does not verify"), "{}", all(&out));
+
+    // Our checkpoint with its position or its hash edited: the signature fails.
+    let mut moved = ours.clone();
+    moved["position"] = json!(f.u2_item);
+    std::fs::write(&edited, moved.to_string()).unwrap();
+    let out = verify(&edited, &public);
+    assert_eq!(code(&out), 1, "{}", all(&out));
+    assert!(
+        stdout(&out).contains(&format!("checkpoint position {}", f.u2_item)),
+        "{}",
+        all(&out)
+    );
+    assert!(stdout(&out).contains("does not verify"), "{}", all(&out));
+    let mut rehashed = ours.clone();
+    let hash = rehashed["hash"].as_str().unwrap().to_owned();
+    let flipped = if hash.starts_with('0') { "1" } else { "0" };
+    rehashed["hash"] = json!(format!("{flipped}{}", &hash[1..]));
+    std::fs::write(&edited, rehashed.to_string()).unwrap();
+    let out = verify(&edited, &public);
+    assert_eq!(code(&out), 1, "{}", all(&out));
+    assert!(stdout(&out).contains("does not verify"), "{}", all(&out));
+
+    // Usage: --checkpoint needs --public-key, export --key needs --out, and
+    // a private key others can read is refused.
+    let out = baton(&[
+        "verify",
+        "--data-dir",
+        f.data_dir(),
+        "--checkpoint",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 2, "{}", all(&out));
+    let out = baton(&[
+        "export",
+        "--data-dir",
+        f.data_dir(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 2, "{}", all(&out));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = baton(&[
+            "checkpoint",
+            "--data-dir",
+            f.data_dir(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        assert_eq!(code(&out), 2, "{}", all(&out));
+        assert!(all(&out).contains("chmod 600"), "{}", all(&out));
+    }
 }

@@ -182,12 +182,12 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
 
     let bot = Backend {
         name: "bot backend",
-        secret: "example-bot-app-secret",
+        secret: "example-bot-forward-secret",
         received: Arc::default(),
     };
     let human = Backend {
         name: "human inbox backend",
-        secret: "example-human-app-secret",
+        secret: "example-human-forward-secret",
         received: Arc::default(),
     };
     let (bot_url, bot_handle) = start_backend(bot.clone())?;
@@ -423,7 +423,8 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     let timeline: Value = baton
         .http
         .get(format!("{}/api/threads/{PAGE}/{USER}/timeline", baton.url))
-        .bearer_auth("example-baton-token-bot")
+        // The auditor's view: every app's sends, with their reasons.
+        .bearer_auth("example-auditor-token")
         .send()
         .await?
         .json()

@@ -126,6 +126,8 @@ impl<S: EventStore + 'static> Worker<S> {
             counters: BackendStatus {
                 app: app.to_string(),
                 running: true,
+                // Everything below the resumed cursor was read by an earlier run.
+                read_position: self.resume.cursor.max(1) - 1,
                 ..BackendStatus::default()
             },
         };

@@ -89,6 +89,11 @@ pub struct SendMessage {
     /// with the same one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_version: Option<String>,
+    /// A digest of the request an `Idempotency-Key` was first used with: the
+    /// key is bound to it, and a different request with the same key is an
+    /// error, not a replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_digest: Option<String>,
 }
 
 /// A command an app issues, as itself, on one thread.
@@ -151,6 +156,18 @@ impl Command {
             | Command::ReleaseThreadControl { app, .. }
             | Command::ExtendThreadControl { app, .. } => app,
             Command::SendMessage(s) => &s.app,
+        }
+    }
+
+    /// The id Baton gave the call (a send's id for a send).
+    pub fn call_id(&self) -> Option<&CommandId> {
+        match self {
+            Command::PassThreadControl { call_id, .. }
+            | Command::TakeThreadControl { call_id, .. }
+            | Command::RequestThreadControl { call_id, .. }
+            | Command::ReleaseThreadControl { call_id, .. }
+            | Command::ExtendThreadControl { call_id, .. } => Some(call_id),
+            Command::SendMessage(s) => Some(&s.send_id),
         }
     }
 

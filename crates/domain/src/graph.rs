@@ -17,6 +17,8 @@ pub mod code {
     pub const UNKNOWN: u32 = 1;
     /// `(#2)` temporary or unexpected error: Baton's "service unavailable" too.
     pub const TEMPORARY: u32 = 2;
+    /// `(#4)` application request limit reached.
+    pub const APP_RATE_LIMITED: u32 = 4;
     /// `(#10)` permission or policy.
     pub const PERMISSION: u32 = 10;
     /// `(#100)` invalid parameter.
@@ -41,6 +43,50 @@ pub mod limits {
     pub const MESSAGE_TEXT_MAX_CHARS: usize = 2000;
     /// `message.metadata` and thread-control `metadata`: fewer than 1000 characters.
     pub const METADATA_MAX_CHARS: usize = 1000;
+    /// Any other string field of a request, nested ones included (Meta's
+    /// longest message fields, URLs and template texts, are shorter).
+    pub const FIELD_MAX_CHARS: usize = 4096;
+    /// Nesting of a request's JSON (Meta's templates nest a few levels).
+    pub const MAX_DEPTH: usize = 16;
+    /// Elements of any array in a request (quick replies: 13, template elements: 10).
+    pub const MAX_ARRAY_ITEMS: usize = 100;
+}
+
+/// Checks every field of a request's parameters against [`limits`]: no
+/// string longer than `FIELD_MAX_CHARS`, no array longer than
+/// `MAX_ARRAY_ITEMS`, no nesting deeper than `MAX_DEPTH`. The error names the
+/// field.
+pub fn check_field_limits(
+    params: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), String> {
+    fn walk(value: &serde_json::Value, path: &str, depth: usize) -> Result<(), String> {
+        use serde_json::Value;
+        if depth > limits::MAX_DEPTH {
+            return Err(format!(
+                "param {path} is nested deeper than {} levels",
+                limits::MAX_DEPTH
+            ));
+        }
+        match value {
+            Value::String(s) if s.chars().count() > limits::FIELD_MAX_CHARS => Err(format!(
+                "param {path} is longer than {} characters",
+                limits::FIELD_MAX_CHARS
+            )),
+            Value::Array(items) if items.len() > limits::MAX_ARRAY_ITEMS => Err(format!(
+                "param {path} has more than {} elements",
+                limits::MAX_ARRAY_ITEMS
+            )),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, v)| walk(v, &format!("{path}[{i}]"), depth + 1)),
+            Value::Object(map) => map
+                .iter()
+                .try_for_each(|(k, v)| walk(v, &format!("{path}.{k}"), depth + 1)),
+            _ => Ok(()),
+        }
+    }
+    params.iter().try_for_each(|(k, v)| walk(v, k, 1))
 }
 
 /// What Meta's answer to a send or call means for what Baton does next.

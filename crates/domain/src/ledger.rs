@@ -71,6 +71,63 @@ pub struct TokenUse {
     pub send_id: CommandId,
 }
 
+/// A call that may hand the thread to another app, forwarded to Meta and not
+/// yet answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallInFlight {
+    pub call_id: crate::ids::CommandId,
+    pub by: AppId,
+    pub hands: Hands,
+}
+
+/// Whom an in-flight call hands the thread to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum Hands {
+    /// A pass to `target` (`None`: the mode's default target).
+    Pass { target: Option<AppId> },
+    /// A take: to the caller.
+    Take,
+}
+
+impl CallInFlight {
+    /// The in-flight record of a command, for the commands that move control.
+    pub fn of(command: &crate::commands::Command) -> Option<Self> {
+        use crate::commands::{Command, InlineControl};
+        let (call_id, by, hands) = match command {
+            Command::PassThreadControl {
+                call_id,
+                app,
+                target,
+                ..
+            } => (
+                call_id,
+                app,
+                Hands::Pass {
+                    target: target.clone(),
+                },
+            ),
+            Command::TakeThreadControl { call_id, app, .. } => (call_id, app, Hands::Take),
+            Command::SendMessage(send) => match &send.thread_control {
+                Some(InlineControl::Pass { app_id }) => (
+                    &send.send_id,
+                    &send.app,
+                    Hands::Pass {
+                        target: app_id.clone(),
+                    },
+                ),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        Some(Self {
+            call_id: call_id.clone(),
+            by: by.clone(),
+            hands,
+        })
+    }
+}
+
 /// The state of one thread, folded from its events.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadLedger {
@@ -86,6 +143,11 @@ pub struct ThreadLedger {
     /// controls the thread, such as a late echo, says nothing about now.
     #[serde(default)]
     pub control_changed_at: Option<Timestamp>,
+    /// Thread-control calls Baton forwarded whose answer is not recorded yet
+    /// (a send's inline control included): Meta's webhook may come first,
+    /// and evidence that matches one corroborates it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls_in_flight: Vec<CallInFlight>,
     /// How many events of this thread have been applied (the stream version).
     pub version: u64,
 }
@@ -100,6 +162,7 @@ impl ThreadLedger {
             window: None,
             tokens: Vec::new(),
             control_changed_at: None,
+            calls_in_flight: Vec::new(),
             version: 0,
         }
     }
@@ -213,14 +276,22 @@ impl ThreadLedger {
                     }
                 }
             }
+            Event::ControlCallAccepted(e) => {
+                self.calls_in_flight.extend(CallInFlight::of(&e.command))
+            }
+            Event::ControlCallCompleted(e) => {
+                self.calls_in_flight.retain(|c| c.call_id != e.call_id)
+            }
+            Event::SendAccepted(e) => self.calls_in_flight.extend(CallInFlight::of(
+                &crate::commands::Command::SendMessage(e.send.clone()),
+            )),
+            Event::SendOutcomeRecorded(e) => {
+                self.calls_in_flight.retain(|c| c.call_id != e.send_id)
+            }
             // Decisions and outcomes are history, not state: the outbox and the
             // timeline are projections of their own.
             Event::MessagingEventCopyReceived(_)
-            | Event::ControlCallAccepted(_)
-            | Event::ControlCallCompleted(_)
-            | Event::SendAccepted(_)
             | Event::CommandRefused(_)
-            | Event::SendOutcomeRecorded(_)
             | Event::SendAttempted(_)
             | Event::SendRetryScheduled(_)
             | Event::WebhookDeliveryReceived(_)

@@ -148,19 +148,53 @@ pub fn decide(
 }
 
 /// The event that records a refusal.
+/// The payload of a refused send is kept whole only up to this many bytes;
+/// a larger one is recorded as a summary, so a refusal costs bounded disk.
+pub const REFUSED_PAYLOAD_KEPT_BYTES: usize = 1024;
+
 pub fn refusal(
     ledger: &ThreadLedger,
     command: &Command,
     rejection: &Rejection,
     now: Timestamp,
 ) -> Event {
+    let mut command = command.clone();
+    if let Command::SendMessage(send) = &mut command {
+        send.payload = summarize_payload(&send.payload);
+    }
     CommandRefused {
         thread: ledger.key.clone(),
         at: now,
-        command: command.clone(),
+        command,
         rejection: rejection.clone(),
     }
     .into()
+}
+
+/// A refused send's payload as it is recorded: whole when small, else its
+/// size and top-level keys.
+fn summarize_payload(payload: &serde_json::Value) -> serde_json::Value {
+    let bytes = serde_json::to_vec(payload).map_or(0, |b| b.len());
+    if bytes <= REFUSED_PAYLOAD_KEPT_BYTES {
+        return payload.clone();
+    }
+    let keys: Vec<&String> = payload
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
+    serde_json::json!({ "omitted": true, "bytes": bytes, "keys": keys })
+}
+
+/// `extend_thread_control`'s `duration`: 1 second to 7 days.
+pub fn check_extension(duration_secs: u64) -> Result<(), Rejection> {
+    let max = (MAX_EXTENSION.millis() / 1000) as u64;
+    if duration_secs == 0 || duration_secs > max {
+        return Err(Rejection::new(
+            RejectionKind::InvalidDuration,
+            format!("duration must be between 1 and {max} seconds, got {duration_secs}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The refusal for a One-Time Notification token that no thread knows.
@@ -189,15 +223,7 @@ fn check_control(
         Command::RequestThreadControl { .. } => may_request(&view, page, app)?.0,
         Command::ReleaseThreadControl { .. } => may_release(&view, page, app)?,
         Command::ExtendThreadControl { duration_secs, .. } => {
-            if *duration_secs == 0 || *duration_secs > (MAX_EXTENSION.millis() / 1000) as u64 {
-                return Err(Rejection::new(
-                    RejectionKind::InvalidDuration,
-                    format!(
-                        "duration must be between 1 and {} seconds, got {duration_secs}",
-                        MAX_EXTENSION.millis() / 1000
-                    ),
-                ));
-            }
+            check_extension(*duration_secs)?;
             may_extend(&view, page, app)?
         }
         Command::SendMessage(_) => unreachable!("sends are decided by check_send"),
@@ -926,7 +952,7 @@ pub fn observe(
                 _ => None,
             };
             let routing = match &handover {
-                Some(notice) => handover_facts(&ledger, &view, &delivery, notice, at, now),
+                Some(notice) => handover_facts(&ledger, page, &view, &delivery, notice, at, now),
                 None => routing_or_drift(
                     &ledger,
                     page,
@@ -1041,6 +1067,39 @@ fn enters_thread(event: &InboundEvent) -> bool {
     )
 }
 
+/// Whether evidence delivered on `delivery.app`'s endpoint would take control
+/// away from another managed app. The delivering app's own developers know its
+/// Meta secret, so such evidence is confirmed with Meta (`thread_owner`)
+/// before Baton refuses the current owner anything; evidence that an app
+/// lost control, delivered on that app's own endpoint, is believed.
+pub fn takes_from_another_app(
+    ledger: &ThreadLedger,
+    page: &Page,
+    view: &ControlView,
+    delivery: &DeliveryCopy,
+    gains: &AppId,
+) -> bool {
+    let ControlView::Owner { app: owner } = view else {
+        return false;
+    };
+    owner != &delivery.app
+        && page
+            .app(owner)
+            .is_some_and(|p| p.management == Management::Managed)
+        && !corroborated(ledger, page, gains)
+}
+
+/// Whether a control call Baton forwarded, and has not had Meta's answer to
+/// yet, hands the thread to `gains` (Meta's webhook may beat its answer).
+fn corroborated(ledger: &ThreadLedger, page: &Page, gains: &AppId) -> bool {
+    ledger.calls_in_flight.iter().any(|call| match &call.hands {
+        crate::ledger::Hands::Take => &call.by == gains,
+        crate::ledger::Hands::Pass { target } => {
+            resolve_target(page, &call.by, target.as_ref()).is_ok_and(|t| &t == gains)
+        }
+    })
+}
+
 /// What the channel an app received an item on says about ownership.
 #[allow(clippy::too_many_arguments)]
 fn routing_or_drift(
@@ -1060,6 +1119,16 @@ fn routing_or_drift(
     }
     let thread = ledger.key.clone();
     let drift = |observed: ControlView, evidence: DriftEvidence| -> Option<Event> {
+        // Evidence that moves control away from another managed app is
+        // confirmed with Meta first: until then the owner is unknown.
+        let observed = match observed {
+            ControlView::Owner { app }
+                if takes_from_another_app(ledger, page, view, delivery, &app) =>
+            {
+                ControlView::Unknown
+            }
+            other => other,
+        };
         Some(
             OwnershipDriftDetected {
                 thread: thread.clone(),
@@ -1151,6 +1220,7 @@ fn routing_or_drift(
 /// ledger's, then the handover itself.
 fn handover_facts(
     ledger: &ThreadLedger,
+    page: &Page,
     view: &ControlView,
     delivery: &DeliveryCopy,
     notice: &HandoverNotice,
@@ -1168,7 +1238,28 @@ fn handover_facts(
         HandoverNotice::Requested { .. } => (None, None),
     };
     if let Some(new_owner) = new_owner {
-        if *view == (ControlView::Owner { app: new_owner }) {
+        if *view
+            == (ControlView::Owner {
+                app: new_owner.clone(),
+            })
+        {
+            return events;
+        }
+        if takes_from_another_app(ledger, page, view, delivery, &new_owner) {
+            // Anyone who knows the delivering app's secret could have written
+            // this: the owner is unknown until Meta's `thread_owner` says.
+            events.push(
+                OwnershipDriftDetected {
+                    thread,
+                    at: now,
+                    ledger: view.clone(),
+                    observed: ControlView::Unknown,
+                    evidence: DriftEvidence::HandoverWebhook {
+                        webhook: notice.webhook_name().to_owned(),
+                    },
+                }
+                .into(),
+            );
             return events;
         }
         let meta_before = match previous {

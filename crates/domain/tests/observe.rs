@@ -139,18 +139,76 @@ fn standby_copy_to_the_ledger_owner_is_drift_to_unknown_then_thread_owner_settle
 
 #[test]
 fn messaging_copy_to_a_non_owner_is_drift_to_that_app() {
-    let s = Scenario::given(cr()).user_message(T0).item(
-        hours(1),
-        other(),
-        Channel::Messaging,
-        message("m2"),
-    );
+    // The Page Inbox (external) owned the thread: Meta now routes to `other`.
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .handover(
+            hours(1),
+            bot(),
+            HandoverNotice::Taken {
+                from: Some(bot()),
+                by: inbox(),
+                metadata: None,
+            },
+        )
+        .item(hours(2), other(), Channel::Messaging, message("m2"));
     let d = drift_of(&s.history).expect("drift");
     assert!(matches!(
         d.evidence,
         DriftEvidence::MessagingDelivery { .. }
     ));
-    assert_eq!(s.owner_at(hours(1)), owner(other()));
+    assert_eq!(s.owner_at(hours(2)), owner(other()));
+}
+
+#[test]
+fn evidence_that_takes_control_from_another_managed_app_is_confirmed_with_meta_first() {
+    // The bot owns the thread. A messaging copy on another app's endpoint, or
+    // a take webhook on the human's endpoint, could be written by anyone who
+    // knows that app's secret: the owner is unknown until thread_owner says.
+    let given = || Scenario::given(cr()).user_message(T0);
+    let s = given().item(hours(1), other(), Channel::Messaging, message("m2"));
+    assert_eq!(
+        drift_of(&s.history).map(|d| &d.observed),
+        Some(&ControlView::Unknown)
+    );
+    assert_eq!(s.owner_at(hours(1)), ControlView::Unknown);
+    let s = given().handover(
+        hours(1),
+        human(),
+        HandoverNotice::Taken {
+            from: Some(bot()),
+            by: human(),
+            metadata: None,
+        },
+    );
+    assert_eq!(s.owner_at(hours(1)), ControlView::Unknown);
+    assert!(
+        !type_names(&s.history).contains(&"ThreadControlTaken"),
+        "the claimed take is not applied"
+    );
+    // Meta's answer settles it.
+    let events = rules::observe(
+        &s.ledger,
+        &s.page,
+        Observation::ThreadOwner {
+            at: hours(1),
+            owner: Some(bot()),
+        },
+        hours(1),
+    );
+    let s = s.record(events);
+    assert_eq!(s.owner_at(hours(1)), owner(bot()));
+    // The same take, delivered on the bot's own endpoint (it lost control), is believed.
+    let s = given().handover(
+        hours(1),
+        bot(),
+        HandoverNotice::Taken {
+            from: Some(bot()),
+            by: human(),
+            metadata: None,
+        },
+    );
+    assert_eq!(s.owner_at(hours(1)), owner(human()));
 }
 
 #[test]

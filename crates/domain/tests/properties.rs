@@ -199,6 +199,7 @@ fn command(kind: u8, app: &AppId, target: Option<AppId>, extra: u16) -> Command 
                 payload: serde_json::Value::Null,
                 idempotency_key: None,
                 graph_version: None,
+                request_digest: None,
             })
         }
     }

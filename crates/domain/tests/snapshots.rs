@@ -35,6 +35,7 @@ fn sample_send() -> SendMessage {
         payload: json!({"message": {"text": "We are on it"}, "messaging_type": "MESSAGE_TAG", "tag": "HUMAN_AGENT"}),
         idempotency_key: None,
         graph_version: None,
+        request_digest: None,
     }
 }
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::record::ExpectedVersion;
+use crate::record::{ChainHash, ExpectedVersion};
 
 /// A failure of the storage engine underneath the log.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +142,20 @@ pub enum ChainFault {
         /// Why.
         reason: String,
     },
+    /// A signed checkpoint names this position with another hash: some record
+    /// after position `anchored` and up to this one was changed, and the
+    /// hashes after it recomputed (otherwise an earlier check would have
+    /// failed first).
+    #[error(
+        "the hash differs from the signed checkpoint's ({signed}): {}",
+        rewritten(*anchored)
+    )]
+    CheckpointMismatch {
+        /// The hash the checkpoint signed for this position.
+        signed: ChainHash,
+        /// The last position a checkpoint anchored before this one (0: none).
+        anchored: u64,
+    },
 }
 
 /// The first problem a verification found.
@@ -174,6 +188,19 @@ pub enum VerifyError {
     /// The file could not be read.
     #[error("could not read the file: {0}")]
     Io(#[from] std::io::Error),
+}
+
+fn rewritten(anchored: u64) -> String {
+    if anchored == 0 {
+        "a record at or before this position was rewritten and the chain re-hashed \
+         (or the checkpoint is of another log)"
+            .into()
+    } else {
+        format!(
+            "a record after position {anchored} (the previous checkpoint), up to this one, \
+             was rewritten and the chain re-hashed (or the checkpoint is of another log)"
+        )
+    }
 }
 
 fn line_prefix(line: Option<u64>) -> String {

@@ -13,7 +13,12 @@
 //!   durable head moves.
 //! * [`verify`], [`export_ndjson`], [`verify_ndjson`] and [`import_ndjson`]
 //!   serve auditors. The format is documented in `docs/event-log.md`.
+//! * [`CheckpointSigner`] signs the head as a [`SignedCheckpoint`] (Ed25519),
+//!   [`write_checkpoint`] stores it, and [`verify_anchored`] /
+//!   [`verify_ndjson_anchored`] check a log against checkpoints, so a log
+//!   rewritten and re-hashed up to a checkpoint no longer verifies.
 
+mod checkpoint;
 mod error;
 mod memory;
 mod ndjson;
@@ -23,6 +28,11 @@ mod store;
 mod verify;
 mod writer;
 
+pub use checkpoint::{
+    public_key_path, verify_anchored, verify_ndjson_anchored, write_checkpoint,
+    write_checkpoint_file, AnchoredReport, Anchors, Checkpoint, CheckpointError, CheckpointSigner,
+    PublicKey, SignedCheckpoint, CHECKPOINT_DOMAIN,
+};
 pub use error::{
     AppendError, ChainFault, ExportError, ImportError, OpenError, StorageError, VerifyError,
 };

@@ -162,10 +162,10 @@ struct VerifiedLines<R> {
 }
 
 impl<R: BufRead> VerifiedLines<R> {
-    fn new(reader: R) -> VerifiedLines<R> {
+    fn new(reader: R, verifier: ChainVerifier) -> VerifiedLines<R> {
         VerifiedLines {
             reader,
-            verifier: ChainVerifier::new(),
+            verifier,
             line: 0,
             buf: Vec::new(),
         }
@@ -207,9 +207,18 @@ impl<R: BufRead> VerifiedLines<R> {
 /// reporting the first bad line and position. A file cut short after a
 /// whole line still verifies; compare the returned head with the live one.
 pub fn verify_ndjson<R: BufRead>(reader: R) -> Result<VerifyReport, VerifyError> {
-    let mut lines = VerifiedLines::new(reader);
+    verify_ndjson_with(reader, ChainVerifier::new()).map(|(report, _)| report)
+}
+
+/// [`verify_ndjson`] with a given verifier (one carrying anchors); hands it
+/// back so the caller can ask what it matched.
+pub(crate) fn verify_ndjson_with<R: BufRead>(
+    reader: R,
+    verifier: ChainVerifier,
+) -> Result<(VerifyReport, ChainVerifier), VerifyError> {
+    let mut lines = VerifiedLines::new(reader, verifier);
     while lines.next_record()?.is_some() {}
-    Ok(lines.report())
+    Ok((lines.report(), lines.verifier))
 }
 
 /// Imports an NDJSON export into an EMPTY store, verifying as it goes and
@@ -228,7 +237,7 @@ pub async fn import_ndjson<S: EventStore, R: BufRead>(
             head: head.position,
         });
     }
-    let mut lines = VerifiedLines::new(reader);
+    let mut lines = VerifiedLines::new(reader, ChainVerifier::new());
     let mut chunk = Vec::with_capacity(PAGE);
     let mut imported = 0;
     loop {

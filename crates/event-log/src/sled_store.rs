@@ -528,6 +528,7 @@ impl SledStore {
             // The writer flushes every group itself; a background flusher
             // would add nothing but a thread that outlives `close`.
             .flush_every_ms(None)
+            .cache_capacity(config.cache_capacity_bytes)
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| match e {

@@ -82,6 +82,10 @@ pub struct StoreConfig {
     /// Batches that may wait in the queue; beyond it appends get
     /// [`AppendError::Busy`].
     pub queue_capacity: usize,
+    /// The most memory sled's page cache may hold (sled's own default is
+    /// 1 GiB): with the recent-record cache (at most 16 MiB), the bound on
+    /// what the log keeps in memory however long it grows.
+    pub cache_capacity_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -90,6 +94,7 @@ impl Default for StoreConfig {
             max_group_records: 1024,
             max_group_wait: Duration::ZERO,
             queue_capacity: 4096,
+            cache_capacity_bytes: 64 * 1024 * 1024,
         }
     }
 }

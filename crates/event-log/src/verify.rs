@@ -25,6 +25,13 @@ pub struct VerifyReport {
 pub struct ChainVerifier {
     head: Head,
     streams: HashMap<String, u64>,
+    /// Signed (position, hash) pairs the chain must pass through, sorted by
+    /// position; empty for a plain verification. See `checkpoint.rs`.
+    anchors: Vec<Head>,
+    /// Index of the first anchor not yet reached.
+    next_anchor: usize,
+    /// Position of the last anchor the chain matched (0: none yet).
+    anchored: u64,
 }
 
 impl ChainVerifier {
@@ -33,9 +40,29 @@ impl ChainVerifier {
         ChainVerifier::default()
     }
 
+    /// A verifier that also requires the record at each anchor's position to
+    /// carry exactly that anchor's hash. `anchors` must be sorted by position
+    /// and hold no position 0 (the caller, [`crate::Anchors`], sees to it).
+    pub(crate) fn anchored(anchors: Vec<Head>) -> ChainVerifier {
+        ChainVerifier {
+            anchors,
+            ..ChainVerifier::default()
+        }
+    }
+
     /// Position and hash of the last record accepted.
     pub fn head(&self) -> Head {
         self.head
+    }
+
+    /// Position of the last anchor matched so far (0: none).
+    pub(crate) fn anchored_up_to(&self) -> u64 {
+        self.anchored
+    }
+
+    /// The first anchor the chain has not reached (it lies past the head).
+    pub(crate) fn unreached_anchor(&self) -> Option<Head> {
+        self.anchors.get(self.next_anchor).copied()
     }
 
     /// Checks the next record; on failure returns the first bad position
@@ -68,6 +95,29 @@ impl ChainVerifier {
                 },
             ));
         }
+        // Every anchor at this position must name this record's hash: a
+        // record rewritten at or before it, with every later hash recomputed,
+        // passes the checks above but not this one.
+        let mut reached = self.next_anchor;
+        while let Some(anchor) = self.anchors.get(reached) {
+            if anchor.position != record.position {
+                break;
+            }
+            if anchor.hash != record.hash {
+                return Err((
+                    expected,
+                    ChainFault::CheckpointMismatch {
+                        signed: anchor.hash,
+                        anchored: self.anchored,
+                    },
+                ));
+            }
+            reached += 1;
+        }
+        if reached != self.next_anchor {
+            self.next_anchor = reached;
+            self.anchored = record.position;
+        }
         self.streams
             .insert(record.stream.clone(), record.stream_version);
         self.head = Head {
@@ -84,8 +134,18 @@ const PAGE: usize = 1024;
 /// link, a bad hash, a gap, a bad stream version, an unreadable record, or a
 /// stored head that disagrees with the last record.
 pub async fn verify<S: EventStore>(store: &S) -> Result<VerifyReport, VerifyError> {
+    verify_with(store, ChainVerifier::new())
+        .await
+        .map(|(report, _)| report)
+}
+
+/// [`verify`] with a given verifier (one carrying anchors); hands it back so
+/// the caller can ask what it matched.
+pub(crate) async fn verify_with<S: EventStore>(
+    store: &S,
+    mut verifier: ChainVerifier,
+) -> Result<(VerifyReport, ChainVerifier), VerifyError> {
     let head = store.head().await?;
-    let mut verifier = ChainVerifier::new();
     loop {
         let from = verifier.head().position + 1;
         let page = match store.read_all(from, PAGE).await {
@@ -127,10 +187,13 @@ pub async fn verify<S: EventStore>(store: &S) -> Result<VerifyReport, VerifyErro
             },
         });
     }
-    Ok(VerifyReport {
-        records: head.position,
-        head,
-    })
+    Ok((
+        VerifyReport {
+            records: head.position,
+            head,
+        },
+        verifier,
+    ))
 }
 
 fn check(verifier: &mut ChainVerifier, record: &Record) -> Result<(), VerifyError> {

@@ -70,6 +70,19 @@ struct RawConfig {
     #[serde(default = "default_max_body")]
     max_body_bytes: usize,
     admin_token: Option<SecretSource>,
+    auditor_token: Option<SecretSource>,
+    metrics_token: Option<SecretSource>,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_app_requests")]
+    app_requests_per_second: f64,
+    #[serde(default)]
+    webhook_source_networks: Vec<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    checkpoint_key: Option<PathBuf>,
+    #[serde(default = "default_checkpoint_every")]
+    checkpoint_every_secs: u64,
     #[serde(default = "default_graph_timeout")]
     graph_timeout_ms: u64,
     #[serde(default = "default_body_timeout")]
@@ -93,6 +106,22 @@ struct RawConfig {
 
 fn default_max_body() -> usize {
     1024 * 1024
+}
+
+/// Open connections at once (both workers together): well under the usual
+/// 1,024 file descriptors, so health checks and webhooks always find room.
+fn default_max_connections() -> usize {
+    512
+}
+
+/// Requests per second one app may make on Baton's API (a burst of as many).
+fn default_app_requests() -> f64 {
+    1000.0
+}
+
+/// Signed checkpoints of the chain's head, when a key is configured.
+fn default_checkpoint_every() -> u64 {
+    300
 }
 
 fn default_graph_timeout() -> u64 {
@@ -172,6 +201,7 @@ struct RawApp {
     app_secret: Option<SecretSource>,
     verify_token: Option<SecretSource>,
     api_token: Option<SecretSource>,
+    forward_secret: Option<SecretSource>,
     graph_base_url: Option<String>,
     backend_url: Option<String>,
     #[serde(default)]
@@ -181,9 +211,14 @@ struct RawApp {
 /// A managed app: Baton holds its secrets and backend.
 #[derive(Debug, Clone)]
 pub struct ManagedApp {
+    /// Meta's app secret: verifies Meta's webhooks; never leaves Baton.
     pub app_secret: Secret,
     pub verify_token: Secret,
     pub api_token: Secret,
+    /// Signs what Baton forwards to the app's backend (required with a
+    /// `backend_url`, and never equal to the app secret, so a backend holds
+    /// no key Baton's ingress accepts).
+    pub forward_secret: Option<Secret>,
     pub graph_base_url: String,
     pub backend_url: Option<String>,
     pub page_tokens: BTreeMap<PageId, Secret>,
@@ -208,6 +243,23 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Bearer token for Baton's own read and admin API (besides app tokens).
     pub admin_token: Option<Secret>,
+    /// Read-only bearer token: every thread, timeline and export; no redrive.
+    pub auditor_token: Option<Secret>,
+    /// When set, `/metrics` needs this bearer token (or the admin's).
+    pub metrics_token: Option<Secret>,
+    /// Open connections at once (split between the HTTP workers).
+    pub max_connections: usize,
+    /// Requests per second each app may make on Baton's API; more get 429.
+    pub app_requests_per_second: f64,
+    /// When non-empty, webhooks are taken only from these networks.
+    pub webhook_source_networks: Vec<Network>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Network>,
+    /// The Ed25519 private key (`baton keygen`) that signs checkpoints of the
+    /// chain's head into `<data_dir>/checkpoints/`, kept outside the log.
+    pub checkpoint_key: Option<PathBuf>,
+    /// How often a checkpoint is signed when the head has moved.
+    pub checkpoint_every_secs: u64,
     /// How long a Graph API call may take before its outcome is unknown.
     pub graph_timeout_ms: u64,
     /// How long a client may take to send a request body (slow-loris guard).
@@ -310,8 +362,29 @@ impl Config {
                             .map_err(|e| invalid(field.clone(), e.to_string()))?;
                         page_tokens.insert(page, secret(field, token)?);
                     }
+                    let app_secret = need("app_secret", &a.app_secret)?;
+                    let forward_secret = match (&a.forward_secret, &a.backend_url) {
+                        (Some(s), _) => Some(secret(f("forward_secret"), s)?),
+                        (None, Some(_)) => {
+                            return Err(invalid(
+                                f("forward_secret"),
+                                "is required with a backend_url: Baton signs what it forwards with it, never with Meta's app secret",
+                            ))
+                        }
+                        (None, None) => None,
+                    };
+                    if forward_secret
+                        .as_ref()
+                        .is_some_and(|fs| fs.expose() == app_secret.expose())
+                    {
+                        return Err(invalid(
+                            f("forward_secret"),
+                            "must differ from app_secret: a backend holding it could sign webhooks Baton accepts as Meta's",
+                        ));
+                    }
                     Some(ManagedApp {
-                        app_secret: need("app_secret", &a.app_secret)?,
+                        app_secret,
+                        forward_secret,
                         verify_token: need("verify_token", &a.verify_token)?,
                         api_token: need("api_token", &a.api_token)?,
                         graph_base_url,
@@ -408,17 +481,37 @@ impl Config {
                 format!("is the same token as {}: every app needs its own", w[0].1),
             ));
         }
-        let admin_token = match &raw.admin_token {
-            Some(s) => Some(secret("admin_token".to_owned(), s)?),
-            None => None,
+        let optional = |name: &str, v: &Option<SecretSource>| match v {
+            Some(s) => secret(name.to_owned(), s).map(Some),
+            None => Ok(None),
         };
-        if let Some(admin) = &admin_token {
-            if let Some((_, field)) = tokens.iter().find(|(t, _)| *t == admin.expose()) {
-                return Err(invalid(
-                    "admin_token",
-                    format!("is the same token as {field}"),
-                ));
+        let admin_token = optional("admin_token", &raw.admin_token)?;
+        let auditor_token = optional("auditor_token", &raw.auditor_token)?;
+        let metrics_token = optional("metrics_token", &raw.metrics_token)?;
+        for (name, token) in [
+            ("admin_token", &admin_token),
+            ("auditor_token", &auditor_token),
+            ("metrics_token", &metrics_token),
+        ] {
+            let Some(token) = token else { continue };
+            if let Some((_, field)) = tokens.iter().find(|(t, _)| *t == token.expose()) {
+                return Err(invalid(name, format!("is the same token as {field}")));
             }
+            tokens.push((token.expose(), name.to_owned()));
+        }
+        let networks = |name: &str, list: &[String]| -> Result<Vec<Network>, ConfigError> {
+            list.iter()
+                .map(|n| Network::parse(n).map_err(|e| invalid(name, e)))
+                .collect()
+        };
+        let webhook_source_networks =
+            networks("webhook_source_networks", &raw.webhook_source_networks)?;
+        let trusted_proxies = networks("trusted_proxies", &raw.trusted_proxies)?;
+        if raw.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if raw.app_requests_per_second.is_nan() || raw.app_requests_per_second <= 0.0 {
+            return Err(invalid("app_requests_per_second", "must be greater than 0"));
         }
         if raw.graph_timeout_ms == 0 {
             return Err(invalid("graph_timeout_ms", "must be greater than 0"));
@@ -443,6 +536,14 @@ impl Config {
             log_format: raw.log_format,
             max_body_bytes: raw.max_body_bytes,
             admin_token,
+            auditor_token,
+            metrics_token,
+            max_connections: raw.max_connections,
+            app_requests_per_second: raw.app_requests_per_second,
+            webhook_source_networks,
+            trusted_proxies,
+            checkpoint_key: raw.checkpoint_key,
+            checkpoint_every_secs: raw.checkpoint_every_secs.max(1),
             graph_timeout_ms: raw.graph_timeout_ms,
             body_timeout_ms: raw.body_timeout_ms.max(1),
             dispatch_dead_letter_after_secs: raw.dispatch_dead_letter_after_secs.max(1),
@@ -474,3 +575,57 @@ fn check_url(field: &str, url: &str) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests;
+
+/// An IP network (`10.0.0.0/8`, `2001:db8::/32`, or one address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    pub fn parse(text: &str) -> Result<Network, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|e| format!("{text:?} is not an IP network: {e}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?} has a prefix length outside 0..={max}"))?,
+        };
+        Ok(Network { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}

@@ -18,15 +18,23 @@ use event_log::EventStore;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use uuid::Uuid;
-use wire::webhook::{self, Envelope, ItemKind};
+use wire::webhook::{self, Entry, Item, ItemKind};
 
 use crate::projections::{Copies, State};
 use crate::record::{on_thread, OnBusy, Planned, RecordError};
 use crate::Baton;
 
+/// Items one delivery may carry. Meta batches at most 1,000 updates per
+/// delivery; a delivery with more is not Meta's and is refused whole.
+pub const MAX_ITEMS_PER_DELIVERY: usize = 4_000;
+/// Items recorded per append: the longest another delivery waits for a large one.
+pub const ITEMS_PER_CHUNK: usize = 256;
+
 /// Why a delivery was not recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
+    #[error("the delivery carries {items} items; at most {max} are accepted")]
+    TooManyItems { items: usize, max: usize },
     #[error("no managed app {0} is configured here")]
     UnknownApp(String),
     /// Neither signature matched: nothing is stored.
@@ -137,26 +145,65 @@ impl<S: EventStore + 'static> Baton<S> {
             parsed: parse_outcome,
         }
         .into();
+        let items: Vec<(&Entry, &Item)> = parsed
+            .as_ref()
+            .map(|env| {
+                env.entries
+                    .iter()
+                    .flat_map(|e| e.items.iter().map(move |i| (e, i)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if items.len() > MAX_ITEMS_PER_DELIVERY {
+            return Err(IngestError::TooManyItems {
+                items: items.len(),
+                max: MAX_ITEMS_PER_DELIVERY,
+            });
+        }
         // Meta's retries carry the same bytes: the raw delivery is kept once.
         let delivery_key = format!("delivery:{app}:{}", hex::encode(Sha256::digest(body)));
-        let recorded = self
-            .recorder
-            .record(OnBusy::Fail, |snapshot| {
-                let mut plan = vec![
-                    Planned::new(delivery_event.clone()).idempotency_key(delivery_key.clone())
-                ];
-                plan.extend(plan_records(snapshot, app, parsed.as_ref().ok(), now));
-                let plan = plan
-                    .into_iter()
-                    .map(|p| p.correlated_with(delivery_id))
-                    .collect();
-                Ok((plan, ()))
-            })
-            .await
-            .map_err(IngestError::NotRecorded)?;
-        tracing::debug!(facts = recorded.events.len() - 1, "webhook recorded");
-        Ok(match (&parsed, recorded.duplicates.first()) {
-            (_, Some(true)) => Intake::Duplicate,
+        // The raw delivery with the first chunk of its facts, then the rest a
+        // chunk at a time: other deliveries are recorded in between, so a
+        // large one holds nobody up for longer than one chunk.
+        let mut duplicate = false;
+        let mut facts = 0;
+        let mut chunks = items.chunks(ITEMS_PER_CHUNK);
+        let mut chunk = chunks.next().unwrap_or(&[]);
+        let mut first = true;
+        loop {
+            let recorded = self
+                .recorder
+                .record(OnBusy::Fail, |snapshot| {
+                    let mut plan = Vec::new();
+                    if first {
+                        plan.push(
+                            Planned::new(delivery_event.clone())
+                                .idempotency_key(delivery_key.clone()),
+                        );
+                    }
+                    plan.extend(plan_records(snapshot, app, chunk, now));
+                    let plan = plan
+                        .into_iter()
+                        .map(|p| p.correlated_with(delivery_id))
+                        .collect();
+                    Ok((plan, ()))
+                })
+                .await
+                .map_err(IngestError::NotRecorded)?;
+            if first {
+                duplicate = recorded.duplicates.first() == Some(&true);
+            }
+            facts += recorded.events.len();
+            self.reconcile_unknown_owners(&recorded.events);
+            first = false;
+            match chunks.next() {
+                Some(next) => chunk = next,
+                None => break,
+            }
+        }
+        tracing::debug!(facts, "webhook recorded");
+        Ok(match (&parsed, duplicate) {
+            (_, true) => Intake::Duplicate,
             (Err(_), _) => Intake::Unparsable,
             (Ok(_), _) => Intake::Accepted,
         })
@@ -169,12 +216,9 @@ impl<S: EventStore + 'static> Baton<S> {
 fn plan_records(
     state: &State,
     app: &AppId,
-    envelope: Option<&Envelope>,
+    items: &[(&Entry, &Item)],
     now: Timestamp,
 ) -> Vec<Planned> {
-    let Some(envelope) = envelope else {
-        return Vec::new();
-    };
     struct Group {
         ledger: ThreadLedger,
         events: Vec<Event>,
@@ -184,8 +228,8 @@ fn plan_records(
     let mut page_events: Vec<(Event, String)> = Vec::new();
     let mut local_seen: HashMap<String, Copies> = HashMap::new();
 
-    for entry in &envelope.entries {
-        for item in &entry.items {
+    for (entry, item) in items.iter().copied() {
+        {
             let delivery = DeliveryCopy {
                 app: app.clone(),
                 channel: item.channel,
@@ -263,7 +307,7 @@ fn plan_records(
                     // An echo of a send whose outcome is not known settles it,
                     // inline thread control included.
                     let settled =
-                        crate::outbox::settle_by_echo(state, &group.ledger, page, event, now);
+                        crate::outbox::settle_by_echo(state, &group.ledger, page, event, app, now);
                     for e in &settled {
                         group.ledger.apply(e);
                     }

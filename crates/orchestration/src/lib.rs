@@ -14,6 +14,7 @@
 //! here, and render; they hold no retry loop, no sleep, no rule of Meta's.
 //! Meta's rules themselves live in `domain`.
 
+pub mod checkpoints;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -69,6 +70,9 @@ pub struct Baton<S> {
     /// Fired when a stop begins: requests waiting for an outcome answer with
     /// what is known now instead of holding the stop up.
     stopping: Trigger,
+    /// Threads whose owner a recorded fact made unknown: the reconciler asks
+    /// Meta about each (bounded; a full queue drops, and the next contradiction asks again).
+    reconciles: tokio::sync::mpsc::Sender<domain::ThreadKey>,
 }
 
 /// The background tasks of a started [`Baton`], stopped with
@@ -79,6 +83,8 @@ pub struct Tasks {
     follower_stop: Trigger,
     outbox: JoinHandle<()>,
     timers: JoinHandle<()>,
+    reconciler: JoinHandle<()>,
+    checkpointer: JoinHandle<()>,
     follower: JoinHandle<()>,
 }
 
@@ -100,6 +106,12 @@ impl Tasks {
         }
         if let Err(e) = self.timers.await {
             tracing::error!(error = %e, "the expiry timer stopped abnormally");
+        }
+        if let Err(e) = self.reconciler.await {
+            tracing::error!(error = %e, "the reconciler stopped abnormally");
+        }
+        if let Err(e) = self.checkpointer.await {
+            tracing::error!(error = %e, "the checkpoint signer stopped abnormally");
         }
         self.follower_stop.fire();
         if let Err(e) = self.follower.await {
@@ -140,6 +152,7 @@ impl<S: EventStore + 'static> Baton<S> {
             "projections replayed from the log"
         );
         let metrics = Arc::new(Metrics::default());
+        let (reconciles, reconcile_queue) = tokio::sync::mpsc::channel(reconcile::QUEUE);
         let timeout = Duration::from_millis(config.graph_timeout_ms);
         let baton = Arc::new(Baton {
             recorder: Recorder::new(store.clone(), projections.clone(), metrics.clone()),
@@ -152,12 +165,19 @@ impl<S: EventStore + 'static> Baton<S> {
             graph: graph_client::GraphClient::new(timeout, 2),
             send_graph: graph_client::GraphClient::new(timeout, 0),
             stopping: Trigger::new(),
+            reconciles,
         });
         let workers = Trigger::new();
         let follower_stop = Trigger::new();
         let follower = tokio::spawn(projections.follow(store, follower_stop.subscribe()));
         let outbox = tokio::spawn(outbox::run(baton.clone(), workers.subscribe()));
         let timers = tokio::spawn(timers::run(baton.clone(), workers.subscribe()));
+        let checkpointer = tokio::spawn(checkpoints::run(baton.clone(), workers.subscribe()));
+        let reconciler = tokio::spawn(reconcile::run(
+            baton.clone(),
+            reconcile_queue,
+            workers.subscribe(),
+        ));
         Ok((
             baton,
             Tasks {
@@ -165,6 +185,8 @@ impl<S: EventStore + 'static> Baton<S> {
                 follower_stop,
                 outbox,
                 timers,
+                reconciler,
+                checkpointer,
                 follower,
             },
         ))

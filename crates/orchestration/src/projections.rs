@@ -12,7 +12,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use domain::events::{Channel, Event, GraphError, InboundEvent, SendOutcome};
 use domain::{
-    AppId, CommandId, Page, PageId, Rejection, SendMessage, ThreadKey, ThreadLedger, Timestamp,
+    AppId, CommandId, Page, PageId, Rejection, SendMessage, Span, ThreadKey, ThreadLedger,
+    Timestamp,
 };
 use event_log::{EventStore, Record, StorageError};
 use tokio::sync::watch;
@@ -20,6 +21,18 @@ use tokio::sync::watch;
 /// Baton tags a send without metadata with `baton:send:<send id>`, so its
 /// echo can settle an unknown outcome.
 pub const SEND_METADATA_PREFIX: &str = "baton:send:";
+
+/// How long the dedupe index remembers an item, from when Baton recorded it:
+/// the longest retry horizon Meta documents (generic Graph webhooks retry for
+/// up to 36 h; Messenger gives up sooner, unsubscribing after 1 h of
+/// failures). A copy retried later than this is recorded as a new item.
+pub const DEDUPE_RETENTION: Span = Span::hours(36);
+/// How long an `Idempotency-Key` is remembered (as Stripe's API does).
+pub const IDEMPOTENCY_RETENTION: Span = Span::hours(24);
+/// How long a settled or refused send is kept for replays and echoes.
+pub const SETTLED_SEND_RETENTION: Span = Span::hours(24);
+/// How long a send whose outcome is unknown waits for its echo.
+pub const UNKNOWN_SEND_RETENTION: Span = Span::days(7);
 
 /// Which apps (and on which channel) have delivered an item already.
 pub type Copies = Vec<(AppId, Channel)>;
@@ -112,6 +125,7 @@ impl SendRecord {
             payload: serde_json::Value::Null,
             idempotency_key: None,
             graph_version: None,
+            request_digest: None,
         }
     }
 }
@@ -126,7 +140,7 @@ pub struct State {
     /// The outbox: every send decided, by id.
     pub sends: HashMap<CommandId, SendRecord>,
     /// `(app, Idempotency-Key)` → the send it first produced.
-    pub idempotency: HashMap<(AppId, String), CommandId>,
+    pub idempotency: HashMap<(AppId, String), Idempotent>,
     /// Echoes of Baton's own sends (tagged `baton:send:<id>`): send → mid.
     pub echoed: HashMap<CommandId, String>,
     /// Pending sends by the position of their acceptance: the outbox's queue.
@@ -137,11 +151,38 @@ pub struct State {
     expiry_of: HashMap<ThreadKey, Timestamp>,
     /// Dedupe index: a 64-bit digest of each item's dedupe key → its copies.
     seen: HashMap<u64, Copies>,
+    /// What each index forgets, and when (Baton's recorded time): the
+    /// retention of the dedupe, idempotency and settled-send indexes.
+    forget: BTreeMap<(Timestamp, u64), Forget>,
+    forget_seq: u64,
+    /// The recorded time of the last record folded (the fold's clock, so a
+    /// replay forgets exactly what the live server forgot).
+    pub recorded_at: Timestamp,
     /// The last log position folded in.
     pub position: u64,
     /// Records whose payload could not be decoded (a newer schema): skipped.
     pub undecodable: u64,
 }
+
+/// The first request an `Idempotency-Key` was used with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotent {
+    pub send_id: CommandId,
+    /// The request's digest, when it was recorded (older logs lack it).
+    pub request_digest: Option<String>,
+}
+
+/// One entry an index forgets after its retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Forget {
+    Seen(u64),
+    Key((AppId, String)),
+    Send(CommandId),
+}
+
+/// Streams holding refusals on threads that had no state: a refusal there
+/// creates no thread state (no ledger, no stream).
+pub const REFUSALS_STREAM_PREFIX: &str = "refusals/";
 
 fn digest(key: &str) -> u64 {
     let mut h = DefaultHasher::new();
@@ -162,6 +203,9 @@ impl State {
             expiries: BTreeSet::new(),
             expiry_of: HashMap::new(),
             seen: HashMap::new(),
+            forget: BTreeMap::new(),
+            forget_seq: 0,
+            recorded_at: Timestamp::from_millis(0),
             position: 0,
             undecodable: 0,
         }
@@ -238,13 +282,69 @@ impl State {
     /// Folds one stored record.
     pub fn apply_record(&mut self, record: &Record) {
         self.position = record.position;
+        let recorded =
+            Timestamp::from_millis(i64::try_from(record.recorded_at_ms).unwrap_or(i64::MAX));
+        self.recorded_at = self.recorded_at.max(recorded);
         match Event::decode(&record.type_name, record.schema_version, &record.payload) {
+            Ok(event) if record.stream.starts_with(REFUSALS_STREAM_PREFIX) => {
+                // A refusal on a thread that had no state: the outbox and
+                // idempotency indexes learn of it; no ledger is made.
+                self.apply_facts(&event);
+            }
             Ok(event) => self.apply(&event),
             Err(_) => self.undecodable += 1,
         }
+        self.forget_expired();
+    }
+
+    /// Schedules `what` to be forgotten `after` the current recorded time.
+    fn forget_after(&mut self, after: Span, what: Forget) {
+        self.forget_seq += 1;
+        self.forget
+            .insert((self.recorded_at.plus(after), self.forget_seq), what);
+    }
+
+    /// Forgets what has outlived its retention.
+    fn forget_expired(&mut self) {
+        while let Some(entry) = self.forget.first_entry() {
+            if entry.key().0 > self.recorded_at {
+                return;
+            }
+            match entry.remove() {
+                Forget::Seen(d) => {
+                    self.seen.remove(&d);
+                }
+                Forget::Key(k) => {
+                    self.idempotency.remove(&k);
+                }
+                Forget::Send(id) => {
+                    // A send still pending is never forgotten: the outbox owns it.
+                    if self
+                        .sends
+                        .get(&id)
+                        .is_some_and(|r| r.status != SendStatus::Pending)
+                    {
+                        self.sends.remove(&id);
+                        self.echoed.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// How many entries the retention-bounded indexes hold (dedupe,
+    /// idempotency keys, sends): for the resource test and metrics.
+    pub fn index_sizes(&self) -> (usize, usize, usize) {
+        (self.seen.len(), self.idempotency.len(), self.sends.len())
     }
 
     pub fn apply(&mut self, event: &Event) {
+        self.apply_facts(event);
+        self.apply_thread(event);
+    }
+
+    /// The outbox, idempotency, token and dedupe indexes (not the ledger).
+    fn apply_facts(&mut self, event: &Event) {
         match event {
             Event::MessagingEventReceived(e) => {
                 if let InboundEvent::Echo {
@@ -257,31 +357,27 @@ impl State {
                         .strip_prefix(SEND_METADATA_PREFIX)
                         .and_then(|id| CommandId::parse(id).ok())
                     {
-                        // Only the sending app's echo speaks for its send.
-                        if self.sends.get(&id).is_some_and(|r| &r.app == sender) {
+                        // Only the sending app's echo, delivered on that
+                        // app's own endpoint, speaks for its send.
+                        if self
+                            .sends
+                            .get(&id)
+                            .is_some_and(|r| &r.app == sender && r.app == e.delivery.app)
+                        {
                             self.echoed.insert(id, mid.clone());
                         }
                     }
                 }
-                self.seen
-                    .entry(digest(&e.dedupe_key))
-                    .or_default()
-                    .push((e.delivery.app.clone(), e.delivery.channel));
+                self.remember_copy(&e.dedupe_key, &e.delivery);
             }
             Event::MessagingEventCopyReceived(e) => {
-                self.seen
-                    .entry(digest(&e.dedupe_key))
-                    .or_default()
-                    .push((e.delivery.app.clone(), e.delivery.channel));
+                self.remember_copy(&e.dedupe_key, &e.delivery);
             }
             Event::OneTimeTokenIssued(e) => {
                 self.tokens.insert(e.token.clone(), e.thread.clone());
             }
             Event::SendAccepted(e) => {
-                if let Some(key) = &e.send.idempotency_key {
-                    self.idempotency
-                        .insert((e.send.app.clone(), key.clone()), e.send.send_id.clone());
-                }
+                self.remember_key(&e.send);
                 self.sends.insert(
                     e.send.send_id.clone(),
                     SendRecord {
@@ -316,11 +412,14 @@ impl State {
                 }
             }
             Event::CommandRefused(e) => {
+                // Only a refusal a retry may ask about (it has an
+                // Idempotency-Key) is kept, and only for a day.
                 if let domain::Command::SendMessage(send) = &e.command {
-                    if let Some(key) = &send.idempotency_key {
-                        self.idempotency
-                            .insert((send.app.clone(), key.clone()), send.send_id.clone());
+                    if send.idempotency_key.is_none() {
+                        return;
                     }
+                    self.remember_key(send);
+                    self.forget_after(SETTLED_SEND_RETENTION, Forget::Send(send.send_id.clone()));
                     self.sends.insert(
                         send.send_id.clone(),
                         SendRecord {
@@ -341,17 +440,46 @@ impl State {
                         && matches!(e.outcome, SendOutcome::Unknown { .. })
                     {
                         // The echo settled it before the timeout was recorded.
-                        return self.apply_thread(event);
+                        return;
                     }
                     record.status = SendStatus::from_outcome(&e.outcome, e.thread.psid.as_str());
                     if let Some(open) = record.open.take() {
                         self.open_sends.remove(&open.accepted_at);
                     }
+                    let keep = match e.outcome {
+                        SendOutcome::Unknown { .. } => UNKNOWN_SEND_RETENTION,
+                        _ => SETTLED_SEND_RETENTION,
+                    };
+                    self.forget_after(keep, Forget::Send(e.send_id.clone()));
                 }
             }
             _ => {}
         }
-        self.apply_thread(event);
+    }
+
+    fn remember_copy(&mut self, dedupe_key: &str, delivery: &domain::events::DeliveryCopy) {
+        let d = digest(dedupe_key);
+        let copies = self.seen.entry(d).or_default();
+        let first = copies.is_empty();
+        copies.push((delivery.app.clone(), delivery.channel));
+        if first {
+            self.forget_after(DEDUPE_RETENTION, Forget::Seen(d));
+        }
+    }
+
+    fn remember_key(&mut self, send: &SendMessage) {
+        let Some(key) = &send.idempotency_key else {
+            return;
+        };
+        let k = (send.app.clone(), key.clone());
+        self.idempotency.insert(
+            k.clone(),
+            Idempotent {
+                send_id: send.send_id.clone(),
+                request_digest: send.request_digest.clone(),
+            },
+        );
+        self.forget_after(IDEMPOTENCY_RETENTION, Forget::Key(k));
     }
 
     fn apply_thread(&mut self, event: &Event) {
@@ -474,5 +602,126 @@ impl Projections {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::events::{Channel, DeliveryCopy, MessagingEventCopyReceived};
+    use domain::{MessagingType, Recipient, SendContent};
+
+    fn record(position: u64, at: Timestamp, event: &Event) -> Record {
+        let enc = event.encode();
+        Record {
+            position,
+            stream: event.stream_name(),
+            stream_version: position,
+            event_id: uuid::Uuid::nil(),
+            recorded_at_ms: at.millis() as u64,
+            type_name: enc.type_name.to_owned(),
+            schema_version: enc.schema_version,
+            causation_id: None,
+            correlation_id: None,
+            idempotency_key: None,
+            payload: enc.payload,
+            prev_hash: event_log::ChainHash::ZERO,
+            hash: event_log::ChainHash::ZERO,
+        }
+    }
+
+    fn refused_with_key(n: u64, key: &str) -> Event {
+        let thread = ThreadKey::new(
+            PageId::parse("5550001").unwrap(),
+            domain::Psid::parse(format!("u{n}")).unwrap(),
+        );
+        let send = SendMessage {
+            send_id: CommandId::parse(format!("s{n}")).unwrap(),
+            app: AppId::parse("1001").unwrap(),
+            recipient: Recipient::Psid(thread.psid.clone()),
+            messaging_type: Some(MessagingType::Response),
+            tag: None,
+            content: SendContent::Message { metadata: None },
+            thread_control: None,
+            payload: serde_json::Value::Null,
+            idempotency_key: Some(key.to_owned()),
+            graph_version: None,
+            request_digest: None,
+        };
+        domain::events::CommandRefused {
+            thread,
+            at: Timestamp::from_millis(0),
+            command: domain::Command::SendMessage(send),
+            rejection: Rejection::new(domain::RejectionKind::OutsideWindow, "closed"),
+        }
+        .into()
+    }
+
+    #[test]
+    fn the_indexes_forget_on_their_stated_horizons_and_replay_forgets_the_same() {
+        let t0 = Timestamp::from_millis(1_793_523_600_000);
+        let copy = Event::from(MessagingEventCopyReceived {
+            thread: ThreadKey::new(
+                PageId::parse("5550001").unwrap(),
+                domain::Psid::parse("u1").unwrap(),
+            ),
+            at: t0,
+            dedupe_key: "mid.1".into(),
+            delivery: DeliveryCopy {
+                app: AppId::parse("1002").unwrap(),
+                channel: Channel::Standby,
+            },
+            raw: serde_json::Value::Null,
+        });
+        let history = [
+            record(1, t0, &copy),
+            record(2, t0, &refused_with_key(2, "k2")),
+            // A day and a minute later: the key and the refused send are forgotten.
+            record(
+                3,
+                t0.plus(Span::hours(24)).plus(Span::seconds(60)),
+                &refused_with_key(3, "k3"),
+            ),
+            // 36 h and a minute: the dedupe entry too.
+            record(
+                4,
+                t0.plus(Span::hours(36)).plus(Span::seconds(60)),
+                &refused_with_key(4, "k4"),
+            ),
+        ];
+        let mut state = State::new([]);
+        state.apply_record(&history[0]);
+        state.apply_record(&history[1]);
+        assert!(state.copies("mid.1").is_some());
+        assert_eq!(state.index_sizes(), (1, 1, 1));
+        state.apply_record(&history[2]);
+        assert!(!state
+            .idempotency
+            .contains_key(&(AppId::parse("1001").unwrap(), "k2".into())));
+        assert!(!state.sends.contains_key(&CommandId::parse("s2").unwrap()));
+        assert!(state.copies("mid.1").is_some(), "36 h for dedupe");
+        state.apply_record(&history[3]);
+        assert!(state.copies("mid.1").is_none());
+        // A refusal without a key leaves nothing at all.
+        let mut no_key = refused_with_key(5, "x");
+        if let Event::CommandRefused(r) = &mut no_key {
+            if let domain::Command::SendMessage(s) = &mut r.command {
+                s.idempotency_key = None;
+            }
+        }
+        // ...and, recorded in the refusals stream (a thread with no state),
+        // no ledger either.
+        let mut on_refusals = record(5, t0.plus(Span::hours(37)), &no_key);
+        on_refusals.stream = format!("{REFUSALS_STREAM_PREFIX}5550001");
+        let (before, threads) = (state.index_sizes(), state.threads.len());
+        state.apply_record(&on_refusals);
+        assert_eq!(state.index_sizes(), before);
+        assert_eq!(state.threads.len(), threads);
+        // Replaying the same records forgets the same things.
+        let mut replay = State::new([]);
+        for r in history.iter().chain([&on_refusals]) {
+            replay.apply_record(r);
+        }
+        assert_eq!(replay.index_sizes(), state.index_sizes());
     }
 }

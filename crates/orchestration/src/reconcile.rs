@@ -2,13 +2,25 @@
 //! of an app that may see it: the default app's or the legacy primary's) and
 //! record the answer as a fact; the ledger follows Meta when they differ.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use domain::events::{ControlView, Event};
 use domain::rules::{self, Observation};
 use domain::{AppId, ThreadKey};
 use event_log::EventStore;
+use tokio::sync::mpsc;
 
 use crate::graph_client::GraphAnswer;
 use crate::record::OnBusy;
+use crate::shutdown::Shutdown;
 use crate::Baton;
+
+/// Threads waiting to be reconciled at most.
+pub const QUEUE: usize = 1024;
+
+/// The Graph API version the reconciler asks with when no call named one.
+pub const DEFAULT_GRAPH_VERSION: &str = "v21.0";
 
 impl<S: EventStore + 'static> Baton<S> {
     /// Asks Meta who owns `thread` and records what Meta says. Does nothing
@@ -61,6 +73,50 @@ impl<S: EventStore + 'static> Baton<S> {
             .await;
         if let Err(e) = recorded {
             tracing::error!(error = %e, "thread_owner answer could not be recorded");
+        }
+    }
+}
+
+impl<S> Baton<S> {
+    /// Asks for a reconciliation of every thread whose owner `recorded`
+    /// made unknown (an effect carried out after the events are durable).
+    pub fn reconcile_unknown_owners(&self, recorded: &[Event]) {
+        for e in recorded {
+            if let Event::OwnershipDriftDetected(d) = e {
+                if d.observed == ControlView::Unknown {
+                    if let Err(e) = self.reconciles.try_send(d.thread.clone()) {
+                        tracing::warn!(thread = %d.thread, error = %e, "reconciliation queue full; the next contradiction asks again");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reconciles the threads asked for, one at a time, until `shutdown`.
+pub async fn run<S: EventStore + 'static>(
+    baton: Arc<Baton<S>>,
+    mut queue: mpsc::Receiver<ThreadKey>,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        let first = tokio::select! {
+            next = queue.recv() => match next {
+                Some(thread) => thread,
+                None => return,
+            },
+            () = shutdown.recv() => return,
+        };
+        // Several requests for one thread ask Meta once.
+        let mut batch = vec![first];
+        let mut seen: HashSet<ThreadKey> = batch.iter().cloned().collect();
+        while let Ok(more) = queue.try_recv() {
+            if seen.insert(more.clone()) {
+                batch.push(more);
+            }
+        }
+        for thread in batch {
+            baton.reconcile(&thread, DEFAULT_GRAPH_VERSION).await;
         }
     }
 }

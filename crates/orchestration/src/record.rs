@@ -82,7 +82,20 @@ impl Planned {
 
 /// The events decided on one thread, the first pinned to the version the
 /// decision saw: a concurrent writer makes the batch conflict and re-plan.
+/// A lone refusal on a thread with no state is recorded in its page's
+/// refusals stream instead: refusing costs no thread state.
 pub fn on_thread(ledger_version: u64, events: Vec<Event>) -> Vec<Planned> {
+    if let (0, [Event::CommandRefused(r)]) = (ledger_version, events.as_slice()) {
+        let stream = format!(
+            "{}{}",
+            crate::projections::REFUSALS_STREAM_PREFIX,
+            r.thread.page
+        );
+        let event = events[0].clone();
+        let enc = event.encode();
+        let record = NewRecord::new(stream, enc.type_name, enc.schema_version, enc.payload);
+        return vec![Planned { event, record }];
+    }
     events
         .into_iter()
         .enumerate()

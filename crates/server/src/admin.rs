@@ -7,13 +7,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use event_log::EventStore;
 use serde_json::json;
 
-use crate::auth::{bearer, identify, Identity};
+use crate::auth::{bearer, identify};
 use crate::error::ApiError;
 use crate::AppState;
 
+/// The admin or the read-only auditor.
 fn admin_only<S>(state: &AppState<S>, req: &HttpRequest) -> Result<(), ApiError> {
     match bearer(req).and_then(|t| identify(&state.config, t)) {
-        Some(Identity::Admin) => Ok(()),
+        Some(id) if id.reads_everything() => Ok(()),
         _ => Err(ApiError::Unauthorized),
     }
 }
@@ -24,9 +25,15 @@ pub async fn export<S: EventStore + 'static>(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     admin_only(&state, &req)?;
+    // Export up to the head as it is now, so a checkpoint signs exactly it.
+    let head = state
+        .store
+        .head()
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let mut out = String::new();
     let mut from = 1;
-    loop {
+    while from <= head.position {
         let records = state
             .store
             .read_all(from, 4096)
@@ -34,14 +41,29 @@ pub async fn export<S: EventStore + 'static>(
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         let Some(last) = records.last() else { break };
         from = last.position + 1;
-        for r in &records {
+        for r in records.iter().filter(|r| r.position <= head.position) {
             out.push_str(&event_log::ndjson_line(r));
             out.push('\n');
         }
     }
-    Ok(HttpResponse::Ok()
-        .content_type("application/x-ndjson")
-        .body(out))
+    let mut res = HttpResponse::Ok();
+    res.content_type("application/x-ndjson");
+    // With a checkpoint key, the export's head is signed: the header holds
+    // the checkpoint for `baton verify --checkpoint` (also kept on disk).
+    if let Ok(signer) = state.baton.checkpoint_signer() {
+        let signed = signer.sign(&head, state.clock.now().millis());
+        match event_log::write_checkpoint(&state.config.data_dir.join("checkpoints"), &signed) {
+            Ok(_) => match serde_json::to_string(&signed) {
+                // One line of JSON: a header value holds no newline.
+                Ok(line) => {
+                    res.insert_header(("Baton-Checkpoint", line));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot encode the export's checkpoint"),
+            },
+            Err(e) => tracing::error!(error = %e, "cannot keep the export's checkpoint"),
+        }
+    }
+    Ok(res.body(out))
 }
 
 /// `GET /api/admin/projections`: the live projections' position and digest.

@@ -12,11 +12,13 @@ use crate::auth::{bearer, identify, Identity};
 use crate::error::ApiError;
 use crate::AppState;
 
-/// Who is asking: `admin` or `app:<id>`; only the admin or the app itself.
+/// Who is asking: `admin`, `auditor` or `app:<id>`; only they, or the app
+/// itself, may look.
 fn authorize<S>(state: &AppState<S>, req: &HttpRequest, app: &AppId) -> Result<String, ApiError> {
     let token = bearer(req).ok_or(ApiError::Unauthorized)?;
     match identify(&state.config, token) {
         Some(Identity::Admin) => Ok("api:admin".to_owned()),
+        Some(Identity::Auditor) => Ok("api:auditor".to_owned()),
         Some(Identity::App(a, _)) if a.id == *app => Ok(format!("api:app:{app}")),
         _ => Err(ApiError::Unauthorized),
     }
@@ -54,10 +56,27 @@ pub async fn redrive<S: EventStore + 'static>(
     state: web::Data<AppState<S>>,
     path: web::Path<String>,
     req: HttpRequest,
-    body: web::Json<serde_json::Value>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let app = app_id(&path)?;
     let by = authorize(&state, &req, &app)?;
+    if by == "api:auditor" {
+        return Err(ApiError::Forbidden(
+            "the auditor token reads; it cannot redrive".into(),
+        ));
+    }
+    let body = crate::body::read(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        std::time::Duration::from_millis(state.config.body_timeout_ms),
+    )
+    .await?;
+    let body: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "body must be {{\"position\": <log position of the dead-lettered item>}}: {e}"
+        ))
+    })?;
     let position = body
         .get("position")
         .and_then(serde_json::Value::as_u64)

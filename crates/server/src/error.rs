@@ -35,6 +35,16 @@ pub enum ApiError {
     BodyTimeout(u64),
     #[error("Baton is stopping; retry shortly")]
     Stopping,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    TooManyItems(String),
+    #[error("too many requests from app {app}; retry after a second")]
+    RateLimited { app: String },
+    #[error("webhooks are not accepted from {0}")]
+    SourceNotAllowed(String),
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
 }
 
 impl ApiError {
@@ -56,6 +66,13 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::TooManyItems(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_items"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::SourceNotAllowed(_) => (StatusCode::FORBIDDEN, "source_not_allowed"),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
         }
     }
 
@@ -72,7 +89,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let (status, code) = self.table();
         let mut res = HttpResponse::build(status);
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             res.insert_header(("Retry-After", "1"));
         }
         res.json(json!({ "error": code, "message": self.to_string() }))
@@ -89,4 +106,14 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+impl From<crate::body::BodyError> for ApiError {
+    fn from(e: crate::body::BodyError) -> Self {
+        match e {
+            crate::body::BodyError::TooLarge { limit } => ApiError::TooLarge { limit },
+            crate::body::BodyError::Timeout { ms } => ApiError::BodyTimeout(ms),
+            crate::body::BodyError::Broken(e) => ApiError::BadBody(e),
+        }
+    }
 }

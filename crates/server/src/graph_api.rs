@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 use sha2::Sha256;
 
 use crate::auth::{identify, Identity};
+use crate::body::BodyError;
 use crate::error::error_chain;
 use crate::AppState;
 
@@ -45,7 +46,9 @@ impl actix_web::ResponseError for GraphFailure {
 
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status);
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::TOO_MANY_REQUESTS
+        {
             res.insert_header(("Retry-After", "1"));
         }
         if let Some(body) = &self.body {
@@ -164,6 +167,9 @@ pub struct Caller {
 
 /// Reads parameters from the query string and the body (JSON or form), as
 /// Meta does; form values holding JSON (`recipient={"id":"…"}`) are parsed.
+/// A parameter given twice (a duplicated JSON key or form field) is refused
+/// rather than letting one copy silently win, and every field is held to the
+/// domain's size limits.
 pub fn params(req: &HttpRequest, body: &[u8]) -> Result<Map<String, Value>, GraphFailure> {
     let mut map = Map::new();
     let from_pairs = |map: &mut Map<String, Value>, text: &str| -> Result<(), GraphFailure> {
@@ -172,36 +178,118 @@ pub fn params(req: &HttpRequest, body: &[u8]) -> Result<Map<String, Value>, Grap
         for (k, v) in pairs {
             let trimmed = v.trim_start();
             let value = if trimmed.starts_with('{') || trimmed.starts_with('[') {
-                serde_json::from_str(&v).unwrap_or(Value::String(v))
+                match strict_json(v.as_bytes()) {
+                    Ok(json) => json,
+                    Err(e) if e.contains("duplicate") => {
+                        return Err(bad_param(format!("param {k}: {e}")))
+                    }
+                    Err(_) => Value::String(v),
+                }
             } else {
                 Value::String(v)
             };
-            map.insert(k, value);
+            if map.insert(k.clone(), value).is_some() {
+                return Err(bad_param(format!("param {k} is given more than once")));
+            }
         }
         Ok(())
     };
     from_pairs(&mut map, req.query_string())?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(map);
-    }
-    let content_type = req
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    if content_type.starts_with("application/x-www-form-urlencoded") {
-        let text =
-            std::str::from_utf8(body).map_err(|_| bad_param("the form body is not UTF-8"))?;
-        from_pairs(&mut map, text)?;
-    } else {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(o)) => map.extend(o),
-            Ok(_) => return Err(bad_param("the JSON body must be an object")),
-            Err(e) => return Err(bad_param(format!("the body is not valid JSON: {e}"))),
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let content_type = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if content_type.starts_with("application/x-www-form-urlencoded") {
+            let text =
+                std::str::from_utf8(body).map_err(|_| bad_param("the form body is not UTF-8"))?;
+            from_pairs(&mut map, text)?;
+        } else {
+            match strict_json(body) {
+                Ok(Value::Object(o)) => {
+                    for (k, v) in o {
+                        if map.insert(k.clone(), v).is_some() {
+                            return Err(bad_param(format!("param {k} is given more than once")));
+                        }
+                    }
+                }
+                Ok(_) => return Err(bad_param("the JSON body must be an object")),
+                Err(e) => return Err(bad_param(format!("the body is not valid JSON: {e}"))),
+            }
         }
     }
+    domain::graph::check_field_limits(&map).map_err(bad_param)?;
     Ok(map)
+}
+
+/// Parses JSON, refusing an object with the same key twice.
+pub fn strict_json(bytes: &[u8]) -> Result<Value, String> {
+    use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    struct Strict(Value);
+    struct StrictVisitor;
+
+    impl<'de> serde::Deserialize<'de> for Strict {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(StrictVisitor).map(Strict)
+        }
+    }
+
+    impl<'de> Visitor<'de> for StrictVisitor {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_none<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(Strict(v)) = seq.next_element()? {
+                items.push(v);
+            }
+            Ok(Value::Array(items))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+            let mut map = Map::new();
+            while let Some(key) = access.next_key::<String>()? {
+                let Strict(value) = access.next_value()?;
+                if map.insert(key.clone(), value).is_some() {
+                    return Err(de::Error::custom(format!("duplicate key {key:?}")));
+                }
+            }
+            Ok(Value::Object(map))
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let Strict(value) = serde::Deserialize::deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(value)
 }
 
 /// Finds the app by its Baton token, checks `appsecret_proof`, resolves the
@@ -227,13 +315,16 @@ pub fn authenticate<S>(
         ));
     };
     let Some(Identity::App(app, managed)) = identify(&state.config, &token) else {
-        return Err(GraphFailure::new(
-            StatusCode::BAD_REQUEST,
-            code::INVALID_TOKEN,
-            None,
-            "Invalid OAuth access token - Cannot parse access token",
-        ));
+        return Err(invalid_token());
     };
+    if !state.admit(&app.id) {
+        return Err(GraphFailure::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            code::APP_RATE_LIMITED,
+            None,
+            format!("(#4) Application request limit reached: app {} makes more than {} requests per second", app.id, state.config.app_requests_per_second),
+        ));
+    }
     if let Some(proof) = params.remove("appsecret_proof") {
         let proof = proof.as_str().unwrap_or_default().to_owned();
         let mut mac = Hmac::<Sha256>::new_from_slice(managed.app_secret.expose().as_bytes())
@@ -324,11 +415,11 @@ fn optional_string(
 ) -> Result<Option<String>, GraphFailure> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.chars().count() <= max => Ok(Some(s.clone())),
+        Some(Value::String(s)) if s.chars().count() < max => Ok(Some(s.clone())),
         Some(Value::String(_)) => Err(bad_param(format!(
-            "param {key} must be at most {max} characters"
+            "param {key} must be shorter than {max} characters"
         ))),
-        Some(other) => Ok(Some(other.to_string())),
+        Some(_) => Err(bad_param(format!("param {key} must be a string"))),
     }
 }
 
@@ -336,14 +427,65 @@ pub fn new_id() -> CommandId {
     CommandId::parse(uuid::Uuid::now_v7().to_string()).expect("a UUID is a valid id")
 }
 
+/// The body of a Graph-shaped request. A token given in the query or the
+/// `Authorization` header is checked before a byte of the body is read; the
+/// body is read under the size and time limits.
+pub async fn graph_body<S>(
+    state: &AppState<S>,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<web::Bytes, GraphFailure> {
+    let early = serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
+        .ok()
+        .and_then(|q| {
+            q.into_iter()
+                .find(|(k, _)| k == "access_token")
+                .map(|(_, v)| v)
+        })
+        .or_else(|| crate::auth::bearer(req).map(str::to_owned));
+    if let Some(token) = early {
+        if !matches!(identify(&state.config, &token), Some(Identity::App(..))) {
+            return Err(invalid_token());
+        }
+    }
+    let timeout = std::time::Duration::from_millis(state.config.body_timeout_ms);
+    crate::body::read(req, payload, state.config.max_body_bytes, timeout)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge { limit } => GraphFailure::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                code::INVALID_PARAMETER,
+                None,
+                format!("(#100) the request body is larger than {limit} bytes"),
+            ),
+            BodyError::Timeout { ms } => GraphFailure::new(
+                StatusCode::REQUEST_TIMEOUT,
+                code::TEMPORARY,
+                None,
+                format!("(#2) the request body did not arrive within {ms} ms"),
+            ),
+            BodyError::Broken(e) => bad_param(format!("the request body could not be read: {e}")),
+        })
+}
+
+fn invalid_token() -> GraphFailure {
+    GraphFailure::new(
+        StatusCode::BAD_REQUEST,
+        code::INVALID_TOKEN,
+        None,
+        "Invalid OAuth access token - Cannot parse access token",
+    )
+}
+
 /// `POST /{version}/{node}/{edge}`.
 pub async fn post_edge<S: EventStore + 'static>(
     state: web::Data<AppState<S>>,
     path: web::Path<(String, String, String)>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, GraphFailure> {
     let (version, node, edge) = path.into_inner();
+    let body = graph_body(&state, &req, payload).await?;
     let caller = authenticate(&state, &req, &node, &version, &body)?;
     if edge == "messages" {
         return crate::sends::messages(&state, caller, &req).await;
@@ -429,6 +571,10 @@ fn control_command(caller: &Caller, edge: &str) -> Result<Command, GraphFailure>
             };
             let duration_secs = duration
                 .ok_or_else(|| bad_param("param duration must be a whole number of seconds"))?;
+            // A duration Meta would refuse is a bad parameter: refused here,
+            // recorded nowhere.
+            domain::rules::check_extension(duration_secs)
+                .map_err(|r| bad_param(format!("param duration: {}", r.reason)))?;
             Command::ExtendThreadControl {
                 call_id,
                 app,

@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use domain::AppId;
 use event_log::EventStore;
-use futures_util::StreamExt;
 use orchestration::ingest::IngestError;
 use orchestration::RecordError;
 
 use crate::auth::ct_eq;
+use crate::body::BodyError;
 use crate::error::{error_chain, ApiError};
 use crate::AppState;
 
@@ -52,12 +52,13 @@ pub async fn receive<S: EventStore + 'static>(
     state: web::Data<AppState<S>>,
     app: web::Path<String>,
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let app_id = AppId::parse(app.into_inner()).map_err(|e| ApiError::UnknownApp(e.to_string()))?;
     if state.config.managed(&app_id).is_none() {
         return Err(ApiError::UnknownApp(app_id.to_string()));
     };
+    source_allowed(&state, &req)?;
     let metrics = &state.metrics;
     let app_label = app_id.as_str();
 
@@ -74,57 +75,30 @@ pub async fn receive<S: EventStore + 'static>(
             return Err(ApiError::UnsupportedMediaType(ct.to_owned()));
         }
     }
-    let limit = state.config.max_body_bytes;
-    if let Some(len) = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-    {
-        if len > limit {
+    let timeout = std::time::Duration::from_millis(state.config.body_timeout_ms);
+    let body = match crate::body::read(&req, payload, state.config.max_body_bytes, timeout).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge { limit }) => {
             metrics.delivery(app_label, "too_large");
             return Err(ApiError::TooLarge { limit });
         }
-    }
-    let mut body = web::BytesMut::new();
-    let timeout = std::time::Duration::from_millis(state.config.body_timeout_ms);
-    let read = async {
-        while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|e| ApiError::BadBody(e.to_string()))?;
-            if body.len() + chunk.len() > limit {
-                return Err(ApiError::TooLarge { limit });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(())
-    };
-    match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            metrics.delivery(
-                app_label,
-                if matches!(e, ApiError::TooLarge { .. }) {
-                    "too_large"
-                } else {
-                    "bad_body"
-                },
-            );
-            return Err(e);
-        }
-        Err(_) => {
+        Err(BodyError::Timeout { ms }) => {
             metrics.delivery(app_label, "body_timeout");
-            return Err(ApiError::BodyTimeout(state.config.body_timeout_ms));
+            return Err(ApiError::BodyTimeout(ms));
         }
-    }
-    let body = body.freeze();
+        Err(BodyError::Broken(e)) => {
+            metrics.delivery(app_label, "bad_body");
+            return Err(ApiError::BadBody(e));
+        }
+    };
 
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     match state
         .baton
         .ingest(
             &app_id,
             &body,
-            header("x-hub-signature-256"),
-            header("x-hub-signature"),
+            signature_header(&req, "x-hub-signature-256"),
+            signature_header(&req, "x-hub-signature"),
         )
         .await
     {
@@ -132,8 +106,104 @@ pub async fn receive<S: EventStore + 'static>(
             .content_type("text/plain")
             .body("EVENT_RECEIVED")),
         Err(IngestError::UnknownApp(app)) => Err(ApiError::UnknownApp(app)),
+        Err(e @ IngestError::TooManyItems { .. }) => Err(ApiError::TooManyItems(e.to_string())),
         Err(IngestError::BadSignature(reason)) => Err(ApiError::BadSignature(reason)),
         Err(IngestError::NotRecorded(RecordError::Busy)) => Err(ApiError::Busy),
         Err(IngestError::NotRecorded(e)) => Err(ApiError::Unavailable(error_chain(&e))),
+    }
+}
+
+/// A signature header as Meta sends it: once, in visible ASCII. A second
+/// copy, or bytes that are not text, make the header present and invalid
+/// (never absent, which would let the other header decide alone).
+fn signature_header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    let mut values = req.headers().get_all(name);
+    let first = values.next()?;
+    if values.next().is_some() {
+        return Some("duplicated header");
+    }
+    Some(first.to_str().unwrap_or("not visible ASCII"))
+}
+
+/// With `webhook_source_networks` configured, only those networks may post
+/// webhooks. The source is the peer, or, when the peer is a trusted proxy,
+/// the nearest address in `X-Forwarded-For` that is not one.
+fn source_allowed<S>(state: &AppState<S>, req: &HttpRequest) -> Result<(), ApiError> {
+    let allowed = &state.config.webhook_source_networks;
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let source = client_ip(
+        req.peer_addr().map(|a| a.ip()),
+        &forwarded,
+        &state.config.trusted_proxies,
+    );
+    match source {
+        Some(ip) if allowed.iter().any(|n| n.contains(ip)) => Ok(()),
+        Some(ip) => Err(ApiError::SourceNotAllowed(ip.to_string())),
+        None => Err(ApiError::SourceNotAllowed("an unknown address".into())),
+    }
+}
+
+/// The client's address: the peer, unless it is a trusted proxy; then the
+/// rightmost `X-Forwarded-For` entry that is not a trusted proxy.
+pub fn client_ip(
+    peer: Option<std::net::IpAddr>,
+    forwarded_for: &str,
+    trusted: &[orchestration::config::Network],
+) -> Option<std::net::IpAddr> {
+    let trusted_ip = |ip: std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let mut ip = peer?;
+    if !trusted_ip(ip) {
+        return Some(ip);
+    }
+    for part in forwarded_for
+        .rsplit(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        ip = part.parse().ok()?;
+        if !trusted_ip(ip) {
+            return Some(ip);
+        }
+    }
+    Some(ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_ip;
+    use orchestration::config::Network;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxy = vec![Network::parse("10.0.0.0/8").unwrap()];
+        let ip = |s: &str| s.parse().unwrap();
+        // A direct client cannot claim another address.
+        assert_eq!(
+            client_ip(Some(ip("203.0.113.9")), "66.220.144.1", &proxy),
+            Some(ip("203.0.113.9"))
+        );
+        // Through the proxy, the nearest untrusted hop counts, not a forged first entry.
+        assert_eq!(
+            client_ip(
+                Some(ip("10.1.2.3")),
+                "1.2.3.4, 66.220.144.1, 10.9.9.9",
+                &proxy
+            ),
+            Some(ip("66.220.144.1"))
+        );
+        assert!(Network::parse("66.220.144.0/21")
+            .unwrap()
+            .contains(ip("66.220.151.255")));
+        assert!(!Network::parse("66.220.144.0/21")
+            .unwrap()
+            .contains(ip("66.220.152.0")));
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod body;
 pub mod delivery_api;
 pub mod error;
 pub mod graph_api;
@@ -29,6 +30,8 @@ pub use orchestration::{Clock, Config, ConfigError, LogFormat, ManualClock, Secr
 #[derive(Debug)]
 pub struct AppState<S> {
     pub baton: Arc<Baton<S>>,
+    /// Requests per app on Baton's API (`app_requests_per_second`).
+    pub app_limiter: std::sync::Mutex<orchestration::outbox::limiter::RateLimiter<domain::AppId>>,
     /// Forwards each app's events to its backend; `None` when no app has a `backend_url`.
     pub dispatcher: Option<Arc<dispatch::Dispatcher<S>>>,
 }
@@ -147,7 +150,7 @@ async fn refuse_while_stopping<S: 'static>(
     if !stopping {
         return Ok(next.call(req).await?.map_into_left_body());
     }
-    let graph = req.path().starts_with("/v");
+    let graph = is_graph_path(req.path());
     let mut res = if graph {
         graph_api::GraphFailure::new(
             actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -194,6 +197,20 @@ pub enum StartError {
     Dispatch(#[from] dispatch::DispatchError),
 }
 
+/// HTTP worker threads.
+const WORKERS: usize = 2;
+
+impl<S> AppState<S> {
+    /// Counts one request of `app` against its limit: `false` when over it.
+    pub fn admit(&self, app: &domain::AppId) -> bool {
+        self.app_limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_acquire(app, std::time::Instant::now())
+            .is_ok()
+    }
+}
+
 /// Starts the application (replay, the outbox, timers), dispatch, and the
 /// HTTP server on `config.listen` (port 0 picks a free port;
 /// `Running::addr` says which).
@@ -218,10 +235,12 @@ pub async fn start<S: EventStore + 'static>(
         .values()
         .filter_map(|a| {
             let m = a.managed.as_ref()?;
+            // The forwarding secret, never Meta's app secret: a backend must
+            // hold no key that Baton's ingress accepts.
             Some(dispatch::BackendConfig {
                 app: a.id.clone(),
                 url: m.backend_url.clone()?,
-                secret: dispatch::Secret::new(m.app_secret.expose()),
+                secret: dispatch::Secret::new(m.forward_secret.as_ref()?.expose()),
             })
         })
         .collect();
@@ -247,50 +266,53 @@ pub async fn start<S: EventStore + 'static>(
             }
         })
     });
-    let state = Arc::new(AppState { baton, dispatcher });
+    let app_limiter = std::sync::Mutex::new(orchestration::outbox::limiter::RateLimiter::new(
+        config.app_requests_per_second,
+        config.app_requests_per_second,
+    ));
+    let state = Arc::new(AppState {
+        baton,
+        app_limiter,
+        dispatcher,
+    });
     let data = web::Data::from(state.clone());
-    let body_limit = config.max_body_bytes;
     // Requests in flight at a stop may wait for a send's outcome.
     let drain_secs = state.baton.outcome_wait().as_secs().max(1);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .wrap(actix_web::middleware::from_fn(refuse_while_stopping::<S>))
-            .route("/webhooks/{app_id}", web::get().to(ingress::verify::<S>))
-            .route("/webhooks/{app_id}", web::post().to(ingress::receive::<S>))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz::<S>))
-            .route("/metrics", web::get().to(metrics_text::<S>))
-            .route(
-                "/api/threads/{page_id}/{psid}",
-                web::get().to(read_api::thread::<S>),
+            .service(
+                web::resource("/webhooks/{app_id}")
+                    .get(ingress::verify::<S>)
+                    .post(ingress::receive::<S>)
+                    .default_service(web::to(method_not_allowed)),
             )
-            .route(
-                "/api/threads/{page_id}/{psid}/timeline",
-                web::get().to(read_api::timeline::<S>),
+            .service(resource("/healthz").get(healthz))
+            .service(resource("/readyz").get(readyz::<S>))
+            .service(resource("/metrics").get(metrics_text::<S>))
+            .service(resource("/api/threads/{page_id}/{psid}").get(read_api::thread::<S>))
+            .service(
+                resource("/api/threads/{page_id}/{psid}/timeline").get(read_api::timeline::<S>),
             )
-            .route("/api/sends/check", web::post().to(sends::check::<S>))
-            .route("/api/admin/export", web::get().to(admin::export::<S>))
-            .route(
-                "/api/apps/{app_id}/delivery",
-                web::get().to(delivery_api::status::<S>),
-            )
-            .route(
-                "/api/apps/{app_id}/redrive",
-                web::post().to(delivery_api::redrive::<S>),
-            )
-            .route(
-                "/api/admin/projections",
-                web::get().to(admin::projections::<S>),
-            )
+            .service(resource("/api/sends/check").post(sends::check::<S>))
+            .service(resource("/api/admin/export").get(admin::export::<S>))
+            .service(resource("/api/admin/projections").get(admin::projections::<S>))
+            .service(resource("/api/apps/{app_id}/delivery").get(delivery_api::status::<S>))
+            .service(resource("/api/apps/{app_id}/redrive").post(delivery_api::redrive::<S>))
             .service(
                 web::resource("/{version:v[0-9]+(\\.[0-9]+)?}/{node}/{edge}")
-                    .app_data(web::PayloadConfig::new(body_limit))
-                    .route(web::post().to(graph_api::post_edge::<S>))
-                    .route(web::get().to(graph_api::get_edge::<S>)),
+                    .post(graph_api::post_edge::<S>)
+                    .get(graph_api::get_edge::<S>)
+                    .default_service(web::to(method_not_allowed)),
             )
+            .default_service(web::to(not_found))
     })
-    .workers(2)
+    .workers(WORKERS)
+    // A cap on open connections (a request's head must arrive within
+    // actix's 5 s, its body within `body_timeout_ms`): slow or idle clients
+    // cannot exhaust file descriptors.
+    .max_connections(config.max_connections.div_ceil(WORKERS))
     .disable_signals()
     .shutdown_timeout(drain_secs)
     .listen(listener)
@@ -310,6 +332,55 @@ pub async fn start<S: EventStore + 'static>(
         tasks,
         dispatch,
     })
+}
+
+/// A resource of Baton's own API: a method it does not serve gets 405 in
+/// Baton's JSON error shape.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+/// 405, in the shape of the surface the request was sent to.
+async fn method_not_allowed(req: actix_web::HttpRequest) -> actix_web::Result<HttpResponse> {
+    if is_graph_path(req.path()) {
+        return Err(graph_api::GraphFailure::new(
+            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+            domain::graph::code::INVALID_PARAMETER,
+            None,
+            format!("(#100) Unsupported {} request", req.method()),
+        )
+        .into());
+    }
+    Err(error::ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: req.path().to_owned(),
+    }
+    .into())
+}
+
+/// 404, in the shape of the surface the request was sent to.
+async fn not_found(req: actix_web::HttpRequest) -> actix_web::Result<HttpResponse> {
+    if is_graph_path(req.path()) {
+        return Err(graph_api::GraphFailure::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            domain::graph::code::INVALID_PARAMETER,
+            None,
+            format!(
+                "(#100) Unsupported {} request: {} is not served by Baton",
+                req.method(),
+                req.path()
+            ),
+        )
+        .into());
+    }
+    Err(error::ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())).into())
+}
+
+/// Paths of the Graph-compatible API (`/v21.0/…`), answered in Meta's error shape.
+fn is_graph_path(path: &str) -> bool {
+    path.strip_prefix("/v")
+        .and_then(|rest| rest.chars().next())
+        .is_some_and(|c| c.is_ascii_digit())
 }
 
 async fn healthz() -> HttpResponse {
@@ -335,15 +406,29 @@ async fn readyz<S: EventStore + 'static>(state: web::Data<AppState<S>>) -> HttpR
     }
 }
 
-async fn metrics_text<S: EventStore + 'static>(state: web::Data<AppState<S>>) -> HttpResponse {
+async fn metrics_text<S: EventStore + 'static>(
+    state: web::Data<AppState<S>>,
+    req: actix_web::HttpRequest,
+) -> actix_web::Result<HttpResponse> {
+    // With a metrics token configured, app ids and traffic are not public.
+    if let Some(required) = &state.config.metrics_token {
+        let token = auth::bearer(&req).unwrap_or_default();
+        let admin = matches!(
+            auth::identify(&state.config, token),
+            Some(auth::Identity::Admin)
+        );
+        if !admin && !auth::ct_eq(required.expose().as_bytes(), token.as_bytes()) {
+            return Err(error::ApiError::Unauthorized.into());
+        }
+    }
     let head = state.store.head().await.map(|h| h.position).unwrap_or(0);
     let mut text = state.metrics.render(head, state.projections.position());
     if let Some(d) = &state.dispatcher {
         text.push_str(&d.render_metrics());
     }
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(text)
+        .body(text))
 }
 
 /// Installs the tracing subscriber: text or JSON lines, level from `RUST_LOG`
@@ -351,11 +436,69 @@ async fn metrics_text<S: EventStore + 'static>(state: web::Data<AppState<S>>) ->
 pub fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+        // JSON escapes control characters itself.
+        LogFormat::Json => builder.json().with_writer(std::io::stderr).try_init(),
+        // Text lines carry values from outside (a tag, an id): control
+        // characters are escaped so nobody can forge a log line.
+        LogFormat::Text => builder
+            .with_ansi(false)
+            .with_writer(|| EscapingWriter(std::io::stderr()))
+            .try_init(),
     };
+}
+
+/// A log writer that escapes every control character but the line's final
+/// newline (`\n` → `\\n`, ESC → `\\x1b`). The text formatter writes one
+/// event per call, ending in its newline.
+#[derive(Debug)]
+pub struct EscapingWriter<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for EscapingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (body, end) = match buf.strip_suffix(b"\n") {
+            Some(body) => (body, &b"\n"[..]),
+            None => (buf, &b""[..]),
+        };
+        self.0.write_all(&escape_controls(body))?;
+        self.0.write_all(end)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// `bytes` with ASCII control characters (and DEL) written as `\n`, `\r`,
+/// `\t` or `\xNN`.
+pub fn escape_controls(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0..=0x1f | 0x7f => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            _ => out.push(b),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    #[test]
+    fn text_logs_escape_control_characters() {
+        let mut out = Vec::new();
+        let line = b"INFO send refused tag=HUMAN\n2026-12-01 FORGED \x1b[31mline\n";
+        super::EscapingWriter(&mut out).write_all(line).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "INFO send refused tag=HUMAN\\n2026-12-01 FORGED \\x1b[31mline\n"
+        );
+    }
 }

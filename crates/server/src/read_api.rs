@@ -14,15 +14,24 @@ use crate::auth::{bearer, identify, Identity};
 use crate::error::ApiError;
 use crate::AppState;
 
-/// Checks the bearer token: the admin token, or the token of an app on `page`.
+/// Who reads: the admin or the auditor (everything), or one app on the page
+/// (thread state, and its own sends; other apps' sends without ids or content).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reader {
+    Everything,
+    App(domain::AppId),
+}
+
+/// Checks the bearer token: the admin or auditor token, or the token of an
+/// app on `page`.
 pub fn authorize<S>(
     state: &AppState<S>,
     req: &HttpRequest,
     page: Option<&PageId>,
-) -> Result<(), ApiError> {
+) -> Result<Reader, ApiError> {
     let token = bearer(req).ok_or(ApiError::Unauthorized)?;
     match identify(&state.config, token) {
-        Some(Identity::Admin) => Ok(()),
+        Some(id) if id.reads_everything() => Ok(Reader::Everything),
         Some(Identity::App(a, _))
             if page.is_none_or(|p| {
                 state
@@ -31,9 +40,39 @@ pub fn authorize<S>(
                     .is_some_and(|pg| pg.apps.contains_key(&a.id))
             }) =>
         {
-            Ok(())
+            if !state.admit(&a.id) {
+                return Err(ApiError::RateLimited {
+                    app: a.id.to_string(),
+                });
+            }
+            Ok(Reader::App(a.id.clone()))
         }
         _ => Err(ApiError::Unauthorized),
+    }
+}
+
+/// The app whose send an event is about, if it is about a send.
+fn send_app<S>(state: &AppState<S>, event: &Event) -> Option<Option<domain::AppId>> {
+    let by_id = |id: &domain::CommandId| {
+        state
+            .projections
+            .read()
+            .sends
+            .get(id)
+            .map(|r| r.app.clone())
+    };
+    match event {
+        Event::SendAccepted(e) => Some(Some(e.send.app.clone())),
+        Event::CommandRefused(e) => match &e.command {
+            domain::Command::SendMessage(s) => Some(Some(s.app.clone())),
+            _ => None,
+        },
+        Event::SendOutcomeRecorded(e) => Some(by_id(&e.send_id)),
+        Event::SendAttempted(e) => Some(by_id(&e.send_id)),
+        Event::SendRetryScheduled(e) => Some(by_id(&e.send_id)),
+        Event::OneTimeTokenConsumed(e) => Some(by_id(&e.send_id)),
+        Event::OneTimeTokenReleased(e) => Some(by_id(&e.send_id)),
+        _ => None,
     }
 }
 
@@ -84,7 +123,7 @@ pub async fn thread<S: EventStore + 'static>(
 ) -> Result<HttpResponse, ApiError> {
     let (page, psid) = path.into_inner();
     let key = thread_key(&page, &psid)?;
-    authorize(&state, &req, Some(&key.page))?;
+    let _reader = authorize(&state, &req, Some(&key.page))?;
     let snapshot = state.projections.read();
     let page = snapshot
         .pages
@@ -108,7 +147,7 @@ pub async fn timeline<S: EventStore + 'static>(
 ) -> Result<HttpResponse, ApiError> {
     let (page, psid) = path.into_inner();
     let key = thread_key(&page, &psid)?;
-    authorize(&state, &req, Some(&key.page))?;
+    let reader = authorize(&state, &req, Some(&key.page))?;
     let number = |name: &str, default: u64| -> Result<u64, ApiError> {
         match query.get(name) {
             None => Ok(default),
@@ -131,6 +170,20 @@ pub async fn timeline<S: EventStore + 'static>(
         .iter()
         .map(
             |r| match Event::decode(&r.type_name, r.schema_version, &r.payload) {
+                // Another app's send: that it happened, not its ids or content.
+                Ok(event)
+                    if matches!(&reader, Reader::App(me)
+                        if send_app(&state, &event).is_some_and(|app| app.as_ref() != Some(me))) =>
+                {
+                    json!({
+                        "position": r.position,
+                        "version": r.stream_version,
+                        "recorded_at": r.recorded_at_ms,
+                        "type": r.type_name,
+                        "explanation": "a send by another app on this page (details are visible to that app and to auditors)",
+                        "redacted": true,
+                    })
+                }
                 Ok(event) => json!({
                     "position": r.position,
                     "version": r.stream_version,

@@ -16,11 +16,12 @@ use orchestration::outbox::{Check, SendError};
 use orchestration::projections::{SendStatus, SEND_METADATA_PREFIX};
 use serde_json::{json, Map, Value};
 
+use crate::error::ApiError;
 use crate::graph_api::{authenticate, Caller, GraphFailure};
 use crate::AppState;
 
 /// Longest `Idempotency-Key` Baton accepts.
-const MAX_IDEMPOTENCY_KEY: usize = 200;
+const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 fn bad_param(message: impl AsRef<str>) -> GraphFailure {
     GraphFailure::bad_param(message)
@@ -52,13 +53,20 @@ pub fn parse_send(
         Some(_) => return Err(bad_param("param recipient must be an object")),
         None => return Err(bad_param("The parameter recipient is required")),
     };
-    let messaging_type = match p.get("messaging_type").and_then(Value::as_str) {
-        None => None,
-        Some("RESPONSE") => Some(MessagingType::Response),
-        Some("UPDATE") => Some(MessagingType::Update),
-        Some("MESSAGE_TAG") => Some(MessagingType::MessageTag),
-        Some("UTILITY") => Some(MessagingType::Utility),
-        Some(other) => return Err(bad_param(format!("param messaging_type must be one of RESPONSE, UPDATE, MESSAGE_TAG, UTILITY; got {other:?}"))),
+    let messaging_type = match p.get("messaging_type") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => Some(match t.as_str() {
+            "RESPONSE" => MessagingType::Response,
+            "UPDATE" => MessagingType::Update,
+            "MESSAGE_TAG" => MessagingType::MessageTag,
+            "UTILITY" => MessagingType::Utility,
+            other => return Err(bad_param(format!("param messaging_type must be one of RESPONSE, UPDATE, MESSAGE_TAG, UTILITY; got {other:?}"))),
+        }),
+        Some(other) => {
+            return Err(bad_param(format!(
+                "param messaging_type must be a string (RESPONSE, UPDATE, MESSAGE_TAG or UTILITY); got {other}"
+            )))
+        }
     };
     let tag = match p.get("tag") {
         None | Some(Value::Null) => None,
@@ -164,6 +172,7 @@ pub fn parse_send(
         payload: Value::Object(payload),
         idempotency_key,
         graph_version: None,
+        request_digest: None,
     })
 }
 
@@ -210,6 +219,9 @@ fn send_error(e: SendError) -> GraphFailure {
     match e {
         SendError::Refused(r) => (&r).into(),
         SendError::NotRecorded(e) => GraphFailure::unavailable(&e),
+        SendError::KeyReused { key } => bad_param(format!(
+            "Idempotency-Key {key:?} was already used with a different request; use a new key for a new message"
+        )),
     }
 }
 
@@ -219,12 +231,21 @@ pub async fn messages<S: EventStore + 'static>(
     caller: Caller,
     req: &HttpRequest,
 ) -> Result<HttpResponse, GraphFailure> {
-    let idempotency_key = req
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty() && s.len() <= MAX_IDEMPOTENCY_KEY);
+    let idempotency_key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v
+                .to_str()
+                .map_err(|_| bad_param("Idempotency-Key must be visible ASCII"))?
+                .trim();
+            if key.is_empty() || key.chars().count() > MAX_IDEMPOTENCY_KEY {
+                return Err(bad_param(format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+                )));
+            }
+            Some(key.to_owned())
+        }
+    };
     let send = parse_send(&caller, idempotency_key)?;
     let status = state
         .baton
@@ -239,19 +260,36 @@ pub async fn messages<S: EventStore + 'static>(
 pub async fn check<S: EventStore + 'static>(
     state: web::Data<AppState<S>>,
     req: HttpRequest,
-    body: web::Bytes,
-) -> Result<HttpResponse, GraphFailure> {
-    let node = crate::graph_api::params(&req, &body)?
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    // Authenticated and parsed like a send, answered in Baton's own shape.
+    let as_api = |g: GraphFailure| match g.status {
+        StatusCode::REQUEST_TIMEOUT => ApiError::BodyTimeout(state.config.body_timeout_ms),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge {
+            limit: state.config.max_body_bytes,
+        },
+        StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited {
+            app: "this app".into(),
+        },
+        StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(g.message),
+        _ if g.code == code::INVALID_TOKEN => ApiError::Unauthorized,
+        _ => ApiError::BadRequest(g.message),
+    };
+    let body = crate::graph_api::graph_body(&state, &req, payload)
+        .await
+        .map_err(as_api)?;
+    let node = crate::graph_api::params(&req, &body)
+        .map_err(as_api)?
         .get("page_id")
         .and_then(wire::webhook::id_string)
         .unwrap_or_else(|| "me".to_owned());
-    let mut caller = authenticate(&state, &req, &node, "v21.0", &body)?;
+    let mut caller = authenticate(&state, &req, &node, "v21.0", &body).map_err(as_api)?;
     caller.params.remove("page_id");
-    let send = parse_send(&caller, None)?;
+    let send = parse_send(&caller, None).map_err(as_api)?;
     let check = state
         .baton
         .check_send(&caller.acting.page, &send)
-        .map_err(send_error)?;
+        .map_err(|e| as_api(send_error(e)))?;
     let body = match check {
         Check::Allowed {
             basis,

@@ -25,6 +25,9 @@ pub const HUMAN: &str = "1002";
 pub const PAGE_INBOX: &str = "263902037430900";
 pub const BOT_SECRET: &str = "bot-app-secret";
 pub const HUMAN_SECRET: &str = "human-app-secret";
+/// What Baton signs forwarded deliveries with (never Meta's app secret).
+pub const BOT_FORWARD_SECRET: &str = "bot-forward-secret";
+pub const HUMAN_FORWARD_SECRET: &str = "human-forward-secret";
 pub const ADMIN_TOKEN: &str = "admin-secret";
 
 /// Settings a test may change.
@@ -57,6 +60,8 @@ pub struct BatonToml {
     tuning: Tuning,
     bot_backend: Option<String>,
     human_backend: Option<String>,
+    extra: Vec<String>,
+    max_body_bytes: usize,
 }
 
 impl BatonToml {
@@ -70,7 +75,21 @@ impl BatonToml {
             tuning: Tuning::default(),
             bot_backend: None,
             human_backend: None,
+            extra: Vec::new(),
+            max_body_bytes: 65_536,
         }
+    }
+
+    /// The largest request body Baton reads (64 KiB unless set).
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// A top-level setting, as a TOML line (`metrics_token = "m"`).
+    pub fn setting(mut self, line: &str) -> Self {
+        self.extra.push(line.to_owned());
+        self
     }
 
     /// The test page's `routing` value (TOML inline table).
@@ -121,11 +140,13 @@ impl BatonToml {
         };
         let (bot_backend, human_backend) =
             (backend(&self.bot_backend), backend(&self.human_backend));
+        let extra = self.extra.join("\n");
+        let max_body = self.max_body_bytes;
         format!(
             r#"
 listen = "127.0.0.1:0"
 data_dir = {data_dir:?}
-max_body_bytes = 65536
+max_body_bytes = {max_body}
 graph_timeout_ms = {timeout_ms}
 body_timeout_ms = 300
 admin_token = "{ADMIN_TOKEN}"
@@ -133,6 +154,7 @@ send_backoff_ms = 1
 stop_grace_ms = {stop_grace_ms}
 send_rate_per_second = {rate}
 send_burst = {burst}
+{extra}
 
 [[pages]]
 id = "{PAGE}"
@@ -153,6 +175,7 @@ kind = "bot"
 management = "managed"
 may_take_control = true
 app_secret = "{BOT_SECRET}"
+forward_secret = "{BOT_FORWARD_SECRET}"
 verify_token = "verify-bot"
 api_token = "baton-bot"
 graph_base_url = "{graph}"
@@ -164,6 +187,7 @@ name = "Human inbox"
 kind = "human"
 management = "managed"
 app_secret = "{HUMAN_SECRET}"
+forward_secret = "{HUMAN_FORWARD_SECRET}"
 verify_token = "verify-human"
 api_token = "baton-human"
 graph_base_url = "{graph}"
@@ -187,6 +211,13 @@ pub fn config_toml(graph: &str, mode: &str) -> String {
 /// [`config_toml`] with other timeouts and rates.
 pub fn config_toml_with(graph: &str, mode: &str, tuning: Tuning) -> String {
     BatonToml::new(graph).routing(mode).tuning(tuning).render()
+}
+
+/// `app` controls the thread.
+pub fn owner(app: &str) -> domain::events::ControlView {
+    domain::events::ControlView::Owner {
+        app: domain::AppId::parse(app).unwrap(),
+    }
 }
 
 /// A text reply to `psid` as Meta's Send API takes it.

@@ -164,6 +164,7 @@ pub fn send_msg(
         payload: serde_json::json!({"message": {"text": "hello"}}),
         idempotency_key: None,
         graph_version: None,
+        request_digest: None,
     }
 }
 
@@ -296,17 +297,28 @@ impl Scenario {
         )
     }
 
-    /// Meta says (by webhook) that `to` now controls the thread.
+    /// The thread's controller passes it to `to`, through Baton, and Meta
+    /// accepts: the confirmed way control changes hands. (A pass webhook
+    /// alone, on `to`'s endpoint, takes control away from another app and is
+    /// confirmed with Meta first: see `handover`.)
     pub fn passed_to(self, when: Timestamp, to: AppId) -> Self {
-        let from = self.ledger.control.owner().cloned();
-        self.handover(
-            when,
-            to.clone(),
-            HandoverNotice::Passed {
-                from,
-                to,
+        let from = self
+            .ledger
+            .control
+            .owner()
+            .cloned()
+            .or_else(|| self.page.mode.idle_holder().cloned())
+            // Zero-config: any app may pass an idle thread.
+            .or_else(|| self.page.apps.keys().find(|a| **a != to).cloned())
+            .expect("a thread someone controls or may pass");
+        self.done(
+            Command::PassThreadControl {
+                call_id: domain::CommandId::parse(format!("pass-{}", when.millis())).unwrap(),
+                app: from,
+                target: Some(to),
                 metadata: None,
             },
+            when,
         )
     }
 

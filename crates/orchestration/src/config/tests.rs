@@ -21,6 +21,7 @@ verify_token = "verify-bot"
 api_token = "baton-bot"
 graph_base_url = "http://127.0.0.1:9"
 backend_url = "http://127.0.0.1:10/webhook"
+forward_secret = "bot-forward-secret"
 page_tokens = { "5550001" = "page-token-bot" }
 
 [[apps]]
@@ -64,6 +65,7 @@ fn secrets_never_reach_debug() {
         "page-token-bot",
         "baton-bot",
         "verify-bot",
+        "bot-forward-secret",
     ] {
         assert!(!debug.contains(secret), "{secret} leaked into Debug");
     }
@@ -112,6 +114,29 @@ fn bad_files_fail_naming_the_field() {
         "apps[0].backend_url",
     );
     fails_naming(&format!("{GOOD}\nsurprise = 1\n"), "surprise");
+    // Baton forwards with its own secret, never with Meta's app secret.
+    fails_naming(
+        &GOOD.replace("forward_secret = \"bot-forward-secret\"\n", ""),
+        "apps[0].forward_secret",
+    );
+    fails_naming(
+        &GOOD.replace("\"bot-forward-secret\"", "{ env = \"BOT_SECRET\" }"),
+        "apps[0].forward_secret",
+    );
+    fails_naming(
+        &GOOD.replace(
+            "data_dir = \"/tmp/baton\"",
+            "data_dir = \"/tmp/baton\"\nauditor_token = \"baton-bot\"",
+        ),
+        "auditor_token",
+    );
+    fails_naming(
+        &GOOD.replace(
+            "data_dir = \"/tmp/baton\"",
+            "data_dir = \"/tmp/baton\"\nwebhook_source_networks = [\"10.0.0.0/99\"]",
+        ),
+        "webhook_source_networks",
+    );
     fails_naming(
         &GOOD.replace("id = \"1002\"", "id = \"10 02\""),
         "apps[1].id",

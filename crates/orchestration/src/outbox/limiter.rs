@@ -1,17 +1,19 @@
-//! The per-page send rate: a token bucket per page (Meta allows 300 calls/s
-//! per page for text), and a pause when Meta says a page is throttled. It
-//! never sleeps: it says how long to wait, and the outbox worker wakes then.
+//! Token buckets per key: the per-page send rate (Meta allows 300 calls/s
+//! per page for text, with a pause when Meta says a page is throttled), and
+//! the per-app request rate on Baton's own API. It never sleeps: it says how
+//! long to wait, and the caller wakes then or refuses.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use domain::PageId;
 
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K = PageId> {
     rate: f64,
     burst: f64,
-    pages: HashMap<PageId, Bucket>,
+    pages: HashMap<K, Bucket>,
     delayed: u64,
 }
 
@@ -22,7 +24,7 @@ struct Bucket {
     paused_until: Option<Instant>,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub fn new(per_second: f64, burst: f64) -> Self {
         Self {
             rate: per_second.max(0.001),
@@ -32,7 +34,7 @@ impl RateLimiter {
         }
     }
 
-    fn bucket(&mut self, page: &PageId, now: Instant) -> &mut Bucket {
+    fn bucket(&mut self, page: &K, now: Instant) -> &mut Bucket {
         let (rate, burst) = (self.rate, self.burst);
         let b = self.pages.entry(page.clone()).or_insert(Bucket {
             tokens: burst,
@@ -45,7 +47,7 @@ impl RateLimiter {
     }
 
     /// Takes one call for `page` now, or says how long until one is free.
-    pub fn try_acquire(&mut self, page: &PageId, now: Instant) -> Result<(), Duration> {
+    pub fn try_acquire(&mut self, page: &K, now: Instant) -> Result<(), Duration> {
         let rate = self.rate;
         let b = self.bucket(page, now);
         let wait = match b.paused_until {
@@ -61,7 +63,7 @@ impl RateLimiter {
     }
 
     /// Holds every send to `page` for `for_`: Meta said the page is throttled.
-    pub fn pause(&mut self, page: &PageId, for_: Duration, now: Instant) {
+    pub fn pause(&mut self, page: &K, for_: Duration, now: Instant) {
         let b = self.bucket(page, now);
         b.tokens = 0.0;
         b.paused_until = Some(now + for_);
@@ -82,7 +84,7 @@ mod tests {
         let page = PageId::parse("1").unwrap();
         let other = PageId::parse("2").unwrap();
         let t0 = Instant::now();
-        let mut l = RateLimiter::new(10.0, 2.0);
+        let mut l: RateLimiter = RateLimiter::new(10.0, 2.0);
         assert!(l.try_acquire(&page, t0).is_ok());
         assert!(l.try_acquire(&page, t0).is_ok());
         let wait = l.try_acquire(&page, t0).unwrap_err();

@@ -151,6 +151,7 @@ mod tests {
                 payload: Value::Null,
                 idempotency_key: None,
                 graph_version: None,
+                request_digest: None,
             },
             attempts,
             answered,

@@ -44,12 +44,17 @@ use crate::{Acting, Baton};
 use limiter::RateLimiter;
 use machine::{AfterAnswer, Next, RetryPolicy, SendMachine};
 
-/// The outbox's in-memory part: the per-page rate limiter.
+/// The outbox's in-memory part: the per-page rate limiter, and the locks
+/// that serialise requests sharing an `Idempotency-Key`.
 #[derive(Debug)]
 pub(crate) struct OutboxState {
     limiter: Mutex<RateLimiter>,
     policy: RetryPolicy,
+    keys: Mutex<HashMap<KeyOf, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// An app's `Idempotency-Key`.
+type KeyOf = (domain::AppId, String);
 
 impl OutboxState {
     pub(crate) fn new(config: &Config) -> Self {
@@ -62,7 +67,17 @@ impl OutboxState {
                 max_attempts: config.send_max_attempts.max(1),
                 backoff: Duration::from_millis(config.send_backoff_ms),
             },
+            keys: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The lock for one app's key; dropped from the map once nobody holds it.
+    fn key_lock(&self, app: &domain::AppId, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.retain(|_, lock| Arc::strong_count(lock) > 1);
+        keys.entry((app.clone(), key.to_owned()))
+            .or_default()
+            .clone()
     }
 
     fn limiter(&self) -> std::sync::MutexGuard<'_, RateLimiter> {
@@ -79,6 +94,9 @@ pub enum SendError {
     /// The decision could not be recorded; nothing was sent.
     #[error("the send could not be recorded")]
     NotRecorded(#[source] RecordError),
+    /// The `Idempotency-Key` was first used with another request.
+    #[error("Idempotency-Key {key:?} was first used with a different request")]
+    KeyReused { key: String },
 }
 
 /// What Baton would decide for a send now (the dry run).
@@ -98,6 +116,20 @@ enum Decided {
     Accepted,
     Refused(Rejection),
     Replay(CommandId),
+    KeyReused,
+}
+
+/// The digest an `Idempotency-Key` is bound to: the app, the page and the
+/// request as the app sent it.
+fn request_digest(acting: &Acting, send: &SendMessage) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(acting.app.as_str().as_bytes());
+    h.update([0]);
+    h.update(acting.page.as_str().as_bytes());
+    h.update([0]);
+    h.update(serde_json::to_vec(&send.payload).unwrap_or_default());
+    hex::encode(h.finalize())
 }
 
 impl<S: EventStore + 'static> Baton<S> {
@@ -124,6 +156,19 @@ impl<S: EventStore + 'static> Baton<S> {
         let span = tracing::info_span!("send", app = %acting.app, page = %thread.page, psid = %thread.psid, send = %send.send_id);
         async {
             send.graph_version = Some(acting.version.clone());
+            // Requests sharing a key are decided one at a time, whatever
+            // their recipient: the second sees the first's record.
+            let key_lock = send
+                .idempotency_key
+                .as_ref()
+                .map(|k| self.outbox.key_lock(&send.app, k));
+            let _serialised = match &key_lock {
+                Some(lock) => Some(lock.lock().await),
+                None => None,
+            };
+            if send.idempotency_key.is_some() {
+                send.request_digest = Some(request_digest(acting, &send));
+            }
             if matches!(send.content, SendContent::Message { metadata: None }) {
                 // Tag the message so that its echo can settle an unknown outcome.
                 let tag = format!("{SEND_METADATA_PREFIX}{}", send.send_id);
@@ -144,7 +189,13 @@ impl<S: EventStore + 'static> Baton<S> {
                         if let Some(first) =
                             snapshot.idempotency.get(&(send.app.clone(), key.clone()))
                         {
-                            return (Vec::new(), Decided::Replay(first.clone()));
+                            let same = first.request_digest.is_none()
+                                || first.request_digest == send.request_digest;
+                            return if same {
+                                (Vec::new(), Decided::Replay(first.send_id.clone()))
+                            } else {
+                                (Vec::new(), Decided::KeyReused)
+                            };
                         }
                     }
                     match rules::decide(ledger, page, &command, now) {
@@ -163,8 +214,14 @@ impl<S: EventStore + 'static> Baton<S> {
                     return Ok(SendStatus::Refused { rejection });
                 }
                 Decided::Replay(first) => first,
+                Decided::KeyReused => {
+                    return Err(SendError::KeyReused {
+                        key: send.idempotency_key.clone().unwrap_or_default(),
+                    })
+                }
                 Decided::Accepted => send.send_id.clone(),
             };
+            drop(_serialised);
             Ok(self.wait_for_outcome(&id).await)
         }
         .instrument(span)
@@ -302,12 +359,15 @@ pub fn settle(
 }
 
 /// The settlement of an unknown send by its echo, when `event` is the echo of
-/// one (same app, same thread).
+/// one: sent by the same app, on the same thread, and delivered on that
+/// app's own endpoint (another app's endpoint, or its backend, cannot settle
+/// it).
 pub fn settle_by_echo(
     state: &State,
     ledger: &ThreadLedger,
     page: &Page,
     event: &domain::events::InboundEvent,
+    delivered_to: &domain::AppId,
     now: Timestamp,
 ) -> Vec<Event> {
     let (Some((send_id, record)), domain::events::InboundEvent::Echo { mid, .. }) =
@@ -315,7 +375,7 @@ pub fn settle_by_echo(
     else {
         return Vec::new();
     };
-    if record.thread != ledger.key {
+    if record.thread != ledger.key || &record.app != delivered_to {
         return Vec::new();
     }
     rules::settle_send(
