@@ -124,11 +124,7 @@ async fn send(http: &reqwest::Client, base: &str, token: &str) -> u16 {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = test_support::runtime();
     let (store, config, live_digest, positions) = rt.block_on(async {
         let graph = graph_stub().await;
         let text = config_toml(dir.path(), &graph);
@@ -689,11 +685,7 @@ fn redrive_offline_checks_the_position_then_appends() {
 #[test]
 fn a_running_server_locks_the_directory_and_answers_instead() {
     let f = fixture();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = test_support::runtime();
     rt.block_on(async {
         let config = Config::load(&f.config).unwrap();
         let store = Arc::new(SledStore::open(f.dir.path().join("log")).unwrap());

@@ -113,15 +113,8 @@ async fn run<S: EventStore + 'static>(store: Arc<S>, deliveries: usize) -> Outco
 }
 
 fn main() {
-    let deliveries: usize = std::env::var("BATON_BENCH_DELIVERIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let deliveries: usize = test_support::env_count("BATON_BENCH_DELIVERIES", 6000);
+    let rt = test_support::runtime();
     rt.block_on(async {
         // Warm up both paths once (connection pools, allocator, page cache).
         let _ = run(Arc::new(MemoryStore::new()), 300).await;

@@ -73,15 +73,8 @@ async fn drive(url: String, token: &'static str, sends: usize) -> Outcome {
 }
 
 fn main() {
-    let sends: usize = std::env::var("BATON_BENCH_SENDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let sends: usize = test_support::env_count("BATON_BENCH_SENDS", 2000);
+    let rt = test_support::runtime();
     rt.block_on(async {
         let world = World::default().with_page(PageConfig::conversation_routing(PAGE, BOT)).with_app(
             AppConfig::new(BOT, BOT_SECRET)

@@ -213,6 +213,24 @@ pub fn config_toml_with(graph: &str, mode: &str, tuning: Tuning) -> String {
     BatonToml::new(graph).routing(mode).tuning(tuning).render()
 }
 
+/// The runtime tests and benchmarks drive Baton with: two workers, as the
+/// machine has two cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// A count from the environment (`BATON_BENCH_…`), or `default`.
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// `app` controls the thread.
 pub fn owner(app: &str) -> domain::events::ControlView {
     domain::events::ControlView::Owner {
