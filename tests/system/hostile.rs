@@ -270,16 +270,18 @@ async fn every_error_has_its_surfaces_json_shape() {
         .unwrap();
     assert_eq!(res.status(), 413);
     assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], 100);
-    // The dry run takes bodies up to max_body_bytes (not a smaller default).
+    // The dry run takes bodies up to max_body_bytes (it used to stop at a
+    // 256 KiB default whatever the configuration): 320 KB under a 1 MiB limit.
+    let roomy = TestBaton::start(&graphless().max_body_bytes(1 << 20).render()).await;
     let padding = "p".repeat(4000);
-    let fields: serde_json::Map<String, Value> = (0..14)
+    let fields: serde_json::Map<String, Value> = (0..80)
         .map(|i| (format!("pad{i}"), json!(padding)))
         .collect();
     let mut big =
         json!({"recipient": {"id": "u1"}, "messaging_type": "RESPONSE", "message": {"text": "hi"}});
     big.as_object_mut().unwrap().extend(fields);
     let res = http
-        .post(baton.url("/api/sends/check"))
+        .post(roomy.url("/api/sends/check"))
         .bearer_auth("baton-bot")
         .json(&big)
         .send()

@@ -114,9 +114,11 @@ fn default_max_connections() -> usize {
     512
 }
 
-/// Requests per second one app may make on Baton's API (a burst of as many).
+/// Requests per second one app may make on Baton's API (a burst of as
+/// many): well above one app's honest traffic (Meta's own send limit is 300/s
+/// per page), low enough that one app cannot starve the others.
 fn default_app_requests() -> f64 {
-    1000.0
+    5000.0
 }
 
 /// Signed checkpoints of the chain's head, when a key is configured.
