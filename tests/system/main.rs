@@ -2,6 +2,7 @@
 //! over HTTP exactly as Meta (or the emulator standing in for it) would.
 
 mod differential;
+mod disorder;
 mod dispatch;
 mod faults;
 mod handover;

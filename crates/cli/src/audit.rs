@@ -41,6 +41,7 @@ pub fn event_time(event: &Event) -> Option<Timestamp> {
         Event::CommandRefused(e) => e.at,
         Event::SendOutcomeRecorded(e) => e.at,
         Event::SendAttempted(e) => e.at,
+        Event::StaleEvidenceIgnored(e) => e.at,
         Event::SendRetryScheduled(e) => e.at,
         Event::OneTimeTokenIssued(e) => e.at,
         Event::OneTimeTokenConsumed(e) => e.at,

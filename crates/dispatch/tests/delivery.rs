@@ -53,6 +53,7 @@ async fn owner_gets_messaging_other_app_gets_standby_signed_in_both_schemes() {
         },
         window: None,
         raw: raw_message("u1", 0, "hello 0"),
+        distrusted_time: false,
     });
     let positions = append(
         store.as_ref(),

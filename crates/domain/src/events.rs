@@ -252,6 +252,13 @@ pub enum FactOrigin {
     Call { call_id: CommandId },
 }
 
+impl FactOrigin {
+    /// Whether the fact's time is Meta's (a webhook) rather than Baton's.
+    pub fn is_webhook(&self) -> bool {
+        matches!(self, FactOrigin::Webhook { .. })
+    }
+}
+
 /// The ledger's or Meta's view of who controls a thread.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -284,6 +291,8 @@ pub enum DriftEvidence {
     },
     /// Meta's `thread_owner` answer.
     ThreadOwnerAnswer,
+    /// Meta's success answer to a control call (or a send's inline control).
+    CallAnswer { command_id: CommandId },
 }
 
 /// An error as Meta's Graph API returned it.
@@ -470,6 +479,33 @@ pub struct MessagingEventReceived {
     pub window: Option<WindowGrant>,
     /// The item exactly as Meta delivered it to `delivery.app`.
     pub raw: Value,
+    /// `at` lies further in the future than Baton tolerates: the item is
+    /// kept verbatim, but it moves no window, expiry or ownership.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub distrusted_time: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Evidence about who controls a thread that is older than the newer
+/// evidence the ledger already holds (Meta's time at or before the last
+/// control change, within the clock-skew tolerance) and contradicts it: kept,
+/// but it does not override the ledger. Baton asks Meta's `thread_owner`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaleEvidenceIgnored {
+    pub thread: ThreadKey,
+    /// When Baton recorded it.
+    pub at: Timestamp,
+    /// Meta's time of the evidence.
+    pub evidence_at: Timestamp,
+    /// What the evidence claims.
+    pub claimed: ControlView,
+    /// What the ledger holds, and since when.
+    pub ledger: ControlView,
+    pub ledger_since: Timestamp,
+    pub evidence: DriftEvidence,
 }
 
 /// Another app's copy (or another channel's) of an already recorded item.
@@ -880,6 +916,7 @@ event_schema! {
     ThreadControlExpired = 1,
     AppRolesChanged = 1,
     OwnershipDriftDetected = 1,
+    StaleEvidenceIgnored = 1,
     ControlCallAccepted = 1,
     ControlCallCompleted = 1,
     SendAccepted = 1,
@@ -908,6 +945,7 @@ impl Event {
             Event::ThreadControlExtended(e) => Some(&e.thread),
             Event::ThreadControlExpired(e) => Some(&e.thread),
             Event::OwnershipDriftDetected(e) => Some(&e.thread),
+            Event::StaleEvidenceIgnored(e) => Some(&e.thread),
             Event::ControlCallAccepted(e) => Some(&e.thread),
             Event::ControlCallCompleted(e) => Some(&e.thread),
             Event::SendAccepted(e) => Some(&e.thread),

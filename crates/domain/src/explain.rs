@@ -7,6 +7,27 @@ use crate::events::{
     SendOutcome, WindowBasis,
 };
 
+fn evidence(e: &DriftEvidence) -> String {
+    match e {
+        DriftEvidence::MessagingDelivery { app } => {
+            format!("{app} received a user event on messaging")
+        }
+        DriftEvidence::StandbyDelivery { app } => format!("{app} received a user event on standby"),
+        DriftEvidence::Echo { app, .. } => format!("{app} sent a message to the thread"),
+        DriftEvidence::HandoverWebhook { webhook } => {
+            format!("a {webhook} webhook named another previous owner")
+        }
+        DriftEvidence::GraphRefusal { code, subcode, .. } => format!(
+            "Meta refused a call with {code}{}",
+            subcode.map(|s| format!("/{s}")).unwrap_or_default()
+        ),
+        DriftEvidence::ThreadOwnerAnswer => "Meta's thread_owner answered".to_owned(),
+        DriftEvidence::CallAnswer { command_id } => {
+            format!("Meta accepted call {command_id}")
+        }
+    }
+}
+
 fn view(v: &ControlView) -> String {
     match v {
         ControlView::Idle => "idle".to_owned(),
@@ -141,30 +162,12 @@ pub fn explain(event: &Event) -> String {
             e.owner, e.expired_at
         ),
         Event::AppRolesChanged(e) => format!("app roles changed on page {}", e.page),
-        Event::OwnershipDriftDetected(e) => {
-            let evidence = match &e.evidence {
-                DriftEvidence::MessagingDelivery { app } => {
-                    format!("{app} received a user event on messaging")
-                }
-                DriftEvidence::StandbyDelivery { app } => {
-                    format!("{app} received a user event on standby")
-                }
-                DriftEvidence::Echo { app, .. } => format!("{app} sent a message to the thread"),
-                DriftEvidence::HandoverWebhook { webhook } => {
-                    format!("a {webhook} webhook named another previous owner")
-                }
-                DriftEvidence::GraphRefusal { code, subcode, .. } => format!(
-                    "Meta refused a call with {code}{}",
-                    subcode.map(|s| format!("/{s}")).unwrap_or_default()
-                ),
-                DriftEvidence::ThreadOwnerAnswer => "Meta's thread_owner answered".to_owned(),
-            };
-            format!(
-                "drift: the ledger had the thread {}, but {evidence}; now {}",
-                view(&e.ledger),
-                view(&e.observed)
-            )
-        }
+        Event::OwnershipDriftDetected(e) => format!(
+            "drift: the ledger had the thread {}, but {}; now {}",
+            view(&e.ledger),
+            evidence(&e.evidence),
+            view(&e.observed)
+        ),
         Event::ControlCallAccepted(e) => format!(
             "{}: accepted ({:?}, thread {})",
             command(&e.command),
@@ -231,6 +234,13 @@ pub fn explain(event: &Event) -> String {
                 format!("send {} confirmed by its echo {mid}", e.send_id)
             }
         },
+        Event::StaleEvidenceIgnored(e) => format!(
+            "older evidence ({}) that {} kept but not applied: the ledger's {} since {} is newer; Baton asks Meta",
+            evidence(&e.evidence),
+            view(&e.claimed),
+            view(&e.ledger),
+            e.ledger_since
+        ),
         Event::SendAttempted(e) => {
             format!("send {} handed to Meta (attempt {})", e.send_id, e.attempt)
         }

@@ -78,6 +78,9 @@ pub struct CallInFlight {
     pub call_id: crate::ids::CommandId,
     pub by: AppId,
     pub hands: Hands,
+    /// When Baton accepted the call: a control change observed after it is
+    /// newer news than the call's answer.
+    pub accepted_at: Timestamp,
 }
 
 /// Whom an in-flight call hands the thread to.
@@ -92,7 +95,7 @@ pub enum Hands {
 
 impl CallInFlight {
     /// The in-flight record of a command, for the commands that move control.
-    pub fn of(command: &crate::commands::Command) -> Option<Self> {
+    pub fn of(command: &crate::commands::Command, accepted_at: Timestamp) -> Option<Self> {
         use crate::commands::{Command, InlineControl};
         let (call_id, by, hands) = match command {
             Command::PassThreadControl {
@@ -124,6 +127,7 @@ impl CallInFlight {
             call_id: call_id.clone(),
             by: by.clone(),
             hands,
+            accepted_at,
         })
     }
 }
@@ -143,6 +147,12 @@ pub struct ThreadLedger {
     /// controls the thread, such as a late echo, says nothing about now.
     #[serde(default)]
     pub control_changed_at: Option<Timestamp>,
+    /// Whether `control_changed_at` is Meta's time (a webhook, a routed
+    /// message) rather than Baton's (its own call's answer, expiry, drift):
+    /// Meta's clock may run ahead of Baton's, so only a comparison across
+    /// the two clocks needs the skew tolerance.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub control_changed_on_meta_clock: bool,
     /// Thread-control calls Baton forwarded whose answer is not recorded yet
     /// (a send's inline control included): Meta's webhook may come first,
     /// and evidence that matches one corroborates it.
@@ -162,6 +172,7 @@ impl ThreadLedger {
             window: None,
             tokens: Vec::new(),
             control_changed_at: None,
+            control_changed_on_meta_clock: false,
             calls_in_flight: Vec::new(),
             version: 0,
         }
@@ -203,12 +214,16 @@ impl ThreadLedger {
                     }
                 }
             }
-            Event::ThreadRouted(e) => self.give_control(e.owner.clone(), e.at),
-            Event::ThreadControlPassed(e) => self.give_control(e.to.clone(), e.at),
-            Event::ThreadControlTaken(e) => self.give_control(e.by.clone(), e.at),
+            Event::ThreadRouted(e) => self.give_control(e.owner.clone(), e.at, true),
+            Event::ThreadControlPassed(e) => {
+                self.give_control(e.to.clone(), e.at, e.origin.is_webhook())
+            }
+            Event::ThreadControlTaken(e) => {
+                self.give_control(e.by.clone(), e.at, e.origin.is_webhook())
+            }
             Event::ThreadControlRequested(e) => {
                 if e.granted {
-                    self.give_control(e.by.clone(), e.at);
+                    self.give_control(e.by.clone(), e.at, e.origin.is_webhook());
                 } else {
                     self.pending_requests.retain(|r| r.app != e.by);
                     self.pending_requests.push(PendingRequest {
@@ -222,11 +237,13 @@ impl ThreadLedger {
                 self.control = Control::Idle;
                 self.pending_requests.clear();
                 self.control_changed_at = Some(e.at);
+                self.control_changed_on_meta_clock = e.origin.is_webhook();
             }
             Event::ThreadControlExpired(e) => {
                 self.control = Control::Idle;
                 self.pending_requests.clear();
                 self.control_changed_at = Some(e.expired_at);
+                self.control_changed_on_meta_clock = false;
             }
             Event::ThreadControlExtended(e) => match &mut self.control {
                 Control::Active { extended_until, .. } => *extended_until = Some(e.until),
@@ -243,11 +260,13 @@ impl ThreadLedger {
                     self.control = Control::Idle;
                     self.pending_requests.clear();
                     self.control_changed_at = Some(e.at);
+                    self.control_changed_on_meta_clock = false;
                 }
-                ControlView::Owner { app } => self.give_control(app.clone(), e.at),
+                ControlView::Owner { app } => self.give_control(app.clone(), e.at, false),
                 ControlView::Unknown => {
                     self.control = Control::Unknown { since: e.at };
                     self.control_changed_at = Some(e.at);
+                    self.control_changed_on_meta_clock = false;
                 }
             },
             Event::OneTimeTokenIssued(e) => {
@@ -276,17 +295,22 @@ impl ThreadLedger {
                     }
                 }
             }
-            Event::ControlCallAccepted(e) => {
-                self.calls_in_flight.extend(CallInFlight::of(&e.command))
-            }
+            Event::ControlCallAccepted(e) => self
+                .calls_in_flight
+                .extend(CallInFlight::of(&e.command, e.at)),
             Event::ControlCallCompleted(e) => {
                 self.calls_in_flight.retain(|c| c.call_id != e.call_id)
             }
             Event::SendAccepted(e) => self.calls_in_flight.extend(CallInFlight::of(
                 &crate::commands::Command::SendMessage(e.send.clone()),
+                e.at,
             )),
             Event::SendOutcomeRecorded(e) => {
-                self.calls_in_flight.retain(|c| c.call_id != e.send_id)
+                // An unknown outcome may still be settled by the echo (and
+                // its inline control): the call stays in flight until then.
+                if !matches!(e.outcome, crate::events::SendOutcome::Unknown { .. }) {
+                    self.calls_in_flight.retain(|c| c.call_id != e.send_id)
+                }
             }
             // Decisions and outcomes are history, not state: the outbox and the
             // timeline are projections of their own.
@@ -294,6 +318,7 @@ impl ThreadLedger {
             | Event::CommandRefused(_)
             | Event::SendAttempted(_)
             | Event::SendRetryScheduled(_)
+            | Event::StaleEvidenceIgnored(_)
             | Event::WebhookDeliveryReceived(_)
             | Event::UnattributedItemReceived(_)
             | Event::PolicyEnforcementReceived(_)
@@ -303,9 +328,10 @@ impl ThreadLedger {
         }
     }
 
-    fn give_control(&mut self, owner: AppId, at: Timestamp) {
+    fn give_control(&mut self, owner: AppId, at: Timestamp, meta_clock: bool) {
         self.pending_requests.clear();
         self.control_changed_at = Some(at);
+        self.control_changed_on_meta_clock = meta_clock;
         self.control = Control::Active {
             owner,
             since: at,

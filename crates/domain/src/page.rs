@@ -113,6 +113,10 @@ pub struct Page {
     pub apps: BTreeMap<AppId, AppProfile>,
     /// Set while Meta has blocked the Page from messaging.
     pub blocked: Option<MessagingBlock>,
+    /// Meta's time of the newest block or unblock applied: an older one,
+    /// retried late, does not undo it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcement_at: Option<crate::ids::Timestamp>,
 }
 
 impl Page {
@@ -122,6 +126,7 @@ impl Page {
             mode,
             apps: apps.into_iter().map(|a| (a.id.clone(), a)).collect(),
             blocked: None,
+            enforcement_at: None,
         }
     }
 
@@ -139,16 +144,25 @@ impl Page {
     /// rules: the event says what changed.
     pub fn apply(&mut self, event: &Event) {
         match event {
-            Event::PolicyEnforcementReceived(e) if e.page == self.id => match e.action {
-                EnforcementAction::Block => {
-                    self.blocked = Some(MessagingBlock {
+            // Block and unblock apply in Meta's order, not arrival order:
+            // one older than the newest applied (a late retry) is history.
+            Event::PolicyEnforcementReceived(e)
+                if e.page == self.id
+                    && matches!(
+                        e.action,
+                        EnforcementAction::Block | EnforcementAction::Unblock
+                    )
+                    && self.enforcement_at.is_none_or(|last| e.at > last) =>
+            {
+                self.enforcement_at = Some(e.at);
+                self.blocked = match e.action {
+                    EnforcementAction::Block => Some(MessagingBlock {
                         since: e.at,
                         reason: e.reason.clone(),
-                    })
-                }
-                EnforcementAction::Unblock => self.blocked = None,
-                EnforcementAction::Warning | EnforcementAction::Other => {}
-            },
+                    }),
+                    _ => None,
+                };
+            }
             Event::AppRolesChanged(e) if e.page == self.id => {
                 if let RoutingMode::HandoverV1 {
                     primary,

@@ -128,3 +128,13 @@ pub fn tag_status(tag: &str, at: Timestamp) -> TagStatus {
         },
     }
 }
+
+/// How far Meta's clock may run ahead of Baton's (or a webhook trail a
+/// control change Baton recorded) and still count as the same moment:
+/// evidence timed within this of the last control change is not newer than
+/// it.
+pub const CLOCK_SKEW_TOLERANCE: Span = Span::seconds(5);
+
+/// A timestamp further in the future than this (by Baton's clock) is kept
+/// verbatim but distrusted: it moves no window, expiry or ownership.
+pub const FUTURE_TOLERANCE: Span = Span::seconds(300);

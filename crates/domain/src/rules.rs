@@ -696,7 +696,7 @@ pub fn settle_control(
                 call_id: command.id().clone(),
             };
             if let Some(fact) = control_fact(ledger, page, command, origin, now) {
-                events.push(fact);
+                events.extend(unless_superseded(ledger, page, command.id(), fact, now));
             }
         }
         GraphOutcome::Failed { error } if is_not_owner_error(error) => {
@@ -705,6 +705,48 @@ pub fn settle_control(
         GraphOutcome::Failed { .. } | GraphOutcome::Unknown { .. } => {}
     }
     events
+}
+
+/// The fact of a call Meta accepted, unless the ledger saw control change
+/// after Baton accepted the call (a Page Inbox takeover webhook, say): then
+/// Meta's answer is older news. A fact that would change nothing is dropped;
+/// one that would change the ledger is kept as stale evidence (Baton asks
+/// Meta) instead of being applied.
+fn unless_superseded(
+    ledger: &ThreadLedger,
+    page: &Page,
+    call_id: &CommandId,
+    fact: Event,
+    now: Timestamp,
+) -> Option<Event> {
+    let superseded = ledger
+        .calls_in_flight
+        .iter()
+        .find(|c| &c.call_id == call_id)
+        .is_some_and(|c| {
+            ledger
+                .control_changed_at
+                .is_some_and(|changed| changed > c.accepted_at)
+        });
+    if !superseded {
+        return Some(fact);
+    }
+    let view = control_at(ledger, page, now);
+    let mut after = ledger.clone();
+    after.apply(&fact);
+    let claimed = control_at(&after, page, now);
+    (claimed != view).then(|| {
+        stale_evidence(
+            ledger,
+            &view,
+            claimed,
+            DriftEvidence::CallAnswer {
+                command_id: call_id.clone(),
+            },
+            now,
+            now,
+        )
+    })
 }
 
 fn drift_to_unknown(
@@ -858,15 +900,20 @@ pub fn settle_send(
     }
     .into()];
     match outcome {
-        SendOutcome::Sent { .. } | SendOutcome::SettledByEcho { .. } => {
+        // Inline thread control rides on messages only: a sender action's
+        // `thread_control` records nothing Meta has not confirmed.
+        SendOutcome::Sent { .. } | SendOutcome::SettledByEcho { .. }
+            if matches!(send.content, SendContent::Message { .. }) =>
+        {
             let origin = FactOrigin::Call {
                 call_id: send.send_id.clone(),
             };
             let command = Command::SendMessage(send.clone());
             if let Some(fact) = control_fact(ledger, page, &command, origin, now) {
-                events.push(fact);
+                events.extend(unless_superseded(ledger, page, &send.send_id, fact, now));
             }
         }
+        SendOutcome::Sent { .. } | SendOutcome::SettledByEcho { .. } => {}
         SendOutcome::Failed { error } if is_not_owner_error(error) => {
             events.push(drift_to_unknown(ledger, page, &send.send_id, error, now));
         }
@@ -940,6 +987,23 @@ pub fn observe(
             event,
             raw,
         } => {
+            // A time from the future is kept verbatim and trusted for nothing.
+            if at > now.plus(policy::FUTURE_TOLERANCE) {
+                events.push(
+                    MessagingEventReceived {
+                        thread,
+                        at,
+                        dedupe_key,
+                        delivery,
+                        event,
+                        window: None,
+                        raw,
+                        distrusted_time: true,
+                    }
+                    .into(),
+                );
+                return events;
+            }
             let window = policy::window_grant(&event, at);
             let token = match &event {
                 InboundEvent::Optin {
@@ -976,6 +1040,7 @@ pub fn observe(
                     event,
                     window,
                     raw,
+                    distrusted_time: false,
                 }
                 .into(),
             );
@@ -1002,8 +1067,10 @@ pub fn observe(
             event,
             raw,
         } => {
-            // Another app's copy of a handover webhook is the same fact again.
+            // Another app's copy of a handover webhook is the same fact again;
+            // a copy timed in the future changes nothing.
             let routing = match event {
+                _ if at > now.plus(policy::FUTURE_TOLERANCE) => None,
                 InboundEvent::Handover { .. } => None,
                 _ => routing_or_drift(
                     &ledger,
@@ -1067,6 +1134,43 @@ fn enters_thread(event: &InboundEvent) -> bool {
     )
 }
 
+/// Whether evidence Meta timed `at` is not newer than the ledger's last
+/// control change: strictly older when both times are Meta's (a tie goes to
+/// arrival order); at or before the change plus the clock-skew tolerance
+/// when the change was timed by Baton's clock.
+pub fn is_stale(ledger: &ThreadLedger, at: Timestamp) -> bool {
+    match ledger.control_changed_at {
+        None => false,
+        // Both times are Meta's: strictly older is older; on a tie, arrival
+        // order decides (the later arrival is the newer news).
+        Some(changed) if ledger.control_changed_on_meta_clock => at < changed,
+        // Meta's time against Baton's: Meta's clock may run ahead.
+        Some(changed) => at <= changed.plus(policy::CLOCK_SKEW_TOLERANCE),
+    }
+}
+
+/// The record of stale evidence that contradicts the ledger: kept, not
+/// applied (Baton asks Meta).
+fn stale_evidence(
+    ledger: &ThreadLedger,
+    view: &ControlView,
+    claimed: ControlView,
+    evidence: DriftEvidence,
+    evidence_at: Timestamp,
+    now: Timestamp,
+) -> Event {
+    crate::events::StaleEvidenceIgnored {
+        thread: ledger.key.clone(),
+        at: now,
+        evidence_at,
+        claimed,
+        ledger: view.clone(),
+        ledger_since: ledger.control_changed_at.unwrap_or(evidence_at),
+        evidence,
+    }
+    .into()
+}
+
 /// Whether evidence delivered on `delivery.app`'s endpoint would take control
 /// away from another managed app. The delivering app's own developers know its
 /// Meta secret, so such evidence is confirmed with Meta (`thread_owner`)
@@ -1119,6 +1223,11 @@ fn routing_or_drift(
     }
     let thread = ledger.key.clone();
     let drift = |observed: ControlView, evidence: DriftEvidence| -> Option<Event> {
+        // Evidence no newer than the last control change does not override
+        // it (an unknown owner has nothing to protect: any evidence helps).
+        if is_stale(ledger, at) && *view != ControlView::Unknown {
+            return Some(stale_evidence(ledger, view, observed, evidence, at, now));
+        }
         // Evidence that moves control away from another managed app is
         // confirmed with Meta first: until then the owner is unknown.
         let observed = match observed {
@@ -1144,11 +1253,9 @@ fn routing_or_drift(
         // An echo is the Page speaking: its `app_id` is the app (or inbox) that sent it.
         let sender = app_id.as_ref()?;
         // Sent before control last changed (a reply then a release, delivered
-        // late): it says nothing about who controls the thread now.
-        if ledger
-            .control_changed_at
-            .is_some_and(|changed| at <= changed)
-        {
+        // late, or Meta's clock a little ahead): it says nothing about who
+        // controls the thread now.
+        if is_stale(ledger, at) {
             return None;
         }
         let allowed =
@@ -1168,6 +1275,15 @@ fn routing_or_drift(
     }
     let routes_idle = matches!(page.mode, RoutingMode::ConversationRouting { .. });
     match (view, delivery.channel) {
+        // A user action from before the last control change (a message
+        // delivered late) routes nothing; one from its very moment does.
+        (ControlView::Idle, _)
+            if ledger
+                .control_changed_at
+                .is_some_and(|changed| at < changed) =>
+        {
+            None
+        }
         (ControlView::Idle, Channel::Messaging) if routes_idle && activates => Some(
             ThreadRouted {
                 thread: thread.clone(),
@@ -1177,6 +1293,19 @@ fn routing_or_drift(
             }
             .into(),
         ),
+        // The app that answers an idle thread got the user on standby:
+        // another app took the thread without a webhook Baton saw (the Page
+        // Inbox takes silently). Who owns it is unknown until Meta says.
+        (ControlView::Idle, Channel::Standby)
+            if routes_idle && activates && page.mode.idle_holder() == Some(&delivery.app) =>
+        {
+            drift(
+                ControlView::Unknown,
+                DriftEvidence::StandbyDelivery {
+                    app: delivery.app.clone(),
+                },
+            )
+        }
         (ControlView::Idle, Channel::Standby) if routes_idle && activates => {
             // The holder is external (the Page Inbox as default app, say): its
             // copy never reaches Baton, so routing to it is recorded now.
@@ -1243,6 +1372,20 @@ fn handover_facts(
                 app: new_owner.clone(),
             })
         {
+            return events;
+        }
+        if is_stale(ledger, at) && *view != ControlView::Unknown {
+            // Meta's older news (a retried webhook delivered late): kept, not applied.
+            events.push(stale_evidence(
+                ledger,
+                view,
+                ControlView::Owner { app: new_owner },
+                DriftEvidence::HandoverWebhook {
+                    webhook: notice.webhook_name().to_owned(),
+                },
+                at,
+                now,
+            ));
             return events;
         }
         if takes_from_another_app(ledger, page, view, delivery, &new_owner) {

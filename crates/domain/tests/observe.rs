@@ -7,7 +7,7 @@ mod support;
 use domain::events::HandoverNotice;
 use domain::events::{Channel, ControlView, DriftEvidence};
 use domain::rules::{self, Observation};
-use domain::Event;
+use domain::{Event, Span, Timestamp};
 use support::*;
 
 fn drift_of(events: &[Event]) -> Option<&domain::events::OwnershipDriftDetected> {
@@ -335,4 +335,144 @@ fn cr_a_reaction_or_a_plugin_optin_opens_the_window_but_leaves_an_idle_thread_id
             "{event:?} opens the window"
         );
     }
+}
+
+// ---- Order: a fact never overrides newer evidence (issue 12). ----
+
+fn stale_of(events: &[Event]) -> Option<&domain::events::StaleEvidenceIgnored> {
+    events.iter().find_map(|e| match e {
+        Event::StaleEvidenceIgnored(s) => Some(s),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_late_messaging_retry_does_not_undo_a_newer_pass() {
+    // The bot passed to the human at 1 h; Meta retries the bot's copy of a
+    // message sent at 0:30 only now.
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .passed_to(hours(1), human())
+        .item(
+            hours(1).plus(Span::seconds(-1800)),
+            bot(),
+            Channel::Messaging,
+            message("m-old"),
+        );
+    assert_eq!(
+        s.owner_at(hours(2)),
+        owner(human()),
+        "the newer pass stands"
+    );
+    let stale = stale_of(&s.history).expect("kept as stale evidence");
+    assert_eq!(stale.claimed, owner(bot()));
+    assert!(drift_of(&s.history).is_none());
+}
+
+#[test]
+fn an_old_pass_webhook_replayed_after_a_newer_pass_is_kept_not_applied() {
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .passed_to(hours(1), human())
+        .passed_to(hours(2), bot())
+        // Meta retries the 1 h webhook (bot → human) at 3 h, on the human's endpoint.
+        .handover(
+            hours(1),
+            human(),
+            HandoverNotice::Passed {
+                from: Some(bot()),
+                to: human(),
+                metadata: None,
+            },
+        );
+    assert_eq!(s.owner_at(hours(3)), owner(bot()));
+    assert!(stale_of(&s.history).is_some());
+}
+
+#[test]
+fn a_late_standby_copy_does_not_make_the_owner_unknown() {
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .passed_to(hours(1), human())
+        // The human's standby copy of a message from before the pass.
+        .item(
+            hours(1).plus(Span::seconds(-600)),
+            human(),
+            Channel::Standby,
+            message("m-0"),
+        );
+    assert_eq!(s.owner_at(hours(1)), owner(human()));
+}
+
+#[test]
+fn evidence_within_the_clock_skew_of_the_last_change_is_not_newer() {
+    // Meta's clock 2 s ahead: the bot's copy timed 2 s after the pass is the same moment.
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .passed_to(hours(1), human())
+        .item(
+            hours(1).plus(Span::seconds(2)),
+            bot(),
+            Channel::Messaging,
+            message("m-skew"),
+        );
+    assert_eq!(s.owner_at(hours(1)), owner(human()));
+    // Well after the skew, the same evidence counts (and is confirmed with Meta first).
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .passed_to(hours(1), human())
+        .item(hours(2), bot(), Channel::Messaging, message("m-late"));
+    assert!(drift_of(&s.history).is_some());
+}
+
+#[test]
+fn a_far_future_timestamp_is_kept_but_moves_nothing() {
+    let s = Scenario::given(cr()).user_message(T0);
+    let now = hours(1);
+    for far in [
+        Timestamp::from_millis(T0.millis() + 10 * 365 * 86_400_000),
+        Timestamp::from_millis(i64::MAX),
+    ] {
+        let events = rules::observe(
+            &s.ledger,
+            &s.page,
+            Observation::Item {
+                at: far,
+                dedupe_key: "m-future".into(),
+                delivery: domain::events::DeliveryCopy {
+                    app: human(),
+                    channel: Channel::Messaging,
+                },
+                event: message("m-future"),
+                raw: serde_json::json!({}),
+            },
+            now,
+        );
+        let [Event::MessagingEventReceived(e)] = events.as_slice() else {
+            panic!("only the item is kept: {events:?}")
+        };
+        assert!(e.distrusted_time && e.window.is_none());
+        let after = s.clone().record(events);
+        assert_eq!(
+            after.ledger.window, s.ledger.window,
+            "the window did not move"
+        );
+        assert_eq!(
+            rules::control_expiry(&after.ledger, &after.page),
+            Some(hours(24)),
+            "nor did expiry, and nothing overflowed"
+        );
+        assert_eq!(after.owner_at(now), owner(bot()), "nor ownership");
+    }
+}
+
+#[test]
+fn the_default_apps_standby_copy_on_an_idle_thread_reveals_a_silent_takeover() {
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .done(release(bot()), hours(1))
+        // The Page Inbox took the idle thread without a webhook: the next
+        // message reaches the bot (the default app) on standby.
+        .item(hours(2), bot(), Channel::Standby, message("m-2"));
+    assert_eq!(s.owner_at(hours(2)), ControlView::Unknown, "asked of Meta");
 }

@@ -667,6 +667,7 @@ fn arbitrary_event() -> impl Strategy<Value = Event> {
                     reason: WindowReason::UserAction,
                 }),
                 raw: serde_json::Value::Null,
+                distrusted_time: false,
             }
             .into(),
         })

@@ -66,6 +66,7 @@ fn samples() -> Vec<Event> {
             event: message("mid.1"),
             window: domain::policy::window_grant(&message("mid.1"), T0),
             raw: json!({"sender": {"id": "user-1"}, "recipient": {"id": "5550001"}, "timestamp": T0.millis(), "message": {"mid": "mid.1", "text": "hi"}}),
+            distrusted_time: false,
         }
         .into(),
         MessagingEventCopyReceived {
@@ -171,6 +172,16 @@ fn samples() -> Vec<Event> {
                 app: inbox(),
                 mid: "mid.9".into(),
             },
+        }
+        .into(),
+        StaleEvidenceIgnored {
+            thread: t.clone(),
+            at: hours(2),
+            evidence_at: T0,
+            claimed: ControlView::Owner { app: bot() },
+            ledger: ControlView::Owner { app: human() },
+            ledger_since: hours(1),
+            evidence: DriftEvidence::MessagingDelivery { app: bot() },
         }
         .into(),
         ControlCallAccepted {

@@ -4,7 +4,7 @@
 //! when the answer contradicts the ledger or never came. The call's steps
 //! are data ([`after_answer`]); nothing leaves before the decision is durable.
 
-use domain::events::{ControlView, Event, GraphError, GraphOutcome};
+use domain::events::{Event, GraphError, GraphOutcome};
 use domain::rules;
 use domain::{Command, Psid, Rejection, ThreadKey};
 use event_log::EventStore;
@@ -51,9 +51,7 @@ pub enum Effect {
 /// The effects of a recorded answer: reconcile when Meta contradicted the
 /// ledger (the owner is now unknown) or did not answer at all.
 pub fn after_answer(thread: &ThreadKey, outcome: &GraphOutcome, recorded: &[Event]) -> Vec<Effect> {
-    let drifted = recorded.iter().any(
-        |e| matches!(e, Event::OwnershipDriftDetected(d) if d.observed == ControlView::Unknown),
-    );
+    let drifted = crate::reconcile::contradicted(recorded).next().is_some();
     if drifted || matches!(outcome, GraphOutcome::Unknown { .. }) {
         vec![Effect::Reconcile {
             thread: thread.clone(),

@@ -79,18 +79,25 @@ impl<S: EventStore + 'static> Baton<S> {
 
 impl<S> Baton<S> {
     /// Asks for a reconciliation of every thread whose owner `recorded`
-    /// made unknown (an effect carried out after the events are durable).
+    /// made unknown, or where it kept stale evidence that contradicts the
+    /// ledger (an effect carried out after the events are durable).
     pub fn reconcile_unknown_owners(&self, recorded: &[Event]) {
-        for e in recorded {
-            if let Event::OwnershipDriftDetected(d) = e {
-                if d.observed == ControlView::Unknown {
-                    if let Err(e) = self.reconciles.try_send(d.thread.clone()) {
-                        tracing::warn!(thread = %d.thread, error = %e, "reconciliation queue full; the next contradiction asks again");
-                    }
-                }
+        for thread in contradicted(recorded) {
+            if let Err(e) = self.reconciles.try_send(thread.clone()) {
+                tracing::warn!(%thread, error = %e, "reconciliation queue full; the next contradiction asks again");
             }
         }
     }
+}
+
+/// The threads whose recorded events call for asking Meta who owns them: a
+/// drift to an unknown owner, or stale evidence that contradicts the ledger.
+pub fn contradicted(recorded: &[Event]) -> impl Iterator<Item = &ThreadKey> {
+    recorded.iter().filter_map(|e| match e {
+        Event::OwnershipDriftDetected(d) if d.observed == ControlView::Unknown => Some(&d.thread),
+        Event::StaleEvidenceIgnored(s) => Some(&s.thread),
+        _ => None,
+    })
 }
 
 /// Reconciles the threads asked for, one at a time, until `shutdown`.

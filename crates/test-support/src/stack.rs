@@ -40,16 +40,24 @@ impl Stack {
                 PageConfig::handover_v1(PAGE, BOT, &[HUMAN, emulator::PAGE_INBOX_APP_ID])
             }
         };
+        // The webhook fields docs/operations.md tells operators to subscribe.
+        let fields: Vec<&str> = emulator::DEFAULT_FIELDS
+            .iter()
+            .copied()
+            .chain(["messaging_policy_enforcement"])
+            .collect();
         let world = World::default()
             .with_page(page)
             .with_app(
                 AppConfig::new(BOT, BOT_SECRET)
                     .with_token(PAGE, "page-token-bot")
+                    .with_fields(&fields)
                     .may_take(true),
             )
             .with_app(
                 AppConfig::new(HUMAN, HUMAN_SECRET)
                     .with_token(PAGE, "page-token-human")
+                    .with_fields(&fields)
                     .human_agent(true),
             );
         let emulator = Emulator::start(world).expect("emulator starts");

@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use domain::events::{ControlView, Event, SendAttempted, SendOutcome, SendRetryScheduled};
+use domain::events::{Event, SendAttempted, SendOutcome, SendRetryScheduled};
 use domain::rules;
 use domain::{
     Command, CommandId, Page, PageId, Recipient, Rejection, SendContent, SendMessage, ThreadKey,
@@ -650,9 +650,7 @@ async fn record_outcome<S: EventStore + 'static>(
             false
         }
         Ok(r) => {
-            let drifted = r.events.iter().any(|e| {
-                matches!(e, Event::OwnershipDriftDetected(d) if d.observed == ControlView::Unknown)
-            });
+            let drifted = crate::reconcile::contradicted(&r.events).next().is_some();
             if drifted {
                 let version = send.graph_version.as_deref().unwrap_or("v21.0");
                 baton.reconcile(thread, version).await;
