@@ -426,10 +426,10 @@ fn table() -> Vec<Case> {
         case("cr_allowed_app_takes", Cr, vec![Message], Call::Take(AGENT), Accepted),
         case("cr_app_without_permission_takes", Cr, vec![Message], Call::Take(HELPER), Refused(K::TakeNotAllowed)),
         case("cr_any_app_takes_an_idle_thread", Cr, vec![Message, done(Call::Release(BOT))], Call::Take(HELPER), Accepted),
-        case("cr_owner_takes", Cr, vec![Message], Call::Take(BOT), Refused(K::AlreadyOwner)),
+        case("cr_owner_takes", Cr, vec![Message], Call::Take(BOT), Accepted),
         case("hop_secondary_takes", Hop, vec![Message], Call::Take(AGENT), Refused(K::TakeNotAllowed)),
         case("hop_primary_takes_from_a_secondary", Hop, vec![Message, done(pass(BOT, AGENT))], Call::Take(BOT), Accepted),
-        case("hop_primary_takes_what_it_holds", Hop, vec![Message], Call::Take(BOT), Refused(K::AlreadyOwner)),
+        case("hop_primary_takes_what_it_holds", Hop, vec![Message], Call::Take(BOT), Accepted),
         case("app_not_on_page_takes", Cr, vec![Message], Call::Take(STRANGER), Refused(K::AppNotOnPage)),
         // request_thread_control.
         case("cr_request_goes_to_the_owner", Cr, vec![Message], Call::Request(AGENT), Accepted),
@@ -458,8 +458,8 @@ fn table() -> Vec<Case> {
         case("zc_owner_extends", Zc, vec![Message, done(Call::Request(AGENT))], Call::Extend(AGENT, 3_600), Accepted),
         case("an_extension_never_shortens_control", Cr, vec![AdMessage, done(Call::Extend(BOT, 3 * 86_400)), done(Call::Extend(BOT, 3_600)), Advance(2 * DAY)], Call::Release(BOT), Accepted),
         case("zc_control_lapses_after_24h", Zc, vec![Message, done(Call::Request(AGENT)), Advance(25 * HOUR)], pass(HELPER, BOT), Accepted),
-        case("hop_extend_is_not_offered", Hop, vec![Message], Call::Extend(BOT, 3_600), Refused(K::NotSupportedInMode)),
-        case("hop_extend_by_a_secondary_is_not_offered", Hop, vec![Message, done(pass(BOT, AGENT))], Call::Extend(AGENT, 3_600), Refused(K::NotSupportedInMode)),
+        case("hop_primary_extends_what_it_holds", Hop, vec![Message], Call::Extend(BOT, 3_600), Accepted),
+        case("hop_secondary_owner_extends", Hop, vec![Message, done(pass(BOT, AGENT))], Call::Extend(AGENT, 3_600), Accepted),
     ]
 }
 

@@ -357,6 +357,8 @@ pub enum ControlRule {
     FirstRequesterGetsControl,
     OwnerMayRelease,
     OwnerMayExtend,
+    /// A take by the app that already holds the thread: Meta answers success.
+    CallerAlreadyHolds,
 }
 
 /// Why a thread-control call was accepted.

@@ -120,6 +120,18 @@ pub fn classify(error: &GraphError) -> AnswerClass {
     }
 }
 
+/// Who `thread_owner` names for a thread in `control`: on a legacy page the
+/// primary holds every thread nobody else does, so an idle thread reads as
+/// the primary's (as Meta answers); otherwise the ledger's view.
+pub fn thread_owner_view(mode: &RoutingMode, control: ControlView) -> ControlView {
+    match (mode, control) {
+        (RoutingMode::HandoverV1 { primary, .. }, ControlView::Idle) => ControlView::Owner {
+            app: primary.clone(),
+        },
+        (_, control) => control,
+    }
+}
+
 /// What an app may see of `thread_owner`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OwnerVisibility {

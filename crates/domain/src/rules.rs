@@ -321,19 +321,14 @@ fn may_take(view: &ControlView, page: &Page, app: &AppId) -> Result<ControlRule,
                     format!("only the primary receiver ({primary}) may take thread control"),
                 ));
             }
+            // Taking what one holds succeeds at Meta and changes nothing.
             match answering_app(view, page) {
-                Some(holder) if holder == app => Err(Rejection::new(
-                    RejectionKind::AlreadyOwner,
-                    format!("app {app} already controls this thread"),
-                )),
+                Some(holder) if holder == app => Ok(ControlRule::CallerAlreadyHolds),
                 _ => Ok(ControlRule::PrimaryMayTake),
             }
         }
         RoutingMode::ConversationRouting { .. } => match view {
-            ControlView::Owner { app: owner } if owner == app => Err(Rejection::new(
-                RejectionKind::AlreadyOwner,
-                format!("app {app} already controls this thread"),
-            )),
+            ControlView::Owner { app: owner } if owner == app => Ok(ControlRule::CallerAlreadyHolds),
             ControlView::Idle => Ok(ControlRule::IdleThreadMayBeTaken),
             _ if allowed => Ok(ControlRule::AppMayTakeControl),
             _ => Err(Rejection::new(
@@ -391,10 +386,12 @@ fn may_release(view: &ControlView, page: &Page, app: &AppId) -> Result<ControlRu
 
 fn may_extend(view: &ControlView, page: &Page, app: &AppId) -> Result<ControlRule, Rejection> {
     if !page.mode.control_expires() {
-        return Err(Rejection::new(
-            RejectionKind::NotSupportedInMode,
-            "extend_thread_control needs Conversation Routing: handover_v1 control does not expire",
-        ));
+        // Legacy control never lapses: the holder (the primary, by default)
+        // may extend, and nothing changes.
+        return match answering_app(view, page) {
+            Some(holder) if holder == app => Ok(ControlRule::OwnerMayExtend),
+            _ => Err(not_control_owner(view, page, app, "extend_thread_control")),
+        };
     }
     match view {
         ControlView::Owner { app: owner } if owner == app => Ok(ControlRule::OwnerMayExtend),
@@ -791,7 +788,12 @@ fn control_fact(
             resolve_target(page, app, target.as_ref())
                 .is_ok_and(|to| view == ControlView::Owner { app: to })
         }
-        Command::TakeThreadControl { app, .. } => view == ControlView::Owner { app: app.clone() },
+        Command::TakeThreadControl { app, .. } => {
+            view == (ControlView::Owner { app: app.clone() })
+                || (!page.mode.control_expires() && answering_app(&view, page) == Some(app))
+        }
+        // Legacy control does not expire: an extension changes nothing.
+        Command::ExtendThreadControl { .. } => !page.mode.control_expires(),
         Command::RequestThreadControl { app, .. } => {
             ledger.pending_requests.iter().any(|r| &r.app == app)
         }

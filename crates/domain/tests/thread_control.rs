@@ -186,21 +186,15 @@ fn cr_any_app_may_take_an_idle_thread() {
 }
 
 #[test]
-fn take_by_the_owner_refused() {
-    let s = Scenario::given(cr()).user_message(T0);
-    assert_refused(
-        s.when(&take(bot()), hours(1)),
-        RejectionKind::AlreadyOwner,
-        100,
-        None,
-    );
-    let s = Scenario::given(hop()).user_message(T0);
-    assert_refused(
-        s.when(&take(bot()), hours(1)),
-        RejectionKind::AlreadyOwner,
-        100,
-        None,
-    );
+fn take_by_the_holder_succeeds_and_changes_nothing() {
+    // Meta answers success to a take by the app that already holds the thread.
+    for page in [cr(), hop()] {
+        let s = Scenario::given(page).user_message(T0);
+        let before = s.ledger.control.clone();
+        let s = s.done(take(bot()), hours(1));
+        assert_eq!(s.ledger.control, before);
+        assert!(!type_names(&s.history).contains(&"ThreadControlTaken"));
+    }
 }
 
 #[test]
@@ -409,7 +403,7 @@ fn extend_duration_must_be_between_one_second_and_seven_days() {
 }
 
 #[test]
-fn extend_by_a_non_owner_refused_and_not_offered_in_handover_v1() {
+fn extend_by_a_non_owner_refused_and_a_no_op_in_handover_v1() {
     let s = Scenario::given(cr()).user_message(T0);
     assert_refused(
         s.when(&extend(human(), 60), hours(1)),
@@ -417,15 +411,22 @@ fn extend_by_a_non_owner_refused_and_not_offered_in_handover_v1() {
         100,
         Some(2_534_037),
     );
+    // Legacy control never lapses: the holder may extend; nothing changes.
     let s = Scenario::given(hop())
         .user_message(T0)
         .done(pass(bot(), Some(human())), hours(1));
+    let before = s.ledger.control.clone();
+    let s = s.done(extend(human(), 60), hours(2));
+    assert_eq!(s.ledger.control, before);
     assert_refused(
-        s.when(&extend(human(), 60), hours(2)),
-        RejectionKind::NotSupportedInMode,
+        s.when(&extend(other(), 60), hours(2)),
+        RejectionKind::NotControlOwner,
         100,
-        None,
+        Some(2_534_037),
     );
+    // The primary, holding a thread by default, may extend it too.
+    let s = Scenario::given(hop()).user_message(T0);
+    assert!(rules::decide(&s.ledger, &s.page, &extend(bot(), 60), hours(1)).is_ok());
 }
 
 #[test]

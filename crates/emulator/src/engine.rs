@@ -840,8 +840,9 @@ impl Engine {
                 )),
                 Routing::ConversationRouting { .. } | Routing::ZeroConfig => {
                     let may_take = self.apps.get(caller).is_some_and(|a| a.may_take);
-                    if th.owner.as_deref() == Some(caller) && !forced {
-                        return Err(already_owner());
+                    // Taking a thread one already owns succeeds and changes nothing.
+                    if th.owner.as_deref() == Some(caller) {
+                        return Ok(Vec::new());
                     }
                     if th.owner.is_some() && !may_take && !forced {
                         return Err(GraphError::new(
@@ -864,8 +865,9 @@ impl Engine {
                         ));
                     }
                     let previous = th.owner.clone().unwrap_or_else(|| primary.clone());
-                    if previous == caller && !forced {
-                        return Err(already_owner());
+                    // The primary taking a thread it holds succeeds and changes nothing.
+                    if previous == caller {
+                        return Ok(Vec::new());
                     }
                     th.owner = (caller != primary).then(|| caller.to_string());
                     th.expires_at_ms = None;
@@ -964,10 +966,14 @@ impl Engine {
             ));
         }
         match &page.routing {
-            // Legacy control never lapses: there is nothing to extend.
-            Routing::HandoverV1 { .. } => Err(GraphError::param(
-                "extend_thread_control is not supported for this page: Handover Protocol v1 control does not expire",
-            )),
+            // Legacy control never lapses: the owner (the primary, by
+            // default) may extend, and nothing changes.
+            Routing::HandoverV1 { primary, .. } => {
+                if th.owner.clone().unwrap_or_else(|| primary.clone()) != caller {
+                    return Err(GraphError::not_owner());
+                }
+                Ok(())
+            }
             _ => {
                 if th.owner.as_deref() != Some(caller) {
                     return Err(GraphError::not_owner());

@@ -1081,13 +1081,20 @@ async fn send_parameters_are_checked_as_documented() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn holding_apps_may_not_take_or_request_and_v1_has_no_extend() {
+async fn holding_apps_may_take_but_not_request_and_v1_extend_is_a_no_op() {
     let f = Fixture::cr();
     let c = f.emu.control();
     c.user_text(PAGE, USER, "hi").await.unwrap();
     let rcp = json!({"recipient": {"id": USER}});
-    let (_, b) = f.post(BOT_TOKEN, "take_thread_control", rcp.clone()).await;
-    assert_eq!(code(&b), (100, None), "the owner takes: {b}");
+    let (s, b) = f.post(BOT_TOKEN, "take_thread_control", rcp.clone()).await;
+    assert_eq!(
+        s, 200,
+        "the owner takes what it owns: success, nothing changes: {b}"
+    );
+    assert_eq!(
+        c.thread(PAGE, USER).await.unwrap().owner.as_deref(),
+        Some(BOT)
+    );
     let (_, b) = f
         .post(BOT_TOKEN, "request_thread_control", rcp.clone())
         .await;
@@ -1111,13 +1118,21 @@ async fn holding_apps_may_not_take_or_request_and_v1_has_no_extend() {
             .with_app(crm)
     });
     f.emu.control().user_text(PAGE, USER, "hi").await.unwrap();
-    let (_, b) = f.post(BOT_TOKEN, "take_thread_control", rcp.clone()).await;
-    assert_eq!(code(&b), (100, None), "the primary already holds it: {b}");
+    let (s, b) = f.post(BOT_TOKEN, "take_thread_control", rcp.clone()).await;
+    assert_eq!(s, 200, "the primary takes what it holds: {b}");
     let extend = json!({"recipient": {"id": USER}, "duration": 3600});
-    for token in [BOT_TOKEN, CRM_TOKEN] {
-        let (_, b) = f.post(token, "extend_thread_control", extend.clone()).await;
-        assert_eq!(code(&b), (100, None), "{b}");
-    }
+    let (s, b) = f
+        .post(BOT_TOKEN, "extend_thread_control", extend.clone())
+        .await;
+    assert_eq!(s, 200, "the primary extends what it holds (a no-op): {b}");
+    let (_, b) = f
+        .post(CRM_TOKEN, "extend_thread_control", extend.clone())
+        .await;
+    assert_eq!(
+        code(&b),
+        (100, Some(2_534_037)),
+        "a secondary that does not own it: {b}"
+    );
     // The primary holds an idle v1 thread by default: it may release it.
     let (s, _) = f
         .post(BOT_TOKEN, "release_thread_control", rcp.clone())

@@ -40,6 +40,7 @@ impl<S: EventStore + 'static> Baton<S> {
             self.reconcile(&thread, &acting.version).await;
             (control, expiry, page) = view().ok_or_else(not_configured)?;
         }
+        let control = graph::thread_owner_view(&page.mode, control);
         match graph::thread_owner_visibility(&page.mode, &acting.app, &control) {
             OwnerVisibility::Refused(error) => return Err(error),
             OwnerVisibility::Hidden => return Ok(json!({ "data": [] })),
