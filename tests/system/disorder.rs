@@ -30,17 +30,20 @@ async fn redeliver(stack: &Stack, delivery: &emulator::DeliveryAttempt) -> u16 {
 }
 
 async fn wait_owner(stack: &Stack, psid: &str, want: ControlView) {
-    stack
-        .baton
-        .running
-        .state
-        .projections
-        .wait_until(|s| {
-            (s.thread(&Stack::thread(psid)).map(|l| l.control.view()) == Some(want.clone()))
-                .then_some(())
-        })
+    let reached = stack.baton.running.state.projections.wait_until(|s| {
+        (s.thread(&Stack::thread(psid)).map(|l| l.control.view()) == Some(want.clone()))
+            .then_some(())
+    });
+    // A bound so that a wrong ledger fails the test instead of hanging it.
+    if tokio::time::timeout(std::time::Duration::from_secs(30), reached)
         .await
-        .unwrap();
+        .is_err()
+    {
+        panic!(
+            "the ledger never showed {want:?}; it shows {:?}",
+            stack.ledger_view(psid)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,4 +228,128 @@ async fn a_timestamp_from_the_future_pins_nothing() {
         2,
         "kept verbatim"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_echo_does_not_reapply_an_old_inline_pass() {
+    let tuning = Tuning {
+        timeout_ms: 300,
+        ..Tuning::default()
+    };
+    let stack = Stack::start_tuned(Mode::ConversationRouting, tuning).await;
+    stack.user_says("u1", "hello").await;
+    // Meta holds its answer to the next send, and fails to deliver its echo.
+    stack
+        .ctl
+        .add_fault(&FaultSpec::Delay {
+            count: 1,
+            endpoint: Some("messages".into()),
+            millis: None,
+        })
+        .await
+        .unwrap();
+    stack
+        .ctl
+        .add_fault(&FaultSpec::WebhookDrop {
+            count: 1,
+            app_id: Some(BOT.into()),
+        })
+        .await
+        .unwrap();
+    stack.advance(Span::seconds(60)).await;
+    let mut body = text("u1", "A human will take over");
+    body["thread_control"] = json!({"control_type": "pass", "app_id": HUMAN});
+    let (status, _) = stack.send("baton-bot", body).await;
+    assert_eq!(status, 504, "the outcome is unknown");
+    stack.ctl.release_held().await.unwrap();
+    stack.ctl.wait_deliveries().await.unwrap();
+    // Meta did the inline pass (its webhook reached the human), and later
+    // the human passes the thread back.
+    wait_owner(&stack, "u1", owner(HUMAN)).await;
+    stack.advance(Span::seconds(60)).await;
+    let (status, _) = stack.pass("baton-human", "u1", Some(BOT)).await;
+    assert_eq!(status, 200);
+    assert_eq!(stack.ledger_view("u1"), owner(BOT));
+    // Now Meta's retry of the echo arrives: it settles the send, but its
+    // inline pass is older news.
+    let echo = stack
+        .ctl
+        .deliveries()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.dropped && d.app_id == BOT && d.body.contains("is_echo"))
+        .expect("the dropped echo");
+    assert_eq!(redeliver(&stack, &echo).await, 200);
+    assert_eq!(
+        stack.ledger_view("u1"),
+        owner(BOT),
+        "the newer pass back stands"
+    );
+    let outcomes: Vec<_> = stack
+        .baton
+        .events()
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            domain::Event::SendOutcomeRecorded(o) => Some(o.outcome),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(
+            outcomes.last(),
+            Some(domain::events::SendOutcome::SettledByEcho { .. })
+        ),
+        "{outcomes:?}"
+    );
+    let (status, body) = stack.send("baton-bot", text("u1", "I'm back")).await;
+    assert_eq!(status, 200, "the bot is not refused: {body}");
+    stack.assert_consistent("u1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_landing_after_newer_news_does_not_override_it() {
+    let stack = Stack::start(Mode::ConversationRouting).await;
+    stack.user_says("u1", "hello").await;
+    // Meta carries out the pass at once but holds its answer.
+    stack
+        .ctl
+        .add_fault(&FaultSpec::Delay {
+            count: 1,
+            endpoint: Some("pass_thread_control".into()),
+            millis: None,
+        })
+        .await
+        .unwrap();
+    stack.advance(Span::seconds(60)).await;
+    let pass = stack.pass("baton-bot", "u1", Some(HUMAN));
+    let meanwhile = async {
+        // The pass happened at Meta; then the Page Inbox takes the thread.
+        loop {
+            let t = stack.ctl.thread(PAGE, "u1").await.unwrap();
+            if t.owner.as_deref() == Some(HUMAN) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        stack.ctl.inbox_takeover(PAGE, "u1", None).await.unwrap();
+        stack.ctl.wait_deliveries().await.unwrap();
+        // Only now does Meta's answer to the pass arrive.
+        stack.ctl.release_held().await.unwrap();
+    };
+    let ((status, _), ()) = tokio::join!(pass, meanwhile);
+    assert_eq!(status, 200);
+    wait_owner(&stack, "u1", owner(PAGE_INBOX)).await;
+    assert_eq!(
+        stack.ledger_view("u1"),
+        owner(PAGE_INBOX),
+        "the takeover stands"
+    );
+    let (status, body) = stack.send("baton-human", text("u1", "hi")).await;
+    assert_eq!(
+        (status, body["error"]["error_subcode"].clone()),
+        (400, json!(2_018_300))
+    );
+    stack.assert_consistent("u1").await;
 }

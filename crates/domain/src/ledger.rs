@@ -78,9 +78,12 @@ pub struct CallInFlight {
     pub call_id: crate::ids::CommandId,
     pub by: AppId,
     pub hands: Hands,
-    /// When Baton accepted the call: a control change observed after it is
-    /// newer news than the call's answer.
+    /// When Baton accepted the call.
     pub accepted_at: Timestamp,
+    /// The thread's version right after the acceptance: a control change
+    /// folded after it is newer news than the call's answer.
+    #[serde(default)]
+    pub accepted_version: u64,
 }
 
 /// Whom an in-flight call hands the thread to.
@@ -95,7 +98,11 @@ pub enum Hands {
 
 impl CallInFlight {
     /// The in-flight record of a command, for the commands that move control.
-    pub fn of(command: &crate::commands::Command, accepted_at: Timestamp) -> Option<Self> {
+    pub fn of(
+        command: &crate::commands::Command,
+        accepted_at: Timestamp,
+        accepted_version: u64,
+    ) -> Option<Self> {
         use crate::commands::{Command, InlineControl};
         let (call_id, by, hands) = match command {
             Command::PassThreadControl {
@@ -128,6 +135,7 @@ impl CallInFlight {
             by: by.clone(),
             hands,
             accepted_at,
+            accepted_version,
         })
     }
 }
@@ -153,6 +161,10 @@ pub struct ThreadLedger {
     /// the two clocks needs the skew tolerance.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub control_changed_on_meta_clock: bool,
+    /// The thread's version at the last control change (the log's order,
+    /// whatever the clocks say).
+    #[serde(default)]
+    pub control_changed_version: u64,
     /// Thread-control calls Baton forwarded whose answer is not recorded yet
     /// (a send's inline control included): Meta's webhook may come first,
     /// and evidence that matches one corroborates it.
@@ -173,6 +185,7 @@ impl ThreadLedger {
             tokens: Vec::new(),
             control_changed_at: None,
             control_changed_on_meta_clock: false,
+            control_changed_version: 0,
             calls_in_flight: Vec::new(),
             version: 0,
         }
@@ -237,12 +250,14 @@ impl ThreadLedger {
                 self.control = Control::Idle;
                 self.pending_requests.clear();
                 self.control_changed_at = Some(e.at);
+                self.control_changed_version = self.version;
                 self.control_changed_on_meta_clock = e.origin.is_webhook();
             }
             Event::ThreadControlExpired(e) => {
                 self.control = Control::Idle;
                 self.pending_requests.clear();
                 self.control_changed_at = Some(e.expired_at);
+                self.control_changed_version = self.version;
                 self.control_changed_on_meta_clock = false;
             }
             Event::ThreadControlExtended(e) => match &mut self.control {
@@ -260,12 +275,14 @@ impl ThreadLedger {
                     self.control = Control::Idle;
                     self.pending_requests.clear();
                     self.control_changed_at = Some(e.at);
+                    self.control_changed_version = self.version;
                     self.control_changed_on_meta_clock = false;
                 }
                 ControlView::Owner { app } => self.give_control(app.clone(), e.at, false),
                 ControlView::Unknown => {
                     self.control = Control::Unknown { since: e.at };
                     self.control_changed_at = Some(e.at);
+                    self.control_changed_version = self.version;
                     self.control_changed_on_meta_clock = false;
                 }
             },
@@ -295,15 +312,17 @@ impl ThreadLedger {
                     }
                 }
             }
-            Event::ControlCallAccepted(e) => self
-                .calls_in_flight
-                .extend(CallInFlight::of(&e.command, e.at)),
+            Event::ControlCallAccepted(e) => {
+                self.calls_in_flight
+                    .extend(CallInFlight::of(&e.command, e.at, self.version))
+            }
             Event::ControlCallCompleted(e) => {
                 self.calls_in_flight.retain(|c| c.call_id != e.call_id)
             }
             Event::SendAccepted(e) => self.calls_in_flight.extend(CallInFlight::of(
                 &crate::commands::Command::SendMessage(e.send.clone()),
                 e.at,
+                self.version,
             )),
             Event::SendOutcomeRecorded(e) => {
                 // An unknown outcome may still be settled by the echo (and
@@ -331,6 +350,7 @@ impl ThreadLedger {
     fn give_control(&mut self, owner: AppId, at: Timestamp, meta_clock: bool) {
         self.pending_requests.clear();
         self.control_changed_at = Some(at);
+        self.control_changed_version = self.version;
         self.control_changed_on_meta_clock = meta_clock;
         self.control = Control::Active {
             owner,

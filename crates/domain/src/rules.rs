@@ -720,11 +720,7 @@ fn unless_superseded(
         .calls_in_flight
         .iter()
         .find(|c| &c.call_id == call_id)
-        .is_some_and(|c| {
-            ledger
-                .control_changed_at
-                .is_some_and(|changed| changed > c.accepted_at)
-        });
+        .is_some_and(|c| ledger.control_changed_version > c.accepted_version);
     if !superseded {
         return Some(fact);
     }
