@@ -353,3 +353,47 @@ async fn a_slow_answer_landing_after_newer_news_does_not_override_it() {
     );
     stack.assert_consistent("u1").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_confirmation_is_checked_with_meta_before_the_owner_at_meta_is_refused() {
+    let stack = Stack::start(Mode::ConversationRouting).await;
+    stack.user_says("u1", "hello").await;
+    // Meta moves the thread to the human inbox; no webhook reaches Baton.
+    stack
+        .ctl
+        .set_owner(
+            PAGE,
+            "u1",
+            &SetOwner {
+                app_id: Some(HUMAN.into()),
+                expires_at_ms: None,
+            },
+        )
+        .await
+        .unwrap();
+    // Within ten minutes of Meta's last word, the ledger is trusted.
+    let (status, _) = stack.send("baton-human", text("u1", "too soon")).await;
+    assert_eq!(status, 400);
+    // Later, before refusing the human, Baton asks Meta, and follows it.
+    stack.advance(Span::seconds(11 * 60)).await;
+    let (status, body) = stack.send("baton-human", text("u1", "Hi, Ana here")).await;
+    assert_eq!(status, 200, "the owner at Meta is not refused: {body}");
+    let state: Value = stack
+        .baton
+        .http
+        .get(stack.baton.url(&format!("/api/threads/{PAGE}/u1")))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["owner"], HUMAN);
+    assert_eq!(
+        state["owner_confirmed_at"],
+        T0.millis() + 11 * 60_000,
+        "{state}"
+    );
+    stack.assert_consistent("u1").await;
+}

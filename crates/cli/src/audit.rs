@@ -42,6 +42,7 @@ pub fn event_time(event: &Event) -> Option<Timestamp> {
         Event::SendOutcomeRecorded(e) => e.at,
         Event::SendAttempted(e) => e.at,
         Event::StaleEvidenceIgnored(e) => e.at,
+        Event::OwnershipConfirmed(e) => e.at,
         Event::SendRetryScheduled(e) => e.at,
         Event::OneTimeTokenIssued(e) => e.at,
         Event::OneTimeTokenConsumed(e) => e.at,

@@ -491,6 +491,15 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// Meta's `thread_owner` answered what the ledger already held: the owner is
+/// confirmed as of `at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnershipConfirmed {
+    pub thread: ThreadKey,
+    pub at: Timestamp,
+    pub owner: ControlView,
+}
+
 /// Evidence about who controls a thread that is older than the newer
 /// evidence the ledger already holds (Meta's time at or before the last
 /// control change, within the clock-skew tolerance) and contradicts it: kept,
@@ -919,6 +928,7 @@ event_schema! {
     AppRolesChanged = 1,
     OwnershipDriftDetected = 1,
     StaleEvidenceIgnored = 1,
+    OwnershipConfirmed = 1,
     ControlCallAccepted = 1,
     ControlCallCompleted = 1,
     SendAccepted = 1,
@@ -948,6 +958,7 @@ impl Event {
             Event::ThreadControlExpired(e) => Some(&e.thread),
             Event::OwnershipDriftDetected(e) => Some(&e.thread),
             Event::StaleEvidenceIgnored(e) => Some(&e.thread),
+            Event::OwnershipConfirmed(e) => Some(&e.thread),
             Event::ControlCallAccepted(e) => Some(&e.thread),
             Event::ControlCallCompleted(e) => Some(&e.thread),
             Event::SendAccepted(e) => Some(&e.thread),

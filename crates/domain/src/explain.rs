@@ -234,6 +234,10 @@ pub fn explain(event: &Event) -> String {
                 format!("send {} confirmed by its echo {mid}", e.send_id)
             }
         },
+        Event::OwnershipConfirmed(e) => format!(
+            "Meta's thread_owner confirmed the ledger: the thread {}",
+            view(&e.owner)
+        ),
         Event::StaleEvidenceIgnored(e) => format!(
             "older evidence ({}) that {} kept but not applied: the ledger's {} since {} is newer; Baton asks Meta",
             evidence(&e.evidence),

@@ -165,6 +165,10 @@ pub struct ThreadLedger {
     /// whatever the clocks say).
     #[serde(default)]
     pub control_changed_version: u64,
+    /// When Meta last said who owns the thread: its `thread_owner` answer,
+    /// its answer to a control call, a handover webhook, its routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<Timestamp>,
     /// Thread-control calls Baton forwarded whose answer is not recorded yet
     /// (a send's inline control included): Meta's webhook may come first,
     /// and evidence that matches one corroborates it.
@@ -186,6 +190,7 @@ impl ThreadLedger {
             control_changed_at: None,
             control_changed_on_meta_clock: false,
             control_changed_version: 0,
+            confirmed_at: None,
             calls_in_flight: Vec::new(),
             version: 0,
         }
@@ -227,12 +232,17 @@ impl ThreadLedger {
                     }
                 }
             }
-            Event::ThreadRouted(e) => self.give_control(e.owner.clone(), e.at, true),
+            Event::ThreadRouted(e) => {
+                self.give_control(e.owner.clone(), e.at, true);
+                self.confirmed(e.at);
+            }
             Event::ThreadControlPassed(e) => {
-                self.give_control(e.to.clone(), e.at, e.origin.is_webhook())
+                self.give_control(e.to.clone(), e.at, e.origin.is_webhook());
+                self.confirmed(e.at);
             }
             Event::ThreadControlTaken(e) => {
-                self.give_control(e.by.clone(), e.at, e.origin.is_webhook())
+                self.give_control(e.by.clone(), e.at, e.origin.is_webhook());
+                self.confirmed(e.at);
             }
             Event::ThreadControlRequested(e) => {
                 if e.granted {
@@ -252,6 +262,7 @@ impl ThreadLedger {
                 self.control_changed_at = Some(e.at);
                 self.control_changed_version = self.version;
                 self.control_changed_on_meta_clock = e.origin.is_webhook();
+                self.confirmed(e.at);
             }
             Event::ThreadControlExpired(e) => {
                 self.control = Control::Idle;
@@ -270,22 +281,12 @@ impl ThreadLedger {
                     }
                 }
             },
-            Event::OwnershipDriftDetected(e) => match &e.observed {
-                ControlView::Idle => {
-                    self.control = Control::Idle;
-                    self.pending_requests.clear();
-                    self.control_changed_at = Some(e.at);
-                    self.control_changed_version = self.version;
-                    self.control_changed_on_meta_clock = false;
+            Event::OwnershipDriftDetected(e) => {
+                if e.evidence == crate::events::DriftEvidence::ThreadOwnerAnswer {
+                    self.confirmed(e.at);
                 }
-                ControlView::Owner { app } => self.give_control(app.clone(), e.at, false),
-                ControlView::Unknown => {
-                    self.control = Control::Unknown { since: e.at };
-                    self.control_changed_at = Some(e.at);
-                    self.control_changed_version = self.version;
-                    self.control_changed_on_meta_clock = false;
-                }
-            },
+                self.follow_drift(e);
+            }
             Event::OneTimeTokenIssued(e) => {
                 if self.token(&e.token).is_none() {
                     self.tokens.push(TokenState {
@@ -312,6 +313,7 @@ impl ThreadLedger {
                     }
                 }
             }
+            Event::OwnershipConfirmed(e) => self.confirmed(e.at),
             Event::ControlCallAccepted(e) => {
                 self.calls_in_flight
                     .extend(CallInFlight::of(&e.command, e.at, self.version))
@@ -345,6 +347,29 @@ impl ThreadLedger {
             | Event::DispatchDeadLettered(_)
             | Event::DispatchRedriveRequested(_) => {}
         }
+    }
+
+    fn follow_drift(&mut self, e: &crate::events::OwnershipDriftDetected) {
+        match &e.observed {
+            ControlView::Idle => {
+                self.control = Control::Idle;
+                self.pending_requests.clear();
+                self.control_changed_at = Some(e.at);
+                self.control_changed_version = self.version;
+                self.control_changed_on_meta_clock = false;
+            }
+            ControlView::Owner { app } => self.give_control(app.clone(), e.at, false),
+            ControlView::Unknown => {
+                self.control = Control::Unknown { since: e.at };
+                self.control_changed_at = Some(e.at);
+                self.control_changed_version = self.version;
+                self.control_changed_on_meta_clock = false;
+            }
+        }
+    }
+
+    fn confirmed(&mut self, at: Timestamp) {
+        self.confirmed_at = Some(self.confirmed_at.map_or(at, |c| c.max(at)));
     }
 
     fn give_control(&mut self, owner: AppId, at: Timestamp, meta_clock: bool) {

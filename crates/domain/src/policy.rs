@@ -138,3 +138,7 @@ pub const CLOCK_SKEW_TOLERANCE: Span = Span::seconds(5);
 /// A timestamp further in the future than this (by Baton's clock) is kept
 /// verbatim but distrusted: it moves no window, expiry or ownership.
 pub const FUTURE_TOLERANCE: Span = Span::seconds(300);
+
+/// How long Meta's word on a thread's owner is trusted before a refusal that
+/// rests on it is checked with Meta first (`thread_owner`).
+pub const RECONFIRM_AFTER: Span = Span::seconds(600);

@@ -1099,7 +1099,19 @@ pub fn observe(
                 Some(app) => ControlView::Owner { app },
                 None => ControlView::Idle,
             };
-            if observed != view {
+            // A legacy primary holds every thread nobody else does: Meta names
+            // it where the ledger says idle, and both mean the same.
+            let as_meta_says = crate::graph::thread_owner_view(&page.mode, view.clone());
+            if observed == as_meta_says {
+                events.push(
+                    crate::events::OwnershipConfirmed {
+                        thread,
+                        at,
+                        owner: view,
+                    }
+                    .into(),
+                );
+            } else {
                 events.push(
                     OwnershipDriftDetected {
                         thread,
@@ -1114,6 +1126,14 @@ pub fn observe(
         }
     }
     events
+}
+
+/// Whether a refusal that rests on the ledger's owner should first be checked
+/// with Meta: nobody at Meta has confirmed the owner for `RECONFIRM_AFTER`.
+pub fn needs_confirmation(ledger: &ThreadLedger, now: Timestamp) -> bool {
+    ledger
+        .confirmed_at
+        .is_none_or(|c| now >= c.plus(policy::RECONFIRM_AFTER))
 }
 
 /// Whether a user action enters the thread, so that Conversation Routing

@@ -221,18 +221,42 @@ fn zero_config_channels_say_nothing_about_control() {
 }
 
 #[test]
-fn thread_owner_answer_agreeing_with_the_ledger_records_nothing() {
+fn thread_owner_answer_agreeing_with_the_ledger_is_a_confirmation() {
     let s = Scenario::given(cr()).user_message(T0);
     let events = rules::observe(
         &s.ledger,
         &s.page,
         Observation::ThreadOwner {
-            at: T0,
+            at: hours(1),
             owner: Some(bot()),
         },
-        T0,
+        hours(1),
     );
-    assert!(events.is_empty());
+    assert_eq!(type_names(&events), ["OwnershipConfirmed"]);
+    let s = s.record(events);
+    assert_eq!(s.owner_at(hours(1)), owner(bot()), "nothing changes");
+    assert_eq!(s.ledger.confirmed_at, Some(hours(1)));
+    // Ten minutes on, a refusal resting on it is checked with Meta first.
+    assert!(!rules::needs_confirmation(
+        &s.ledger,
+        hours(1).plus(Span::seconds(599))
+    ));
+    assert!(rules::needs_confirmation(
+        &s.ledger,
+        hours(1).plus(Span::seconds(600))
+    ));
+    // A legacy primary's idle thread: Meta names the primary; that agrees.
+    let s = Scenario::given(hop()).user_message(T0);
+    let events = rules::observe(
+        &s.ledger,
+        &s.page,
+        Observation::ThreadOwner {
+            at: hours(1),
+            owner: Some(bot()),
+        },
+        hours(1),
+    );
+    assert_eq!(type_names(&events), ["OwnershipConfirmed"]);
 }
 
 #[test]

@@ -184,6 +184,12 @@ fn samples() -> Vec<Event> {
             evidence: DriftEvidence::MessagingDelivery { app: bot() },
         }
         .into(),
+        OwnershipConfirmed {
+            thread: t.clone(),
+            at: hours(3),
+            owner: ControlView::Owner { app: human() },
+        }
+        .into(),
         ControlCallAccepted {
             thread: t.clone(),
             at: T0,

@@ -102,6 +102,7 @@ pub fn thread_view(ledger: &ThreadLedger, page: &domain::Page, now: domain::Time
         "last_user_action_at": ledger.last_user_action.map(|t| t.millis()),
         "window_closes_at": window_closes.map(|t| t.millis()),
         "window_open": window_closes.is_some_and(|c| now < c),
+        "owner_confirmed_at": ledger.confirmed_at.map(|t| t.millis()),
         "tokens": ledger.tokens.iter().map(|t| json!({
             "payload": t.payload,
             "issued_at": t.issued_at.millis(),

@@ -182,6 +182,30 @@ impl<S: EventStore + 'static> Baton<S> {
             }
             let now = self.clock.now();
             let command = Command::SendMessage(send.clone());
+            // A refusal that rests on an owner nobody at Meta has confirmed
+            // lately is checked with Meta first.
+            let unconfirmed_refusal = {
+                let snapshot = self.projections.read();
+                snapshot.pages.get(&thread.page).is_some_and(|page| {
+                    let fresh;
+                    let ledger = match snapshot.thread(&thread) {
+                        Some(l) => l,
+                        None => {
+                            fresh = ThreadLedger::new(thread.clone());
+                            &fresh
+                        }
+                    };
+                    ledger.version > 0
+                        && rules::needs_confirmation(ledger, now)
+                        && matches!(
+                            rules::decide(ledger, page, &command, now),
+                            Err(r) if r.kind == domain::RejectionKind::NotThreadOwner
+                        )
+                })
+            };
+            if unconfirmed_refusal {
+                self.reconcile(&thread, &acting.version).await;
+            }
             let decided = self
                 .recorder
                 .record_on(&thread, OnBusy::Fail, |snapshot, ledger, page| {
