@@ -427,6 +427,7 @@ pub async fn run<S: EventStore + 'static>(baton: Arc<Baton<S>>, mut shutdown: Sh
     let mut folded = baton.projections.subscribe();
     let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut in_flight: HashSet<CommandId> = HashSet::new();
+    let mut task_sends: HashMap<tokio::task::Id, CommandId> = HashMap::new();
     let mut due: HashMap<CommandId, Instant> = HashMap::new();
     let mut stopping = false;
     loop {
@@ -440,7 +441,9 @@ pub async fn run<S: EventStore + 'static>(baton: Arc<Baton<S>>, mut shutdown: Sh
                         in_flight.insert(id.clone());
                         due.remove(&id);
                         let span = tracing::info_span!("outbox", send = %id, app = %send.app, page = %thread.page, psid = %thread.psid);
-                        tasks.spawn(carry_out(baton.clone(), send, thread, work).instrument(span));
+                        let task = tasks
+                            .spawn(carry_out(baton.clone(), send, thread, work).instrument(span));
+                        task_sends.insert(task.id(), id);
                     }
                 }
             }
@@ -455,8 +458,9 @@ pub async fn run<S: EventStore + 'static>(baton: Arc<Baton<S>>, mut shutdown: Sh
             }
         };
         tokio::select! {
-            Some(done) = tasks.join_next() => match done {
-                Ok(done) => {
+            Some(done) = tasks.join_next_with_id() => match done {
+                Ok((task, done)) => {
+                    task_sends.remove(&task);
                     in_flight.remove(&done.send_id);
                     if let Some(after) = done.retry_after {
                         due.insert(done.send_id.clone(), Instant::now() + after);
@@ -466,8 +470,13 @@ pub async fn run<S: EventStore + 'static>(baton: Arc<Baton<S>>, mut shutdown: Sh
                     }
                 }
                 Err(e) => {
+                    // Only that send is released; it is looked at again in a
+                    // second (an attempt without an answer becomes unknown).
                     tracing::error!(error = %e, "an outbox task failed; the send stays pending");
-                    in_flight.clear();
+                    if let Some(send) = task_sends.remove(&e.id()) {
+                        in_flight.remove(&send);
+                        due.insert(send, Instant::now() + Duration::from_secs(1));
+                    }
                 }
             },
             changed = folded.changed(), if !stopping => {
