@@ -29,23 +29,6 @@ async fn redeliver(stack: &Stack, delivery: &emulator::DeliveryAttempt) -> u16 {
         .as_u16()
 }
 
-async fn wait_owner(stack: &Stack, psid: &str, want: ControlView) {
-    let reached = stack.baton.running.state.projections.wait_until(|s| {
-        (s.thread(&Stack::thread(psid)).map(|l| l.control.view()) == Some(want.clone()))
-            .then_some(())
-    });
-    // A bound so that a wrong ledger fails the test instead of hanging it.
-    if tokio::time::timeout(std::time::Duration::from_secs(30), reached)
-        .await
-        .is_err()
-    {
-        panic!(
-            "the ledger never showed {want:?}; it shows {:?}",
-            stack.ledger_view(psid)
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_retry_of_a_delivery_meta_failed_does_not_undo_a_newer_pass() {
     let stack = Stack::start(Mode::ConversationRouting).await;
@@ -164,7 +147,7 @@ async fn a_silent_takeover_is_learned_from_meta_before_the_bot_talks_over_it() {
         .await
         .unwrap();
     stack.ctl.wait_deliveries().await.unwrap();
-    wait_owner(&stack, "u1", owner(PAGE_INBOX)).await;
+    stack.wait_owner("u1", owner(PAGE_INBOX)).await;
     let (status, body) = stack.send("baton-bot", text("u1", "Hi!")).await;
     assert_eq!(
         (status, body["error"]["error_subcode"].clone()),
@@ -265,7 +248,7 @@ async fn a_late_echo_does_not_reapply_an_old_inline_pass() {
     stack.ctl.wait_deliveries().await.unwrap();
     // Meta did the inline pass (its webhook reached the human), and later
     // the human passes the thread back.
-    wait_owner(&stack, "u1", owner(HUMAN)).await;
+    stack.wait_owner("u1", owner(HUMAN)).await;
     stack.advance(Span::seconds(60)).await;
     let (status, _) = stack.pass("baton-human", "u1", Some(BOT)).await;
     assert_eq!(status, 200);
@@ -286,16 +269,7 @@ async fn a_late_echo_does_not_reapply_an_old_inline_pass() {
         owner(BOT),
         "the newer pass back stands"
     );
-    let outcomes: Vec<_> = stack
-        .baton
-        .events()
-        .await
-        .into_iter()
-        .filter_map(|e| match e {
-            domain::Event::SendOutcomeRecorded(o) => Some(o.outcome),
-            _ => None,
-        })
-        .collect();
+    let outcomes: Vec<_> = stack.baton.send_outcomes().await;
     assert!(
         matches!(
             outcomes.last(),
@@ -340,7 +314,7 @@ async fn a_slow_answer_landing_after_newer_news_does_not_override_it() {
     };
     let ((status, _), ()) = tokio::join!(pass, meanwhile);
     assert_eq!(status, 200);
-    wait_owner(&stack, "u1", owner(PAGE_INBOX)).await;
+    stack.wait_owner("u1", owner(PAGE_INBOX)).await;
     assert_eq!(
         stack.ledger_view("u1"),
         owner(PAGE_INBOX),

@@ -371,16 +371,7 @@ async fn a_forged_take_in_another_apps_name_is_confirmed_with_meta_before_anyone
         "the claim is not applied"
     );
     // Baton asks Meta, and Meta says the bot still owns the thread.
-    stack
-        .baton
-        .running
-        .state
-        .projections
-        .wait_until(|s| {
-            (s.thread(&Stack::thread("u1")).map(|l| l.control.view()) == Some(owner(BOT)))
-                .then_some(())
-        })
-        .await;
+    stack.wait_owner("u1", owner(BOT)).await;
     let (status, _) = stack.send("baton-bot", text("u1", "still mine")).await;
     assert_eq!(status, 200, "the bot was never refused");
     let (status, body) = stack.send("baton-human", text("u1", "stolen")).await;

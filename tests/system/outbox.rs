@@ -80,16 +80,7 @@ async fn a_client_that_hangs_up_does_not_stop_its_send() {
         matches!(done.as_slice(), [SendStatus::Sent { .. }]),
         "{done:?}"
     );
-    let recorded: Vec<SendOutcome> = stack
-        .baton
-        .events()
-        .await
-        .into_iter()
-        .filter_map(|e| match e {
-            domain::Event::SendOutcomeRecorded(o) => Some(o.outcome),
-            _ => None,
-        })
-        .collect();
+    let recorded: Vec<SendOutcome> = stack.baton.send_outcomes().await;
     assert!(
         matches!(recorded.as_slice(), [SendOutcome::Sent { .. }]),
         "Meta's answer is the outcome: {recorded:?}"

@@ -261,16 +261,7 @@ async fn a_timeout_is_recorded_unknown_and_settled_by_the_echo() {
     };
     stack.ctl.release_held().await.unwrap();
     stack.ctl.wait_deliveries().await.unwrap();
-    let outcomes: Vec<domain::events::SendOutcome> = stack
-        .baton
-        .events()
-        .await
-        .into_iter()
-        .filter_map(|e| match e {
-            domain::Event::SendOutcomeRecorded(o) => Some(o.outcome),
-            _ => None,
-        })
-        .collect();
+    let outcomes: Vec<domain::events::SendOutcome> = stack.baton.send_outcomes().await;
     assert!(
         matches!(outcomes[0], domain::events::SendOutcome::Unknown { .. }),
         "{outcomes:?}"

@@ -292,10 +292,7 @@ fn plan_records(
                     let group = groups.entry(thread.clone()).or_insert_with(|| {
                         order.push(thread.clone());
                         Group {
-                            ledger: state
-                                .thread(thread)
-                                .cloned()
-                                .unwrap_or_else(|| ThreadLedger::new(thread.clone())),
+                            ledger: state.ledger(thread).into_owned(),
                             events: Vec::new(),
                         }
                     });

@@ -238,6 +238,14 @@ impl State {
         self.threads.get(key)
     }
 
+    /// The thread's ledger, or a fresh one for a thread with no state yet.
+    pub fn ledger(&self, key: &ThreadKey) -> std::borrow::Cow<'_, ThreadLedger> {
+        match self.threads.get(key) {
+            Some(l) => std::borrow::Cow::Borrowed(l),
+            None => std::borrow::Cow::Owned(ThreadLedger::new(key.clone())),
+        }
+    }
+
     /// Threads whose control lapses at or before `now`, soonest first.
     pub fn due_expiries(&self, now: Timestamp) -> Vec<ThreadKey> {
         self.expiries

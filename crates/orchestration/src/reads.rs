@@ -4,7 +4,7 @@
 
 use domain::events::{ControlView, GraphError};
 use domain::graph::{self, OwnerVisibility};
-use domain::{rules, Psid, ThreadKey, ThreadLedger};
+use domain::{rules, Psid, ThreadKey};
 use event_log::EventStore;
 use serde_json::{json, Value};
 
@@ -18,10 +18,7 @@ impl<S: EventStore + 'static> Baton<S> {
             let now = self.clock.now();
             let snapshot = self.projections.read();
             let page = snapshot.pages.get(&thread.page)?.clone();
-            let ledger = snapshot
-                .thread(&thread)
-                .cloned()
-                .unwrap_or_else(|| ThreadLedger::new(thread.clone()));
+            let ledger = snapshot.ledger(&thread);
             Some((
                 rules::control_at(&ledger, &page, now),
                 rules::control_expiry(&ledger, &page),

@@ -235,15 +235,8 @@ impl<S: EventStore> Recorder<S> {
                 .pages
                 .get(&thread.page)
                 .ok_or_else(|| RecordError::UnknownPage(thread.page.to_string()))?;
-            let fresh;
-            let ledger = match snapshot.thread(thread) {
-                Some(l) => l,
-                None => {
-                    fresh = ThreadLedger::new(thread.clone());
-                    &fresh
-                }
-            };
-            let (events, value) = decide(snapshot, ledger, page);
+            let ledger = snapshot.ledger(thread);
+            let (events, value) = decide(snapshot, &ledger, page);
             Ok((on_thread(ledger.version, events), value))
         })
         .await

@@ -130,10 +130,7 @@ pub async fn thread<S: EventStore + 'static>(
         .pages
         .get(&key.page)
         .ok_or_else(|| ApiError::NotFound(format!("page {} is not configured", key.page)))?;
-    let ledger = snapshot
-        .thread(&key)
-        .cloned()
-        .unwrap_or_else(|| ThreadLedger::new(key.clone()));
+    let ledger = snapshot.ledger(&key);
     Ok(HttpResponse::Ok().json(thread_view(&ledger, page, state.clock.now())))
 }
 

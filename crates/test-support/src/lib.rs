@@ -330,6 +330,18 @@ impl TestBaton {
             .collect()
     }
 
+    /// Every send outcome in the log, in order.
+    pub async fn send_outcomes(&self) -> Vec<domain::events::SendOutcome> {
+        self.events()
+            .await
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::SendOutcomeRecorded(o) => Some(o.outcome),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub async fn count(&self, type_name: &str) -> usize {
         self.events()
             .await

@@ -129,6 +129,23 @@ impl Stack {
             .collect()
     }
 
+    /// Waits (at most 30 s, then fails) until the ledger shows `want` for `psid`.
+    pub async fn wait_owner(&self, psid: &str, want: ControlView) {
+        let thread = Self::thread(psid);
+        let reached = self.baton.running.state.projections.wait_until(|s| {
+            (s.thread(&thread).map(|l| l.control.view()) == Some(want.clone())).then_some(())
+        });
+        if tokio::time::timeout(std::time::Duration::from_secs(30), reached)
+            .await
+            .is_err()
+        {
+            panic!(
+                "the ledger never showed {want:?}; it shows {:?}",
+                self.ledger_view(psid)
+            );
+        }
+    }
+
     /// Moves both clocks.
     pub async fn advance(&self, by: Span) {
         self.ctl.advance(by.millis()).await.unwrap();

@@ -187,18 +187,11 @@ impl<S: EventStore + 'static> Baton<S> {
             let unconfirmed_refusal = {
                 let snapshot = self.projections.read();
                 snapshot.pages.get(&thread.page).is_some_and(|page| {
-                    let fresh;
-                    let ledger = match snapshot.thread(&thread) {
-                        Some(l) => l,
-                        None => {
-                            fresh = ThreadLedger::new(thread.clone());
-                            &fresh
-                        }
-                    };
+                    let ledger = snapshot.ledger(&thread);
                     ledger.version > 0
-                        && rules::needs_confirmation(ledger, now)
+                        && rules::needs_confirmation(&ledger, now)
                         && matches!(
-                            rules::decide(ledger, page, &command, now),
+                            rules::decide(&ledger, page, &command, now),
                             Err(r) if r.kind == domain::RejectionKind::NotThreadOwner
                         )
                 })
@@ -285,10 +278,7 @@ impl<S: EventStore + 'static> Baton<S> {
             .pages
             .get(page)
             .ok_or_else(|| SendError::NotRecorded(RecordError::UnknownPage(page.to_string())))?;
-        let ledger = snapshot
-            .thread(&thread)
-            .cloned()
-            .unwrap_or_else(|| ThreadLedger::new(thread.clone()));
+        let ledger = snapshot.ledger(&thread);
         let window_closes_at = ledger.window.map(|w| w.closes_at);
         Ok(
             match rules::decide(&ledger, page, &Command::SendMessage(send.clone()), now) {
