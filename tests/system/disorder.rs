@@ -29,34 +29,59 @@ async fn redeliver(stack: &Stack, delivery: &emulator::DeliveryAttempt) -> u16 {
         .as_u16()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_retry_of_a_delivery_meta_failed_does_not_undo_a_newer_pass() {
-    let stack = Stack::start(Mode::ConversationRouting).await;
-    stack.user_says("u1", "hello").await;
-    // Meta fails to deliver the bot's copy of the next message; it will retry.
-    stack
-        .ctl
-        .add_fault(&FaultSpec::WebhookDrop {
-            count: 1,
-            app_id: Some(BOT.into()),
-        })
-        .await
-        .unwrap();
+/// A minute later the bot passes `u1` to the human, then Meta's retry of
+/// `late` arrives: the newer pass stands, and the late evidence is kept as
+/// stale, not applied.
+async fn pass_to_the_human_then_redeliver(stack: &Stack, late: &emulator::DeliveryAttempt) {
     stack.advance(Span::seconds(60)).await;
-    stack
-        .ctl
-        .user_text(PAGE, "u1", "are you there?")
-        .await
-        .unwrap();
+    let (status, _) = stack.pass("baton-bot", "u1", Some(HUMAN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(stack.ledger_view("u1"), owner(HUMAN));
+    let stale_before = stack.baton.count("StaleEvidenceIgnored").await;
+    assert_eq!(redeliver(stack, late).await, 200);
+    assert_eq!(
+        stack.ledger_view("u1"),
+        owner(HUMAN),
+        "the newer pass stands"
+    );
+    assert_eq!(
+        stack.baton.count("StaleEvidenceIgnored").await,
+        stale_before + 1,
+        "kept, not applied"
+    );
+}
+
+/// A minute later the user of `u1` writes `text`, and Meta fails to deliver
+/// `app`'s copy (it will retry): the lost delivery.
+async fn a_minute_later_lose_the_copy_of(
+    stack: &Stack,
+    app: &str,
+    text: &str,
+) -> emulator::DeliveryAttempt {
+    let drop = FaultSpec::WebhookDrop {
+        count: 1,
+        app_id: Some(app.into()),
+    };
+    stack.ctl.add_fault(&drop).await.unwrap();
+    stack.advance(Span::seconds(60)).await;
+    stack.ctl.user_text(PAGE, "u1", text).await.unwrap();
     stack.ctl.wait_deliveries().await.unwrap();
-    let dropped = stack
+    stack
         .ctl
         .deliveries()
         .await
         .unwrap()
         .into_iter()
-        .find(|d| d.dropped && d.app_id == BOT)
-        .expect("the dropped delivery");
+        .find(|d| d.dropped && d.app_id == app)
+        .expect("the lost delivery")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_retry_of_a_delivery_meta_failed_does_not_undo_a_newer_pass() {
+    let stack = Stack::start(Mode::ConversationRouting).await;
+    stack.user_says("u1", "hello").await;
+    // Meta fails to deliver the bot's copy of the next message; it will retry.
+    let dropped = a_minute_later_lose_the_copy_of(&stack, BOT, "are you there?").await;
     // Later the bot passes the thread to the human inbox.
     stack.advance(Span::seconds(60)).await;
     let (status, _) = stack.pass("baton-bot", "u1", Some(HUMAN)).await;
@@ -370,4 +395,409 @@ async fn an_old_confirmation_is_checked_with_meta_before_the_owner_at_meta_is_re
         "{state}"
     );
     stack.assert_consistent("u1").await;
+}
+
+/// Baton's thread read API (`/api/threads/{page}/{psid}`), as the auditor sees it.
+async fn thread_state(stack: &Stack, psid: &str) -> Value {
+    stack
+        .baton
+        .http
+        .get(stack.baton.url(&format!("/api/threads/{PAGE}/{psid}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The thread's owner at Meta (the emulator); `None` when idle.
+async fn owner_at_meta(stack: &Stack, psid: &str) -> Option<String> {
+    stack.ctl.thread(PAGE, psid).await.unwrap().owner
+}
+
+/// `GET /v21.0/me/thread_owner?recipient={psid}` at `base`, with `token`.
+async fn get_thread_owner(stack: &Stack, base: &str, token: &str, psid: &str) -> (u16, Value) {
+    let res = stack
+        .baton
+        .http
+        .get(format!("{base}/v21.0/me/thread_owner"))
+        .query(&[("recipient", psid), ("access_token", token)])
+        .send()
+        .await
+        .unwrap();
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// Issue 12, case 1 (the handover variant): Meta's retry of an old pass
+/// webhook (human → bot), arriving after a newer pass (bot → human), is kept
+/// but does not hand the thread back to the bot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_pass_webhook_retried_after_a_newer_pass_does_not_undo_it() {
+    let stack = Stack::start(Mode::ConversationRouting).await;
+    stack.user_says("u1", "hello").await;
+    let (status, _) = stack.pass("baton-bot", "u1", Some(HUMAN)).await;
+    assert_eq!(status, 200);
+    // The human passes back; Meta fails to deliver the bot's pass webhook.
+    stack
+        .ctl
+        .add_fault(&FaultSpec::WebhookDrop {
+            count: 1,
+            app_id: Some(BOT.into()),
+        })
+        .await
+        .unwrap();
+    stack.advance(Span::seconds(60)).await;
+    let (status, _) = stack.pass("baton-human", "u1", Some(BOT)).await;
+    assert_eq!(status, 200);
+    assert_eq!(stack.ledger_view("u1"), owner(BOT));
+    let dropped = stack
+        .ctl
+        .deliveries()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.dropped && d.app_id == BOT && d.body.contains("pass_thread_control"))
+        .expect("the dropped pass webhook (human → bot)");
+    // Later the bot passes the thread to the human again; then Meta's retry
+    // of the old pass webhook arrives.
+    pass_to_the_human_then_redeliver(&stack, &dropped).await;
+    let (status, body) = stack.send("baton-bot", text("u1", "me again")).await;
+    assert_eq!(
+        (status, body["error"]["error_subcode"].clone()),
+        (400, json!(2_018_300)),
+        "the bot stays silent: {body}"
+    );
+    let (status, body) = stack.send("baton-human", text("u1", "Hi, Ana here")).await;
+    assert_eq!(status, 200, "the owner at Meta is not locked out: {body}");
+    stack.assert_consistent("u1").await;
+}
+
+/// Issue 12, case 4: a sender action with inline `thread_control`. Meta
+/// shows the action but hands nothing over (inline control rides on
+/// messages only), so Baton records no pass or release either, and does not
+/// judge the control: even one that would be refused on a message (a pass
+/// to the default app, the bot itself) is forwarded, as Meta accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_action_with_inline_control_records_no_handover() {
+    let stack = Stack::start(Mode::ConversationRouting).await;
+    stack.user_says("u1", "hello").await;
+    let controls = [
+        json!({"control_type": "pass", "app_id": HUMAN}),
+        json!({"control_type": "release"}),
+        json!({"control_type": "pass", "target_app_id": HUMAN}),
+    ];
+    let mut forwarded = 0;
+    for control in controls {
+        let action = json!({"recipient": {"id": "u1"}, "sender_action": "typing_on", "thread_control": control});
+        let (status, body) = stack.send("baton-bot", action).await;
+        forwarded += 1;
+        assert_eq!(
+            (status, body["recipient_id"].clone()),
+            (200, json!("u1")),
+            "Meta's answer to an action: {control} {body}"
+        );
+        assert_eq!(
+            stack.upstream_calls("/messages").await,
+            forwarded,
+            "{control}"
+        );
+        assert_eq!(stack.ledger_view("u1"), owner(BOT), "{control}");
+        assert_eq!(
+            owner_at_meta(&stack, "u1").await.as_deref(),
+            Some(BOT),
+            "{control}"
+        );
+        stack.assert_consistent("u1").await;
+    }
+    for handover in ["ThreadControlPassed", "ThreadControlReleased"] {
+        assert_eq!(stack.baton.count(handover).await, 0, "{handover}");
+    }
+    let (status, body) = stack.send("baton-bot", text("u1", "still here")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = stack.send("baton-human", text("u1", "hi")).await;
+    assert_eq!(status, 400, "the human was never handed the thread");
+}
+
+/// The user action `result` was delivered to every app, folded (it opened
+/// the window at `at_ms`), and left `u1` idle at Meta and in the ledger.
+async fn still_idle_with_the_window_opened_at(
+    stack: &Stack,
+    result: &emulator::ActionResult,
+    at_ms: i64,
+) {
+    assert!(
+        !result.deliveries.is_empty() && result.deliveries.iter().all(|d| d.ok),
+        "{:?}",
+        result.deliveries
+    );
+    stack.ctl.wait_deliveries().await.unwrap();
+    assert_eq!(stack.ledger_view("u1"), ControlView::Idle);
+    assert_eq!(owner_at_meta(stack, "u1").await, None);
+    assert_eq!(
+        thread_state(stack, "u1").await["last_user_action_at"],
+        at_ms,
+        "the action was folded: it opens the window"
+    );
+}
+
+/// Issue 12, case 5: a reaction and a plugin opt-in on an idle thread open
+/// the window but route the thread to nobody, as at Meta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaction_or_a_plugin_optin_leaves_an_idle_thread_idle() {
+    let stack = Stack::start(Mode::ConversationRouting).await;
+    let hello = stack.ctl.user_text(PAGE, "u1", "hello").await.unwrap();
+    stack.ctl.wait_deliveries().await.unwrap();
+    let (status, _) = stack
+        .graph_post(
+            "baton-bot",
+            "release_thread_control",
+            json!({"recipient": {"id": "u1"}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(stack.ledger_view("u1"), ControlView::Idle);
+    let routed = stack.baton.count("ThreadRouted").await;
+
+    stack.advance(Span::seconds(60)).await;
+    let reaction = emulator::UserReaction {
+        mid: hello.mid.expect("the message's mid"),
+        ..Default::default()
+    };
+    let result = stack
+        .ctl
+        .user_reaction(PAGE, "u1", &reaction)
+        .await
+        .unwrap();
+    still_idle_with_the_window_opened_at(&stack, &result, T0.millis() + 60_000).await;
+    stack.assert_consistent("u1").await;
+
+    stack.advance(Span::seconds(60)).await;
+    let result = stack
+        .ctl
+        .user_plugin_optin(PAGE, "u1", Some("newsletter"), None)
+        .await
+        .unwrap();
+    still_idle_with_the_window_opened_at(&stack, &result, T0.millis() + 120_000).await;
+    assert_eq!(
+        stack.baton.count("ThreadRouted").await,
+        routed,
+        "neither routed the thread"
+    );
+    stack.assert_consistent("u1").await;
+}
+
+/// Issue 12, case 6: a standby copy of an older message, lost and retried
+/// by Meta after the thread was passed to the app it went to, neither makes
+/// the owner unknown nor lets every app send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_standby_copy_to_the_new_owner_neither_unsets_it_nor_opens_the_gate() {
+    let stack = Stack::start(Mode::ConversationRouting).await;
+    stack.user_says("u1", "hello").await;
+    // While the bot owns the thread, Meta fails to deliver the human inbox's
+    // standby copy of the user's next message.
+    let dropped = a_minute_later_lose_the_copy_of(&stack, HUMAN, "can I talk to a person?").await;
+    assert_eq!(dropped.channel, "standby");
+    // Later the bot passes the thread to the human inbox; then Meta's retry
+    // of the old standby copy reaches it.
+    pass_to_the_human_then_redeliver(&stack, &dropped).await;
+    let (status, body) = stack.send("baton-bot", text("u1", "Hi!")).await;
+    assert_eq!(
+        (status, body["error"]["error_subcode"].clone()),
+        (400, json!(2_018_300)),
+        "{body}"
+    );
+    assert_eq!(
+        stack.upstream_calls("/messages").await,
+        0,
+        "refused before Meta"
+    );
+    let (status, body) = stack.send("baton-human", text("u1", "Hi, Ana here")).await;
+    assert_eq!(status, 200, "{body}");
+    stack.assert_consistent("u1").await;
+}
+
+/// Issue 12, case 8: a One-Time Notification send held by the page's rate
+/// limit when Baton stops is not stranded: after the restart either it goes
+/// out with its token, or the token is given back and can be used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_send_held_by_the_rate_limit_across_a_restart_is_not_stranded() {
+    // One call allowed now, the next in 1000 s.
+    let slow = Tuning {
+        rate: 0.001,
+        burst: 1.0,
+        ..Tuning::default()
+    };
+    let stack = Stack::start_tuned(Mode::ConversationRouting, slow).await;
+    stack.user_says("u1", "notify me").await;
+    let token = stack
+        .ctl
+        .user_otn_optin(PAGE, "u1", "restock")
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    let otn = |t: &str| json!({"recipient": {"one_time_notif_token": t}, "message": {"text": "Back in stock!"}});
+    // Spend the burst.
+    let (status, _) = stack.send("baton-bot", text("u1", "first")).await;
+    assert_eq!(status, 200);
+    // The token send is accepted and waits for the rate; its client hangs up.
+    let inflight = {
+        let http = stack.baton.http.clone();
+        let url = stack.baton.url("/v21.0/me/messages");
+        let body = otn(&token);
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth("baton-bot")
+                .json(&body)
+                .send()
+                .await
+        })
+    };
+    stack
+        .baton
+        .running
+        .state
+        .projections
+        .wait_until(|s| (s.open_sends.len() == 1).then_some(()))
+        .await
+        .expect("the token send is accepted");
+    inflight.abort();
+    let _ = inflight.await;
+    assert_eq!(
+        stack.baton.count("SendAttempted").await,
+        1,
+        "held, not sent"
+    );
+
+    let stack = stack.restart_baton(Tuning::default()).await;
+    stack
+        .baton
+        .running
+        .state
+        .projections
+        .wait_until(|s| s.open_sends.is_empty().then_some(()))
+        .await
+        .expect("the token send is settled");
+    stack.ctl.wait_deliveries().await.unwrap();
+    let used_at_meta = |t: &emulator::ThreadView| {
+        t.otn_tokens
+            .iter()
+            .find(|o| o.token == token)
+            .expect("Meta's token")
+            .used
+    };
+    let state = thread_state(&stack, "u1").await;
+    if used_at_meta(&stack.ctl.thread(PAGE, "u1").await.unwrap()) {
+        // Resumed: Meta accepted it with the token.
+        assert_eq!(state["tokens"][0]["available"], false, "{state}");
+    } else {
+        // Given back: the token is usable again.
+        assert_eq!(state["tokens"][0]["available"], true, "{state}");
+        let (status, body) = stack.send("baton-bot", otn(&token)).await;
+        assert_eq!(status, 200, "the given-back token works: {body}");
+    }
+    assert!(used_at_meta(&stack.ctl.thread(PAGE, "u1").await.unwrap()));
+    assert_eq!(stack.page_messages("u1").await, ["first", "Back in stock!"]);
+    let (status, body) = stack.send("baton-bot", otn(&token)).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (400, json!(100)),
+        "spent once: {body}"
+    );
+}
+
+/// Issue 12, case 10: Meta's clock 2 s ahead of Baton's. The echo of an
+/// inline pass carries Meta's later time; it must not flip the thread back
+/// to the bot (nor make its owner unknown), and the owner at Meta may send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metas_clock_running_ahead_does_not_flip_an_inline_pass() {
+    let stack = Stack::start(Mode::ConversationRouting).await;
+    stack.user_says("u1", "hello").await;
+    stack.user_says("u2", "hello").await;
+    // Only Meta's clock moves: from here it runs 2 s ahead of Baton's.
+    stack.ctl.advance(2000).await.unwrap();
+    for (psid, target) in [("u1", PAGE_INBOX), ("u2", HUMAN)] {
+        let mut body = text(psid, "Passing you on");
+        body["thread_control"] = json!({"control_type": "pass", "app_id": target});
+        let (status, body) = stack.send("baton-bot", body).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(owner_at_meta(&stack, psid).await.as_deref(), Some(target));
+        assert_eq!(stack.ledger_view(psid), owner(target), "{psid}");
+        stack.assert_consistent(psid).await;
+    }
+    // Both echoes reached Baton, stamped 2 s after Baton's now.
+    let echoes: Vec<_> = stack
+        .ctl
+        .deliveries()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.body.contains("is_echo"))
+        .collect();
+    assert!(echoes.len() >= 2, "{echoes:?}");
+    for echo in &echoes {
+        assert_eq!(echo.status, Some(200), "{echo:?}");
+        let at = &echo.json()["entry"][0]["messaging"][0]["timestamp"];
+        let at = if at.is_null() {
+            &echo.json()["entry"][0]["standby"][0]["timestamp"]
+        } else {
+            at
+        };
+        assert_eq!(*at, json!(T0.millis() + 2000), "{}", echo.body);
+    }
+    assert_eq!(stack.baton.count("OwnershipDriftDetected").await, 0);
+    let (status, body) = stack.send("baton-human", text("u2", "Hi, Ana here")).await;
+    assert_eq!(status, 200, "the owner at Meta is not refused: {body}");
+    for psid in ["u1", "u2"] {
+        let (status, body) = stack.send("baton-bot", text(psid, "me again")).await;
+        assert_eq!(
+            (status, body["error"]["error_subcode"].clone()),
+            (400, json!(2_018_300)),
+            "{psid}: {body}"
+        );
+        stack.assert_consistent(psid).await;
+    }
+}
+
+/// Issue 12, case 12: under Handover Protocol v1 the primary holds every
+/// thread nobody else does. `thread_owner` names it (as Meta does, not
+/// `[]`), and its own release, extend and take succeed and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handover_v1_the_primary_holds_an_untouched_thread_and_may_release_extend_and_take_it() {
+    let stack = Stack::start(Mode::HandoverV1).await;
+    stack.user_says("u1", "hello").await;
+    let baton = stack.baton.running.base_url();
+    let meta = stack.emulator.base_url();
+    let primary_owns = json!({"data": [{"thread_owner": {"app_id": BOT}}]});
+    let (status, ours) = get_thread_owner(&stack, &baton, "baton-bot", "u1").await;
+    assert_eq!((status, &ours), (200, &primary_owns));
+    let (_, metas) = get_thread_owner(&stack, &meta, "page-token-bot", "u1").await;
+    assert_eq!(ours, metas, "the same answer as Meta's");
+    for (edge, body) in [
+        ("release_thread_control", json!({"recipient": {"id": "u1"}})),
+        (
+            "extend_thread_control",
+            json!({"recipient": {"id": "u1"}, "duration": 3600}),
+        ),
+        ("take_thread_control", json!({"recipient": {"id": "u1"}})),
+    ] {
+        let (status, answer) = stack.graph_post("baton-bot", edge, body).await;
+        assert_eq!(
+            (status, answer.clone()),
+            (200, json!({"success": true})),
+            "{edge}: {answer}"
+        );
+        let (_, ours) = get_thread_owner(&stack, &baton, "baton-bot", "u1").await;
+        assert_eq!(ours, primary_owns, "after {edge}");
+        let (_, metas) = get_thread_owner(&stack, &meta, "page-token-bot", "u1").await;
+        assert_eq!(metas, primary_owns, "Meta, after {edge}");
+        stack.assert_consistent("u1").await;
+    }
+    let (status, body) = stack.send("baton-bot", text("u1", "still mine")).await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -219,6 +219,10 @@ impl Span {
         Span(n.saturating_mul(1_000))
     }
 
+    pub const fn minutes(n: i64) -> Self {
+        Span(n.saturating_mul(60_000))
+    }
+
     pub const fn hours(n: i64) -> Self {
         Span(n.saturating_mul(3_600_000))
     }

@@ -1066,7 +1066,11 @@ pub fn observe(
             raw,
         } => {
             // Another app's copy of a handover webhook is the same fact again;
-            // a copy timed in the future changes nothing.
+            // a copy timed in the future changes nothing. A copy of a user
+            // message routes like the first one would: the copies of one
+            // message reach Baton in any order (the first may be another
+            // app's standby copy, the routing one held back by Meta).
+            let activates = enters_thread(&event) && policy::window_grant(&event, at).is_some();
             let routing = match event {
                 _ if at > now.plus(policy::FUTURE_TOLERANCE) => None,
                 InboundEvent::Handover { .. } => None,
@@ -1077,7 +1081,7 @@ pub fn observe(
                     &delivery,
                     &event,
                     &dedupe_key,
-                    false,
+                    activates,
                     at,
                     now,
                 ),
@@ -1272,9 +1276,38 @@ fn routing_or_drift(
         let sender = app_id.as_ref()?;
         // Sent before control last changed (a reply then a release, delivered
         // late, or Meta's clock a little ahead): it says nothing about who
-        // controls the thread now.
+        // controls the thread now. But when the change was timed by Baton's
+        // clock and the echo is within the skew tolerance of it, either side
+        // (the clocks differ both ways), "before" is only a guess (the Page
+        // Inbox may have taken the thread just after Baton's release): an
+        // echo from an app Baton does
+        // not send for (a managed app's echo is its own send through Baton,
+        // made before it handed over) that contradicts the ledger is kept,
+        // not applied, and Meta is asked.
         if is_stale(ledger, at) {
-            return None;
+            let a_guess = !ledger.control_changed_on_meta_clock
+                && ledger
+                    .control_changed_at
+                    .is_some_and(|changed| at.plus(policy::CLOCK_SKEW_TOLERANCE) >= changed);
+            let external = page
+                .app(sender)
+                .is_none_or(|p| p.management == Management::External);
+            let contradicts = external && answering_app(view, page).is_some_and(|a| a != sender);
+            return (a_guess && contradicts).then(|| {
+                stale_evidence(
+                    ledger,
+                    view,
+                    ControlView::Owner {
+                        app: sender.clone(),
+                    },
+                    DriftEvidence::Echo {
+                        app: sender.clone(),
+                        mid: mid.clone(),
+                    },
+                    at,
+                    now,
+                )
+            });
         }
         let allowed =
             answering_app(view, page).map_or(*view == ControlView::Unknown, |a| a == sender);
@@ -1295,12 +1328,33 @@ fn routing_or_drift(
     match (view, delivery.channel) {
         // A user action from before the last control change (a message
         // delivered late) routes nothing; one from its very moment does.
+        // Against a change Baton timed (its own release), "before" is only a
+        // guess within the skew tolerance (Meta's clock may run behind): a
+        // copy that would route is kept, not applied, and Meta is asked.
         (ControlView::Idle, _)
             if ledger
                 .control_changed_at
                 .is_some_and(|changed| at < changed) =>
         {
-            None
+            let a_guess = !ledger.control_changed_on_meta_clock
+                && ledger
+                    .control_changed_at
+                    .is_some_and(|changed| at.plus(policy::CLOCK_SKEW_TOLERANCE) >= changed);
+            let would_route = routes_idle && activates && delivery.channel == Channel::Messaging;
+            (a_guess && would_route).then(|| {
+                stale_evidence(
+                    ledger,
+                    view,
+                    ControlView::Owner {
+                        app: delivery.app.clone(),
+                    },
+                    DriftEvidence::MessagingDelivery {
+                        app: delivery.app.clone(),
+                    },
+                    at,
+                    now,
+                )
+            })
         }
         (ControlView::Idle, Channel::Messaging) if routes_idle && activates => Some(
             ThreadRouted {
@@ -1311,11 +1365,12 @@ fn routing_or_drift(
             }
             .into(),
         ),
-        // The app that answers an idle thread got the user on standby:
-        // another app took the thread without a webhook Baton saw (the Page
-        // Inbox takes silently). Who owns it is unknown until Meta says.
+        // The app that answers an idle thread (the default app, or the
+        // legacy primary) got the user on standby: another app took the
+        // thread without a webhook Baton saw (the Page Inbox takes
+        // silently). Who owns it is unknown until Meta says.
         (ControlView::Idle, Channel::Standby)
-            if routes_idle && activates && page.mode.idle_holder() == Some(&delivery.app) =>
+            if activates && page.mode.idle_holder() == Some(&delivery.app) =>
         {
             drift(
                 ControlView::Unknown,

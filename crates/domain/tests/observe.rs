@@ -500,3 +500,92 @@ fn the_default_apps_standby_copy_on_an_idle_thread_reveals_a_silent_takeover() {
         .item(hours(2), bot(), Channel::Standby, message("m-2"));
     assert_eq!(s.owner_at(hours(2)), ControlView::Unknown, "asked of Meta");
 }
+
+#[test]
+fn the_legacy_primarys_standby_copy_reveals_a_silent_takeover_too() {
+    let s = Scenario::given(hop())
+        .user_message(T0)
+        // The Page Inbox (a secondary) took the thread the primary holds by
+        // default, without a webhook: the primary gets the user on standby.
+        .item(hours(2), bot(), Channel::Standby, message("m-2"));
+    assert_eq!(s.owner_at(hours(2)), ControlView::Unknown, "asked of Meta");
+}
+
+#[test]
+fn the_routing_copy_arriving_after_another_apps_standby_copy_still_routes() {
+    // Meta held the bot's messaging copy; the human's standby copy came first.
+    let s = Scenario::given(cr())
+        .item(T0, human(), Channel::Standby, message("m-1"))
+        .item(T0, bot(), Channel::Messaging, message("m-1"));
+    assert_eq!(
+        s.owner_at(hours(1)),
+        ControlView::Owner { app: bot() },
+        "routed to the app Meta chose"
+    );
+}
+
+#[test]
+fn an_inbox_echo_within_the_skew_of_batons_release_is_kept_and_checked_with_meta() {
+    // Baton's release at 1 h (its own clock); the Page Inbox's echo carries
+    // Meta's 1 h too: before or after the release, only Meta can say.
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .done(release(bot()), hours(1))
+        .item(hours(1), bot(), Channel::Standby, echo("m-9", inbox()));
+    assert_eq!(s.owner_at(hours(1)), ControlView::Idle, "not applied");
+    let stale = stale_of(&s.history).expect("kept, and Meta is asked");
+    assert_eq!(stale.claimed, owner(inbox()));
+    // Meta's clock 2 s behind: the same guess.
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .done(release(bot()), hours(1))
+        .item(
+            hours(1).plus(Span::seconds(-2)),
+            bot(),
+            Channel::Standby,
+            echo("m-10", inbox()),
+        );
+    assert!(stale_of(&s.history).is_some());
+    // An echo clearly older (a reply delivered late) says nothing.
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .done(release(bot()), hours(1))
+        .item(
+            hours(1).plus(Span::seconds(-60)),
+            bot(),
+            Channel::Standby,
+            echo("m-8", inbox()),
+        );
+    assert!(stale_of(&s.history).is_none());
+}
+
+#[test]
+fn a_message_timed_just_before_batons_release_is_checked_with_meta() {
+    // Meta's clock 2 s behind Baton's: the user wrote after the release, but
+    // Meta's time says 2 s before it. Only Meta can say who holds it now.
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .done(release(bot()), hours(1))
+        .item(
+            hours(1).plus(Span::seconds(-2)),
+            bot(),
+            Channel::Messaging,
+            message("m-2"),
+        );
+    assert_eq!(s.owner_at(hours(1)), ControlView::Idle, "not applied");
+    assert_eq!(
+        stale_of(&s.history).expect("Meta is asked").claimed,
+        owner(bot())
+    );
+    // Well before the release (a late delivery): nothing to ask.
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .done(release(bot()), hours(1))
+        .item(
+            hours(1).plus(Span::seconds(-60)),
+            bot(),
+            Channel::Messaging,
+            message("m-3"),
+        );
+    assert!(stale_of(&s.history).is_none());
+}

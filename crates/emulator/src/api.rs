@@ -99,7 +99,9 @@ pub struct PolicyEnforcement {
     pub reason: Option<String>,
 }
 
-/// Forcibly set a thread's owner (no webhooks).
+/// Forcibly set a thread's owner with no webhook to anyone: the silent
+/// takeover (e.g. by the Page Inbox, [`crate::PAGE_INBOX_APP_ID`]) or any
+/// other drift between Meta and what the apps were told.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SetOwner {
     /// `None` makes the thread idle.
@@ -123,6 +125,10 @@ pub struct DeliveryResult {
     pub ok: bool,
     /// Dropped by a webhook fault: never sent.
     pub dropped: bool,
+    /// Held by a `webhook_hold` fault: not sent yet, kept until
+    /// `POST /_emulator/deliveries/release`.
+    #[serde(default)]
+    pub held: bool,
 }
 
 /// Answer to every user or inbox action.
@@ -174,6 +180,9 @@ pub struct DeliveryAttempt {
     pub status: Option<u16>,
     pub error: Option<String>,
     pub dropped: bool,
+    /// Held by a `webhook_hold` fault (attempt 0: nothing sent yet).
+    #[serde(default)]
+    pub held: bool,
 }
 
 impl DeliveryAttempt {
@@ -224,10 +233,20 @@ pub struct ThreadView {
     pub transcript: Vec<TranscriptLine>,
 }
 
-/// The emulator's clock.
+/// The emulator's clocks. `now_ms` is the control clock, the one tests move
+/// (and Baton's test clock follows). Meta's clock is the control clock plus
+/// the skew: every timestamp Meta writes or keeps (webhooks, Graph answers,
+/// thread views, logs) and every rule (window, expiry) uses Meta's clock.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ClockView {
+    /// The control clock.
     pub now_ms: i64,
+    /// How far Meta's clock is ahead of the control clock (negative: behind).
+    #[serde(default)]
+    pub skew_ms: i64,
+    /// Meta's clock: `now_ms + skew_ms`.
+    #[serde(default)]
+    pub meta_now_ms: i64,
     /// Threads whose control lapsed during this move (`page_id/psid`).
     #[serde(default)]
     pub expired: Vec<String>,
@@ -292,10 +311,54 @@ pub enum FaultSpec {
         #[serde(default)]
         app_id: Option<String>,
     },
+    /// The next `count` webhook deliveries (by default every one, until
+    /// released) are kept, in order, unsent, with their original bytes, until
+    /// `POST /_emulator/deliveries/release` sends them and lifts the hold.
+    WebhookHold {
+        #[serde(default = "until_released")]
+        count: u32,
+        #[serde(default)]
+        app_id: Option<String>,
+    },
 }
 
 fn one() -> u32 {
     1
+}
+
+fn until_released() -> u32 {
+    u32::MAX
+}
+
+/// The order in which held deliveries are released.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseOrder {
+    /// The order they were held in.
+    #[default]
+    Fifo,
+    /// Newest first: reordered delivery.
+    Reverse,
+}
+
+/// Body of `POST /_emulator/deliveries/release`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseDeliveries {
+    /// Release only this app's held deliveries (and lift only the holds
+    /// naming it); `None` releases everything and lifts every hold.
+    #[serde(default)]
+    pub app_id: Option<String>,
+    #[serde(default)]
+    pub order: ReleaseOrder,
+}
+
+/// Body of `POST /_emulator/clock/skew`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SetSkew {
+    /// Meta's clock minus the control clock; positive: Meta is ahead.
+    pub millis: i64,
 }
 
 /// An active fault and what is left of it.

@@ -7,9 +7,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::api::{
-    ActionResult, BatchResult, CallRecord, ClockView, DeliveryAttempt, FaultSpec, FaultView,
-    InboxText, PolicyEnforcement, Referral, SetOwner, ThreadView, UserMessage, UserOtnOptin,
-    UserPostback, UserReaction, UserReceipt,
+    ActionResult, BatchResult, CallRecord, ClockView, DeliveryAttempt, DeliveryResult, FaultSpec,
+    FaultView, InboxText, PolicyEnforcement, Referral, ReleaseDeliveries, ReleaseOrder, SetOwner,
+    SetSkew, ThreadView, UserMessage, UserOtnOptin, UserPostback, UserReaction, UserReceipt,
 };
 use crate::world::{AppConfig, PageConfig};
 
@@ -267,7 +267,10 @@ impl ControlClient {
         self.get(&format!("/pages/{page}/threads/{psid}")).await
     }
 
-    /// Sets the owner behind everyone's back (no webhooks).
+    /// Sets the owner behind everyone's back (no webhooks): the silent
+    /// takeover. With [`crate::PAGE_INBOX_APP_ID`] it is the Page Inbox taking
+    /// a thread without telling the apps; their next user message arrives on
+    /// `standby`.
     pub async fn set_owner(
         &self,
         page: &str,
@@ -290,6 +293,12 @@ impl ControlClient {
 
     pub async fn set_clock(&self, now_ms: i64) -> Result<ClockView, ClientError> {
         self.post("/clock/set", &json!({ "now_ms": now_ms })).await
+    }
+
+    /// Puts Meta's clock `millis` ahead of the control clock (behind when
+    /// negative): timestamps and rules use it from now on.
+    pub async fn set_skew(&self, millis: i64) -> Result<ClockView, ClientError> {
+        self.post("/clock/skew", &SetSkew { millis }).await
     }
 
     // ----- faults -----
@@ -324,11 +333,40 @@ impl ControlClient {
         self.get("/deliveries").await
     }
 
-    /// Waits until every webhook queued so far has been attempted.
+    /// Waits until every webhook queued so far has been attempted (held ones
+    /// count as attempted: this does not wait for their release).
     pub async fn wait_deliveries(&self) -> Result<(), ClientError> {
         self.post::<_, Value>("/deliveries/wait", &json!({}))
             .await
             .map(|_| ())
+    }
+
+    /// Sends the deliveries held by `webhook_hold` faults (of one app, or
+    /// all), oldest first or, with `reverse`, newest first, and lifts the
+    /// holds for that app (every hold when `app_id` is `None`).
+    pub async fn release_deliveries(
+        &self,
+        app_id: Option<&str>,
+        reverse: bool,
+    ) -> Result<Vec<DeliveryResult>, ClientError> {
+        let body = ReleaseDeliveries {
+            app_id: app_id.map(str::to_string),
+            order: if reverse {
+                ReleaseOrder::Reverse
+            } else {
+                ReleaseOrder::Fifo
+            },
+        };
+        let r: BatchResult = self.post("/deliveries/release", &body).await?;
+        Ok(r.deliveries)
+    }
+
+    /// Meta's late retry of the delivery attempt `seq` (see
+    /// [`DeliveryAttempt::seq`]), dropped ones included: the same bytes and
+    /// signatures, sent now to the app's current callback URL.
+    pub async fn redeliver(&self, seq: u64) -> Result<DeliveryResult, ClientError> {
+        self.post(&format!("/deliveries/{seq}/redeliver"), &json!({}))
+            .await
     }
 
     /// Clears the call log and the delivery log.

@@ -3,7 +3,9 @@
 //!
 //! One worker sends every delivery in the order the engine planned them, so
 //! tests see Meta-like ordering without races. It never sleeps between
-//! retries; it retries at once, up to the configured attempt count.
+//! retries; it retries at once, up to the configured attempt count. Releases
+//! of held deliveries and late redeliveries are jobs on the same queue, so
+//! they happen after everything queued before them.
 
 use std::sync::Arc;
 
@@ -13,26 +15,71 @@ use sha1::Sha1;
 use sha2::Sha256;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::api::{DeliveryAttempt, DeliveryResult};
+use crate::api::{DeliveryAttempt, DeliveryResult, ReleaseOrder};
 use crate::engine::{Engine, Planned, WebhookFault};
 use crate::server::Shared;
 
-/// A webhook ready to send.
+/// A webhook ready to send, signed when it was made.
 #[derive(Clone, Debug)]
 pub(crate) struct Delivery {
     pub id: u64,
     pub app_id: String,
     pub url: String,
-    pub secret: String,
     pub channel: String,
     pub body: String,
+    pub signature_256: String,
+    pub signature_1: String,
+}
+
+impl Delivery {
+    fn signed(
+        id: u64,
+        app_id: String,
+        url: String,
+        secret: &str,
+        channel: String,
+        body: String,
+    ) -> Self {
+        Delivery {
+            id,
+            app_id,
+            url,
+            channel,
+            signature_256: signature_256(secret, body.as_bytes()),
+            signature_1: signature_1(secret, body.as_bytes()),
+            body,
+        }
+    }
+}
+
+/// What the worker is asked to do.
+#[derive(Debug)]
+pub(crate) enum Work {
+    /// New deliveries: every webhook fault applies.
+    Send(Vec<Delivery>),
+    /// Lift the holds for an app (every app: `None`) and send what they kept;
+    /// drop and duplicate faults apply, holds do not.
+    Release {
+        app_id: Option<String>,
+        order: ReleaseOrder,
+    },
+    /// Meta's late retry of an earlier delivery: no fault applies.
+    Redeliver(Delivery),
 }
 
 /// A unit of work for the worker; `done` is answered after it is attempted.
 #[derive(Debug)]
 pub(crate) struct Job {
-    pub deliveries: Vec<Delivery>,
+    pub work: Work,
     pub done: Option<oneshot::Sender<Vec<DeliveryResult>>>,
+}
+
+/// Which webhook faults apply to one send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Faults {
+    All,
+    AllButHold,
+    None,
 }
 
 /// `sha256=<hex>` over the raw body.
@@ -89,14 +136,9 @@ pub(crate) fn single_deliveries(engine: &mut Engine, planned: Vec<Planned>) -> V
         let mut entry = json!({"id": p.page_id, "time": now});
         entry[p.channel.key()] = json!([p.item]);
         let body = serialize(engine, &json!({"object": "page", "entry": [entry]}));
-        out.push(Delivery {
-            id: engine.next_seq(),
-            app_id: p.app_id,
-            url,
-            secret,
-            channel: p.channel.key().to_string(),
-            body,
-        });
+        let id = engine.next_seq();
+        let channel = p.channel.key().to_string();
+        out.push(Delivery::signed(id, p.app_id, url, &secret, channel, body));
     }
     out
 }
@@ -134,14 +176,15 @@ pub(crate) fn batched_deliveries(engine: &mut Engine, planned: Vec<Planned>) -> 
             })
             .collect();
         let body = serialize(engine, &json!({"object": "page", "entry": entries}));
-        out.push(Delivery {
-            id: engine.next_seq(),
-            app_id: app,
+        let id = engine.next_seq();
+        out.push(Delivery::signed(
+            id,
+            app,
             url,
-            secret,
-            channel: "batch".into(),
+            &secret,
+            "batch".into(),
             body,
-        });
+        ));
     }
     out
 }
@@ -155,9 +198,17 @@ pub(crate) async fn worker(mut rx: mpsc::UnboundedReceiver<Job>, shared: Arc<Sha
         .build()
         .unwrap_or_default();
     while let Some(job) = rx.recv().await {
+        let (deliveries, faults) = match job.work {
+            Work::Send(deliveries) => (deliveries, Faults::All),
+            Work::Release { app_id, order } => (
+                shared.lock().release_held(app_id.as_deref(), order),
+                Faults::AllButHold,
+            ),
+            Work::Redeliver(d) => (vec![d], Faults::None),
+        };
         let mut results = Vec::new();
-        for d in job.deliveries {
-            results.push(deliver(&shared, &client, d).await);
+        for d in deliveries {
+            results.push(deliver(&shared, &client, d, faults).await);
         }
         if let Some(done) = job.done {
             let _ = done.send(results);
@@ -165,31 +216,32 @@ pub(crate) async fn worker(mut rx: mpsc::UnboundedReceiver<Job>, shared: Arc<Sha
     }
 }
 
-async fn deliver(shared: &Shared, client: &reqwest::Client, d: Delivery) -> DeliveryResult {
-    let (fault, max_attempts) = {
-        let mut eng = shared.lock();
-        (
-            eng.take_webhook_fault(&d.app_id),
-            eng.settings.max_attempts.max(1),
-        )
+async fn deliver(
+    shared: &Shared,
+    client: &reqwest::Client,
+    d: Delivery,
+    faults: Faults,
+) -> DeliveryResult {
+    let attempt = |attempt: u32, status: Option<u16>, error: Option<String>| DeliveryAttempt {
+        seq: 0,
+        delivery_id: d.id,
+        attempt,
+        at_ms: 0,
+        app_id: d.app_id.clone(),
+        url: d.url.clone(),
+        channel: d.channel.clone(),
+        body: d.body.clone(),
+        signature_256: d.signature_256.clone(),
+        signature_1: d.signature_1.clone(),
+        status,
+        error,
+        dropped: false,
+        held: false,
     };
-    let sig256 = signature_256(&d.secret, d.body.as_bytes());
-    let sig1 = signature_1(&d.secret, d.body.as_bytes());
-    let record = |attempt: u32, status: Option<u16>, error: Option<String>, dropped: bool| {
+    let record = |n: u32, status: Option<u16>, error: Option<String>, dropped: bool| {
         shared.lock().record_attempt(DeliveryAttempt {
-            seq: 0,
-            delivery_id: d.id,
-            attempt,
-            at_ms: 0,
-            app_id: d.app_id.clone(),
-            url: d.url.clone(),
-            channel: d.channel.clone(),
-            body: d.body.clone(),
-            signature_256: sig256.clone(),
-            signature_1: sig1.clone(),
-            status,
-            error,
             dropped,
+            ..attempt(n, status, error)
         });
     };
     let mut result = DeliveryResult {
@@ -201,6 +253,26 @@ async fn deliver(shared: &Shared, client: &reqwest::Client, d: Delivery) -> Deli
         status: None,
         ok: false,
         dropped: false,
+        held: false,
+    };
+    let (fault, max_attempts) = {
+        let mut eng = shared.lock();
+        let fault = match faults {
+            Faults::All => eng.take_webhook_fault(&d.app_id, true),
+            Faults::AllButHold => eng.take_webhook_fault(&d.app_id, false),
+            Faults::None => None,
+        };
+        if fault == Some(WebhookFault::Hold) {
+            // Logged and kept under one lock, so a release never misses it.
+            eng.record_attempt(DeliveryAttempt {
+                held: true,
+                ..attempt(0, None, Some("held by fault".into()))
+            });
+            eng.hold(d.clone());
+            result.held = true;
+            return result;
+        }
+        (fault, eng.settings.max_attempts.max(1))
     };
     if fault == Some(WebhookFault::Drop) {
         record(0, None, Some("dropped by fault".into()), true);
@@ -218,8 +290,8 @@ async fn deliver(shared: &Shared, client: &reqwest::Client, d: Delivery) -> Deli
             let sent = client
                 .post(&d.url)
                 .header("Content-Type", "application/json")
-                .header("X-Hub-Signature-256", &sig256)
-                .header("X-Hub-Signature", &sig1)
+                .header("X-Hub-Signature-256", &d.signature_256)
+                .header("X-Hub-Signature", &d.signature_1)
                 .body(d.body.clone())
                 .send()
                 .await;

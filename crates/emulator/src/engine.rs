@@ -12,8 +12,9 @@ use serde_json::{json, Map, Value};
 
 use crate::api::{
     CallRecord, ClockView, DeliveryAttempt, FaultSpec, FaultView, OtnTokenView, Referral,
-    ThreadView, TranscriptLine, UserMessage, UserPostback, UserReaction, UserReceipt,
+    ReleaseOrder, ThreadView, TranscriptLine, UserMessage, UserPostback, UserReaction, UserReceipt,
 };
+use crate::delivery::Delivery;
 use crate::world::{
     normalize_field, AppConfig, PageConfig, Routing, WebhookSettings, World, PAGE_INBOX_APP_ID,
 };
@@ -155,6 +156,9 @@ struct Thread {
     expires_at_ms: Option<i64>,
     last_user_action_ms: Option<i64>,
     ads_window_until_ms: Option<i64>,
+    /// The user clicked a Click-to-Messenger ad (a referral or postback with
+    /// `source: ADS`) and has not written since.
+    ad_clicked: bool,
     transcript: Vec<TranscriptLine>,
 }
 
@@ -230,6 +234,7 @@ struct ActiveFault {
 pub(crate) enum WebhookFault {
     Drop,
     Duplicate,
+    Hold,
 }
 
 /// The whole emulated platform.
@@ -244,11 +249,16 @@ pub(crate) struct Engine {
     user_refs: BTreeMap<(String, String), UserRef>,
     /// Pages Meta's policy enforcement blocked from sending, with the reason.
     blocked: BTreeMap<String, Option<String>>,
-    now_ms: i64,
+    /// The control clock: only the control API moves it.
+    control_ms: i64,
+    /// Meta's clock minus the control clock.
+    skew_ms: i64,
     seq: u64,
     calls: Vec<CallRecord>,
     attempts: Vec<DeliveryAttempt>,
     faults: Vec<ActiveFault>,
+    /// Deliveries kept by `webhook_hold` faults, oldest first.
+    held: Vec<Delivery>,
     pub(crate) batch: Option<Vec<Planned>>,
     pub(crate) settings: WebhookSettings,
 }
@@ -311,6 +321,11 @@ fn referral_json(r: &Referral) -> Value {
     Value::Object(m)
 }
 
+/// A referral from a Click-to-Messenger ad.
+fn is_ad(r: Option<&Referral>) -> bool {
+    r.and_then(|r| r.source.as_deref()) == Some("ADS")
+}
+
 fn field_for(event_key: &str) -> &'static str {
     match event_key {
         "message" => "messages",
@@ -336,11 +351,13 @@ impl Engine {
             otn: BTreeMap::new(),
             user_refs: BTreeMap::new(),
             blocked: BTreeMap::new(),
-            now_ms: world.epoch_ms,
+            control_ms: world.epoch_ms,
+            skew_ms: 0,
             seq: 0,
             calls: Vec::new(),
             attempts: Vec::new(),
             faults: Vec::new(),
+            held: Vec::new(),
             batch: None,
             settings: world.webhooks.clone(),
         };
@@ -363,8 +380,15 @@ impl Engine {
         self.seq
     }
 
+    /// Meta's clock (the control clock plus the skew): what every rule and
+    /// every timestamp Meta writes uses.
     pub(crate) fn now(&self) -> i64 {
-        self.now_ms
+        self.control_ms.saturating_add(self.skew_ms)
+    }
+
+    /// The control clock.
+    pub(crate) fn control_now(&self) -> i64 {
+        self.control_ms
     }
 
     // ----- world ---------------------------------------------------------
@@ -387,6 +411,10 @@ impl Engine {
         self.subs.retain(|(_, a), _| a != &id);
         self.rebuild();
         Ok(())
+    }
+
+    pub(crate) fn has_app(&self, app_id: &str) -> bool {
+        self.apps.contains_key(app_id)
     }
 
     pub(crate) fn set_callback(&mut self, app_id: &str, url: Option<String>) -> bool {
@@ -462,20 +490,38 @@ impl Engine {
 
     pub(crate) fn clock(&self) -> ClockView {
         ClockView {
-            now_ms: self.now_ms,
+            now_ms: self.control_ms,
+            skew_ms: self.skew_ms,
+            meta_now_ms: self.now(),
             expired: Vec::new(),
         }
     }
 
+    /// Sets the control clock; Meta's clock follows, skew included.
     pub(crate) fn set_clock(&mut self, now_ms: i64) -> ClockView {
-        self.now_ms = now_ms;
+        self.control_ms = now_ms;
+        self.expire_all()
+    }
+
+    /// Sets Meta's clock to the control clock plus `skew_ms` from now on.
+    pub(crate) fn set_skew(&mut self, skew_ms: i64) -> ClockView {
+        self.skew_ms = skew_ms;
+        self.expire_all()
+    }
+
+    /// Lapses the control that Meta's clock has passed.
+    fn expire_all(&mut self) -> ClockView {
+        let now = self.now();
         let mut expired = Vec::new();
         for ((page, psid), th) in self.threads.iter_mut() {
-            if th.expire(now_ms) {
+            if th.expire(now) {
                 expired.push(format!("{page}/{psid}"));
             }
         }
-        ClockView { now_ms, expired }
+        ClockView {
+            expired,
+            ..self.clock()
+        }
     }
 
     // ----- faults ----------------------------------------------------------
@@ -487,7 +533,8 @@ impl Engine {
             | FaultSpec::GraphError { count, .. }
             | FaultSpec::Delay { count, .. }
             | FaultSpec::WebhookDrop { count, .. }
-            | FaultSpec::WebhookDuplicate { count, .. } => *count,
+            | FaultSpec::WebhookDuplicate { count, .. }
+            | FaultSpec::WebhookHold { count, .. } => *count,
         };
         let f = ActiveFault {
             id: self.next_seq(),
@@ -541,17 +588,81 @@ impl Engine {
         })
     }
 
-    pub(crate) fn take_webhook_fault(&mut self, app: &str) -> Option<WebhookFault> {
+    /// The webhook fault for the next delivery to `app`, if any; a delivery
+    /// being released (`may_hold` false) is not held again.
+    pub(crate) fn take_webhook_fault(&mut self, app: &str, may_hold: bool) -> Option<WebhookFault> {
         let hit = |a: &Option<String>| a.as_deref().is_none_or(|a| a == app);
         match self.take_fault(|s| match s {
             FaultSpec::WebhookDrop { app_id, .. } | FaultSpec::WebhookDuplicate { app_id, .. } => {
                 hit(app_id)
             }
+            FaultSpec::WebhookHold { app_id, .. } => may_hold && hit(app_id),
             _ => false,
         })? {
             FaultSpec::WebhookDrop { .. } => Some(WebhookFault::Drop),
+            FaultSpec::WebhookHold { .. } => Some(WebhookFault::Hold),
             _ => Some(WebhookFault::Duplicate),
         }
+    }
+
+    /// Keeps a delivery a `webhook_hold` fault caught.
+    pub(crate) fn hold(&mut self, d: Delivery) {
+        self.held.push(d);
+    }
+
+    /// Lifts the holds naming `app_id` (every hold when `None`) and hands back
+    /// the deliveries they kept for it, in `order`, bound for each app's
+    /// current callback URL. A hold on every app outlives a release for one.
+    pub(crate) fn release_held(
+        &mut self,
+        app_id: Option<&str>,
+        order: ReleaseOrder,
+    ) -> Vec<Delivery> {
+        self.faults.retain(|f| match &f.spec {
+            FaultSpec::WebhookHold {
+                app_id: held_for, ..
+            } => app_id.is_some() && held_for.as_deref() != app_id,
+            _ => true,
+        });
+        let (mut out, keep): (Vec<Delivery>, Vec<Delivery>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|d| app_id.is_none_or(|a| a == d.app_id));
+        self.held = keep;
+        if order == ReleaseOrder::Reverse {
+            out.reverse();
+        }
+        for d in &mut out {
+            d.url = self.current_url(&d.app_id, &d.url);
+        }
+        out
+    }
+
+    /// Meta's late retry of the delivery attempt `seq`: the same body and
+    /// signatures, as a new delivery to the app's current callback URL.
+    pub(crate) fn redelivery(&mut self, seq: u64) -> Result<Delivery, ControlError> {
+        let a = self
+            .attempts
+            .iter()
+            .find(|a| a.seq == seq)
+            .cloned()
+            .ok_or_else(|| ControlError::NotFound(format!("no delivery attempt {seq}")))?;
+        Ok(Delivery {
+            id: self.next_seq(),
+            url: self.current_url(&a.app_id, &a.url),
+            app_id: a.app_id,
+            channel: a.channel,
+            body: a.body,
+            signature_256: a.signature_256,
+            signature_1: a.signature_1,
+        })
+    }
+
+    /// The app's callback URL now, or `fallback` if it has none any more.
+    fn current_url(&self, app_id: &str, fallback: &str) -> String {
+        self.apps
+            .get(app_id)
+            .and_then(|a| a.callback_url.clone())
+            .unwrap_or_else(|| fallback.to_string())
     }
 
     // ----- logs ------------------------------------------------------------
@@ -566,7 +677,7 @@ impl Engine {
 
     pub(crate) fn record_attempt(&mut self, mut a: DeliveryAttempt) {
         a.seq = self.next_seq();
-        a.at_ms = self.now_ms;
+        a.at_ms = self.now();
         self.attempts.push(a);
     }
 
@@ -649,7 +760,7 @@ impl Engine {
     }
 
     fn plan_notices(&self, page_id: &str, psid: &str, notices: Vec<Notice>) -> Vec<Planned> {
-        let now = self.now_ms;
+        let now = self.now();
         let mut out = Vec::new();
         for n in notices {
             let (to, key, mut body) = match n {
@@ -708,7 +819,7 @@ impl Engine {
     }
 
     fn thread_mut(&mut self, page_id: &str, psid: &str) -> &mut Thread {
-        let now = self.now_ms;
+        let now = self.now();
         let th = self
             .threads
             .entry((page_id.to_string(), psid.to_string()))
@@ -718,7 +829,7 @@ impl Engine {
     }
 
     fn thread_clone(&mut self, page_id: &str, psid: &str) -> Option<Thread> {
-        let now = self.now_ms;
+        let now = self.now();
         let th = self
             .threads
             .get_mut(&(page_id.to_string(), psid.to_string()))?;
@@ -741,7 +852,7 @@ impl Engine {
         target: Option<String>,
         metadata: Option<String>,
     ) -> Result<Vec<Notice>, GraphError> {
-        let now = self.now_ms;
+        let now = self.now();
         let connected = self.connected(&page.id);
         let check_target = |t: &str| {
             if t == caller {
@@ -830,7 +941,7 @@ impl Engine {
         metadata: Option<String>,
         forced: bool,
     ) -> Result<Vec<Notice>, GraphError> {
-        let now = self.now_ms;
+        let now = self.now();
         let previous =
             match &page.routing {
                 Routing::ZeroConfig if !forced => return Err(GraphError::new(
@@ -892,7 +1003,7 @@ impl Engine {
         caller: &str,
         metadata: Option<String>,
     ) -> Result<Vec<Notice>, GraphError> {
-        let now = self.now_ms;
+        let now = self.now();
         let to = match &page.routing {
             Routing::ConversationRouting { default_app } => {
                 th.owner.clone().unwrap_or_else(|| default_app.clone())
@@ -978,7 +1089,7 @@ impl Engine {
                 if th.owner.as_deref() != Some(caller) {
                     return Err(GraphError::not_owner());
                 }
-                let until = self.now_ms + secs * 1000;
+                let until = self.now() + secs * 1000;
                 th.expires_at_ms = Some(th.expires_at_ms.map_or(until, |e| e.max(until)));
                 Ok(())
             }
@@ -1060,7 +1171,7 @@ impl Engine {
         params.remove("access_token");
         self.calls.push(CallRecord {
             seq,
-            at_ms: self.now_ms,
+            at_ms: self.now(),
             method: req.method.clone(),
             path: req.path.clone(),
             endpoint,
@@ -1294,7 +1405,7 @@ impl Engine {
     }
 
     fn send(&mut self, app: &str, page: &PageConfig, p: &Map<String, Value>) -> Answer {
-        let now = self.now_ms;
+        let now = self.now();
         // Checks run in one order: the page, the request's own parameters
         // (type, tag, the tag's permission), the recipient (Meta must resolve
         // it before it knows the thread), then the thread (owner, inline
@@ -1517,7 +1628,7 @@ impl Engine {
             app_id: Some(app.to_string()),
             text: param_str(&message, "text"),
             metadata: metadata.clone(),
-            at_ms: self.now_ms,
+            at_ms: self.now(),
         });
         message.remove("metadata");
         message.remove("quick_replies");
@@ -1530,7 +1641,7 @@ impl Engine {
         let item = json!({
             "sender": {"id": page.id},
             "recipient": {"id": psid},
-            "timestamp": self.now_ms,
+            "timestamp": self.now(),
             "message": message,
         });
         let planned = self.route(page, th, "echo", item);
@@ -1553,7 +1664,7 @@ impl Engine {
         enters: bool,
         link_ref: Option<&str>,
     ) {
-        let now = self.now_ms;
+        let now = self.now();
         th.last_user_action_ms = Some(now);
         match &page.routing {
             Routing::ConversationRouting { default_app } => {
@@ -1583,7 +1694,7 @@ impl Engine {
         let mut item = json!({
             "sender": {"id": psid},
             "recipient": {"id": page.id},
-            "timestamp": self.now_ms,
+            "timestamp": self.now(),
         });
         item[key] = body;
         item
@@ -1600,13 +1711,16 @@ impl Engine {
             .mid
             .clone()
             .unwrap_or_else(|| format!("m_{}", self.next_seq()));
-        let now = self.now_ms;
+        let now = self.now();
         let mut th = self.thread_mut(page_id, psid).clone();
         let link_ref = m.referral.as_ref().and_then(|r| r.ref_.clone());
         self.user_activity(&page, &mut th, true, link_ref.as_deref());
-        // The message that follows a Click-to-Messenger ad click carries the
-        // ad's referral: it opens up to 7 days (a wider window never shrinks).
-        if m.referral.as_ref().and_then(|r| r.source.as_deref()) == Some("ADS") {
+        // The user's first message after a Click-to-Messenger ad click (one
+        // carrying the ad's referral, or the first after a referral or postback
+        // from an ad) opens up to 7 days, in a new thread or an existing one.
+        // A wider window never shrinks.
+        let after_ad_click = std::mem::take(&mut th.ad_clicked);
+        if after_ad_click || is_ad(m.referral.as_ref()) {
             let until = now + 7 * DAY_MS;
             th.ads_window_until_ms = Some(th.ads_window_until_ms.map_or(until, |u| u.max(until)));
         }
@@ -1648,6 +1762,7 @@ impl Engine {
         let mut th = self.thread_mut(page_id, psid).clone();
         let link_ref = pb.referral.as_ref().and_then(|r| r.ref_.clone());
         self.user_activity(&page, &mut th, true, link_ref.as_deref());
+        th.ad_clicked |= is_ad(pb.referral.as_ref());
         let mut body = json!({"mid": mid, "title": pb.title, "payload": pb.payload});
         if let Some(r) = &pb.referral {
             body["referral"] = referral_json(r);
@@ -1688,6 +1803,7 @@ impl Engine {
         let page = self.page(page_id)?;
         let mut th = self.thread_mut(page_id, psid).clone();
         self.user_activity(&page, &mut th, true, r.ref_.as_deref());
+        th.ad_clicked |= is_ad(Some(&r));
         let item = self.user_item(&page, psid, "referral", referral_json(&r));
         let planned = self.route(&page, &th, "referral", item);
         self.store(page_id, psid, th);
@@ -1709,7 +1825,7 @@ impl Engine {
                 page_id: page_id.to_string(),
                 psid: psid.to_string(),
                 payload: payload.clone(),
-                created_ms: self.now_ms,
+                created_ms: self.now(),
                 used: false,
             },
         );
@@ -1759,7 +1875,7 @@ impl Engine {
     ) -> Result<Vec<Planned>, ControlError> {
         let page = self.page(page_id)?;
         let th = self.thread_mut(page_id, psid).clone();
-        let watermark = r.watermark.unwrap_or(self.now_ms);
+        let watermark = r.watermark.unwrap_or(self.now());
         let (key, body) = if read {
             ("read", json!({"watermark": watermark}))
         } else {
@@ -1806,7 +1922,7 @@ impl Engine {
         }
         let item = json!({
             "recipient": {"id": page.id},
-            "timestamp": self.now_ms,
+            "timestamp": self.now(),
             "policy_enforcement": body,
         });
         Ok(self
@@ -1876,7 +1992,9 @@ impl Engine {
         Ok(self.plan_notices(page_id, psid, notices))
     }
 
-    /// Sets the owner behind everyone's back (no webhooks).
+    /// Sets the owner behind everyone's back (no webhooks): the silent
+    /// takeover, e.g. by the Page Inbox. Webhooks route by the new owner from
+    /// then on, so the apps see the next user event on `standby`.
     pub(crate) fn set_owner(
         &mut self,
         page_id: &str,
@@ -1890,7 +2008,7 @@ impl Engine {
                 return Err(ControlError::BadRequest(format!("no app {o}")));
             }
         }
-        let now = self.now_ms;
+        let now = self.now();
         let v1 = matches!(page.routing, Routing::HandoverV1 { .. });
         let th = self.thread_mut(page_id, psid);
         th.expires_at_ms = match (&owner, v1) {
@@ -1907,7 +2025,7 @@ impl Engine {
         psid: &str,
     ) -> Result<ThreadView, ControlError> {
         let page = self.page(page_id)?;
-        let now = self.now_ms;
+        let now = self.now();
         let th = self
             .thread_clone(page_id, psid)
             .ok_or_else(|| ControlError::NotFound(format!("no thread {page_id}/{psid}")))?;

@@ -22,10 +22,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api::{
     ActionResult, BatchResult, DeliveryResult, FaultSpec, InboxText, PolicyEnforcement, Referral,
-    SetOwner, UserMessage, UserOtnOptin, UserPostback, UserReaction, UserReceipt,
+    ReleaseDeliveries, SetOwner, SetSkew, UserMessage, UserOtnOptin, UserPostback, UserReaction,
+    UserReceipt,
 };
 use crate::client::ControlClient;
-use crate::delivery::{self, Delivery, Job};
+use crate::delivery::{self, Job, Work};
 use crate::engine::{ControlError, Engine, GraphRequest, Hold, Planned};
 use crate::world::{AppConfig, PageConfig, World};
 use crate::EmulatorError;
@@ -58,20 +59,16 @@ impl Shared {
             return None;
         }
         let deliveries = delivery::single_deliveries(eng, planned);
-        self.push(deliveries, wait)
+        self.push(Work::Send(deliveries), wait)
     }
 
-    fn push(
-        &self,
-        deliveries: Vec<Delivery>,
-        wait: bool,
-    ) -> Option<oneshot::Receiver<Vec<DeliveryResult>>> {
-        if !wait && deliveries.is_empty() {
+    fn push(&self, work: Work, wait: bool) -> Option<oneshot::Receiver<Vec<DeliveryResult>>> {
+        if !wait && matches!(&work, Work::Send(d) if d.is_empty()) {
             return None;
         }
         let (tx, rx) = oneshot::channel();
         let done = wait.then_some(tx);
-        let _ = self.queue.send(Job { deliveries, done });
+        let _ = self.queue.send(Job { work, done });
         wait.then_some(rx)
     }
 }
@@ -118,7 +115,11 @@ impl Emulator {
                         App::new()
                             .app_data(data.clone())
                             .app_data(web::PayloadConfig::new(8 * 1024 * 1024))
-                            .app_data(web::JsonConfig::default().limit(8 * 1024 * 1024))
+                            .app_data(
+                                web::JsonConfig::default()
+                                    .limit(8 * 1024 * 1024)
+                                    .error_handler(json_error),
+                            )
                             .configure(routes)
                     })
                     .workers(2)
@@ -204,6 +205,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
             .route("/clock", web::get().to(get_clock))
             .route("/clock/advance", web::post().to(advance_clock))
             .route("/clock/set", web::post().to(set_clock))
+            .route("/clock/skew", web::post().to(set_skew))
             .route("/faults", web::get().to(get_faults))
             .route("/faults", web::post().to(add_fault))
             .route("/faults", web::delete().to(clear_faults))
@@ -213,6 +215,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
             .route("/deliveries", web::get().to(get_deliveries))
             .route("/deliveries", web::delete().to(clear_calls))
             .route("/deliveries/wait", web::post().to(wait_deliveries))
+            .route("/deliveries/release", web::post().to(release_deliveries))
+            .route("/deliveries/{seq}/redeliver", web::post().to(redeliver))
             .route("/logs", web::delete().to(clear_calls))
             .route("/batch/begin", web::post().to(batch_begin))
             .route("/batch/flush", web::post().to(batch_flush))
@@ -250,6 +254,13 @@ fn control_error(e: ControlError) -> HttpResponse {
 
 fn bad_request(m: impl ToString) -> HttpResponse {
     HttpResponse::BadRequest().json(json!({"error": m.to_string()}))
+}
+
+/// A control body that is not the JSON expected answers 400 with a JSON
+/// error, like every other control refusal.
+fn json_error(e: actix_web::error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
+    let answer = bad_request(&e);
+    actix_web::error::InternalError::from_response(e, answer).into()
 }
 
 /// Parses `a=b&c=d` with percent-decoding.
@@ -328,7 +339,7 @@ async fn graph(req: HttpRequest, body: web::Bytes, data: Data) -> HttpResponse {
 
 async fn get_world(data: Data) -> HttpResponse {
     let eng = data.lock();
-    HttpResponse::Ok().json(json!({"now_ms": eng.now(), "settings": eng.settings}))
+    HttpResponse::Ok().json(json!({"now_ms": eng.control_now(), "settings": eng.settings}))
 }
 
 async fn put_page(data: Data, page: web::Json<PageConfig>) -> HttpResponse {
@@ -379,7 +390,7 @@ async fn advance_clock(data: Data, body: web::Json<AdvanceBody>) -> HttpResponse
         return bad_request("ms must not be negative");
     }
     let mut eng = data.lock();
-    let now = eng.now() + body.ms;
+    let now = eng.control_now().saturating_add(body.ms);
     HttpResponse::Ok().json(eng.set_clock(now))
 }
 
@@ -390,6 +401,10 @@ struct SetClockBody {
 
 async fn set_clock(data: Data, body: web::Json<SetClockBody>) -> HttpResponse {
     HttpResponse::Ok().json(data.lock().set_clock(body.now_ms))
+}
+
+async fn set_skew(data: Data, body: web::Json<SetSkew>) -> HttpResponse {
+    HttpResponse::Ok().json(data.lock().set_skew(body.millis))
 }
 
 async fn get_faults(data: Data) -> HttpResponse {
@@ -432,10 +447,48 @@ async fn clear_calls(req: HttpRequest, data: Data) -> HttpResponse {
     HttpResponse::Ok().json(json!({"success": true}))
 }
 
+/// Held deliveries are not in flight: waiting does not wait for them.
 async fn wait_deliveries(data: Data) -> HttpResponse {
-    let rx = data.push(Vec::new(), true);
+    let rx = data.push(Work::Send(Vec::new()), true);
     results(rx).await;
     HttpResponse::Ok().json(json!({"success": true}))
+}
+
+/// Lifts the holds and sends what they kept, after everything queued before.
+async fn release_deliveries(data: Data, body: web::Bytes) -> HttpResponse {
+    let ReleaseDeliveries { app_id, order } = match parse(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let rx = {
+        let eng = data.lock();
+        if let Some(app) = app_id.as_deref().filter(|a| !eng.has_app(a)) {
+            return HttpResponse::NotFound().json(json!({"error": format!("no app {app}")}));
+        }
+        data.push(Work::Release { app_id, order }, true)
+    };
+    HttpResponse::Ok().json(BatchResult {
+        deliveries: results(rx).await,
+    })
+}
+
+/// Meta's late retry of the delivery attempt `seq`.
+async fn redeliver(data: Data, path: web::Path<String>) -> HttpResponse {
+    let Ok(seq) = path.parse::<u64>() else {
+        return bad_request(format!("delivery seq must be a number, not {path}"));
+    };
+    let rx = {
+        let mut eng = data.lock();
+        match eng.redelivery(seq) {
+            Ok(d) => data.push(Work::Redeliver(d), true),
+            Err(e) => return control_error(e),
+        }
+    };
+    match results(rx).await.pop() {
+        Some(r) => HttpResponse::Ok().json(r),
+        None => HttpResponse::InternalServerError()
+            .json(json!({"error": "the delivery worker stopped"})),
+    }
 }
 
 async fn batch_begin(data: Data) -> HttpResponse {
@@ -451,7 +504,7 @@ async fn batch_flush(data: Data) -> HttpResponse {
         let mut eng = data.lock();
         let planned = eng.batch.take().unwrap_or_default();
         let deliveries = delivery::batched_deliveries(&mut eng, planned);
-        data.push(deliveries, true)
+        data.push(Work::Send(deliveries), true)
     };
     HttpResponse::Ok().json(BatchResult {
         deliveries: results(rx).await,

@@ -724,6 +724,54 @@ async fn page_inbox_takeover_and_done() {
     assert!(err.to_string().contains("409"), "{err}");
 }
 
+/// `set_owner` is the silent takeover: the Page Inbox takes an idle thread
+/// and tells no app; the next user message reaches every app on `standby`.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_page_inbox_takeover_puts_every_app_on_standby() {
+    let cr = Fixture::cr();
+    let v1 = Fixture::with(|w, bot, crm| {
+        w.with_page(PageConfig::handover_v1(PAGE, BOT, &[CRM]))
+            .with_app(bot)
+            .with_app(crm)
+    });
+    for f in [&cr, &v1] {
+        let c = f.emu.control();
+        c.user_text(PAGE, USER, "hi").await.unwrap();
+        c.advance(DAY).await.unwrap();
+        assert!(c.thread(PAGE, USER).await.unwrap().idle);
+        f.bot.clear();
+        f.crm.clear();
+
+        let view = c
+            .set_owner(
+                PAGE,
+                USER,
+                &SetOwner {
+                    app_id: Some(PAGE_INBOX_APP_ID.into()),
+                    expires_at_ms: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(view.owner.as_deref(), Some(PAGE_INBOX_APP_ID));
+        c.wait_deliveries().await.unwrap();
+        assert!(f.bot.received().is_empty() && f.crm.received().is_empty());
+
+        let r = c.user_text(PAGE, USER, "anyone there?").await.unwrap();
+        assert_eq!(r.deliveries.len(), 2, "{r:?}");
+        for rx in [&f.bot, &f.crm] {
+            let got = rx.items_with("message");
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].0, "standby");
+            assert_eq!(got[0].1["message"]["text"], "anyone there?");
+        }
+        assert_eq!(
+            code(&f.send_text(BOT_TOKEN, "me?").await.1),
+            (10, Some(2018300))
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn graph_faults_happen_and_clear() {
     let f = Fixture::cr();
@@ -937,6 +985,90 @@ async fn referral_link_routing_and_ads_window() {
         )
         .await;
     assert_eq!(s, 200, "{b}");
+}
+
+/// The 7-day window follows the user's first message after an ad click, in
+/// an existing thread too: the click arrives as a referral (or a postback)
+/// with `source: ADS`, or on the message itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn first_message_after_an_ad_click_opens_seven_days_in_an_existing_thread() {
+    let f = Fixture::cr();
+    let c = f.emu.control();
+    let ad = Referral {
+        source: Some("ADS".into()),
+        ad_id: Some("ad1".into()),
+        ..Default::default()
+    };
+    let send = |psid: &'static str| {
+        let f = &f;
+        async move {
+            f.post(
+                BOT_TOKEN,
+                "messages",
+                json!({"recipient": {"id": psid}, "messaging_type": "RESPONSE", "message": {"text": "x"}}),
+            )
+            .await
+        }
+    };
+
+    // An existing thread; the user clicks an ad: the referral alone gives 24 h.
+    c.user_text(PAGE, USER, "hi").await.unwrap();
+    c.advance(2 * DAY).await.unwrap();
+    c.user_referral(PAGE, USER, &ad).await.unwrap();
+    assert_eq!(
+        f.bot.items_with("referral")[0].1["referral"]["source"],
+        "ADS"
+    );
+    assert_eq!(
+        c.thread(PAGE, USER).await.unwrap().ads_window_until_ms,
+        None
+    );
+    // The first message after the click opens 7 days.
+    let clicked_at = c.advance(60_000).await.unwrap().now_ms;
+    c.user_text(PAGE, USER, "about the ad").await.unwrap();
+    let v = c.thread(PAGE, USER).await.unwrap();
+    assert_eq!(v.ads_window_until_ms, Some(clicked_at + 7 * DAY));
+    c.advance(3 * DAY).await.unwrap();
+    assert_eq!(send(USER).await.0, 200);
+    // Only the first: a later message does not move the 7 days.
+    c.user_text(PAGE, USER, "again").await.unwrap();
+    let v = c.thread(PAGE, USER).await.unwrap();
+    assert_eq!(v.ads_window_until_ms, Some(clicked_at + 7 * DAY));
+
+    // A postback from an ad, then the first message.
+    c.user_postback(
+        PAGE,
+        "9004",
+        &UserPostback {
+            title: "Start".into(),
+            payload: "GET_STARTED".into(),
+            referral: Some(ad.clone()),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        c.thread(PAGE, "9004").await.unwrap().ads_window_until_ms,
+        None
+    );
+    let at = c.clock().await.unwrap().now_ms;
+    c.user_text(PAGE, "9004", "hello").await.unwrap();
+    let v = c.thread(PAGE, "9004").await.unwrap();
+    assert_eq!(v.ads_window_until_ms, Some(at + 7 * DAY));
+
+    // A message carrying the ad's referral in a thread with history.
+    c.user_text(PAGE, "9005", "earlier").await.unwrap();
+    c.advance(2 * DAY).await.unwrap();
+    let m = UserMessage {
+        text: Some("from ad".into()),
+        referral: Some(ad.clone()),
+        ..Default::default()
+    };
+    c.user_message(PAGE, "9005", &m).await.unwrap();
+    c.advance(5 * DAY).await.unwrap();
+    assert_eq!(send("9005").await.0, 200);
+    c.advance(2 * DAY).await.unwrap();
+    assert_eq!(code(&send("9005").await.1), (10, Some(2018278)));
 }
 
 #[tokio::test(flavor = "multi_thread")]

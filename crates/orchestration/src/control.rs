@@ -167,7 +167,9 @@ impl<S: EventStore + 'static> Baton<S> {
             .map_err(CallError::AnswerNotRecorded)?;
         for effect in after_answer(&thread, &outcome, &settled.events) {
             match effect {
-                Effect::Reconcile { thread } => self.reconcile(&thread, &acting.version).await,
+                Effect::Reconcile { thread } => {
+                    self.reconcile(&thread, &acting.version).await;
+                }
             }
         }
 

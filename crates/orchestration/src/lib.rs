@@ -73,6 +73,11 @@ pub struct Baton<S> {
     /// Threads whose owner a recorded fact made unknown: the reconciler asks
     /// Meta about each (bounded; a full queue drops, and the next contradiction asks again).
     reconciles: tokio::sync::mpsc::Sender<domain::ThreadKey>,
+    /// Each page's budget of scheduled `thread_owner` calls.
+    reconcile_budget:
+        std::sync::Mutex<outbox::limiter::RateLimiter<domain::PageId, domain::Timestamp>>,
+    /// One scheduled round at a time (the schedule's, or a caller's).
+    reconcile_round: tokio::sync::Mutex<()>,
 }
 
 /// The background tasks of a started [`Baton`], stopped with
@@ -120,6 +125,24 @@ impl Tasks {
     }
 }
 
+impl Tasks {
+    /// Drops every task where it stands, as a killed process would: calls
+    /// in flight lose their answers, nothing more is recorded or folded.
+    /// For crash tests; a real stop is [`Tasks::shutdown`].
+    pub async fn abort(self) {
+        for task in [
+            self.outbox,
+            self.timers,
+            self.reconciler,
+            self.checkpointer,
+            self.follower,
+        ] {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
 impl<S> Baton<S> {
     /// Begins a stop: requests waiting for a send's outcome answer at once
     /// with what is recorded (an app retries with its `Idempotency-Key`).
@@ -154,6 +177,8 @@ impl<S: EventStore + 'static> Baton<S> {
         let metrics = Arc::new(Metrics::default());
         let (reconciles, reconcile_queue) = tokio::sync::mpsc::channel(reconcile::QUEUE);
         let timeout = Duration::from_millis(config.graph_timeout_ms);
+        let reconcile_budget =
+            std::sync::Mutex::new(reconcile::budget(config.reconcile_calls_per_page_per_hour));
         let baton = Arc::new(Baton {
             recorder: Recorder::new(store.clone(), projections.clone(), metrics.clone()),
             outbox: outbox::OutboxState::new(&config),
@@ -166,6 +191,8 @@ impl<S: EventStore + 'static> Baton<S> {
             send_graph: graph_client::GraphClient::new(timeout, 0),
             stopping: Trigger::new(),
             reconciles,
+            reconcile_budget,
+            reconcile_round: tokio::sync::Mutex::new(()),
         });
         let workers = Trigger::new();
         let follower_stop = Trigger::new();

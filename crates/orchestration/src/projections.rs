@@ -147,8 +147,11 @@ pub struct State {
     pub open_sends: BTreeMap<u64, CommandId>,
     /// When each active thread's control lapses, in time order (the expiry
     /// timer wakes on the first; it never scans every thread).
-    expiries: BTreeSet<(Timestamp, ThreadKey)>,
-    expiry_of: HashMap<ThreadKey, Timestamp>,
+    expiries: TimeIndex,
+    /// Active threads by when Meta last confirmed their owner, oldest first,
+    /// and threads whose owner is unknown, first of all (the scheduled
+    /// reconciliation asks about the first ones).
+    confirmations: TimeIndex,
     /// Dedupe index: a 64-bit digest of each item's dedupe key → its copies.
     seen: HashMap<u64, Copies>,
     /// What each index forgets, and when (Baton's recorded time): the
@@ -200,8 +203,8 @@ impl State {
             idempotency: HashMap::new(),
             echoed: HashMap::new(),
             open_sends: BTreeMap::new(),
-            expiries: BTreeSet::new(),
-            expiry_of: HashMap::new(),
+            expiries: TimeIndex::default(),
+            confirmations: TimeIndex::default(),
             seen: HashMap::new(),
             forget: BTreeMap::new(),
             forget_seq: 0,
@@ -248,16 +251,25 @@ impl State {
 
     /// Threads whose control lapses at or before `now`, soonest first.
     pub fn due_expiries(&self, now: Timestamp) -> Vec<ThreadKey> {
-        self.expiries
-            .iter()
-            .take_while(|(at, _)| *at <= now)
-            .map(|(_, key)| key.clone())
-            .collect()
+        self.expiries.due(now, usize::MAX, |_| true)
     }
 
     /// When the next control lapses, if any thread is active.
     pub fn next_expiry(&self) -> Option<Timestamp> {
-        self.expiries.first().map(|(at, _)| *at)
+        self.expiries.first()
+    }
+
+    /// At most `limit` active threads whose owner Meta last confirmed at or
+    /// before `before` (never confirmed: since the last control change),
+    /// longest unconfirmed first, with those of unknown owner before all;
+    /// only the threads `keep` keeps.
+    pub fn unconfirmed_since(
+        &self,
+        before: Timestamp,
+        limit: usize,
+        keep: impl Fn(&ThreadKey) -> bool,
+    ) -> Vec<ThreadKey> {
+        self.confirmations.due(before, limit, keep)
     }
 
     /// The pending sends, oldest acceptance first.
@@ -501,22 +513,78 @@ impl State {
                 .pages
                 .get(&thread.page)
                 .and_then(|p| domain::rules::control_expiry(ledger, p));
-            let before = self.expiry_of.get(thread).copied();
-            if before != expiry {
-                if let Some(at) = before {
-                    self.expiries.remove(&(at, thread.clone()));
-                    self.expiry_of.remove(thread);
-                }
-                if let Some(at) = expiry {
-                    self.expiries.insert((at, thread.clone()));
-                    self.expiry_of.insert(thread.clone(), at);
-                }
-            }
+            // Threads an app holds are reconciled on the schedule (a legacy
+            // secondary's control never lapses; a legacy primary holding a
+            // thread is what Meta calls idle). An unknown owner is due at
+            // once: the reconciliation its contradiction asked for may have
+            // been lost (a crash, a full queue).
+            let legacy_primary = self.pages.get(&thread.page).and_then(|p| match &p.mode {
+                domain::RoutingMode::HandoverV1 { primary, .. } => Some(primary),
+                _ => None,
+            });
+            let confirmed = match &ledger.control {
+                domain::Control::Unknown { .. } => Some(Timestamp::from_millis(0)),
+                domain::Control::Active { owner, .. } if Some(owner) != legacy_primary => Some(
+                    ledger
+                        .confirmed_at
+                        .or(ledger.control_changed_at)
+                        .unwrap_or(Timestamp::from_millis(0)),
+                ),
+                _ => None,
+            };
+            self.expiries.set(thread, expiry);
+            self.confirmations.set(thread, confirmed);
         } else {
             for page in self.pages.values_mut() {
                 page.apply(event);
             }
         }
+    }
+}
+
+/// Threads ordered by a time, each at most once: the soonest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct TimeIndex {
+    order: BTreeSet<(Timestamp, ThreadKey)>,
+    of: HashMap<ThreadKey, Timestamp>,
+}
+
+impl TimeIndex {
+    /// Files `thread` under `at`, or takes it out with `None`.
+    fn set(&mut self, thread: &ThreadKey, at: Option<Timestamp>) {
+        let before = self.of.get(thread).copied();
+        if before == at {
+            return;
+        }
+        if let Some(b) = before {
+            self.order.remove(&(b, thread.clone()));
+            self.of.remove(thread);
+        }
+        if let Some(a) = at {
+            self.order.insert((a, thread.clone()));
+            self.of.insert(thread.clone(), a);
+        }
+    }
+
+    /// At most `limit` threads filed at or before `now` that `keep` keeps,
+    /// soonest first.
+    fn due(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        keep: impl Fn(&ThreadKey) -> bool,
+    ) -> Vec<ThreadKey> {
+        self.order
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .filter(|(_, key)| keep(key))
+            .take(limit)
+            .map(|(_, key)| key.clone())
+            .collect()
+    }
+
+    fn first(&self) -> Option<Timestamp> {
+        self.order.first().map(|(at, _)| *at)
     }
 }
 

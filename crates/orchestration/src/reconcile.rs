@@ -4,14 +4,17 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use domain::events::{ControlView, Event};
 use domain::rules::{self, Observation};
-use domain::{AppId, ThreadKey};
+use domain::{AppId, PageId, Span, ThreadKey, Timestamp};
 use event_log::EventStore;
 use tokio::sync::mpsc;
 
+use crate::config::{ManagedApp, Secret};
 use crate::graph_client::GraphAnswer;
+use crate::outbox::limiter::RateLimiter;
 use crate::record::OnBusy;
 use crate::shutdown::Shutdown;
 use crate::Baton;
@@ -23,22 +26,13 @@ pub const QUEUE: usize = 1024;
 pub const DEFAULT_GRAPH_VERSION: &str = "v21.0";
 
 impl<S: EventStore + 'static> Baton<S> {
-    /// Asks Meta who owns `thread` and records what Meta says. Does nothing
-    /// when no managed app may see ownership (zero-config, an external
-    /// default app): webhooks then tell.
+    /// Asks Meta who owns `thread` and records what Meta says; returns
+    /// whether Meta was asked. Does nothing when no managed app may see
+    /// ownership (zero-config, an external default app): webhooks then tell.
     #[tracing::instrument(skip_all, fields(page = %thread.page, psid = %thread.psid))]
-    pub async fn reconcile(&self, thread: &ThreadKey, version: &str) {
-        let Some(page) = self.config.page(&thread.page) else {
-            return;
-        };
-        let Some(viewer) = page.mode.idle_holder() else {
-            return; // zero-config: nobody can see ownership
-        };
-        let Some((_, managed)) = self.config.managed(viewer) else {
-            return; // the default app is external: wait for webhooks instead
-        };
-        let Some(token) = managed.page_tokens.get(&thread.page) else {
-            return;
+    pub async fn reconcile(&self, thread: &ThreadKey, version: &str) -> bool {
+        let Some((managed, token)) = self.owner_viewer(&thread.page) else {
+            return false;
         };
         let answer = self
             .graph
@@ -53,7 +47,7 @@ impl<S: EventStore + 'static> Baton<S> {
             .await;
         let GraphAnswer::Ok(body) = answer else {
             tracing::warn!("thread_owner could not be read to settle drift");
-            return;
+            return true;
         };
         let owner = body["data"]
             .as_array()
@@ -74,6 +68,49 @@ impl<S: EventStore + 'static> Baton<S> {
         if let Err(e) = recorded {
             tracing::error!(error = %e, "thread_owner answer could not be recorded");
         }
+        true
+    }
+
+    /// Asks Meta about the active threads whose owner it has not confirmed
+    /// for `reconcile_every_secs`, longest unconfirmed first, within each
+    /// page's budget of `reconcile_calls_per_page_per_hour`; returns how
+    /// many were asked. Threads of unknown owner go first, at once.
+    pub async fn reconcile_due(&self) -> usize {
+        let _round = self.reconcile_round.lock().await;
+        let now = self.clock.now();
+        let every = i64::try_from(self.config.reconcile_every_secs).unwrap_or(i64::MAX);
+        let before = now.plus(Span(-Span::seconds(every).millis()));
+        // Pages where nobody may see ownership are passed over.
+        let due = self
+            .projections
+            .read()
+            .unconfirmed_since(before, SCHEDULE_BATCH, |t| {
+                self.owner_viewer(&t.page).is_some()
+            });
+        let mut asked = 0;
+        for thread in due {
+            let allowed = self
+                .reconcile_budget
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .try_acquire(&thread.page, now);
+            if allowed.is_err() {
+                continue; // this page's budget is spent; the others go on
+            }
+            if self.reconcile(&thread, DEFAULT_GRAPH_VERSION).await {
+                asked += 1;
+            }
+        }
+        asked
+    }
+
+    /// The managed app that may see `page`'s thread owners (the default app,
+    /// or the legacy primary), with its page token.
+    fn owner_viewer(&self, page: &PageId) -> Option<(&ManagedApp, &Secret)> {
+        let viewer = self.config.page(page)?.mode.idle_holder()?;
+        let (_, managed) = self.config.managed(viewer)?;
+        let token = managed.page_tokens.get(page)?;
+        Some((managed, token))
     }
 }
 
@@ -100,6 +137,18 @@ pub fn contradicted(recorded: &[Event]) -> impl Iterator<Item = &ThreadKey> {
     })
 }
 
+/// Threads the schedule looks at per round at most.
+const SCHEDULE_BATCH: usize = 256;
+
+/// How often the schedule looks for unconfirmed active threads.
+const SCHEDULE_EVERY: Duration = Duration::from_secs(1);
+
+/// The budget for one page: `per_hour` calls, at most half of them at once.
+pub(crate) fn budget(per_hour: u32) -> RateLimiter<PageId, Timestamp> {
+    let per_hour = f64::from(per_hour.max(1));
+    RateLimiter::new(per_hour / 3600.0, (per_hour / 2.0).max(1.0))
+}
+
 /// Reconciles the threads asked for, one at a time, until `shutdown`.
 pub async fn run<S: EventStore + 'static>(
     baton: Arc<Baton<S>>,
@@ -112,6 +161,13 @@ pub async fn run<S: EventStore + 'static>(
                 Some(thread) => thread,
                 None => return,
             },
+            () = tokio::time::sleep(SCHEDULE_EVERY) => {
+                let asked = baton.reconcile_due().await;
+                if asked > 0 {
+                    tracing::info!(asked, "scheduled reconciliation of unconfirmed active threads");
+                }
+                continue;
+            }
             () = shutdown.recv() => return,
         };
         // Several requests for one thread ask Meta once.

@@ -74,6 +74,21 @@ impl<S: EventStore + 'static> Running<S> {
         }
     }
 
+    /// Stops as `kill -9` would, without draining: open connections are
+    /// dropped, requests and background tasks are abandoned where they
+    /// stand (a send in flight never records its answer), and nothing more
+    /// is written. What the log already holds stays. For crash tests.
+    pub async fn crash(self) {
+        self.handle.stop(false).await;
+        self.server.abort();
+        let _ = self.server.await;
+        if let Some(d) = self.dispatch {
+            d.abort();
+            let _ = d.await;
+        }
+        self.tasks.abort().await;
+    }
+
     /// Waits until the HTTP server stops (`stop` from elsewhere, through
     /// `handle`), then drains like [`Running::stop`].
     pub async fn wait(self) -> std::io::Result<()> {

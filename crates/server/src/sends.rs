@@ -158,6 +158,12 @@ pub fn parse_send(
         },
         Some(_) => return Err(bad_param("param thread_control must be an object")),
     };
+    // Inline control rides on messages only: Meta shows a sender action and
+    // hands nothing over, so Baton neither checks nor records one.
+    let thread_control = match content {
+        SendContent::SenderAction { .. } => None,
+        SendContent::Message { .. } => thread_control,
+    };
     let mut payload: Map<String, Value> = p.clone();
     payload.remove("access_token");
     payload.remove("appsecret_proof");

@@ -224,6 +224,13 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// A count from the environment (`BATON_BENCH_…`), or `default`.
+/// Prints a figure a test measured so that it shows in CI's log even when
+/// the test passes (the test harness captures `println!`, not the stream).
+pub fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 pub fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -275,9 +282,14 @@ impl TestBaton {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, config_text: &str) -> TestBaton {
+        Self::start_at(dir, config_text, T0).await
+    }
+
+    /// Starts on `dir` with the clock at `now` (a restart later in a test).
+    pub async fn start_at(dir: tempfile::TempDir, config_text: &str, now: Timestamp) -> TestBaton {
         let config = Config::parse(config_text, "test.toml", |_| None).unwrap();
         let store = Arc::new(open_log(&dir.path().join("log")).await);
-        let clock = Arc::new(ManualClock::new(T0));
+        let clock = Arc::new(ManualClock::new(now));
         let running = server::start(config, store, clock.clone()).await.unwrap();
         TestBaton {
             running,
@@ -351,6 +363,13 @@ impl TestBaton {
     }
 
     /// Stops the server and closes the store, keeping the data directory.
+    /// Kills the server where it stands (no drain; see
+    /// `server::Running::crash`) and lets go of its log.
+    pub async fn crash(self) -> (tempfile::TempDir, String) {
+        self.running.crash().await;
+        (self.dir, self.config_text)
+    }
+
     pub async fn stop(self) -> (tempfile::TempDir, String) {
         let store = self.running.state.store.clone();
         self.running.stop().await;

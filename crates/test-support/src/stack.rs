@@ -24,6 +24,8 @@ pub struct Stack {
     pub ctl: ControlClient,
     pub baton: TestBaton,
     hop_primary: Option<String>,
+    /// Extra lines of Baton's configuration, kept across restarts.
+    settings: Vec<String>,
 }
 
 impl Stack {
@@ -32,6 +34,12 @@ impl Stack {
     }
 
     pub async fn start_tuned(mode: Mode, tuning: Tuning) -> Stack {
+        Self::start_with(mode, tuning, &[]).await
+    }
+
+    /// Starts with extra lines in Baton's configuration (`key = value`).
+    pub async fn start_with(mode: Mode, tuning: Tuning, settings: &[&str]) -> Stack {
+        let settings: Vec<String> = settings.iter().map(|s| (*s).to_owned()).collect();
         let hop_primary = matches!(mode, Mode::HandoverV1).then(|| BOT.to_owned());
         let page = match mode {
             Mode::ConversationRouting => PageConfig::conversation_routing(PAGE, BOT),
@@ -66,8 +74,7 @@ impl Stack {
             Mode::ZeroConfig => zero_config_mode(),
             Mode::HandoverV1 => handover_v1_mode(),
         };
-        let baton =
-            TestBaton::start(&config_toml_with(&emulator.base_url(), &baton_mode, tuning)).await;
+        let baton = TestBaton::start(&render(&emulator, &baton_mode, tuning, &settings)).await;
         let ctl = emulator.control();
         for app in [BOT, HUMAN] {
             ctl.set_callback(app, Some(&baton.url(&format!("/webhooks/{app}"))))
@@ -84,6 +91,7 @@ impl Stack {
             ctl,
             baton,
             hop_primary,
+            settings,
         }
     }
 
@@ -91,20 +99,38 @@ impl Stack {
     /// it again on the same data directory with `tuning`, pointing the
     /// emulator's apps at its new address.
     pub async fn restart_baton(self, tuning: Tuning) -> Stack {
+        self.restart(tuning, false).await
+    }
+
+    /// Kills Baton where it stands, as `kill -9` would (see
+    /// `server::Running::crash`), and starts it again on the same data
+    /// directory with `tuning`.
+    pub async fn crash_baton(self, tuning: Tuning) -> Stack {
+        self.restart(tuning, true).await
+    }
+
+    async fn restart(self, tuning: Tuning, crash: bool) -> Stack {
         let Stack {
             emulator,
             ctl,
             baton,
             hop_primary,
+            settings,
         } = self;
-        let (dir, text) = baton.stop().await;
+        // The restarted server's clock goes on from where the old one stood.
+        let now = server::Clock::now(baton.clock.as_ref());
+        let (dir, text) = if crash {
+            baton.crash().await
+        } else {
+            baton.stop().await
+        };
         let mode = text
             .lines()
             .find_map(|l| l.strip_prefix("routing = "))
             .map(str::to_owned)
             .unwrap_or_else(cr_mode);
         let baton =
-            TestBaton::start_in(dir, &config_toml_with(&emulator.base_url(), &mode, tuning)).await;
+            TestBaton::start_at(dir, &render(&emulator, &mode, tuning, &settings), now).await;
         for app in [BOT, HUMAN] {
             ctl.set_callback(app, Some(&baton.url(&format!("/webhooks/{app}"))))
                 .await
@@ -115,6 +141,7 @@ impl Stack {
             ctl,
             baton,
             hop_primary,
+            settings,
         }
     }
 
@@ -249,14 +276,26 @@ impl Stack {
             ours, expected,
             "Baton's ledger differs from Meta's view: {meta:?}"
         );
-        let live = self.baton.running.state.projections.read().clone();
         let config = server::Config::parse(&self.baton.config_text, "test.toml", |_| None).unwrap();
         let replayed = Projections::new(State::new(config.pages.values().map(|(_, p)| p.clone())));
-        replayed
-            .catch_up(self.baton.running.state.store.as_ref())
-            .await
-            .unwrap();
-        assert_eq!(*replayed.read(), live, "replay from zero differs from live");
+        let projections = &self.baton.running.state.projections;
+        // Background work (a reconciliation) may append meanwhile: compare
+        // at one position, the live side caught up to the replay's.
+        loop {
+            replayed
+                .catch_up(self.baton.running.state.store.as_ref())
+                .await
+                .unwrap();
+            let at = replayed.position();
+            projections
+                .wait_until(|s| (s.position >= at).then_some(()))
+                .await;
+            let live = projections.read().clone();
+            if live.position == at {
+                assert_eq!(*replayed.read(), live, "replay from zero differs from live");
+                return;
+            }
+        }
     }
 
     /// Graph calls the emulator received for an edge.
@@ -287,6 +326,20 @@ impl Stack {
         let body: Value = res.json().await.unwrap();
         body["events"].as_array().unwrap().clone()
     }
+}
+
+/// Baton's configuration for a stack: the emulator's Graph API, the routing
+/// mode, the tuning and the extra settings.
+fn render(emulator: &EmulatorHandle, mode: &str, tuning: Tuning, settings: &[String]) -> String {
+    settings
+        .iter()
+        .fold(
+            BatonToml::new(&emulator.base_url())
+                .routing(mode)
+                .tuning(tuning),
+            |toml, line| toml.setting(line),
+        )
+        .render()
 }
 
 trait NowValue {

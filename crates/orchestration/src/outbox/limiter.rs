@@ -7,24 +7,55 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-use domain::PageId;
+use domain::{PageId, Timestamp};
+
+/// A point in time a bucket refills by: the process's monotonic `Instant`,
+/// or Baton's clock (`Timestamp`, which tests move by hand).
+pub trait Moment: Copy + Ord {
+    /// How long from `earlier` to `self` (zero if `earlier` is later).
+    fn since(self, earlier: Self) -> Duration;
+    fn after(self, by: Duration) -> Self;
+}
+
+impl Moment for Instant {
+    fn since(self, earlier: Self) -> Duration {
+        self.saturating_duration_since(earlier)
+    }
+
+    fn after(self, by: Duration) -> Self {
+        self + by
+    }
+}
+
+impl Moment for Timestamp {
+    fn since(self, earlier: Self) -> Duration {
+        Duration::from_millis(u64::try_from(self.millis() - earlier.millis()).unwrap_or(0))
+    }
+
+    fn after(self, by: Duration) -> Self {
+        Timestamp::from_millis(
+            self.millis()
+                .saturating_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX)),
+        )
+    }
+}
 
 #[derive(Debug)]
-pub struct RateLimiter<K = PageId> {
+pub struct RateLimiter<K = PageId, T = Instant> {
     rate: f64,
     burst: f64,
-    pages: HashMap<K, Bucket>,
+    pages: HashMap<K, Bucket<T>>,
     delayed: u64,
 }
 
 #[derive(Debug)]
-struct Bucket {
+struct Bucket<T> {
     tokens: f64,
-    last: Instant,
-    paused_until: Option<Instant>,
+    last: T,
+    paused_until: Option<T>,
 }
 
-impl<K: Hash + Eq + Clone> RateLimiter<K> {
+impl<K: Hash + Eq + Clone, T: Moment> RateLimiter<K, T> {
     pub fn new(per_second: f64, burst: f64) -> Self {
         Self {
             rate: per_second.max(0.001),
@@ -34,24 +65,24 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         }
     }
 
-    fn bucket(&mut self, page: &K, now: Instant) -> &mut Bucket {
+    fn bucket(&mut self, page: &K, now: T) -> &mut Bucket<T> {
         let (rate, burst) = (self.rate, self.burst);
         let b = self.pages.entry(page.clone()).or_insert(Bucket {
             tokens: burst,
             last: now,
             paused_until: None,
         });
-        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
-        b.last = now;
+        b.tokens = (b.tokens + now.since(b.last).as_secs_f64() * rate).min(burst);
+        b.last = b.last.max(now);
         b
     }
 
     /// Takes one call for `page` now, or says how long until one is free.
-    pub fn try_acquire(&mut self, page: &K, now: Instant) -> Result<(), Duration> {
+    pub fn try_acquire(&mut self, page: &K, now: T) -> Result<(), Duration> {
         let rate = self.rate;
         let b = self.bucket(page, now);
         let wait = match b.paused_until {
-            Some(until) if until > now => until - now,
+            Some(until) if until > now => until.since(now),
             _ if b.tokens >= 1.0 => {
                 b.tokens -= 1.0;
                 return Ok(());
@@ -63,10 +94,10 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 
     /// Holds every send to `page` for `for_`: Meta said the page is throttled.
-    pub fn pause(&mut self, page: &K, for_: Duration, now: Instant) {
+    pub fn pause(&mut self, page: &K, for_: Duration, now: T) {
         let b = self.bucket(page, now);
         b.tokens = 0.0;
-        b.paused_until = Some(now + for_);
+        b.paused_until = Some(now.after(for_));
     }
 
     /// How often a send had to wait for the limiter.
