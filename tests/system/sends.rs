@@ -33,6 +33,31 @@ async fn an_in_window_reply_is_sent_once_and_recorded() {
     stack.assert_consistent("u1").await;
 }
 
+/// Meta's policy of Sep 2026: the first message after a Click-to-Messenger
+/// ad click opens 7 days, also when the user already had a thread and the
+/// click arrives as its own referral.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_message_after_an_ad_click_in_an_existing_thread_may_be_answered_for_seven_days()
+{
+    let stack = Stack::start(Mode::ConversationRouting).await;
+    stack.user_says("u1", "hello").await;
+    stack.advance(Span::hours(30)).await;
+    let ad = emulator::Referral {
+        source: Some("ADS".into()),
+        ad_id: Some("ad-7".into()),
+        ..Default::default()
+    };
+    stack.ctl.user_referral(PAGE, "u1", &ad).await.unwrap();
+    stack.advance(Span::MINUTE).await;
+    stack.user_says("u1", "about that offer").await;
+    stack.advance(Span::days(3)).await;
+    let (status, body) = stack
+        .send("baton-bot", text("u1", "Still interested?"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stack.page_messages("u1").await, ["Still interested?"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_after_24_hours_is_refused_locally() {
     let stack = Stack::start(Mode::ConversationRouting).await;

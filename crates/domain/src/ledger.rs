@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::{ControlView, Event, WindowGrant};
+use crate::events::{ControlView, Event, InboundEvent, WindowGrant};
 use crate::ids::{AppId, CommandId, ThreadKey, Timestamp};
 
 /// Who controls the thread, as last recorded.
@@ -150,6 +150,11 @@ pub struct ThreadLedger {
     pub last_user_action: Option<Timestamp>,
     /// The widest window granted so far (its `closes_at` only grows).
     pub window: Option<WindowGrant>,
+    /// A Click-to-Messenger ad click into the thread (a referral or a
+    /// postback from an ad) not yet followed by a message: the user's first
+    /// message after it opens the 7-day window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ad_click_at: Option<Timestamp>,
     pub tokens: Vec<TokenState>,
     /// When control last changed hands (or lapsed): older evidence of who
     /// controls the thread, such as a late echo, says nothing about now.
@@ -186,6 +191,7 @@ impl ThreadLedger {
             pending_requests: Vec::new(),
             last_user_action: None,
             window: None,
+            ad_click_at: None,
             tokens: Vec::new(),
             control_changed_at: None,
             control_changed_on_meta_clock: false,
@@ -218,6 +224,19 @@ impl ThreadLedger {
         self.version += 1;
         match event {
             Event::MessagingEventReceived(e) => {
+                match &e.event {
+                    InboundEvent::Referral { referral }
+                    | InboundEvent::Postback {
+                        referral: Some(referral),
+                        ..
+                    } if referral.is_ad() && !e.distrusted_time => {
+                        self.ad_click_at = Some(self.ad_click_at.map_or(e.at, |c| c.max(e.at)));
+                    }
+                    InboundEvent::Message { .. } if self.ad_click_at.is_some_and(|c| c <= e.at) => {
+                        self.ad_click_at = None;
+                    }
+                    _ => {}
+                }
                 if let Some(grant) = e.window {
                     self.last_user_action = Some(match self.last_user_action {
                         Some(last) => last.max(grant.opened_at),

@@ -57,6 +57,29 @@ pub fn window_grant(event: &InboundEvent, at: Timestamp) -> Option<WindowGrant> 
     })
 }
 
+/// The window a user action grants on a thread whose last ad click (not yet
+/// followed by a message) was at `ad_click`: the first message after a
+/// Click-to-Messenger ad click opens 7 days even when the click came as its
+/// own referral (an ad clicked by a user with an existing thread).
+pub fn window_grant_after(
+    event: &InboundEvent,
+    at: Timestamp,
+    ad_click: Option<Timestamp>,
+) -> Option<WindowGrant> {
+    let grant = window_grant(event, at)?;
+    let first_after_click =
+        matches!(event, InboundEvent::Message { .. }) && ad_click.is_some_and(|c| c <= at);
+    Some(if first_after_click {
+        WindowGrant {
+            closes_at: at.plus(AD_WINDOW),
+            reason: WindowReason::ClickToMessengerAd,
+            ..grant
+        }
+    } else {
+        grant
+    })
+}
+
 /// What a tag allows while it is in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TagUse {

@@ -1002,7 +1002,7 @@ pub fn observe(
                 );
                 return events;
             }
-            let window = policy::window_grant(&event, at);
+            let window = policy::window_grant_after(&event, at, ledger.ad_click_at);
             let token = match &event {
                 InboundEvent::Optin {
                     optin: Optin::OneTimeNotification { token, payload },

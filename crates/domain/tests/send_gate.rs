@@ -321,6 +321,47 @@ fn a_later_24h_action_does_not_shrink_an_ad_window() {
 }
 
 #[test]
+fn the_first_message_after_an_ad_click_into_an_existing_thread_opens_seven_days() {
+    let ad_click = InboundEvent::Referral {
+        referral: domain::events::Referral {
+            source: Some("ADS".into()),
+            kind: Some("OPEN_THREAD".into()),
+            ad_id: Some("ad-7".into()),
+            ..Default::default()
+        },
+    };
+    // An existing thread: the click arrives as its own referral (24 h), then
+    // the user's first message after it opens 7 days.
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .item(hours(2), bot(), Channel::Messaging, ad_click.clone())
+        .user_message(hours(3));
+    assert_accepted(s.when(&reply(bot()), hours(3 + 6 * 24)));
+    assert_refused(
+        s.when(&reply(bot()), hours(3 + 7 * 24)),
+        RejectionKind::OutsideWindow,
+        10,
+        Some(2_018_278),
+    );
+    // Only the first message after the click: a second one gives 24 h.
+    let s = Scenario::given(cr())
+        .item(hours(2), bot(), Channel::Messaging, ad_click)
+        .user_message(hours(3))
+        .user_message(hours(4));
+    assert_accepted(s.when(&reply(bot()), hours(3 + 6 * 24)));
+    // Without a click, a message gives 24 h.
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .user_message(hours(3));
+    assert_refused(
+        s.when(&reply(bot()), hours(3 + 25)),
+        RejectionKind::OutsideWindow,
+        10,
+        Some(2_018_278),
+    );
+}
+
+#[test]
 fn messages_need_a_messaging_type() {
     let s = Scenario::given(cr()).user_message(T0);
     let bare = Command::SendMessage(send_msg(bot(), None, None));
