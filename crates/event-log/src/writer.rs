@@ -65,6 +65,8 @@ struct Shared<B> {
     head: RwLock<Head>,
     durable: watch::Sender<u64>,
     stopped: Mutex<Option<Arc<StorageError>>>,
+    /// Groups committed (each one backend commit).
+    groups: std::sync::atomic::AtomicU64,
 }
 
 impl<B> Shared<B> {
@@ -115,6 +117,7 @@ impl<B: Backend> Core<B> {
             head: RwLock::new(head),
             durable,
             stopped: Mutex::new(None),
+            groups: std::sync::atomic::AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
         let (done_tx, done) = oneshot::channel();
@@ -135,9 +138,15 @@ impl<B: Backend> Core<B> {
         Ok(Core { shared, tx, done })
     }
 
-    #[cfg(test)]
     pub(crate) fn backend(&self) -> &B {
         &self.shared.backend
+    }
+
+    /// Groups committed since the store was opened.
+    pub(crate) fn groups(&self) -> u64 {
+        self.shared
+            .groups
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queues the batch now and returns a future of the answer.
@@ -403,8 +412,13 @@ impl<B: Backend> Writer<B> {
         if failure.is_none() && !stage.records.is_empty() {
             let records = std::mem::take(&mut stage.records);
             let stored = std::mem::take(&mut stage.stored);
-            if let Err(e) = self.shared.backend.commit(records, stored) {
-                failure = Some(e);
+            match self.shared.backend.commit(records, stored) {
+                Ok(()) => {
+                    self.shared
+                        .groups
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => failure = Some(e),
             }
         }
         if let Some(e) = failure {

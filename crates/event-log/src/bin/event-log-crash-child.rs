@@ -1,6 +1,8 @@
 //! Test helper for the crash test: appends to a sled log from many tasks
 //! forever and prints `<position> <idempotency key>` for every acknowledged
-//! record, one flushed line each, until it is killed. Not a tool for users.
+//! record, one flushed line each, until it is killed (or, given a third
+//! argument n, until it aborts itself between writing its nth group and
+//! syncing it). Not a tool for users.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -12,9 +14,10 @@ const TASKS: usize = 16;
 fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(dir), Some(tag)) = (args.next(), args.next()) else {
-        eprintln!("usage: event-log-crash-child <dir> <tag>");
+        eprintln!("usage: event-log-crash-child <dir> <tag> [<abort before the nth sync>]");
         std::process::exit(2);
     };
+    let abort_at: Option<u64> = args.next().and_then(|n| n.parse().ok());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
@@ -33,6 +36,16 @@ fn main() {
                 std::process::exit(2);
             }
         };
+        if let Some(n) = abort_at {
+            // Dies between writing a group and syncing it: no unwinding, no
+            // destructor, nothing more written.
+            let groups = std::sync::atomic::AtomicU64::new(0);
+            store.set_before_sync(move || {
+                if groups.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == n {
+                    std::process::abort();
+                }
+            });
+        }
         let mut tasks = Vec::new();
         for task in 0..TASKS {
             let store = store.clone();
