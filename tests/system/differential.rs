@@ -343,6 +343,8 @@ fn table() -> Vec<Case> {
         case("hop_secondary_owner_sends", Hop, vec![Message, done(pass(BOT, AGENT))], reply(AGENT), Accepted),
         case("hop_primary_refused_while_a_secondary_owns", Hop, vec![Message, done(pass(BOT, AGENT))], reply(BOT), Refused(K::NotThreadOwner)),
         case("app_not_on_page_sends", Cr, vec![Message], reply(STRANGER), Refused(K::AppNotOnPage)),
+        case("a_user_who_never_wrote_cannot_be_sent_to", Cr, vec![], reply(BOT), Refused(K::UnknownRecipient)),
+        case("a_user_who_never_wrote_cannot_be_passed", Hop, vec![], pass(BOT, AGENT), Refused(K::UnknownRecipient)),
         case("blocked_page_refuses_messages", Cr, vec![Message, Block], reply(BOT), Refused(K::PageBlocked)),
         case("blocked_page_refuses_sender_actions", Zc, vec![Message, Block], action(HELPER, SenderAction::TypingOn), Refused(K::PageBlocked)),
         case("blocked_page_still_passes_control", Cr, vec![Message, Block], pass(BOT, AGENT), Accepted),

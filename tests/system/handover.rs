@@ -396,7 +396,7 @@ async fn wrong_tokens_other_pages_and_malformed_bodies_are_refused_and_forward_n
             http.post(url(&format!("/v21.0/{PAGE}/pass_thread_control")))
                 .json(&json!({"recipient": {"id": "u1"}})),
             400,
-            190,
+            104, // no token at all, as Meta answers
         ),
         (
             http.post(url(&format!(

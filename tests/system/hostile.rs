@@ -241,7 +241,7 @@ async fn every_error_has_its_surfaces_json_shape() {
     let baton = TestBaton::start(&graphless().render()).await;
     let http = &baton.http;
     // 404 and 405, Graph-shaped under /v{n}/, Baton's shape elsewhere.
-    let res = http.get(baton.url("/v21.0/me")).send().await.unwrap();
+    let res = http.get(baton.url("/v21.0/me/a/b")).send().await.unwrap();
     assert_eq!(res.status(), 404);
     assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], 100);
     let res = http.get(baton.url("/nowhere")).send().await.unwrap();

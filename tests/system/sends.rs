@@ -461,3 +461,55 @@ async fn inline_release_and_sender_actions_and_bad_bodies() {
     }
     assert_eq!(upstream_messages(&stack).await, 1);
 }
+
+/// Meta's shapes and codes (issue 14): no token at all is 104; a user who
+/// never wrote to the page is 100/2018001 and nothing reaches Meta; a
+/// sender action is answered with `recipient_id` alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metas_codes_for_no_token_and_an_unknown_user_and_its_shape_for_sender_actions() {
+    let stack = Stack::start(Mode::ConversationRouting).await;
+    stack.user_says("u1", "hello").await;
+    let res = stack
+        .baton
+        .http
+        .post(stack.baton.url("/v21.0/me/messages"))
+        .json(&text("u1", "no token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        (body["error"]["code"].clone(), body["error"]["type"].clone()),
+        (json!(104), json!("OAuthException")),
+        "{body}"
+    );
+    let (status, body) = stack.send("baton-bot", text("u404", "hello?")).await;
+    assert_eq!(
+        (
+            status,
+            body["error"]["code"].clone(),
+            body["error"]["error_subcode"].clone()
+        ),
+        (400, json!(100), json!(2_018_001)),
+        "{body}"
+    );
+    let (status, body) = stack.pass("baton-bot", "u404", Some(HUMAN)).await;
+    assert_eq!(
+        (status, body["error"]["error_subcode"].clone()),
+        (400, json!(2_018_001)),
+        "{body}"
+    );
+    assert_eq!(
+        stack.ctl.calls().await.unwrap().len(),
+        0,
+        "nothing reached Meta"
+    );
+    let (status, body) = stack
+        .send(
+            "baton-bot",
+            json!({"recipient": {"id": "u1"}, "sender_action": "typing_on"}),
+        )
+        .await;
+    assert_eq!((status, body), (200, json!({"recipient_id": "u1"})));
+}

@@ -23,6 +23,8 @@ pub mod code {
     pub const PERMISSION: u32 = 10;
     /// `(#100)` invalid parameter.
     pub const INVALID_PARAMETER: u32 = 100;
+    /// `(#104)` no access token at all.
+    pub const NO_TOKEN: u32 = 104;
     /// `(#190)` invalid OAuth access token.
     pub const INVALID_TOKEN: u32 = 190;
     /// `(#200)` permissions error (the app is not on the page).

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 pub enum RejectionKind {
     /// The acting app is not connected to the page.
     AppNotOnPage,
+    /// A user who never wrote to the page (no thread): Meta finds no one.
+    UnknownRecipient,
     /// Meta has blocked the Page from messaging (policy enforcement).
     PageBlocked,
     /// A send from an app that does not control the thread.
@@ -57,6 +59,7 @@ impl RejectionKind {
         use RejectionKind::*;
         &[
             AppNotOnPage,
+            UnknownRecipient,
             PageBlocked,
             NotThreadOwner,
             NotControlOwner,
@@ -88,6 +91,7 @@ impl RejectionKind {
             // Meta's answer to a call on a Page the caller has no access to:
             // "object does not exist or you lack permission".
             AppNotOnPage => (100, Some(33)),
+            UnknownRecipient => (100, Some(2_018_001)),
             PageBlocked => (10, Some(1_893_063)),
             NotThreadOwner => (10, Some(2_018_300)),
             NotControlOwner => (100, Some(2_534_037)),
@@ -107,6 +111,7 @@ impl RejectionKind {
         use RejectionKind::*;
         match self {
             AppNotOnPage => "app_not_on_page",
+            UnknownRecipient => "unknown_recipient",
             PageBlocked => "page_blocked",
             NotThreadOwner => "not_thread_owner",
             NotControlOwner => "not_control_owner",
@@ -188,31 +193,32 @@ mod tests {
         let index = |k: RejectionKind| -> usize {
             match k {
                 AppNotOnPage => 0,
-                PageBlocked => 1,
-                NotThreadOwner => 2,
-                NotControlOwner => 3,
-                OutsideWindow => 4,
-                HumanAgentNotHuman => 5,
-                RetiredTag => 6,
-                UnknownTag => 7,
-                TagNeedsPermission => 8,
-                TagMismatch => 9,
-                MessagingTypeRequired => 10,
-                TokenUnknown => 11,
-                TokenSpent => 12,
-                TokenExpired => 13,
-                TokenWrongPage => 14,
-                TakeNotSupported => 15,
-                TakeNotAllowed => 16,
-                AlreadyOwner => 17,
-                InvalidTarget => 18,
-                InvalidDuration => 19,
-                NotSupportedInMode => 20,
+                UnknownRecipient => 1,
+                PageBlocked => 2,
+                NotThreadOwner => 3,
+                NotControlOwner => 4,
+                OutsideWindow => 5,
+                HumanAgentNotHuman => 6,
+                RetiredTag => 7,
+                UnknownTag => 8,
+                TagNeedsPermission => 9,
+                TagMismatch => 10,
+                MessagingTypeRequired => 11,
+                TokenUnknown => 12,
+                TokenSpent => 13,
+                TokenExpired => 14,
+                TokenWrongPage => 15,
+                TakeNotSupported => 16,
+                TakeNotAllowed => 17,
+                AlreadyOwner => 18,
+                InvalidTarget => 19,
+                InvalidDuration => 20,
+                NotSupportedInMode => 21,
             }
         };
         for (i, k) in RejectionKind::ALL.iter().enumerate() {
             assert_eq!(index(*k), i, "{k:?}");
         }
-        assert_eq!(RejectionKind::ALL.len(), 21);
+        assert_eq!(RejectionKind::ALL.len(), 22);
     }
 }

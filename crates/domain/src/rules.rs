@@ -99,6 +99,22 @@ pub fn decide(
             format!("app {app} is not connected to page {}", page.id),
         ));
     }
+    // Nothing ever happened on this thread: the user never wrote to the
+    // page. (A token send names its thread through the token; a `user_ref`
+    // from the checkbox plugin comes before any thread.)
+    let by_psid = match command {
+        Command::SendMessage(send) => matches!(send.recipient, Recipient::Psid(_)),
+        _ => true,
+    };
+    if ledger.version == 0 && by_psid {
+        return Err(Rejection::new(
+            RejectionKind::UnknownRecipient,
+            format!(
+                "No matching user found: {} never wrote to page {}",
+                ledger.key.psid, page.id
+            ),
+        ));
+    }
     let mut events = Vec::with_capacity(2);
     match command {
         Command::SendMessage(send) => {

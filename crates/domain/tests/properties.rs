@@ -385,9 +385,12 @@ fn check_single_owner(
             let cmd = reply(a.clone());
             match rules::decide(ledger, page, &cmd, now) {
                 Ok(_) => true,
+                // A thread nobody wrote to has no writer at all.
                 Err(r) => !matches!(
                     r.kind,
-                    RejectionKind::NotThreadOwner | RejectionKind::AppNotOnPage
+                    RejectionKind::NotThreadOwner
+                        | RejectionKind::AppNotOnPage
+                        | RejectionKind::UnknownRecipient
                 ),
             }
         })

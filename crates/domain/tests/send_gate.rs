@@ -192,7 +192,8 @@ fn window_closed_exactly_at_24h() {
 
 #[test]
 fn no_user_action_means_no_window() {
-    let s = Scenario::given(cr());
+    // The thread exists (an echo of the page's message), but the user never acted.
+    let s = Scenario::given(cr()).item(T0, bot(), Channel::Messaging, echo("m-0", bot()));
     assert_refused(
         s.when(&reply(bot()), T0),
         RejectionKind::OutsideWindow,
@@ -719,5 +720,28 @@ fn otn_token_comes_back_when_meta_refuses_the_send_for_certain() {
             hours(49)
         )),
         ["SendOutcomeRecorded"]
+    );
+}
+
+#[test]
+fn a_user_who_never_wrote_is_no_matching_user_for_sends_and_control_calls() {
+    let s = Scenario::given(cr());
+    assert_refused(
+        s.when(&reply(bot()), hours(1)),
+        RejectionKind::UnknownRecipient,
+        100,
+        Some(2_018_001),
+    );
+    assert_refused(
+        s.when(&pass(bot(), Some(human())), hours(1)),
+        RejectionKind::UnknownRecipient,
+        100,
+        Some(2_018_001),
+    );
+    // Once the user wrote, the thread exists.
+    assert_accepted(
+        Scenario::given(cr())
+            .user_message(T0)
+            .when(&reply(bot()), hours(1)),
     );
 }

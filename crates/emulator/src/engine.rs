@@ -1212,7 +1212,12 @@ impl Engine {
                 "Error validating access token: the page is gone",
             )
         })?;
-        if node != "me" && node != page_id {
+        // A user's node (their profile) is readable with the token of a page
+        // they wrote to.
+        let user = self
+            .threads
+            .contains_key(&(page_id.clone(), node.to_string()));
+        if node != "me" && node != page_id && !user {
             return Err(GraphError::new(
                 100,
                 Some(33),
@@ -1229,6 +1234,9 @@ impl Engine {
         let p = &req.params;
         let method = req.method.as_str();
         match (method, endpoint) {
+            ("GET", "node") if req.node != "me" && req.node != page.id => {
+                Ok((user_profile(&req.node, param_str(p, "fields")), Vec::new()))
+            }
             ("GET", "node") => {
                 let mut out = json!({"id": page.id, "name": page.name});
                 if param_str(p, "fields").is_some_and(|f| f.contains("messaging_feature_status")) {
@@ -2055,4 +2063,31 @@ impl Engine {
             transcript: th.transcript.clone(),
         })
     }
+}
+
+/// A user's profile as the Graph API answers `GET /{psid}?fields=…` to a
+/// page the user wrote to: `id` always, the requested fields (by default
+/// `name`, `first_name`, `last_name`, `profile_pic`) made up from the PSID.
+fn user_profile(psid: &str, fields: Option<String>) -> Value {
+    let all = [
+        ("name", json!(format!("User {psid}"))),
+        ("first_name", json!("User")),
+        ("last_name", json!(psid)),
+        (
+            "profile_pic",
+            json!(format!("https://emulator.invalid/pic/{psid}.jpg")),
+        ),
+    ];
+    let wanted: Vec<String> = fields
+        .unwrap_or_else(|| "name,first_name,last_name,profile_pic".into())
+        .split(',')
+        .map(|f| f.trim().to_owned())
+        .collect();
+    let mut out = json!({ "id": psid });
+    for (name, value) in all {
+        if wanted.iter().any(|w| w == name) {
+            out[name] = value;
+        }
+    }
+    out
 }

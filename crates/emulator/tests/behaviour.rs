@@ -1271,3 +1271,27 @@ async fn holding_apps_may_take_but_not_request_and_v1_extend_is_a_no_op() {
         .await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test]
+async fn a_users_profile_is_readable_by_a_page_they_wrote_to_and_no_one_else() {
+    let f = Fixture::cr();
+    f.emu.control().user_text(PAGE, USER, "hi").await.unwrap();
+    let read = |node: &str, query: &str| {
+        let url = format!("{}/{node}{query}", f.emu.graph_url());
+        let http = f.http.clone();
+        async move {
+            let resp = http.get(url).bearer_auth(BOT_TOKEN).send().await.unwrap();
+            (
+                resp.status().as_u16(),
+                resp.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, profile) = read(USER, "?fields=first_name,profile_pic").await;
+    assert_eq!(status, 200, "{profile}");
+    assert_eq!(profile["id"], USER);
+    assert!(profile["profile_pic"].is_string());
+    assert!(profile.get("name").is_none(), "only the fields asked for");
+    let (status, err) = read("stranger", "").await;
+    assert_eq!((status, code(&err)), (400, (100, Some(33))));
+}

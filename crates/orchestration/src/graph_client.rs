@@ -69,6 +69,20 @@ impl GraphClient {
             .await
     }
 
+    /// `GET {base}/{version}/{node}?query` with the page token.
+    pub async fn get_node(
+        &self,
+        base: &str,
+        version: &str,
+        node: &str,
+        token: &str,
+        query: &[(&str, &str)],
+    ) -> GraphAnswer {
+        let url = format!("{}/{version}/{node}", base.trim_end_matches('/'));
+        self.with_retries(|| self.http.get(&url).bearer_auth(token).query(query))
+            .await
+    }
+
     async fn with_retries(&self, request: impl Fn() -> reqwest::RequestBuilder) -> GraphAnswer {
         let mut attempt = 0;
         loop {

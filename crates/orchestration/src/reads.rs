@@ -8,7 +8,16 @@ use domain::{rules, Psid, ThreadKey};
 use event_log::EventStore;
 use serde_json::{json, Value};
 
+use crate::graph_client::GraphAnswer;
 use crate::{Acting, Baton};
+
+/// A node a Graph read names: the page itself (`me`, or its id), or a user
+/// of the page (their profile).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    Page,
+    User(Psid),
+}
 
 impl<S: EventStore + 'static> Baton<S> {
     /// `GET thread_owner?recipient=PSID` for `acting`, in Meta's shape.
@@ -53,6 +62,73 @@ impl<S: EventStore + 'static> Baton<S> {
             }
             _ => json!({ "data": [] }),
         })
+    }
+
+    /// `GET /{node}?fields=…` for `acting`, answered by Meta through the
+    /// app's page token and passed through: the page (`me`, with
+    /// `messaging_feature_status` when asked) or the profile of a user who
+    /// wrote to the page. A user Baton never saw on the page is an object
+    /// that does not exist (as Meta answers an app about a stranger), and
+    /// Meta is not asked.
+    pub async fn read_node(
+        &self,
+        acting: &Acting,
+        node: &Node,
+        fields: Option<&str>,
+    ) -> GraphAnswer {
+        let path = match node {
+            Node::Page => "me".to_owned(),
+            Node::User(psid) => {
+                let thread = ThreadKey::new(acting.page.clone(), psid.clone());
+                if self.projections.read().thread(&thread).is_none() {
+                    return GraphAnswer::Err {
+                        status: 400,
+                        error: graph::error(
+                            graph::code::INVALID_PARAMETER,
+                            Some(graph::code::SUB_NO_SUCH_OBJECT),
+                            format!("(#100) Object with ID '{psid}' does not exist, cannot be loaded due to missing permissions, or does not support this operation (no user with that id wrote to page {})", acting.page),
+                        ),
+                        body: Value::Null,
+                    };
+                }
+                psid.as_str().to_owned()
+            }
+        };
+        let Some((_, managed)) = self.config.managed(&acting.app) else {
+            return GraphAnswer::Err {
+                status: 400,
+                error: graph::error(
+                    graph::code::ACCESS_DENIED,
+                    None,
+                    format!("(#200) app {} is not managed by Baton", acting.app),
+                ),
+                body: Value::Null,
+            };
+        };
+        let Some(token) = managed.page_tokens.get(&acting.page) else {
+            return GraphAnswer::Err {
+                status: 400,
+                error: graph::error(
+                    graph::code::ACCESS_DENIED,
+                    None,
+                    format!(
+                        "(#200) app {} has no token for page {}",
+                        acting.app, acting.page
+                    ),
+                ),
+                body: Value::Null,
+            };
+        };
+        let query: Vec<(&str, &str)> = fields.map(|f| ("fields", f)).into_iter().collect();
+        self.graph
+            .get_node(
+                &managed.graph_base_url,
+                &acting.version,
+                &path,
+                token.expose(),
+                &query,
+            )
+            .await
     }
 
     /// `GET secondary_receivers` for `acting`, in Meta's shape.

@@ -5,7 +5,7 @@
 //! parse the request into a domain command, call the application layer
 //! (which decides, records, calls Meta and records its answer), and render.
 
-use actix_web::http::StatusCode;
+use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use domain::events::GraphError;
 use domain::graph::{code, limits};
@@ -13,6 +13,8 @@ use domain::{AppId, Command, CommandId, PageId, Psid, Rejection};
 use event_log::EventStore;
 use hmac::{Hmac, Mac};
 use orchestration::control::CallError;
+use orchestration::graph_client::GraphAnswer;
+use orchestration::reads::Node;
 use orchestration::{Acting, RecordError};
 use serde_json::{Map, Value};
 use sha2::Sha256;
@@ -51,21 +53,26 @@ impl actix_web::ResponseError for GraphFailure {
         {
             res.insert_header(("Retry-After", "1"));
         }
+        res.json(self.body_json())
+    }
+}
+
+impl GraphFailure {
+    /// The error body: Meta's own when it gave one, else built in its shape.
+    pub fn body_json(&self) -> Value {
         if let Some(body) = &self.body {
-            return res.json(body);
+            return body.clone();
         }
         let trace = format!("Baton{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-        res.json(wire::graph::error_body(
+        wire::graph::error_body(
             self.code,
             self.subcode,
             &self.message,
             "OAuthException",
             &trace,
-        ))
+        )
     }
-}
 
-impl GraphFailure {
     /// An error of Baton's own making, in Meta's shape.
     pub fn new(
         status: StatusCode,
@@ -172,29 +179,7 @@ pub struct Caller {
 /// domain's size limits.
 pub fn params(req: &HttpRequest, body: &[u8]) -> Result<Map<String, Value>, GraphFailure> {
     let mut map = Map::new();
-    let from_pairs = |map: &mut Map<String, Value>, text: &str| -> Result<(), GraphFailure> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(text)
-            .map_err(|e| bad_param(format!("cannot read the parameters: {e}")))?;
-        for (k, v) in pairs {
-            let trimmed = v.trim_start();
-            let value = if trimmed.starts_with('{') || trimmed.starts_with('[') {
-                match strict_json(v.as_bytes()) {
-                    Ok(json) => json,
-                    Err(e) if e.contains("duplicate") => {
-                        return Err(bad_param(format!("param {k}: {e}")))
-                    }
-                    Err(_) => Value::String(v),
-                }
-            } else {
-                Value::String(v)
-            };
-            if map.insert(k.clone(), value).is_some() {
-                return Err(bad_param(format!("param {k} is given more than once")));
-            }
-        }
-        Ok(())
-    };
-    from_pairs(&mut map, req.query_string())?;
+    form_pairs(&mut map, req.query_string())?;
     if !body.iter().all(u8::is_ascii_whitespace) {
         let content_type = req
             .headers()
@@ -205,7 +190,7 @@ pub fn params(req: &HttpRequest, body: &[u8]) -> Result<Map<String, Value>, Grap
         if content_type.starts_with("application/x-www-form-urlencoded") {
             let text =
                 std::str::from_utf8(body).map_err(|_| bad_param("the form body is not UTF-8"))?;
-            from_pairs(&mut map, text)?;
+            form_pairs(&mut map, text)?;
         } else {
             match strict_json(body) {
                 Ok(Value::Object(o)) => {
@@ -222,6 +207,31 @@ pub fn params(req: &HttpRequest, body: &[u8]) -> Result<Map<String, Value>, Grap
     }
     domain::graph::check_field_limits(&map).map_err(bad_param)?;
     Ok(map)
+}
+
+/// Adds form-encoded `text`'s fields to `map`; values holding JSON
+/// (`recipient={"id":"…"}`) are parsed. A field given twice is refused.
+fn form_pairs(map: &mut Map<String, Value>, text: &str) -> Result<(), GraphFailure> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(text)
+        .map_err(|e| bad_param(format!("cannot read the parameters: {e}")))?;
+    for (k, v) in pairs {
+        let trimmed = v.trim_start();
+        let value = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+            match strict_json(v.as_bytes()) {
+                Ok(json) => json,
+                Err(e) if e.contains("duplicate") => {
+                    return Err(bad_param(format!("param {k}: {e}")))
+                }
+                Err(_) => Value::String(v),
+            }
+        } else {
+            Value::String(v)
+        };
+        if map.insert(k.clone(), value).is_some() {
+            return Err(bad_param(format!("param {k} is given more than once")));
+        }
+    }
+    Ok(())
 }
 
 /// Parses JSON, refusing an object with the same key twice.
@@ -301,15 +311,47 @@ pub fn authenticate<S>(
     version: &str,
     body: &[u8],
 ) -> Result<Caller, GraphFailure> {
-    let mut params = params(req, body)?;
+    let params = params(req, body)?;
+    let bearer = crate::auth::bearer(req).map(str::to_owned);
+    authenticate_params(state, bearer, params, node, version)
+}
+
+/// [`authenticate`] on parameters already read (a batch's item): the token
+/// is `access_token` among them, else `bearer`.
+pub fn authenticate_params<S>(
+    state: &AppState<S>,
+    bearer: Option<String>,
+    params: Map<String, Value>,
+    node: &str,
+    version: &str,
+) -> Result<Caller, GraphFailure> {
+    let (app, params) = identify_app(state, bearer, params)?;
+    let page = page_of_node(state, &app, node, version)?;
+    Ok(Caller {
+        acting: Acting {
+            app,
+            page,
+            version: version.to_owned(),
+        },
+        params,
+    })
+}
+
+/// The app a request's token names, admitted by its request limit, with its
+/// `appsecret_proof` checked; the parameters without token and proof.
+fn identify_app<S>(
+    state: &AppState<S>,
+    bearer: Option<String>,
+    mut params: Map<String, Value>,
+) -> Result<(AppId, Map<String, Value>), GraphFailure> {
     let token = params
         .remove("access_token")
         .and_then(|v| v.as_str().map(str::to_owned))
-        .or_else(|| crate::auth::bearer(req).map(str::to_owned));
+        .or(bearer);
     let Some(token) = token else {
         return Err(GraphFailure::new(
             StatusCode::BAD_REQUEST,
-            code::INVALID_TOKEN,
+            code::NO_TOKEN,
             None,
             "An access token is required to request this resource.",
         ));
@@ -337,58 +379,105 @@ pub fn authenticate<S>(
             ));
         }
     }
-    let pages_of_app: Vec<&PageId> = state
+    Ok((app.id.clone(), params))
+}
+
+/// The pages `app` is connected to.
+fn pages_of_app<'a, S>(state: &'a AppState<S>, app: &AppId) -> Vec<&'a PageId> {
+    state
         .config
         .pages
         .iter()
-        .filter(|(_, (_, p))| p.apps.contains_key(&app.id))
+        .filter(|(_, (_, p))| p.apps.contains_key(app))
         .map(|(id, _)| id)
-        .collect();
-    let page = if node == "me" {
-        match pages_of_app.as_slice() {
-            [one] => (*one).clone(),
-            [] => {
-                return Err(GraphFailure::new(
-                    StatusCode::BAD_REQUEST,
-                    code::ACCESS_DENIED,
-                    None,
-                    format!("(#200) app {} is not connected to any page", app.id),
-                ))
-            }
-            _ => {
-                return Err(bad_param(format!(
-                    "app {} serves several pages: call /{version}/{{page_id}}/… instead of /me",
-                    app.id
-                )))
-            }
-        }
-    } else {
-        let Ok(page) = PageId::parse(node) else {
-            return Err(GraphFailure::new(
+        .collect()
+}
+
+/// Whether `node` names a page (`me`, or a configured page's id) rather
+/// than a user.
+pub fn is_page_node<S>(state: &AppState<S>, node: &str) -> bool {
+    node == "me" || PageId::parse(node).is_ok_and(|p| state.config.pages.contains_key(&p))
+}
+
+/// The page a request's node names: `me` is the app's only page.
+fn page_of_node<S>(
+    state: &AppState<S>,
+    app: &AppId,
+    node: &str,
+    version: &str,
+) -> Result<PageId, GraphFailure> {
+    let pages_of_app = pages_of_app(state, app);
+    if node == "me" {
+        return match pages_of_app.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(GraphFailure::new(
                 StatusCode::BAD_REQUEST,
-                code::INVALID_PARAMETER,
-                Some(code::SUB_NO_SUCH_OBJECT),
-                format!("(#100) Object with ID '{node}' does not exist"),
-            ));
+                code::ACCESS_DENIED,
+                None,
+                format!("(#200) app {app} is not connected to any page"),
+            )),
+            _ => Err(bad_param(format!(
+                "app {app} serves several pages: call /{version}/{{page_id}}/… instead of /me"
+            ))),
         };
-        if !state.config.pages.contains_key(&page) {
-            return Err(GraphFailure::new(StatusCode::BAD_REQUEST, code::INVALID_PARAMETER, Some(code::SUB_NO_SUCH_OBJECT), format!("(#100) Object with ID '{page}' does not exist, cannot be loaded due to missing permissions, or does not support this operation")));
-        }
-        if !pages_of_app.contains(&&page) {
-            // As the domain refuses an app that is not on the page: to that
-            // app, the page is an object it cannot load.
-            return Err(GraphFailure::new(
-                StatusCode::BAD_REQUEST,
-                code::INVALID_PARAMETER,
-                Some(code::SUB_NO_SUCH_OBJECT),
-                format!("(#100) Object with ID '{page}' does not exist, cannot be loaded due to missing permissions, or does not support this operation (app {} is not connected to it)", app.id),
-            ));
-        }
-        page
+    }
+    let Ok(page) = PageId::parse(node) else {
+        return Err(no_such_object(node, ""));
     };
+    if !state.config.pages.contains_key(&page) {
+        return Err(no_such_object(node, ""));
+    }
+    if !pages_of_app.contains(&&page) {
+        // As the domain refuses an app that is not on the page: to that
+        // app, the page is an object it cannot load.
+        return Err(no_such_object(
+            node,
+            &format!(" (app {app} is not connected to it)"),
+        ));
+    }
+    Ok(page)
+}
+
+/// Meta's 100/33 for an object the caller cannot load.
+fn no_such_object(node: &str, why: &str) -> GraphFailure {
+    GraphFailure::new(
+        StatusCode::BAD_REQUEST,
+        code::INVALID_PARAMETER,
+        Some(code::SUB_NO_SUCH_OBJECT),
+        format!("(#100) Object with ID '{node}' does not exist, cannot be loaded due to missing permissions, or does not support this operation{why}"),
+    )
+}
+
+/// The caller reading a user's node: the user must have written to one of
+/// the app's pages (the first such page is the one asked).
+pub fn authenticate_for_user<S>(
+    state: &AppState<S>,
+    bearer: Option<String>,
+    params: Map<String, Value>,
+    psid: &Psid,
+    version: &str,
+) -> Result<Caller, GraphFailure> {
+    let (app, params) = identify_app(state, bearer, params)?;
+    let seen = {
+        let snapshot = state.baton.projections.read();
+        pages_of_app(state, &app)
+            .into_iter()
+            .find(|page| {
+                snapshot
+                    .thread(&domain::ThreadKey::new((*page).clone(), psid.clone()))
+                    .is_some()
+            })
+            .cloned()
+    };
+    let page = seen.ok_or_else(|| {
+        no_such_object(
+            psid.as_str(),
+            &format!(" (no user with that id wrote to a page of app {app})"),
+        )
+    })?;
     Ok(Caller {
         acting: Acting {
-            app: app.id.clone(),
+            app,
             page,
             version: version.to_owned(),
         },
@@ -477,6 +566,127 @@ fn invalid_token() -> GraphFailure {
     )
 }
 
+/// One Graph call apart from HTTP: a request's, or one item of a batch.
+#[derive(Debug)]
+pub struct GraphCall {
+    pub method: Method,
+    pub version: String,
+    pub node: String,
+    pub edge: Option<String>,
+    pub params: Map<String, Value>,
+    /// The token of the `Authorization` header (or of the batch).
+    pub bearer: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// Serves one call: Meta's answer body, or its error.
+pub async fn serve<S: EventStore + 'static>(
+    state: &AppState<S>,
+    call: GraphCall,
+) -> Result<Value, GraphFailure> {
+    let GraphCall {
+        method,
+        version,
+        node,
+        edge,
+        params,
+        bearer,
+        idempotency_key,
+    } = call;
+    match (method.as_str(), edge.as_deref()) {
+        ("GET", None) if is_page_node(state, &node) => {
+            let caller = authenticate_params(state, bearer, params, &node, &version)?;
+            let fields = caller.params.get("fields").and_then(Value::as_str);
+            passed_through(
+                state
+                    .baton
+                    .read_node(&caller.acting, &Node::Page, fields)
+                    .await,
+            )
+        }
+        ("GET", None) => {
+            let psid = Psid::parse(&node).map_err(|_| no_such_object(&node, ""))?;
+            let caller = authenticate_for_user(state, bearer, params, &psid, &version)?;
+            let fields = caller.params.get("fields").and_then(Value::as_str);
+            let node = Node::User(psid);
+            passed_through(state.baton.read_node(&caller.acting, &node, fields).await)
+        }
+        ("POST", Some("messages")) => {
+            let caller = authenticate_params(state, bearer, params, &node, &version)?;
+            crate::sends::messages(state, caller, idempotency_key).await
+        }
+        ("POST", Some(edge)) if CONTROL_EDGES.contains(&edge) => {
+            let caller = authenticate_params(state, bearer, params, &node, &version)?;
+            let psid = recipient_psid(&caller.params)?;
+            let command = control_command(&caller, edge)?;
+            Ok(state.baton.control(&caller.acting, psid, command).await?)
+        }
+        ("GET", Some(edge @ ("thread_owner" | "secondary_receivers"))) => {
+            let caller = authenticate_params(state, bearer, params, &node, &version)?;
+            Ok(if edge == "thread_owner" {
+                let psid = match caller.params.get("recipient") {
+                    Some(v @ Value::Object(_)) => v.get("id").and_then(wire::webhook::id_string),
+                    Some(other) => wire::webhook::id_string(other),
+                    None => None,
+                }
+                .ok_or_else(|| bad_param("The parameter recipient is required"))?;
+                let psid = Psid::parse(psid)
+                    .map_err(|e| bad_param(format!("param recipient is not valid: {e}")))?;
+                state.baton.thread_owner(&caller.acting, psid).await?
+            } else {
+                state.baton.secondary_receivers(&caller.acting)?
+            })
+        }
+        (method, edge) => {
+            // Authenticate first, so a stranger learns nothing of what is served.
+            identify_app(state, bearer, params)?;
+            let path = match edge {
+                Some(edge) => format!("/{version}/{node}/{edge}"),
+                None => format!("/{version}/{node}"),
+            };
+            Err(GraphFailure::new(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_PARAMETER,
+                None,
+                format!("(#100) Unsupported {method} request: {path} is not served by Baton (see docs/api.md)"),
+            ))
+        }
+    }
+}
+
+/// The thread-control edges, all `POST`.
+const CONTROL_EDGES: [&str; 5] = [
+    "pass_thread_control",
+    "take_thread_control",
+    "request_thread_control",
+    "release_thread_control",
+    "extend_thread_control",
+];
+
+/// Meta's answer to a read Baton passed through, in the same shape.
+fn passed_through(answer: GraphAnswer) -> Result<Value, GraphFailure> {
+    match answer {
+        GraphAnswer::Ok(body) => Ok(body),
+        GraphAnswer::Err {
+            status,
+            error,
+            body,
+        } => Err(GraphFailure {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            code: error.code,
+            subcode: error.subcode,
+            message: error.message,
+            body: body.get("error").is_some().then_some(body),
+        }),
+        GraphAnswer::Unknown(why) => Err(GraphFailure::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            code::TEMPORARY,
+            None,
+            format!("(#2) {why}"),
+        )),
+    }
+}
+
 /// `POST /{version}/{node}/{edge}`.
 pub async fn post_edge<S: EventStore + 'static>(
     state: web::Data<AppState<S>>,
@@ -486,44 +696,152 @@ pub async fn post_edge<S: EventStore + 'static>(
 ) -> Result<HttpResponse, GraphFailure> {
     let (version, node, edge) = path.into_inner();
     let body = graph_body(&state, &req, payload).await?;
-    let caller = authenticate(&state, &req, &node, &version, &body)?;
-    if edge == "messages" {
-        return crate::sends::messages(&state, caller, &req).await;
-    }
-    let psid = recipient_psid(&caller.params)?;
-    let command = control_command(&caller, &edge)?;
-    let body = state.baton.control(&caller.acting, psid, command).await?;
-    Ok(HttpResponse::Ok().json(body))
+    let call = GraphCall {
+        method: Method::POST,
+        version,
+        node,
+        edge: Some(edge),
+        params: params(&req, &body)?,
+        bearer: crate::auth::bearer(&req).map(str::to_owned),
+        idempotency_key: crate::sends::idempotency_key(&req)?,
+    };
+    Ok(HttpResponse::Ok().json(serve(&state, call).await?))
 }
 
-/// `GET /{version}/{node}/{edge}`.
-pub async fn get_edge<S: EventStore + 'static>(
+/// `GET /{version}/{node}/{edge}` and `GET /{version}/{node}`.
+pub async fn get<S: EventStore + 'static>(
     state: web::Data<AppState<S>>,
-    path: web::Path<(String, String, String)>,
     req: HttpRequest,
 ) -> Result<HttpResponse, GraphFailure> {
-    let (version, node, edge) = path.into_inner();
-    let caller = authenticate(&state, &req, &node, &version, &[])?;
-    let body = match edge.as_str() {
-        "thread_owner" => {
-            let psid = match caller.params.get("recipient") {
-                Some(v @ Value::Object(_)) => v.get("id").and_then(wire::webhook::id_string),
-                Some(other) => wire::webhook::id_string(other),
-                None => None,
-            }
-            .ok_or_else(|| bad_param("The parameter recipient is required"))?;
-            let psid = Psid::parse(psid)
-                .map_err(|e| bad_param(format!("param recipient is not valid: {e}")))?;
-            state.baton.thread_owner(&caller.acting, psid).await?
+    let info = req.match_info();
+    let call = GraphCall {
+        method: Method::GET,
+        version: info.get("version").unwrap_or_default().to_owned(),
+        node: info.get("node").unwrap_or_default().to_owned(),
+        edge: info.get("edge").map(str::to_owned),
+        params: params(&req, &[])?,
+        bearer: crate::auth::bearer(&req).map(str::to_owned),
+        idempotency_key: None,
+    };
+    Ok(HttpResponse::Ok().json(serve(&state, call).await?))
+}
+
+/// Meta's limit on the calls of one batch.
+pub const MAX_BATCH: usize = 50;
+
+/// `POST /{version}/` with `batch`: each item is served as a call of its
+/// own (the same gate, record and send path), in order, and answered in
+/// Meta's batch shape: `[{"code", "headers", "body": "<JSON text>"}]`.
+pub async fn batch<S: EventStore + 'static>(
+    state: web::Data<AppState<S>>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, GraphFailure> {
+    let version = req
+        .match_info()
+        .get("version")
+        .unwrap_or_default()
+        .to_owned();
+    let body = graph_body(&state, &req, payload).await?;
+    let mut params = params(&req, &body)?;
+    let items = match params.remove("batch") {
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(bad_param("param batch must be a JSON array of requests")),
+        None => return Err(bad_param("The parameter batch is required")),
+    };
+    if items.len() > MAX_BATCH {
+        return Err(bad_param(format!(
+            "(#100) Too many requests in batch message. Maximum batch size is {MAX_BATCH}"
+        )));
+    }
+    let include_headers = params
+        .remove("include_headers")
+        .is_none_or(|v| v != Value::Bool(false) && v != Value::String("false".into()));
+    // The batch's own token (and proof) stand for every item without one.
+    let token = params
+        .remove("access_token")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .or_else(|| crate::auth::bearer(&req).map(str::to_owned));
+    // Checked once for the whole batch: no token, or one Baton does not know.
+    identify_app(&state, token.clone(), params.clone())?;
+    let mut answers = Vec::with_capacity(items.len());
+    for item in items {
+        let answer = match batch_call(&version, &item, token.clone()) {
+            Ok(call) => serve(&state, call).await,
+            Err(e) => Err(e),
+        };
+        let (status, body) = match answer {
+            Ok(body) => (StatusCode::OK, body),
+            Err(e) => (e.status, e.body_json()),
+        };
+        let mut out = serde_json::json!({
+            "code": status.as_u16(),
+            "body": body.to_string(),
+        });
+        if include_headers {
+            out["headers"] = serde_json::json!([
+                {"name": "Content-Type", "value": "application/json; charset=UTF-8"}
+            ]);
         }
-        "secondary_receivers" => state.baton.secondary_receivers(&caller.acting)?,
-        _ => {
+        answers.push(out);
+    }
+    Ok(HttpResponse::Ok().json(answers))
+}
+
+/// One batch item as a call: `method`, `relative_url` (`[v{n}/]node[/edge][?query]`)
+/// and a form-encoded `body`.
+fn batch_call(
+    version: &str,
+    item: &Value,
+    token: Option<String>,
+) -> Result<GraphCall, GraphFailure> {
+    let item = item
+        .as_object()
+        .ok_or_else(|| bad_param("each batch item must be an object"))?;
+    let method = match item.get("method").and_then(Value::as_str).unwrap_or("GET") {
+        m if m.eq_ignore_ascii_case("GET") => Method::GET,
+        m if m.eq_ignore_ascii_case("POST") => Method::POST,
+        m if m.eq_ignore_ascii_case("DELETE") => Method::DELETE,
+        other => {
             return Err(bad_param(format!(
-                "Unsupported get request: edge {edge:?} is not served by Baton"
+                "batch item method {other:?} is not supported"
             )))
         }
     };
-    Ok(HttpResponse::Ok().json(body))
+    let url = item
+        .get("relative_url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad_param("each batch item needs a relative_url"))?;
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut version = version.to_owned();
+    if segments.first().is_some_and(|s| crate::is_graph_version(s)) {
+        version = segments.remove(0).to_owned();
+    }
+    let (node, edge) = match segments.as_slice() {
+        [node] => ((*node).to_owned(), None),
+        [node, edge] => ((*node).to_owned(), Some((*edge).to_owned())),
+        _ => {
+            return Err(bad_param(format!(
+                "batch item relative_url {url:?} names no Graph node"
+            )))
+        }
+    };
+    let mut params = Map::new();
+    form_pairs(&mut params, query)?;
+    if let Some(body) = item.get("body").and_then(Value::as_str) {
+        form_pairs(&mut params, body)?;
+    }
+    domain::graph::check_field_limits(&params).map_err(bad_param)?;
+    Ok(GraphCall {
+        method,
+        version,
+        node,
+        edge,
+        params,
+        bearer: token,
+        idempotency_key: None,
+    })
 }
 
 /// Parses a thread-control edge's parameters into its command.

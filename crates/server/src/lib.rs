@@ -318,8 +318,21 @@ pub async fn start<S: EventStore + 'static>(
             .service(
                 web::resource("/{version:v[0-9]+(\\.[0-9]+)?}/{node}/{edge}")
                     .post(graph_api::post_edge::<S>)
-                    .get(graph_api::get_edge::<S>)
+                    .get(graph_api::get::<S>)
                     .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/{version:v[0-9]+(\\.[0-9]+)?}/{node}")
+                    .get(graph_api::get::<S>)
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource([
+                    "/{version:v[0-9]+(\\.[0-9]+)?}/",
+                    "/{version:v[0-9]+(\\.[0-9]+)?}",
+                ])
+                .post(graph_api::batch::<S>)
+                .default_service(web::to(method_not_allowed)),
             )
             .default_service(web::to(not_found))
     })
@@ -389,6 +402,18 @@ async fn not_found(req: actix_web::HttpRequest) -> actix_web::Result<HttpRespons
         .into());
     }
     Err(error::ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())).into())
+}
+
+/// A Graph API version segment: `v21.0`, `v6`.
+pub fn is_graph_version(segment: &str) -> bool {
+    segment.strip_prefix('v').is_some_and(|rest| {
+        let mut parts = rest.splitn(2, '.');
+        let digits = |p: Option<&str>| {
+            p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let major = parts.next();
+        digits(major) && parts.next().is_none_or(|minor| digits(Some(minor)))
+    })
 }
 
 /// Paths of the Graph-compatible API (`/v21.0/…`), answered in Meta's error shape.

@@ -44,6 +44,10 @@ pub fn parse_send(
                 Recipient::OneTimeToken(t.to_owned())
             } else if let Some(u) = r.get("user_ref").and_then(Value::as_str) {
                 Recipient::UserRef(u.to_owned())
+            } else if r.contains_key("comment_id") || r.contains_key("post_id") {
+                return Err(bad_param(
+                    "(#100) Unsupported post request: private replies (recipient.comment_id) are not served by Baton",
+                ));
             } else {
                 return Err(bad_param(
                     "param recipient must have one of id, one_time_notif_token, user_ref",
@@ -183,17 +187,23 @@ pub fn parse_send(
 }
 
 /// The app's answer for a send's status, in Meta's shape.
-fn answer(status: SendStatus) -> Result<HttpResponse, GraphFailure> {
+/// The app's answer in Meta's shape: `{"recipient_id", "message_id"}` for a
+/// message, `{"recipient_id"}` alone for a sender action (Meta creates no
+/// message for one).
+fn answer(status: SendStatus, action: bool) -> Result<Value, GraphFailure> {
     match status {
         SendStatus::Sent {
             message_id,
             recipient_id,
         } => {
-            let mut body = json!({ "message_id": message_id });
+            let mut body = serde_json::Map::new();
             if let Some(r) = recipient_id {
-                body["recipient_id"] = json!(r);
+                body.insert("recipient_id".into(), json!(r));
             }
-            Ok(HttpResponse::Ok().json(body))
+            if !action {
+                body.insert("message_id".into(), json!(message_id));
+            }
+            Ok(Value::Object(body))
         }
         SendStatus::Failed { error } => Err(GraphFailure {
             status: StatusCode::BAD_REQUEST,
@@ -231,34 +241,37 @@ fn send_error(e: SendError) -> GraphFailure {
     }
 }
 
-/// `POST …/messages`.
+/// The `Idempotency-Key` header, if any.
+pub fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, GraphFailure> {
+    let Some(v) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .map_err(|_| bad_param("Idempotency-Key must be visible ASCII"))?
+        .trim();
+    if key.is_empty() || key.chars().count() > MAX_IDEMPOTENCY_KEY {
+        return Err(bad_param(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+        )));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// `POST …/messages`: Meta's answer body.
 pub async fn messages<S: EventStore + 'static>(
     state: &AppState<S>,
     caller: Caller,
-    req: &HttpRequest,
-) -> Result<HttpResponse, GraphFailure> {
-    let idempotency_key = match req.headers().get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            let key = v
-                .to_str()
-                .map_err(|_| bad_param("Idempotency-Key must be visible ASCII"))?
-                .trim();
-            if key.is_empty() || key.chars().count() > MAX_IDEMPOTENCY_KEY {
-                return Err(bad_param(format!(
-                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
-                )));
-            }
-            Some(key.to_owned())
-        }
-    };
+    idempotency_key: Option<String>,
+) -> Result<Value, GraphFailure> {
     let send = parse_send(&caller, idempotency_key)?;
+    let action = matches!(send.content, SendContent::SenderAction { .. });
     let status = state
         .baton
         .send(&caller.acting, send)
         .await
         .map_err(send_error)?;
-    answer(status)
+    answer(status, action)
 }
 
 /// `POST /api/sends/check`: the same body as a send; says whether Baton would
