@@ -9,6 +9,7 @@ mod anchor;
 mod audit;
 mod chain;
 mod http;
+mod init;
 mod redrive;
 mod replay;
 mod source;
@@ -106,6 +107,13 @@ enum Command {
     /// `<out>.checkpoint.json`.
     #[command(after_help = EXIT_CODES)]
     Export(chain::ExportArgs),
+    /// Write a working, commented configuration for a Page with a bot and a human inbox
+    ///
+    /// Every secret and token is generated; what is left to fill in (each
+    /// app's Meta app secret and Page token, the backends' URLs) is marked
+    /// REPLACE. The file is created with mode 0600 and never overwritten.
+    #[command(after_help = EXIT_CODES)]
+    Init(init::InitArgs),
     /// Create a checkpoint signing key: PATH (private, mode 0600) and PATH.pub
     ///
     /// Prints the public key and its key id. Never overwrites a file.
@@ -237,6 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => chain::verify(source, server, anchor, json).await,
         Command::Export(args) => chain::export(args).await,
+        Command::Init(args) => init::init(args),
         Command::Keygen(args) => anchor::keygen(args),
         Command::Checkpoint(args) => anchor::checkpoint(args).await,
         Command::Replay {

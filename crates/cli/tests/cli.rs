@@ -1184,3 +1184,114 @@ fn checkpoints_of_another_key_or_edited_fail_their_signature() {
         assert!(all(&out).contains("chmod 600"), "{}", all(&out));
     }
 }
+
+/// `baton init` writes a configuration that loads, with fresh secrets each
+/// time, mode 0600, never over an existing file, and refuses bad ids.
+#[test]
+fn init_writes_a_working_private_configuration_with_fresh_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str| {
+        let out = dir.path().join(name);
+        let o = baton(&[
+            "init",
+            "--out",
+            out.to_str().unwrap(),
+            "--page",
+            "5550001",
+            "--bot-app",
+            "1001",
+            "--human-app",
+            "1002",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(out).unwrap()
+    };
+    let (a, b) = (write("a.toml"), write("b.toml"));
+    let config = Config::parse(&a, "a.toml", |_| None).expect("the written file loads");
+    assert_eq!(config.pages.len(), 1);
+    assert!(config.admin_token.is_some() && config.auditor_token.is_some());
+    let tokens = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("api_token") || l.starts_with("admin_token"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(tokens(&a).len(), 3);
+    assert!(
+        tokens(&a).iter().all(|t| !tokens(&b).contains(t)),
+        "each run generates its own secrets"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("a.toml"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // Never overwritten; bad ids refused; nothing written for them.
+    let again = baton(&[
+        "init",
+        "--out",
+        dir.path().join("a.toml").to_str().unwrap(),
+        "--page",
+        "1",
+        "--bot-app",
+        "2",
+        "--human-app",
+        "3",
+    ]);
+    assert!(!again.status.success());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("a.toml")).unwrap(),
+        a
+    );
+    let bad = dir.path().join("c.toml");
+    let o = baton(&[
+        "init",
+        "--out",
+        bad.to_str().unwrap(),
+        "--page",
+        "my page",
+        "--bot-app",
+        "1",
+        "--human-app",
+        "2",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--page"));
+    assert!(!bad.exists());
+}
+
+/// The example configuration loads, and every setting docs/operations.md
+/// documents is in it (set or commented), so a newcomer finds each one.
+#[test]
+fn the_example_configuration_loads_and_shows_every_documented_setting() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let example = std::fs::read_to_string(root.join("deploy/baton.example.toml")).unwrap();
+    Config::parse(&example, "baton.example.toml", |_| None).expect("the example loads");
+    let operations = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let mut missing = Vec::new();
+    for line in operations.lines().filter(|l| l.starts_with("| `")) {
+        for key in line
+            .split('|')
+            .nth(1)
+            .unwrap()
+            .split('`')
+            .skip(1)
+            .step_by(2)
+        {
+            // Settings, not the metrics table's `baton_…` series.
+            let top_level = !key.starts_with("baton_")
+                && key.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+            if top_level && !example.contains(&format!("{key} =")) {
+                missing.push(key.to_owned());
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "settings documented but not in the example: {missing:?}"
+    );
+}

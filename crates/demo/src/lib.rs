@@ -231,7 +231,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     user("Hi, where is my parcel?").await?;
     let (s, b) = baton
         .call(
-            "example-baton-token-bot",
+            "baton-bot",
             "messages",
             text_to("Let me look that up for you."),
         )
@@ -247,7 +247,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     say(out, "2. The user writes: \"I want to talk to a human\"")?;
     user("I want to talk to a human").await?;
     let (s, b) = baton
-        .call("example-baton-token-bot", "pass_thread_control", json!({"recipient": {"id": USER}, "target_app_id": HUMAN, "metadata": "user asked for a human"}))
+        .call("baton-bot", "pass_thread_control", json!({"recipient": {"id": USER}, "target_app_id": HUMAN, "metadata": "user asked for a human"}))
         .await?;
     say(
         out,
@@ -261,7 +261,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     say(out, "3. The human answers.")?;
     let (s, b) = baton
         .call(
-            "example-baton-token-human",
+            "baton-human",
             "messages",
             text_to("Hi, I'm Ana from support. Your parcel left the depot today."),
         )
@@ -275,7 +275,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     )?;
     let (s, b) = baton
         .call(
-            "example-baton-token-bot",
+            "baton-bot",
             "messages",
             text_to("Can I help with anything else?"),
         )
@@ -286,7 +286,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     )?;
     let (s, b) = baton
         .call(
-            "example-baton-token-human",
+            "baton-human",
             "extend_thread_control",
             json!({"recipient": {"id": USER}, "duration": 3 * 86_400}),
         )
@@ -300,20 +300,14 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     ctl.advance(Span::hours(25).millis()).await?;
     clock.advance(Span::hours(25));
     let (s, b) = baton
-        .call(
-            "example-baton-token-human",
-            "messages",
-            text_to("Did it arrive?"),
-        )
+        .call("baton-human", "messages", text_to("Did it arrive?"))
         .await?;
     say(
         out,
         format!("   human sends a plain reply → {}", outcome(s, &b)),
     )?;
     let tagged = json!({"recipient": {"id": USER}, "messaging_type": "MESSAGE_TAG", "tag": "HUMAN_AGENT", "message": {"text": "Following up: did your parcel arrive?"}});
-    let (s, b) = baton
-        .call("example-baton-token-human", "messages", tagged)
-        .await?;
+    let (s, b) = baton.call("baton-human", "messages", tagged).await?;
     say(
         out,
         format!(
@@ -329,7 +323,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     user("Yes it did, thanks!").await?;
     let (s, b) = baton
         .call(
-            "example-baton-token-human",
+            "baton-human",
             "pass_thread_control",
             json!({"recipient": {"id": USER}, "metadata": "done"}),
         )
@@ -344,7 +338,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     ctl.wait_deliveries().await?;
     let (s, b) = baton
         .call(
-            "example-baton-token-bot",
+            "baton-bot",
             "messages",
             text_to("Glad it arrived! Anything else I can do?"),
         )
@@ -443,7 +437,7 @@ pub async fn run_in(dir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     let state: Value = baton
         .http
         .get(format!("{}/api/threads/{PAGE}/{USER}", baton.url))
-        .bearer_auth("example-baton-token-bot")
+        .bearer_auth("baton-bot")
         .send()
         .await?
         .json()

@@ -22,6 +22,10 @@ struct Args {
     /// World description (JSON or TOML).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Where Meta's clock starts (ms since the epoch). Default: the world's
+    /// `epoch_ms` when it sets one, else the wall clock.
+    #[arg(long)]
+    epoch_ms: Option<i64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,14 +34,37 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let world = match &args.config {
+    let (mut world, pinned) = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            emulator::World::parse(&text).with_context(|| format!("parsing {}", path.display()))?
+            let world = emulator::World::parse(&text)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            (world, text.contains("epoch_ms"))
         }
-        None => emulator::World::default(),
+        None => (emulator::World::default(), false),
     };
+    // A process started by hand runs on the wall clock (Baton's clock), so
+    // windows open and close as they would at Meta; tests and worlds that
+    // set `epoch_ms` keep their fixed start.
+    if let Some(ms) = args.epoch_ms {
+        world.epoch_ms = ms;
+    } else if !pinned {
+        world.epoch_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(world.epoch_ms, |d| {
+                i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+            });
+    }
+    eprintln!(
+        "baton-emulator: Meta's clock starts at {} ms since the epoch ({})",
+        world.epoch_ms,
+        if args.epoch_ms.is_some() || pinned {
+            "as configured"
+        } else {
+            "the wall clock; --epoch-ms or epoch_ms pins it"
+        }
+    );
     let handle = emulator::Emulator::start_on(world, args.listen).context("starting emulator")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on {}", handle.base_url())?;

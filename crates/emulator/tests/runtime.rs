@@ -116,3 +116,52 @@ fn the_documented_example_world_parses() {
     assert_eq!(w.pages[0].link_routes["sales"], "222");
     assert!(w.apps[1].human_agent);
 }
+
+/// Started by hand with a world that does not pin `epoch_ms`, Meta's clock
+/// is the wall clock (so windows behave as they would at Meta); a pinned
+/// world or `--epoch-ms` keeps its start.
+#[test]
+fn the_binary_starts_on_the_wall_clock_unless_the_start_is_pinned() {
+    let clock_of = |args: &[&str]| -> i64 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_baton-emulator"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap()
+            .to_string();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let now = rt.block_on(async {
+            let v: serde_json::Value = reqwest::get(format!("http://{addr}/_emulator/clock"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["now_ms"].as_i64().unwrap()
+        });
+        child.kill().unwrap();
+        child.wait().unwrap();
+        now
+    };
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let unpinned = clock_of(&[]);
+    assert!((unpinned - wall).abs() < 60_000, "{unpinned} vs {wall}");
+    assert_eq!(clock_of(&["--epoch-ms", "1000"]), 1000);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("world.toml");
+    std::fs::write(&cfg, "epoch_ms = 2000\n").unwrap();
+    assert_eq!(clock_of(&["--config", cfg.to_str().unwrap()]), 2000);
+}
