@@ -174,3 +174,79 @@ async fn each_backend_gets_its_own_copy_on_metas_channel_signed_both_ways() {
     bot_handle.stop(true).await;
     human_handle.stop(true).await;
 }
+
+/// Forwarding keeps Meta's bytes (issue 14): a single-item delivery reaches
+/// the backend byte for byte as Meta sent it (its key order, its `\u`
+/// escapes, its `entry.time`), signed with the forwarding secret; the items
+/// of a multi-item delivery go out one by one with non-ASCII still escaped
+/// as Meta writes it; and an echo of Baton's own send never shows Baton's
+/// marker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_receive_metas_bytes_and_never_batons_markers() {
+    let (bot_url, bot_seen, bot_handle) = backend();
+    let dir = tempfile::tempdir().unwrap();
+    let text = BatonToml::new("http://127.0.0.1:9")
+        .data_dir(dir.path())
+        .bot_backend(&bot_url)
+        .render();
+    let baton = TestBaton::start_in(dir, &text).await;
+    let dispatcher = baton
+        .running
+        .state
+        .dispatcher
+        .clone()
+        .expect("dispatch is on");
+    let mut status = dispatcher
+        .subscribe_status(&domain::AppId::parse(BOT).unwrap())
+        .unwrap();
+    // Meta's serialisation: its own key order, non-ASCII as \u escapes.
+    let single = format!(
+        r#"{{"object":"page","entry":[{{"id":"{PAGE}","time":1793523600123,"messaging":[{{"sender":{{"id":"u1"}},"recipient":{{"id":"{PAGE}"}},"timestamp":{ts},"message":{{"mid":"m_1","text":"caf\u00e9 \ud83d\ude00 \u4f60\u597d"}}}}]}}]}}"#,
+        ts = T0.millis()
+    );
+    let res = baton.post_signed(BOT, BOT_SECRET, single.as_bytes()).await;
+    assert_eq!(res.status(), 200);
+    status.wait_for(|s| s.delivered >= 1).await.unwrap();
+    let (sig256, _, body) = bot_seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        String::from_utf8(body.clone()).unwrap(),
+        single,
+        "byte for byte as Meta sent it"
+    );
+    let check = wire::signature::check_signatures(
+        BOT_FORWARD_SECRET.as_bytes(),
+        &body,
+        sig256.as_deref(),
+        None,
+    );
+    assert_eq!(check.sha256, domain::events::SignatureResult::Valid);
+
+    // Two items in one delivery: each goes out alone, still escaped.
+    let two = format!(
+        r#"{{"object":"page","entry":[{{"id":"{PAGE}","time":1793523601000,"messaging":[{{"sender":{{"id":"u2"}},"recipient":{{"id":"{PAGE}"}},"timestamp":{ts},"message":{{"mid":"m_2","text":"\u00fcber"}}}},{{"sender":{{"id":"u2"}},"recipient":{{"id":"{PAGE}"}},"timestamp":{ts},"message":{{"mid":"m_3","text":"plain"}}}}]}}]}}"#,
+        ts = T0.millis() + 1000
+    );
+    let res = baton.post_signed(BOT, BOT_SECRET, two.as_bytes()).await;
+    assert_eq!(res.status(), 200);
+    status.wait_for(|s| s.delivered >= 3).await.unwrap();
+    let forwarded = String::from_utf8(bot_seen.lock().unwrap()[1].2.clone()).unwrap();
+    assert!(forwarded.contains(r#""text":"\u00fcber""#), "{forwarded}");
+    assert!(forwarded.is_ascii());
+
+    // The echo of a send Baton tagged to match it: the marker is gone.
+    let echo = format!(
+        r#"{{"object":"page","entry":[{{"id":"{PAGE}","time":1793523602000,"messaging":[{{"sender":{{"id":"{PAGE}"}},"recipient":{{"id":"u1"}},"timestamp":{ts},"message":{{"is_echo":true,"app_id":{BOT},"metadata":"baton:send:01a232b9-fec7-7059-8113-2f46b3b3470d","mid":"m_4","text":"hi"}}}}]}}]}}"#,
+        ts = T0.millis() + 2000
+    );
+    let res = baton.post_signed(BOT, BOT_SECRET, echo.as_bytes()).await;
+    assert_eq!(res.status(), 200);
+    status.wait_for(|s| s.delivered >= 4).await.unwrap();
+    let forwarded = String::from_utf8(bot_seen.lock().unwrap()[3].2.clone()).unwrap();
+    assert!(!forwarded.contains("baton:send"), "{forwarded}");
+    let v: Value = serde_json::from_str(&forwarded).unwrap();
+    assert_eq!(v["entry"][0]["messaging"][0]["message"]["mid"], "m_4");
+    assert!(v["entry"][0]["messaging"][0]["message"]
+        .get("metadata")
+        .is_none());
+    bot_handle.stop(true).await;
+}

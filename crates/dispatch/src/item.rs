@@ -2,7 +2,9 @@
 //! the channel it used), and dispatch's own dead-letter and redrive facts. It
 //! classifies records; it sends nothing and keeps no state.
 
-use domain::events::{Channel, DeliveryCopy};
+use std::sync::Arc;
+
+use domain::events::{Channel, DeliveryCopy, ParseOutcome, RawBody};
 use domain::ids::{AppId, PageId, ThreadKey};
 use domain::Event;
 use event_log::Record;
@@ -42,8 +44,12 @@ pub struct Item {
     pub channel: Channel,
     /// When the log recorded it (ms), which is also the envelope's `time`.
     pub recorded_at_ms: i64,
-    /// The item exactly as Meta delivered it to this app.
+    /// The item as Meta delivered it to this app (Baton's own send marker
+    /// taken out of echoes).
     pub raw: Value,
+    /// The whole delivery body exactly as Meta sent it, when the item came
+    /// alone in its delivery: forwarded byte for byte.
+    pub original: Option<Arc<Vec<u8>>>,
 }
 
 /// What one record means to one app's dispatcher.
@@ -53,11 +59,32 @@ pub enum Relevant {
     Item(Item),
     /// Someone asked to deliver the item at `position` again.
     Redrive { position: u64 },
+    /// A delivery to this app that carried exactly one item: its body, for
+    /// the item record that follows it (same correlation id).
+    SingleItemDelivery { id: uuid::Uuid, body: Arc<Vec<u8>> },
+}
+
+/// The `metadata` Baton writes into a send the app left without one, to
+/// match its echo: never shown to any app.
+const BATON_MARKER: &str = "baton:send:";
+
+/// Takes Baton's marker out of an echo: the app sent no metadata.
+fn without_marker(mut raw: Value) -> Value {
+    let marked = raw["message"]["metadata"]
+        .as_str()
+        .is_some_and(|m| m.starts_with(BATON_MARKER));
+    if marked {
+        if let Some(message) = raw.get_mut("message").and_then(Value::as_object_mut) {
+            message.remove("metadata");
+        }
+    }
+    raw
 }
 
 /// Type names that can matter to dispatch; everything else is skipped
 /// without decoding.
-const RELEVANT_TYPES: [&str; 6] = [
+const RELEVANT_TYPES: [&str; 7] = [
+    "WebhookDeliveryReceived",
     "MessagingEventReceived",
     "MessagingEventCopyReceived",
     "PolicyEnforcementReceived",
@@ -87,7 +114,8 @@ pub fn classify(record: &Record, app: &AppId) -> Option<Relevant> {
             key,
             channel: delivery.channel,
             recorded_at_ms,
-            raw,
+            raw: without_marker(raw),
+            original: None,
         }))
     };
     match event {
@@ -104,6 +132,21 @@ pub fn classify(record: &Record, app: &AppId) -> Option<Relevant> {
         Event::DispatchRedriveRequested(e) if e.app == *app => Some(Relevant::Redrive {
             position: e.position,
         }),
+        // Meta's bytes can be forwarded as they came only for a delivery of
+        // one item, and only without Baton's marker in them.
+        Event::WebhookDeliveryReceived(e) if e.app == *app => match (e.parsed, e.body) {
+            (
+                ParseOutcome::Parsed {
+                    entries: 1,
+                    items: 1,
+                },
+                RawBody::Text(body),
+            ) if !body.contains(BATON_MARKER) => Some(Relevant::SingleItemDelivery {
+                id: record.correlation_id?,
+                body: Arc::new(body.into_bytes()),
+            }),
+            _ => None,
+        },
         _ => None,
     }
 }

@@ -77,6 +77,9 @@ struct State {
     dirty: bool,
     last_flush: Instant,
     counters: BackendStatus,
+    /// The last delivery to this app that carried one item, by its
+    /// correlation id: the item record that follows is forwarded as its bytes.
+    single: Option<(uuid::Uuid, std::sync::Arc<Vec<u8>>)>,
 }
 
 impl State {
@@ -123,6 +126,7 @@ impl<S: EventStore + 'static> Worker<S> {
             stored: self.resume.clone(),
             dirty: false,
             last_flush: Instant::now(),
+            single: None,
             counters: BackendStatus {
                 app: app.to_string(),
                 running: true,
@@ -216,7 +220,15 @@ impl<S: EventStore + 'static> Worker<S> {
                     Some(_) if st.skip.contains(&record.position) => {
                         st.counters.skipped_on_resume += 1;
                     }
-                    Some(Relevant::Item(item)) => {
+                    Some(Relevant::SingleItemDelivery { id, body }) => {
+                        st.single = Some((id, body));
+                    }
+                    Some(Relevant::Item(mut item)) => {
+                        if let Some((id, body)) = st.single.take() {
+                            if record.correlation_id == Some(id) {
+                                item.original = Some(body);
+                            }
+                        }
                         let age_base_ms = item.recorded_at_ms;
                         self.enqueue(st, record.position, item, age_base_ms);
                     }
@@ -308,13 +320,17 @@ impl<S: EventStore + 'static> Worker<S> {
             queue.in_flight = true;
             pending.attempts += 1;
             st.counters.attempts += 1;
-            let signed = envelope(
-                order.page(),
-                pending.item.recorded_at_ms,
-                pending.item.channel,
-                &[&pending.item.raw],
-                &self.backend.secret,
-            );
+            let signed = match &pending.item.original {
+                // Meta's bytes, as they came: only the signature is Baton's.
+                Some(body) => crate::envelope::sign(body.to_vec(), &self.backend.secret),
+                None => envelope(
+                    order.page(),
+                    pending.item.recorded_at_ms,
+                    pending.item.channel,
+                    &[&pending.item.raw],
+                    &self.backend.secret,
+                ),
+            };
             let request = self
                 .client
                 .post(&self.backend.url)
