@@ -49,6 +49,10 @@ pub fn event_time(event: &Event) -> Option<Timestamp> {
         Event::OneTimeTokenReleased(e) => e.at,
         Event::DispatchDeadLettered(e) => e.at,
         Event::DispatchRedriveRequested(e) => e.at,
+        Event::MessengerProfileChanged(e) => e.at,
+        Event::AttachmentUploaded(e) => e.at,
+        Event::ThreadMetadataPassed(e) => e.at,
+        Event::PrivateReplySent(e) => e.at,
     })
 }
 

@@ -87,6 +87,7 @@ listen = "{listen}"
 data_dir = "{data_dir}"
 log_format = "text"                  # or "json"
 # max_body_bytes = 1048576           # larger webhook bodies get 413
+# max_attachment_bytes = 26214400    # attachment uploads (message_attachments) up to Meta's 25 MiB
 admin_token = "{admin}"              # Baton's admin API: export, redrive, everything
 auditor_token = "{auditor}"          # read-only: every thread, timeline and export
 # metrics_token = "…"                # when set, /metrics needs it (or the admin token)
@@ -120,6 +121,7 @@ name = "Bot"
 kind = "bot"
 management = "managed"
 may_take_control = true
+may_set_messenger_profile = true     # may change the page's greeting, Get Started, menu
 app_secret = "REPLACE_WITH_THE_BOT_APPS_META_APP_SECRET"  # or {{ env = "BATON_BOT_APP_SECRET" }}
 forward_secret = "{bot_forward}"   # signs what Baton forwards; give it to the bot's backend
 verify_token = "{bot_verify}"      # enter it in Meta's webhook settings for this app

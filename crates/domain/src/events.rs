@@ -787,6 +787,66 @@ pub struct DispatchRedriveRequested {
     pub by: String,
 }
 
+/// What an app changed in the page's Messenger Profile (greeting, Get
+/// Started, persistent menu, ice breakers, …), after Meta accepted it.
+/// Stream `page/{page}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessengerProfileChanged {
+    pub page: PageId,
+    pub app: AppId,
+    pub at: Timestamp,
+    pub change: ProfileChange,
+}
+
+/// A Messenger Profile change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProfileChange {
+    /// Properties set, as the app sent them.
+    Set { properties: Value },
+    /// Properties removed.
+    Delete { fields: Vec<String> },
+}
+
+/// An attachment an app uploaded through Baton for reuse, after Meta gave
+/// it an id. Stream `page/{page}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentUploaded {
+    pub page: PageId,
+    pub app: AppId,
+    pub at: Timestamp,
+    pub attachment_id: String,
+    /// `image`, `video`, `audio` or `file`, as the app declared it.
+    pub kind: Option<String>,
+    /// The uploaded file's size and SHA-256, or the URL Meta fetched.
+    pub bytes: u64,
+    pub sha256: Option<String>,
+    pub url: Option<String>,
+}
+
+/// The app that controls a thread shared information with the page's other
+/// apps (`pass_thread_metadata`), after Meta accepted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadMetadataPassed {
+    pub thread: ThreadKey,
+    pub app: AppId,
+    pub at: Timestamp,
+    pub metadata: String,
+}
+
+/// A private reply to a user's comment on a Page post, after Meta accepted
+/// it: one per comment. Stream `page/{page}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivateReplySent {
+    pub page: PageId,
+    pub app: AppId,
+    pub at: Timestamp,
+    pub comment_id: String,
+    /// The user Meta answered the reply went to, and the message's id.
+    pub recipient_id: Option<String>,
+    pub message_id: Option<String>,
+}
+
 // ---- Type names, versions, encoding. ----------------------------------------
 
 /// An event as the log stores it.
@@ -941,6 +1001,10 @@ event_schema! {
     OneTimeTokenReleased = 1,
     DispatchDeadLettered = 1,
     DispatchRedriveRequested = 1,
+    MessengerProfileChanged = 1,
+    AttachmentUploaded = 1,
+    ThreadMetadataPassed = 1,
+    PrivateReplySent = 1,
 }
 
 impl Event {
@@ -969,7 +1033,11 @@ impl Event {
             Event::OneTimeTokenIssued(e) => Some(&e.thread),
             Event::OneTimeTokenConsumed(e) => Some(&e.thread),
             Event::OneTimeTokenReleased(e) => Some(&e.thread),
-            Event::WebhookDeliveryReceived(_)
+            Event::ThreadMetadataPassed(e) => Some(&e.thread),
+            Event::MessengerProfileChanged(_)
+            | Event::AttachmentUploaded(_)
+            | Event::PrivateReplySent(_)
+            | Event::WebhookDeliveryReceived(_)
             | Event::UnattributedItemReceived(_)
             | Event::PolicyEnforcementReceived(_)
             | Event::AppRolesChanged(_)
@@ -990,7 +1058,10 @@ impl Event {
             }
             (None, Event::UnattributedItemReceived(UnattributedItemReceived { page, .. }))
             | (None, Event::PolicyEnforcementReceived(PolicyEnforcementReceived { page, .. }))
-            | (None, Event::AppRolesChanged(AppRolesChanged { page, .. })) => {
+            | (None, Event::AppRolesChanged(AppRolesChanged { page, .. }))
+            | (None, Event::MessengerProfileChanged(MessengerProfileChanged { page, .. }))
+            | (None, Event::AttachmentUploaded(AttachmentUploaded { page, .. }))
+            | (None, Event::PrivateReplySent(PrivateReplySent { page, .. })) => {
                 format!("page/{page}")
             }
             // Every other event names its thread; this arm keeps the match total.

@@ -276,5 +276,44 @@ pub fn explain(event: &Event) -> String {
             "{} asked to deliver position {} to {} again",
             e.by, e.position, e.app
         ),
+        Event::MessengerProfileChanged(e) => match &e.change {
+            crate::events::ProfileChange::Set { properties } => {
+                let keys: Vec<&str> = properties
+                    .as_object()
+                    .map(|o| o.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                format!(
+                    "{} set the page's Messenger Profile: {}",
+                    e.app,
+                    keys.join(", ")
+                )
+            }
+            crate::events::ProfileChange::Delete { fields } => format!(
+                "{} removed from the page's Messenger Profile: {}",
+                e.app,
+                fields.join(", ")
+            ),
+        },
+        Event::AttachmentUploaded(e) => format!(
+            "{} uploaded a reusable {} attachment ({}): id {}",
+            e.app,
+            e.kind.as_deref().unwrap_or("untyped"),
+            match (&e.url, &e.sha256) {
+                (Some(url), _) => format!("from {url}"),
+                (None, Some(sha)) => format!("{} bytes, sha256 {sha}", e.bytes),
+                (None, None) => format!("{} bytes", e.bytes),
+            },
+            e.attachment_id
+        ),
+        Event::ThreadMetadataPassed(e) => format!(
+            "{}, controlling the thread, shared metadata with the page's other apps: {:?}",
+            e.app, e.metadata
+        ),
+        Event::PrivateReplySent(e) => format!(
+            "{} replied privately to comment {} (message {})",
+            e.app,
+            e.comment_id,
+            e.message_id.as_deref().unwrap_or("?")
+        ),
     }
 }

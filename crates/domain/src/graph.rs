@@ -25,6 +25,8 @@ pub mod code {
     pub const INVALID_PARAMETER: u32 = 100;
     /// `(#104)` no access token at all.
     pub const NO_TOKEN: u32 = 104;
+    /// `(#10900)` a private reply to a comment already answered.
+    pub const ALREADY_REPLIED: u32 = 10_900;
     /// `(#190)` invalid OAuth access token.
     pub const INVALID_TOKEN: u32 = 190;
     /// `(#200)` permissions error (the app is not on the page).

@@ -364,7 +364,11 @@ impl ThreadLedger {
             | Event::PolicyEnforcementReceived(_)
             | Event::AppRolesChanged(_)
             | Event::DispatchDeadLettered(_)
-            | Event::DispatchRedriveRequested(_) => {}
+            | Event::DispatchRedriveRequested(_)
+            | Event::MessengerProfileChanged(_)
+            | Event::AttachmentUploaded(_)
+            | Event::ThreadMetadataPassed(_)
+            | Event::PrivateReplySent(_) => {}
         }
     }
 

@@ -163,6 +163,43 @@ pub fn decide(
     Ok(events)
 }
 
+/// `pass_thread_metadata`: only the app that controls the thread (its
+/// owner, or the app that answers it while idle) may share metadata about
+/// it, as for a pass; a user who never wrote is no one.
+pub fn check_thread_metadata(
+    ledger: &ThreadLedger,
+    page: &Page,
+    app: &AppId,
+    now: Timestamp,
+) -> Result<(), Rejection> {
+    if page.app(app).is_none() {
+        return Err(Rejection::new(
+            RejectionKind::AppNotOnPage,
+            format!("app {app} is not connected to page {}", page.id),
+        ));
+    }
+    if ledger.version == 0 {
+        return Err(Rejection::new(
+            RejectionKind::UnknownRecipient,
+            format!(
+                "No matching user found: {} never wrote to page {}",
+                ledger.key.psid, page.id
+            ),
+        ));
+    }
+    let view = control_at(ledger, page, now);
+    match answering_app(&view, page) {
+        Some(holder) if holder == app => Ok(()),
+        holder => Err(Rejection::new(
+            RejectionKind::NotControlOwner,
+            format!(
+                "pass_thread_metadata: calling app {app} is not the thread owner{}",
+                holder.map_or_else(String::new, |h| format!("; app {h} controls this thread"))
+            ),
+        )),
+    }
+}
+
 /// The event that records a refusal.
 /// The payload of a refused send is kept whole only up to this many bytes;
 /// a larger one is recorded as a summary, so a refusal costs bounded disk.

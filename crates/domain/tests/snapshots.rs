@@ -305,7 +305,7 @@ fn samples() -> Vec<Event> {
         DispatchDeadLettered {
             app: bot(),
             position: 42,
-            thread: Some(t),
+            thread: Some(t.clone()),
             at: hours(2),
             attempts: 9,
             last_error: "HTTP 503 from http://127.0.0.1:3001/webhook".into(),
@@ -316,6 +316,42 @@ fn samples() -> Vec<Event> {
             position: 42,
             at: hours(3),
             by: "cli".into(),
+        }
+        .into(),
+        MessengerProfileChanged {
+            page: page_id(),
+            app: bot(),
+            at: hours(4),
+            change: ProfileChange::Set {
+                properties: json!({"greeting": [{"locale": "default", "text": "Hi!"}]}),
+            },
+        }
+        .into(),
+        AttachmentUploaded {
+            page: page_id(),
+            app: bot(),
+            at: hours(4),
+            attachment_id: "1857777774821032".into(),
+            kind: Some("image".into()),
+            bytes: 2048,
+            sha256: Some("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into()),
+            url: None,
+        }
+        .into(),
+        ThreadMetadataPassed {
+            thread: t.clone(),
+            app: human(),
+            at: hours(4),
+            metadata: "order 1234, refund asked".into(),
+        }
+        .into(),
+        PrivateReplySent {
+            page: page_id(),
+            app: bot(),
+            at: hours(4),
+            comment_id: "5550001_1_1".into(),
+            recipient_id: Some("user-1".into()),
+            message_id: Some("m_9".into()),
         }
         .into(),
     ]

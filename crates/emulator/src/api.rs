@@ -374,3 +374,50 @@ pub struct FaultView {
 pub struct BatchResult {
     pub deliveries: Vec<DeliveryResult>,
 }
+
+/// Body of `POST /_emulator/pages/{page}/comments`: a user comments on a
+/// Page post.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UserComment {
+    pub psid: String,
+    /// The post commented on; defaults to `{page}_1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_id: Option<String>,
+    pub text: String,
+}
+
+/// Answer to `POST /_emulator/pages/{page}/comments`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CommentResult {
+    /// `{post_id}_{n}`: the `recipient.comment_id` of a private reply.
+    pub comment_id: String,
+}
+
+/// An attachment uploaded with `POST /{version}/me/message_attachments`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AttachmentView {
+    /// The `attachment_id` (a numeric string).
+    pub id: String,
+    /// The page it was uploaded for: only that page may send it.
+    pub page_id: String,
+    /// The app that uploaded it.
+    pub app_id: String,
+    /// `image`, `video`, `audio` or `file`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Size of the uploaded file; `None` for an upload from a URL (the
+    /// emulator never fetches URLs).
+    pub bytes: Option<u64>,
+    /// Lowercase hex SHA-256 of the uploaded file; `None` for a URL.
+    pub sha256: Option<String>,
+    /// The URL given instead of a file.
+    pub url: Option<String>,
+    pub is_reusable: bool,
+    /// The file part's filename and content type, when a file was sent.
+    #[serde(default)]
+    pub filename: Option<String>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+    pub created_ms: i64,
+}

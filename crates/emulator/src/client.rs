@@ -7,9 +7,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::api::{
-    ActionResult, BatchResult, CallRecord, ClockView, DeliveryAttempt, DeliveryResult, FaultSpec,
-    FaultView, InboxText, PolicyEnforcement, Referral, ReleaseDeliveries, ReleaseOrder, SetOwner,
-    SetSkew, ThreadView, UserMessage, UserOtnOptin, UserPostback, UserReaction, UserReceipt,
+    ActionResult, AttachmentView, BatchResult, CallRecord, ClockView, CommentResult,
+    DeliveryAttempt, DeliveryResult, FaultSpec, FaultView, InboxText, PolicyEnforcement, Referral,
+    ReleaseDeliveries, ReleaseOrder, SetOwner, SetSkew, ThreadView, UserComment, UserMessage,
+    UserOtnOptin, UserPostback, UserReaction, UserReceipt,
 };
 use crate::world::{AppConfig, PageConfig};
 
@@ -207,6 +208,34 @@ impl ControlClient {
             .await
     }
 
+    /// The user comments on the page's default post `{page}_1`; the answer
+    /// is the comment id, the `recipient.comment_id` of a private reply.
+    pub async fn user_comment(
+        &self,
+        page: &str,
+        psid: &str,
+        text: &str,
+    ) -> Result<String, ClientError> {
+        self.user_comment_on(page, psid, None, text).await
+    }
+
+    /// The user comments on the post `post_id` (default `{page}_1`).
+    pub async fn user_comment_on(
+        &self,
+        page: &str,
+        psid: &str,
+        post_id: Option<&str>,
+        text: &str,
+    ) -> Result<String, ClientError> {
+        let body = UserComment {
+            psid: psid.to_string(),
+            post_id: post_id.map(str::to_string),
+            text: text.to_string(),
+        };
+        let r: CommentResult = self.post(&format!("/pages/{page}/comments"), &body).await?;
+        Ok(r.comment_id)
+    }
+
     // ----- Page Inbox -----
 
     /// A human takes the thread in the Page Inbox (optionally replying).
@@ -279,6 +308,17 @@ impl ControlClient {
     ) -> Result<ThreadView, ClientError> {
         self.put(&format!("/pages/{page}/threads/{psid}/owner"), owner)
             .await
+    }
+
+    /// The page's whole Messenger Profile as set through the Graph API
+    /// (`{}` when nothing is set).
+    pub async fn messenger_profile(&self, page: &str) -> Result<Value, ClientError> {
+        self.get(&format!("/pages/{page}/messenger_profile")).await
+    }
+
+    /// An uploaded attachment by its `attachment_id` (404 when unknown).
+    pub async fn attachment(&self, id: &str) -> Result<AttachmentView, ClientError> {
+        self.get(&format!("/attachments/{id}")).await
     }
 
     // ----- clock -----

@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde_json::{json, Map, Value};
 
 use crate::api::{
-    CallRecord, ClockView, DeliveryAttempt, FaultSpec, FaultView, OtnTokenView, Referral,
-    ReleaseOrder, ThreadView, TranscriptLine, UserMessage, UserPostback, UserReaction, UserReceipt,
+    AttachmentView, CallRecord, ClockView, DeliveryAttempt, FaultSpec, FaultView, OtnTokenView,
+    Referral, ReleaseOrder, ThreadView, TranscriptLine, UserComment, UserMessage, UserPostback,
+    UserReaction, UserReceipt,
 };
 use crate::delivery::Delivery;
 use crate::world::{
@@ -33,6 +34,28 @@ const RETIRED_2026_TAGS: &[&str] = &[
 ];
 /// The News Messaging tag: no emulated page has that permission (10/2018065).
 const NEWS_TAG: &str = "NON_PROMOTIONAL_SUBSCRIPTION";
+/// Meta's attachment limit, "25 MB", taken as 25 MiB.
+pub(crate) const MAX_ATTACHMENT_BYTES: u64 = 25 * 1024 * 1024;
+const ATTACHMENT_TYPES: &[&str] = &["image", "video", "audio", "file"];
+/// Attachment ids are numeric strings, like Meta's: this plus a sequence.
+const ATTACHMENT_ID_BASE: u64 = 1_000_000_000_000_000;
+/// A private reply must come within 7 days of the comment.
+const PRIVATE_REPLY_MS: i64 = 7 * DAY_MS;
+/// `metadata` of `pass_thread_metadata` must be shorter than this (chars).
+const MAX_METADATA_CHARS: usize = 1000;
+/// The Messenger Profile properties the emulator knows.
+const PROFILE_PROPERTIES: &[&str] = &[
+    "get_started",
+    "greeting",
+    "persistent_menu",
+    "ice_breakers",
+    "whitelisted_domains",
+    "account_linking_url",
+    "home_url",
+    "commands",
+    "title",
+    "description",
+];
 
 /// Which array of a webhook entry an item goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,6 +218,36 @@ struct UserRef {
     used: bool,
 }
 
+/// A user's comment on a Page post, which the page may answer once with a
+/// private reply.
+#[derive(Clone, Debug)]
+struct Comment {
+    page_id: String,
+    psid: String,
+    created_ms: i64,
+    /// The `mid` of the private reply, once sent.
+    replied: Option<String>,
+}
+
+/// The `filedata` part of a multipart Graph request, already hashed.
+#[derive(Clone, Debug)]
+pub(crate) struct FilePart {
+    pub filename: Option<String>,
+    pub content_type: Option<String>,
+    pub bytes: u64,
+    /// Lowercase hex SHA-256; empty when the file is over the limit.
+    pub sha256: String,
+}
+
+/// Why a Graph request body could not be used.
+#[derive(Clone, Debug)]
+pub(crate) enum BodyError {
+    /// Over the body limit (a 25 MB file plus the form).
+    TooLarge,
+    /// A `multipart/form-data` body that does not parse.
+    Multipart(String),
+}
+
 /// What a Graph call needs, already parsed from HTTP.
 #[derive(Clone, Debug)]
 pub(crate) struct GraphRequest {
@@ -204,6 +257,9 @@ pub(crate) struct GraphRequest {
     pub edge: Option<String>,
     pub token: Option<String>,
     pub params: Map<String, Value>,
+    /// The `filedata` part of a multipart body.
+    pub file: Option<FilePart>,
+    pub body_error: Option<BodyError>,
 }
 
 /// How a held answer is released.
@@ -249,6 +305,12 @@ pub(crate) struct Engine {
     user_refs: BTreeMap<(String, String), UserRef>,
     /// Pages Meta's policy enforcement blocked from sending, with the reason.
     blocked: BTreeMap<String, Option<String>>,
+    /// page → its Messenger Profile (one object, shared by every app).
+    profiles: BTreeMap<String, Map<String, Value>>,
+    /// attachment id → what was uploaded.
+    attachments: BTreeMap<String, AttachmentView>,
+    /// comment id → the comment.
+    comments: BTreeMap<String, Comment>,
     /// The control clock: only the control API moves it.
     control_ms: i64,
     /// Meta's clock minus the control clock.
@@ -351,6 +413,9 @@ impl Engine {
             otn: BTreeMap::new(),
             user_refs: BTreeMap::new(),
             blocked: BTreeMap::new(),
+            profiles: BTreeMap::new(),
+            attachments: BTreeMap::new(),
+            comments: BTreeMap::new(),
             control_ms: world.epoch_ms,
             skew_ms: 0,
             seq: 0,
@@ -1169,6 +1234,12 @@ impl Engine {
         };
         let mut params = req.params.clone();
         params.remove("access_token");
+        if let Some(f) = &req.file {
+            params.insert(
+                "filedata".into(),
+                json!({"filename": f.filename, "content_type": f.content_type, "bytes": f.bytes}),
+            );
+        }
         self.calls.push(CallRecord {
             seq,
             at_ms: self.now(),
@@ -1233,6 +1304,22 @@ impl Engine {
         let (app, page) = self.auth(req.token.as_deref(), &req.node)?;
         let p = &req.params;
         let method = req.method.as_str();
+        match &req.body_error {
+            Some(BodyError::TooLarge) if endpoint == "message_attachments" => {
+                return Err(GraphError::new(
+                    100,
+                    Some(2_018_109),
+                    "Attachment size exceeds the allowable limit (25 MB)",
+                ))
+            }
+            Some(BodyError::TooLarge) => {
+                return Err(GraphError::param("The request body is too large"))
+            }
+            Some(BodyError::Multipart(e)) => {
+                return Err(GraphError::param(&format!("Invalid multipart body: {e}")))
+            }
+            None => {}
+        }
         match (method, endpoint) {
             ("GET", "node") if req.node != "me" && req.node != page.id => {
                 Ok((user_profile(&req.node, param_str(p, "fields")), Vec::new()))
@@ -1249,6 +1336,11 @@ impl Engine {
                 Ok((out, Vec::new()))
             }
             ("POST", "messages") => self.send(&app, &page, p),
+            ("POST", "message_attachments") => self.upload(&app, &page, p, req.file.as_ref()),
+            ("POST", "pass_thread_metadata") => self.pass_metadata(&app, &page, p),
+            ("GET", "messenger_profile") => self.get_profile(&page, p),
+            ("POST", "messenger_profile") => self.set_profile(&page, p),
+            ("DELETE", "messenger_profile") => self.delete_profile(&page, p),
             ("POST", "pass_thread_control")
             | ("POST", "take_thread_control")
             | ("POST", "request_thread_control")
@@ -1326,7 +1418,10 @@ impl Engine {
                 | "extend_thread_control"
                 | "thread_owner"
                 | "secondary_receivers"
-                | "subscribed_apps",
+                | "subscribed_apps"
+                | "message_attachments"
+                | "pass_thread_metadata"
+                | "messenger_profile",
             ) => Err(GraphError::new(
                 100,
                 Some(33),
@@ -1453,7 +1548,10 @@ impl Engine {
             }
         }
         let tag = param_str(p, "tag");
-        let to_token = recipient.contains_key("one_time_notif_token");
+        // Meta's docs send to a One-Time Notification token, and a private
+        // reply to a comment, without a messaging_type.
+        let to_comment = recipient.contains_key("comment_id");
+        let exempt = recipient.contains_key("one_time_notif_token") || to_comment;
         match (messaging_type.as_deref(), &tag) {
             (Some("MESSAGE_TAG"), None) => {
                 return Err(GraphError::param(
@@ -1465,9 +1563,8 @@ impl Engine {
                     "param tag {t} requires messaging_type MESSAGE_TAG"
                 )))
             }
-            // Meta's docs make messaging_type required on messages. The One-Time
-            // Notification docs send to a token without one, so that stays allowed.
-            (None, None) if message.is_some() && !to_token => {
+            // Meta's docs make messaging_type required on messages.
+            (None, None) if message.is_some() && !exempt => {
                 return Err(GraphError::param(
                     "param messaging_type is required (RESPONSE, UPDATE or MESSAGE_TAG)",
                 ))
@@ -1497,6 +1594,26 @@ impl Engine {
                 None,
                 "The HUMAN_AGENT tag requires the Human Agent feature for this app",
             ));
+        }
+        // An attachment sent by id must be one uploaded for this page.
+        if let Some(id) = message
+            .as_ref()
+            .and_then(|m| param_obj(m, "attachment"))
+            .and_then(|a| param_obj(&a, "payload"))
+            .and_then(|pl| param_str(&pl, "attachment_id"))
+        {
+            if self
+                .attachments
+                .get(&id)
+                .is_none_or(|a| a.page_id != page.id)
+            {
+                return Err(GraphError::param(&format!(
+                    "Invalid attachment id: {id} was not uploaded for this page"
+                )));
+            }
+        }
+        if to_comment {
+            return self.private_reply(app, page, &recipient, message, sender_action, p);
         }
 
         // Who is the recipient?
@@ -1617,6 +1734,278 @@ impl Engine {
             _ => json!({"recipient_id": psid, "message_id": mid}),
         };
         Ok((body, planned))
+    }
+
+    /// A private reply: one message per comment, within 7 days of it, from
+    /// any app of the page, whoever controls the thread. It lands in the
+    /// user's thread (created if needed) and echoes like any page message,
+    /// but opens no window and changes no control.
+    fn private_reply(
+        &mut self,
+        app: &str,
+        page: &PageConfig,
+        recipient: &Map<String, Value>,
+        message: Option<Map<String, Value>>,
+        sender_action: Option<String>,
+        p: &Map<String, Value>,
+    ) -> Answer {
+        let now = self.now();
+        let id = param_str(recipient, "comment_id").unwrap_or_default();
+        let comment = self
+            .comments
+            .get(&id)
+            .filter(|c| c.page_id == page.id)
+            .cloned()
+            .ok_or_else(|| {
+                GraphError::param(&format!(
+                    "Invalid parameter: the comment {id} does not exist"
+                ))
+            })?;
+        if comment.replied.is_some() {
+            // The Graph reference's private-reply codes: 10900 "already
+            // replied", 10903 "can't reply".
+            return Err(GraphError::new(
+                10900,
+                None,
+                "The comment has already been replied to",
+            ));
+        }
+        if now - comment.created_ms >= PRIVATE_REPLY_MS {
+            return Err(GraphError::new(
+                10903,
+                None,
+                "This message is sent outside of allowed window",
+            ));
+        }
+        if sender_action.is_some() {
+            return Err(GraphError::param(
+                "sender_action cannot be sent to a comment_id recipient",
+            ));
+        }
+        if p.contains_key("thread_control") {
+            return Err(GraphError::param(
+                "thread_control cannot be used with a comment_id recipient",
+            ));
+        }
+        let message = message.unwrap_or_default();
+        let psid = comment.psid;
+        let mut th = self.thread_mut(&page.id, &psid).clone();
+        let metadata = param_str(&message, "metadata");
+        let (mid, planned) = self.echo(page, &mut th, &psid, app, message, metadata);
+        self.store(&page.id, &psid, th);
+        if let Some(c) = self.comments.get_mut(&id) {
+            c.replied = Some(mid.clone());
+        }
+        Ok((json!({"recipient_id": psid, "message_id": mid}), planned))
+    }
+
+    /// Whether `app` holds the thread for the purposes of pass, release and
+    /// `pass_thread_metadata`: the owner; when idle, the default app (CR),
+    /// the primary (v1), or anyone (zero-config, as for pass).
+    fn holds(page: &PageConfig, th: &Thread, app: &str) -> bool {
+        match &page.routing {
+            Routing::ConversationRouting { default_app } => {
+                th.owner.as_deref().unwrap_or(default_app) == app
+            }
+            Routing::ZeroConfig => th.owner.as_deref().is_none_or(|o| o == app),
+            Routing::HandoverV1 { primary, .. } => th.owner.as_deref().unwrap_or(primary) == app,
+        }
+    }
+
+    /// `pass_thread_metadata`: the app holding the thread shares `metadata`
+    /// with every other app of the page subscribed to `messaging_handovers`.
+    fn pass_metadata(&mut self, app: &str, page: &PageConfig, p: &Map<String, Value>) -> Answer {
+        let psid = recipient_psid(p)
+            .ok_or_else(|| GraphError::param("param recipient must be non-empty."))?;
+        let metadata = param_str(p, "metadata")
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| GraphError::param("param metadata must be non-empty."))?;
+        if metadata.chars().count() >= MAX_METADATA_CHARS {
+            return Err(GraphError::param(
+                "param metadata must be shorter than 1000 characters",
+            ));
+        }
+        let th = self
+            .thread_clone(&page.id, &psid)
+            .ok_or_else(|| GraphError::new(100, Some(2_018_001), "No matching user found"))?;
+        if !Self::holds(page, &th, app) {
+            return Err(GraphError::not_owner());
+        }
+        let item = json!({
+            "sender": {"id": psid},
+            "recipient": {"id": page.id},
+            "timestamp": self.now(),
+            "pass_thread_metadata": {"app_id": app, "metadata": metadata},
+        });
+        let planned = self
+            .connected(&page.id)
+            .into_iter()
+            .filter(|to| {
+                to != app
+                    && self.has_callback(to)
+                    && self.subscribed(&page.id, to, "messaging_handovers")
+            })
+            .map(|to| Planned {
+                app_id: to,
+                page_id: page.id.clone(),
+                channel: Channel::Messaging,
+                item: item.clone(),
+            })
+            .collect();
+        Ok((json!({"success": true}), planned))
+    }
+
+    /// The Attachment Upload API: a file (`filedata`) or a URL, remembered
+    /// under a new numeric id for this page.
+    fn upload(
+        &mut self,
+        app: &str,
+        page: &PageConfig,
+        p: &Map<String, Value>,
+        file: Option<&FilePart>,
+    ) -> Answer {
+        let message = param_obj(p, "message")
+            .ok_or_else(|| GraphError::param("param message must be non-empty."))?;
+        let attachment = param_obj(&message, "attachment")
+            .ok_or_else(|| GraphError::param("param message.attachment must be non-empty."))?;
+        let type_ = param_str(&attachment, "type").unwrap_or_default();
+        if !ATTACHMENT_TYPES.contains(&type_.as_str()) {
+            return Err(GraphError::param(
+                "param message.attachment.type must be one of image, video, audio, file",
+            ));
+        }
+        let payload = param_obj(&attachment, "payload").ok_or_else(|| {
+            GraphError::param("param message.attachment.payload must be non-empty.")
+        })?;
+        let is_reusable = match payload.get("is_reusable") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) if s == "true" || s == "false" => s == "true",
+            Some(_) => {
+                return Err(GraphError::param(
+                    "param message.attachment.payload.is_reusable must be a boolean",
+                ))
+            }
+        };
+        let url = match payload.get("url") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(u)) if u.starts_with("https://") || u.starts_with("http://") => {
+                Some(u.clone())
+            }
+            Some(_) => {
+                return Err(GraphError::param(
+                    "param message.attachment.payload.url must be an http(s) URL",
+                ))
+            }
+        };
+        let (bytes, sha256) = match (file, &url) {
+            (Some(_), Some(_)) => {
+                return Err(GraphError::param(
+                    "Give either message.attachment.payload.url or a filedata file, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(GraphError::param(
+                    "param message.attachment.payload.url or a filedata file is required",
+                ))
+            }
+            (Some(f), None) if f.bytes > MAX_ATTACHMENT_BYTES => {
+                return Err(GraphError::new(
+                    100,
+                    Some(2_018_109),
+                    "Attachment size exceeds the allowable limit (25 MB)",
+                ))
+            }
+            (Some(f), None) if f.bytes == 0 => {
+                return Err(GraphError::param("The filedata file is empty"))
+            }
+            (Some(f), None) => (Some(f.bytes), Some(f.sha256.clone())),
+            (None, Some(_)) => (None, None),
+        };
+        let id = (ATTACHMENT_ID_BASE + self.next_seq()).to_string();
+        self.attachments.insert(
+            id.clone(),
+            AttachmentView {
+                id: id.clone(),
+                page_id: page.id.clone(),
+                app_id: app.to_string(),
+                type_,
+                bytes,
+                sha256,
+                url,
+                is_reusable,
+                filename: file.and_then(|f| f.filename.clone()),
+                content_type: file.and_then(|f| f.content_type.clone()),
+                created_ms: self.now(),
+            },
+        );
+        Ok((json!({"attachment_id": id}), Vec::new()))
+    }
+
+    /// `POST messenger_profile`: checks every property, then merges them all
+    /// (or nothing).
+    fn set_profile(&mut self, page: &PageConfig, p: &Map<String, Value>) -> Answer {
+        let mut updates = Map::new();
+        for (key, value) in p {
+            match key.as_str() {
+                "access_token" => {}
+                "platform" => {
+                    if param_str(p, "platform").as_deref() != Some("messenger") {
+                        return Err(GraphError::param(
+                            "param platform must be messenger (the emulator has no Instagram)",
+                        ));
+                    }
+                }
+                k if PROFILE_PROPERTIES.contains(&k) => {
+                    updates.insert(k.to_string(), profile_value(k, value)?);
+                }
+                k => {
+                    return Err(GraphError::param(&format!(
+                        "Invalid parameter: {k} is not a Messenger Profile property"
+                    )))
+                }
+            }
+        }
+        if updates.is_empty() {
+            return Err(GraphError::param(
+                "At least one Messenger Profile property must be set",
+            ));
+        }
+        self.profiles
+            .entry(page.id.clone())
+            .or_default()
+            .extend(updates);
+        Ok((json!({"result": "success"}), Vec::new()))
+    }
+
+    /// `GET messenger_profile?fields=…`: the asked properties that are set.
+    fn get_profile(&self, page: &PageConfig, p: &Map<String, Value>) -> Answer {
+        let fields = profile_fields(p)?;
+        let out: Map<String, Value> = self
+            .profiles
+            .get(&page.id)
+            .map(|prof| {
+                prof.iter()
+                    .filter(|(k, _)| fields.contains(*k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let data = if out.is_empty() {
+            json!([])
+        } else {
+            json!([out])
+        };
+        Ok((json!({ "data": data }), Vec::new()))
+    }
+
+    /// `DELETE messenger_profile` with `fields`: unsets them.
+    fn delete_profile(&mut self, page: &PageConfig, p: &Map<String, Value>) -> Answer {
+        let fields = profile_fields(p)?;
+        if let Some(prof) = self.profiles.get_mut(&page.id) {
+            prof.retain(|k, _| !fields.contains(k));
+        }
+        Ok((json!({"result": "success"}), Vec::new()))
     }
 
     /// Records a page message and plans its echo.
@@ -1897,6 +2286,49 @@ impl Engine {
         Ok(self.route(&page, &th, key, item))
     }
 
+    /// The user comments on a Page post. The comment opens no window and
+    /// creates no thread; the page may answer it once with a private reply.
+    pub(crate) fn user_comment(
+        &mut self,
+        page_id: &str,
+        c: UserComment,
+    ) -> Result<String, ControlError> {
+        let page = self.page(page_id)?;
+        if c.psid.trim().is_empty() {
+            return Err(ControlError::BadRequest("psid must be non-empty".into()));
+        }
+        let post_id = c.post_id.unwrap_or_else(|| format!("{}_1", page.id));
+        if post_id.trim().is_empty() {
+            return Err(ControlError::BadRequest("post_id must be non-empty".into()));
+        }
+        let id = format!("{post_id}_{}", self.next_seq());
+        self.comments.insert(
+            id.clone(),
+            Comment {
+                page_id: page.id,
+                psid: c.psid,
+                created_ms: self.now(),
+                replied: None,
+            },
+        );
+        Ok(id)
+    }
+
+    /// The page's whole Messenger Profile (`{}` when nothing is set).
+    pub(crate) fn messenger_profile(&self, page_id: &str) -> Result<Value, ControlError> {
+        self.page(page_id)?;
+        Ok(Value::Object(
+            self.profiles.get(page_id).cloned().unwrap_or_default(),
+        ))
+    }
+
+    pub(crate) fn attachment(&self, id: &str) -> Result<AttachmentView, ControlError> {
+        self.attachments
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ControlError::NotFound(format!("no attachment {id}")))
+    }
+
     // ----- policy enforcement ------------------------------------------------
 
     /// Meta's policy enforcement acts on the page: `block` refuses every send
@@ -2090,4 +2522,74 @@ fn user_profile(psid: &str, fields: Option<String>) -> Value {
         }
     }
     out
+}
+
+/// The `fields` of a Messenger Profile GET or DELETE: a JSON array (or a
+/// JSON-encoded one) or a comma-separated list, every name a known property.
+fn profile_fields(p: &Map<String, Value>) -> Result<BTreeSet<String>, GraphError> {
+    let list: Vec<String> = match p.get("fields") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| GraphError::param("param fields must be a list of names"))?,
+        Some(Value::String(s)) => match serde_json::from_str::<Vec<String>>(s) {
+            Ok(a) => a,
+            Err(_) => s.split(',').map(|f| f.trim().to_string()).collect(),
+        },
+        _ => Vec::new(),
+    };
+    let list: BTreeSet<String> = list.into_iter().filter(|f| !f.is_empty()).collect();
+    if list.is_empty() {
+        return Err(GraphError::param("param fields must be non-empty."));
+    }
+    if let Some(bad) = list
+        .iter()
+        .find(|f| !PROFILE_PROPERTIES.contains(&f.as_str()))
+    {
+        return Err(GraphError::param(&format!(
+            "Invalid parameter: {bad} is not a Messenger Profile property"
+        )));
+    }
+    Ok(list)
+}
+
+/// A Messenger Profile property's value, JSON-decoded when it came as a
+/// form string, with its shape checked: objects for `get_started` (with a
+/// `payload`) and `home_url` (with a `url`), arrays of objects for
+/// `greeting` (each with `locale` and `text`), `persistent_menu`,
+/// `ice_breakers` and `commands`, an array of strings for
+/// `whitelisted_domains`, strings for the rest.
+fn profile_value(key: &str, value: &Value) -> Result<Value, GraphError> {
+    let value = match value {
+        Value::String(s) if s.starts_with('{') || s.starts_with('[') => {
+            serde_json::from_str(s).unwrap_or_else(|_| value.clone())
+        }
+        v => v.clone(),
+    };
+    let objects = |v: &Value, need: &[&str]| {
+        v.as_array().is_some_and(|a| {
+            a.iter().all(|o| {
+                o.as_object()
+                    .is_some_and(|o| need.iter().all(|n| o.get(*n).is_some_and(Value::is_string)))
+            })
+        })
+    };
+    let ok = match key {
+        "get_started" => value["payload"].is_string(),
+        "home_url" => value["url"].is_string(),
+        "greeting" => objects(&value, &["locale", "text"]),
+        "persistent_menu" | "ice_breakers" | "commands" => objects(&value, &[]),
+        "whitelisted_domains" => value
+            .as_array()
+            .is_some_and(|a| a.iter().all(Value::is_string)),
+        _ => value.is_string(),
+    };
+    if ok {
+        Ok(value)
+    } else {
+        Err(GraphError::param(&format!(
+            "Invalid parameter: {key} has the wrong shape"
+        )))
+    }
 }

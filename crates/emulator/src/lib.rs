@@ -3,8 +3,8 @@
 //!
 //! It exists so that Baton's system tests, benchmarks and demo have a Meta to
 //! talk to. It deliberately does not depend on any Baton crate: it is an
-//! independent second opinion on the rules. It is not a full Graph API and
-//! does not model policy enforcement, attachments uploads or Instagram.
+//! independent second opinion on the rules. It is not a full Graph API: it
+//! does not fetch attachment URLs, render templates or model Instagram.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,6 +22,7 @@ pub mod api;
 mod client;
 mod delivery;
 mod engine;
+mod multipart;
 mod server;
 mod world;
 

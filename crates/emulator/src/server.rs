@@ -13,21 +13,26 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use actix_web::body::{BodyStream, MessageBody};
 use actix_web::dev::ServerHandle;
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api::{
-    ActionResult, BatchResult, DeliveryResult, FaultSpec, InboxText, PolicyEnforcement, Referral,
-    ReleaseDeliveries, SetOwner, SetSkew, UserMessage, UserOtnOptin, UserPostback, UserReaction,
-    UserReceipt,
+    ActionResult, BatchResult, CommentResult, DeliveryResult, FaultSpec, InboxText,
+    PolicyEnforcement, Referral, ReleaseDeliveries, SetOwner, SetSkew, UserComment, UserMessage,
+    UserOtnOptin, UserPostback, UserReaction, UserReceipt,
 };
 use crate::client::ControlClient;
 use crate::delivery::{self, Job, Work};
-use crate::engine::{ControlError, Engine, GraphRequest, Hold, Planned};
+use crate::engine::{
+    BodyError, ControlError, Engine, FilePart, GraphRequest, Hold, Planned, MAX_ATTACHMENT_BYTES,
+};
+use crate::multipart;
 use crate::world::{AppConfig, PageConfig, World};
 use crate::EmulatorError;
 
@@ -224,6 +229,12 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 "/pages/{page}/policy_enforcement",
                 web::post().to(policy_enforcement),
             )
+            .route("/pages/{page}/comments", web::post().to(user_comment))
+            .route(
+                "/pages/{page}/messenger_profile",
+                web::get().to(get_messenger_profile),
+            )
+            .route("/attachments/{id}", web::get().to(get_attachment))
             .route("/pages/{page}/threads/{psid}", web::get().to(get_thread))
             .route(
                 "/pages/{page}/threads/{psid}/owner",
@@ -274,19 +285,90 @@ fn parse_form(s: &str) -> Map<String, Value> {
         .collect()
 }
 
-async fn graph(req: HttpRequest, body: web::Bytes, data: Data) -> HttpResponse {
+/// The most a Graph request body may hold: a 25 MB attachment plus room
+/// for the rest of a multipart form. Bigger bodies are read to the end and
+/// thrown away, then answered with a Graph error.
+const MAX_GRAPH_BODY: usize = MAX_ATTACHMENT_BYTES as usize + 1024 * 1024;
+
+/// Reads the whole body, keeping at most [`MAX_GRAPH_BODY`] bytes:
+/// `(body, too_large)`. Draining the rest lets the client read the answer.
+async fn read_body(payload: web::Payload) -> Result<(Vec<u8>, bool), actix_web::Error> {
+    let mut stream = std::pin::pin!(BodyStream::new(payload.into_inner()));
+    let mut body = Vec::new();
+    let mut too_large = false;
+    while let Some(chunk) = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
+        let chunk = chunk.map_err(|e| actix_web::error::ErrorBadRequest(e.to_string()))?;
+        if too_large || body.len() + chunk.len() > MAX_GRAPH_BODY {
+            too_large = true;
+            body = Vec::new();
+        } else {
+            body.extend_from_slice(&chunk);
+        }
+    }
+    Ok((body, too_large))
+}
+
+/// The parameters and the `filedata` file of a `multipart/form-data` body.
+fn multipart_params(
+    body: &[u8],
+    boundary: &str,
+    params: &mut Map<String, Value>,
+) -> Result<Option<FilePart>, String> {
+    let mut file = None;
+    for part in multipart::parse(body, boundary)? {
+        if part.name == "filedata" {
+            if file.is_none() {
+                let bytes = part.data.len() as u64;
+                let sha256 = if bytes <= MAX_ATTACHMENT_BYTES {
+                    hex::encode(Sha256::digest(part.data))
+                } else {
+                    String::new()
+                };
+                file = Some(FilePart {
+                    filename: part.filename,
+                    content_type: part.content_type,
+                    bytes,
+                    sha256,
+                });
+            }
+        } else if part.filename.is_none() {
+            let text = String::from_utf8_lossy(part.data).into_owned();
+            params.insert(part.name, Value::String(text));
+        }
+    }
+    Ok(file)
+}
+
+async fn graph(req: HttpRequest, payload: web::Payload, data: Data) -> HttpResponse {
     let version = req.match_info().get("version").unwrap_or("").to_string();
     if !version.starts_with('v') {
         return HttpResponse::NotFound().finish();
     }
+    let (body, too_large) = match read_body(payload).await {
+        Ok(b) => b,
+        Err(e) => return bad_request(e),
+    };
     let node = req.match_info().get("node").unwrap_or("").to_string();
     let edge = req.match_info().get("edge").map(str::to_string);
     let mut params = parse_form(req.query_string());
-    if !body.is_empty() {
-        match serde_json::from_slice::<Value>(&body) {
+    let mut file = None;
+    let mut body_error = too_large.then_some(BodyError::TooLarge);
+    let content_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    match multipart::boundary(content_type) {
+        _ if too_large => {}
+        Some(boundary) => match boundary.and_then(|b| multipart_params(&body, &b, &mut params)) {
+            Ok(f) => file = f,
+            Err(e) => body_error = Some(BodyError::Multipart(e)),
+        },
+        None if !body.is_empty() => match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Object(o)) => params.extend(o),
             _ => params.extend(parse_form(&String::from_utf8_lossy(&body))),
-        }
+        },
+        None => {}
     }
     let mut token = params
         .get("access_token")
@@ -310,6 +392,8 @@ async fn graph(req: HttpRequest, body: web::Bytes, data: Data) -> HttpResponse {
         edge,
         token,
         params,
+        file,
+        body_error,
     };
     let (outcome, mut release) = {
         let mut eng = data.lock();
@@ -527,6 +611,31 @@ async fn policy_enforcement(
         Ok((ActionResult::default(), rx))
     })();
     finish(outcome).await
+}
+
+async fn user_comment(data: Data, path: web::Path<String>, body: web::Bytes) -> HttpResponse {
+    let c: UserComment = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return bad_request(e),
+    };
+    match data.lock().user_comment(&path.into_inner(), c) {
+        Ok(comment_id) => HttpResponse::Ok().json(CommentResult { comment_id }),
+        Err(e) => control_error(e),
+    }
+}
+
+async fn get_messenger_profile(data: Data, path: web::Path<String>) -> HttpResponse {
+    match data.lock().messenger_profile(&path.into_inner()) {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => control_error(e),
+    }
+}
+
+async fn get_attachment(data: Data, path: web::Path<String>) -> HttpResponse {
+    match data.lock().attachment(&path.into_inner()) {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => control_error(e),
+    }
 }
 
 async fn get_thread(data: Data, path: web::Path<(String, String)>) -> HttpResponse {

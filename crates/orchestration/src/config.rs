@@ -69,6 +69,8 @@ struct RawConfig {
     log_format: LogFormat,
     #[serde(default = "default_max_body")]
     max_body_bytes: usize,
+    #[serde(default = "default_max_attachment")]
+    max_attachment_bytes: usize,
     admin_token: Option<SecretSource>,
     auditor_token: Option<SecretSource>,
     metrics_token: Option<SecretSource>,
@@ -106,6 +108,11 @@ struct RawConfig {
     pages: Vec<RawPage>,
     #[serde(default)]
     apps: Vec<RawApp>,
+}
+
+/// Meta's limit on one uploaded attachment.
+fn default_max_attachment() -> usize {
+    25 * 1024 * 1024
 }
 
 fn default_max_body() -> usize {
@@ -217,6 +224,8 @@ struct RawApp {
     management: Management,
     #[serde(default)]
     may_take_control: bool,
+    #[serde(default)]
+    may_set_messenger_profile: bool,
     app_secret: Option<SecretSource>,
     verify_token: Option<SecretSource>,
     api_token: Option<SecretSource>,
@@ -241,6 +250,9 @@ pub struct ManagedApp {
     pub graph_base_url: String,
     pub backend_url: Option<String>,
     pub page_tokens: BTreeMap<PageId, Secret>,
+    /// May change the pages' Messenger Profile (greeting, Get Started,
+    /// menu): a setting of the whole page, so only apps allowed here.
+    pub may_set_messenger_profile: bool,
 }
 
 /// An app as configured.
@@ -260,6 +272,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
     pub max_body_bytes: usize,
+    /// The largest attachment upload (`message_attachments`) read.
+    pub max_attachment_bytes: usize,
     /// Bearer token for Baton's own read and admin API (besides app tokens).
     pub admin_token: Option<Secret>,
     /// Read-only bearer token: every thread, timeline and export; no redrive.
@@ -414,6 +428,7 @@ impl Config {
                         graph_base_url,
                         backend_url: a.backend_url.clone(),
                         page_tokens,
+                        may_set_messenger_profile: a.may_set_messenger_profile,
                     })
                 }
             };
@@ -559,6 +574,7 @@ impl Config {
             data_dir: raw.data_dir,
             log_format: raw.log_format,
             max_body_bytes: raw.max_body_bytes,
+            max_attachment_bytes: raw.max_attachment_bytes,
             admin_token,
             auditor_token,
             metrics_token,

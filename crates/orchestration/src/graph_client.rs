@@ -49,8 +49,23 @@ impl GraphClient {
         token: &str,
         body: &Value,
     ) -> GraphAnswer {
-        let url = format!("{}/{version}/{node}/{edge}", base.trim_end_matches('/'));
-        self.with_retries(|| self.http.post(&url).bearer_auth(token).json(body))
+        let url = url(base, version, &format!("{node}/{edge}"));
+        self.json_call(reqwest::Method::POST, &url, token, body)
+            .await
+    }
+
+    /// `DELETE {base}/{version}/{node}/{edge}` with a JSON body and the page token.
+    pub async fn delete(
+        &self,
+        base: &str,
+        version: &str,
+        node: &str,
+        edge: &str,
+        token: &str,
+        body: &Value,
+    ) -> GraphAnswer {
+        let url = url(base, version, &format!("{node}/{edge}"));
+        self.json_call(reqwest::Method::DELETE, &url, token, body)
             .await
     }
 
@@ -64,23 +79,63 @@ impl GraphClient {
         token: &str,
         query: &[(&str, &str)],
     ) -> GraphAnswer {
-        let url = format!("{}/{version}/{node}/{edge}", base.trim_end_matches('/'));
-        self.with_retries(|| self.http.get(&url).bearer_auth(token).query(query))
+        self.get_node(base, version, &format!("{node}/{edge}"), token, query)
             .await
     }
 
-    /// `GET {base}/{version}/{node}?query` with the page token.
+    /// `GET {base}/{version}/{path}?query` with the page token (`path` is
+    /// a node, or a node and its edge).
     pub async fn get_node(
         &self,
         base: &str,
         version: &str,
-        node: &str,
+        path: &str,
         token: &str,
         query: &[(&str, &str)],
     ) -> GraphAnswer {
-        let url = format!("{}/{version}/{node}", base.trim_end_matches('/'));
+        let url = url(base, version, path);
         self.with_retries(|| self.http.get(&url).bearer_auth(token).query(query))
             .await
+    }
+
+    /// `POST {base}/{version}/{node}/{edge}` with `body` as it came (a
+    /// multipart upload) under its own content type, and the page token.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn post_raw(
+        &self,
+        base: &str,
+        version: &str,
+        node: &str,
+        edge: &str,
+        token: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> GraphAnswer {
+        let url = url(base, version, &format!("{node}/{edge}"));
+        self.with_retries(|| {
+            self.http
+                .post(&url)
+                .bearer_auth(token)
+                .header("content-type", content_type)
+                .body(body.clone())
+        })
+        .await
+    }
+
+    async fn json_call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: &str,
+        body: &Value,
+    ) -> GraphAnswer {
+        self.with_retries(|| {
+            self.http
+                .request(method.clone(), url)
+                .bearer_auth(token)
+                .json(body)
+        })
+        .await
     }
 
     async fn with_retries(&self, request: impl Fn() -> reqwest::RequestBuilder) -> GraphAnswer {
@@ -149,4 +204,9 @@ impl GraphClient {
             body,
         }
     }
+}
+
+/// `{base}/{version}/{path}`.
+fn url(base: &str, version: &str, path: &str) -> String {
+    format!("{}/{version}/{path}", base.trim_end_matches('/'))
 }

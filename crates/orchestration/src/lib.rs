@@ -22,6 +22,7 @@ pub mod graph_client;
 pub mod ingest;
 pub mod metrics;
 pub mod outbox;
+pub mod page_api;
 pub mod projections;
 pub mod reads;
 pub mod reconcile;

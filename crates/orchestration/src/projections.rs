@@ -6,7 +6,7 @@
 //! positions they appended (read your writes). It never writes to the log.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
@@ -29,6 +29,9 @@ pub const SEND_METADATA_PREFIX: &str = "baton:send:";
 pub const DEDUPE_RETENTION: Span = Span::hours(36);
 /// How long an `Idempotency-Key` is remembered (as Stripe's API does).
 pub const IDEMPOTENCY_RETENTION: Span = Span::hours(24);
+/// How long a comment's private reply is remembered: Meta allows replies
+/// for 7 days after the comment, which came before the reply.
+pub const PRIVATE_REPLY_RETENTION: Span = Span::days(8);
 /// How long a settled or refused send is kept for replays and echoes.
 pub const SETTLED_SEND_RETENTION: Span = Span::hours(24);
 /// How long a send whose outcome is unknown waits for its echo.
@@ -143,6 +146,8 @@ pub struct State {
     pub idempotency: HashMap<(AppId, String), Idempotent>,
     /// Echoes of Baton's own sends (tagged `baton:send:<id>`): send → mid.
     pub echoed: HashMap<CommandId, String>,
+    /// Comments (page, comment id) already answered with a private reply.
+    pub replied_comments: HashSet<(PageId, String)>,
     /// Pending sends by the position of their acceptance: the outbox's queue.
     pub open_sends: BTreeMap<u64, CommandId>,
     /// When each active thread's control lapses, in time order (the expiry
@@ -181,6 +186,7 @@ enum Forget {
     Seen(u64),
     Key((AppId, String)),
     Send(CommandId),
+    Reply((PageId, String)),
 }
 
 /// Streams holding refusals on threads that had no state: a refusal there
@@ -202,6 +208,7 @@ impl State {
             sends: HashMap::new(),
             idempotency: HashMap::new(),
             echoed: HashMap::new(),
+            replied_comments: HashSet::new(),
             open_sends: BTreeMap::new(),
             expiries: TimeIndex::default(),
             confirmations: TimeIndex::default(),
@@ -337,6 +344,9 @@ impl State {
                 Forget::Key(k) => {
                     self.idempotency.remove(&k);
                 }
+                Forget::Reply(k) => {
+                    self.replied_comments.remove(&k);
+                }
                 Forget::Send(id) => {
                     // A send still pending is never forgotten: the outbox owns it.
                     if self
@@ -395,6 +405,12 @@ impl State {
             }
             Event::OneTimeTokenIssued(e) => {
                 self.tokens.insert(e.token.clone(), e.thread.clone());
+            }
+            Event::PrivateReplySent(e) => {
+                let key = (e.page.clone(), e.comment_id.clone());
+                if self.replied_comments.insert(key.clone()) {
+                    self.forget_after(PRIVATE_REPLY_RETENTION, Forget::Reply(key));
+                }
             }
             Event::SendAccepted(e) => {
                 self.remember_key(&e.send);

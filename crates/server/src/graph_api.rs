@@ -14,6 +14,7 @@ use event_log::EventStore;
 use hmac::{Hmac, Mac};
 use orchestration::control::CallError;
 use orchestration::graph_client::GraphAnswer;
+use orchestration::page_api::{ProfileCall, Upload};
 use orchestration::reads::Node;
 use orchestration::{Acting, RecordError};
 use serde_json::{Map, Value};
@@ -524,6 +525,16 @@ pub async fn graph_body<S>(
     req: &HttpRequest,
     payload: web::Payload,
 ) -> Result<web::Bytes, GraphFailure> {
+    graph_body_within(state, req, payload, state.config.max_body_bytes).await
+}
+
+/// [`graph_body`] with a size limit of its own (an attachment upload).
+pub async fn graph_body_within<S>(
+    state: &AppState<S>,
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, GraphFailure> {
     let early = serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
         .ok()
         .and_then(|q| {
@@ -538,7 +549,7 @@ pub async fn graph_body<S>(
         }
     }
     let timeout = std::time::Duration::from_millis(state.config.body_timeout_ms);
-    crate::body::read(req, payload, state.config.max_body_bytes, timeout)
+    crate::body::read(req, payload, limit, timeout)
         .await
         .map_err(|e| match e {
             BodyError::TooLarge { limit } => GraphFailure::new(
@@ -613,7 +624,79 @@ pub async fn serve<S: EventStore + 'static>(
         }
         ("POST", Some("messages")) => {
             let caller = authenticate_params(state, bearer, params, &node, &version)?;
+            if let Some(comment) = caller
+                .params
+                .get("recipient")
+                .and_then(|r| r.get("comment_id"))
+            {
+                // A private reply: to a comment, not to a thread.
+                let comment = wire::webhook::id_string(comment)
+                    .ok_or_else(|| bad_param("param recipient.comment_id must be a comment id"))?;
+                let payload = Value::Object(caller.params.clone());
+                return passed_through(
+                    state
+                        .baton
+                        .private_reply(&caller.acting, comment, payload)
+                        .await,
+                );
+            }
             crate::sends::messages(state, caller, idempotency_key).await
+        }
+        (method @ ("GET" | "POST" | "DELETE"), Some("messenger_profile")) => {
+            let caller = authenticate_params(state, bearer, params, &node, &version)?;
+            let fields = |p: &Map<String, Value>| -> Result<Vec<String>, GraphFailure> {
+                let fields: Vec<String> = match p.get("fields") {
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect(),
+                    Some(Value::String(s)) => s
+                        .split(',')
+                        .map(|f| f.trim().to_owned())
+                        .filter(|f| !f.is_empty())
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                if fields.is_empty() {
+                    return Err(bad_param("The parameter fields is required"));
+                }
+                Ok(fields)
+            };
+            let call = match method {
+                "GET" => ProfileCall::Get {
+                    fields: fields(&caller.params)?.join(","),
+                },
+                "DELETE" => ProfileCall::Delete {
+                    fields: fields(&caller.params)?,
+                },
+                _ if caller.params.is_empty() => {
+                    return Err(bad_param(
+                        "At least one Messenger Profile property is required",
+                    ))
+                }
+                _ => ProfileCall::Set {
+                    properties: Value::Object(caller.params.clone()),
+                },
+            };
+            passed_through(state.baton.messenger_profile(&caller.acting, call).await)
+        }
+        ("POST", Some("pass_thread_metadata")) => {
+            let caller = authenticate_params(state, bearer, params, &node, &version)?;
+            let psid = recipient_psid(&caller.params)?;
+            let metadata = optional_string(&caller.params, "metadata", limits::METADATA_MAX_CHARS)?
+                .ok_or_else(|| bad_param("The parameter metadata is required"))?;
+            passed_through(
+                state
+                    .baton
+                    .pass_thread_metadata(&caller.acting, psid, metadata)
+                    .await,
+            )
+        }
+        ("POST", Some("message_attachments")) => {
+            let caller = authenticate_params(state, bearer, params, &node, &version)?;
+            let upload = json_upload(&caller.params)?;
+            passed_through(state.baton.upload_attachment(&caller.acting, upload).await)
         }
         ("POST", Some(edge)) if CONTROL_EDGES.contains(&edge) => {
             let caller = authenticate_params(state, bearer, params, &node, &version)?;
@@ -652,6 +735,92 @@ pub async fn serve<S: EventStore + 'static>(
             ))
         }
     }
+}
+
+/// An attachment upload given as JSON or form fields: `message.attachment`
+/// with a `payload.url` for Meta to fetch.
+fn json_upload(params: &Map<String, Value>) -> Result<Upload, GraphFailure> {
+    let attachment = &params
+        .get("message")
+        .ok_or_else(|| bad_param("The parameter message is required"))?["attachment"];
+    let kind = attachment["type"].as_str().map(str::to_owned);
+    if !matches!(kind.as_deref(), Some("image" | "video" | "audio" | "file")) {
+        return Err(bad_param(
+            "param message.attachment.type must be image, video, audio or file",
+        ));
+    }
+    let url = attachment["payload"]["url"].as_str().map(str::to_owned);
+    if url.is_none() {
+        return Err(bad_param(
+            "param message.attachment.payload.url is required (or upload the file as multipart/form-data)",
+        ));
+    }
+    let body = serde_json::to_vec(&Value::Object(
+        params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    ))
+    .expect("a JSON value always serialises");
+    Ok(Upload {
+        content_type: "application/json".into(),
+        body,
+        kind,
+        file_bytes: 0,
+        file_sha256: None,
+        url,
+    })
+}
+
+/// A `multipart/form-data` upload, passed through as it came: its
+/// `message` part says the type, its `filedata` part is the file (measured
+/// and hashed for the record).
+fn multipart_upload(content_type: &str, body: &[u8]) -> Result<Upload, GraphFailure> {
+    let boundary = content_type
+        .split(';')
+        .filter_map(|p| p.trim().strip_prefix("boundary="))
+        .map(|b| b.trim_matches('"'))
+        .next()
+        .ok_or_else(|| bad_param("the multipart body names no boundary"))?;
+    let delimiter = format!("--{boundary}");
+    let text = body;
+    let mut kind = None;
+    let mut file: Option<&[u8]> = None;
+    let mut rest = text;
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    while let Some(start) = find(rest, delimiter.as_bytes()) {
+        rest = &rest[start + delimiter.len()..];
+        if rest.starts_with(b"--") {
+            break;
+        }
+        let Some(head_end) = find(rest, b"\r\n\r\n") else {
+            break;
+        };
+        let head = String::from_utf8_lossy(&rest[..head_end]).to_ascii_lowercase();
+        let content = &rest[head_end + 4..];
+        let end = find(content, format!("\r\n{delimiter}").as_bytes()).unwrap_or(content.len());
+        let part = &content[..end];
+        if head.contains("name=\"message\"") {
+            let message: Value = serde_json::from_slice(part)
+                .map_err(|e| bad_param(format!("the message part is not JSON: {e}")))?;
+            kind = message["attachment"]["type"].as_str().map(str::to_owned);
+        } else if head.contains("name=\"filedata\"") {
+            file = Some(part);
+        }
+        rest = &content[end..];
+    }
+    let file = file.ok_or_else(|| bad_param("the multipart body has no filedata part"))?;
+    if !matches!(kind.as_deref(), Some("image" | "video" | "audio" | "file")) {
+        return Err(bad_param(
+            "the message part's attachment.type must be image, video, audio or file",
+        ));
+    }
+    use sha2::Digest;
+    Ok(Upload {
+        content_type: content_type.to_owned(),
+        body: body.to_vec(),
+        kind,
+        file_bytes: file.len() as u64,
+        file_sha256: Some(hex::encode(Sha256::digest(file))),
+        url: None,
+    })
 }
 
 /// The thread-control edges, all `POST`.
@@ -695,17 +864,77 @@ pub async fn post_edge<S: EventStore + 'static>(
     payload: web::Payload,
 ) -> Result<HttpResponse, GraphFailure> {
     let (version, node, edge) = path.into_inner();
-    let body = graph_body(&state, &req, payload).await?;
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if edge == "message_attachments"
+        && content_type
+            .to_ascii_lowercase()
+            .starts_with("multipart/form-data")
+    {
+        // A file upload: read under the attachment limit, passed through.
+        let body =
+            graph_body_within(&state, &req, payload, state.config.max_attachment_bytes).await?;
+        let bearer = crate::auth::bearer(&req).map(str::to_owned);
+        let caller = authenticate_params(&state, bearer, params(&req, &[])?, &node, &version)?;
+        let upload = multipart_upload(&content_type, &body)?;
+        return Ok(HttpResponse::Ok().json(passed_through(
+            state.baton.upload_attachment(&caller.acting, upload).await,
+        )?));
+    }
+    let key = crate::sends::idempotency_key(&req)?;
+    serve_edge(
+        &state,
+        &req,
+        payload,
+        Method::POST,
+        (version, node, edge),
+        key,
+    )
+    .await
+}
+
+/// Reads the body, then serves the call to `edge`.
+async fn serve_edge<S: EventStore + 'static>(
+    state: &AppState<S>,
+    req: &HttpRequest,
+    payload: web::Payload,
+    method: Method,
+    (version, node, edge): (String, String, String),
+    idempotency_key: Option<String>,
+) -> Result<HttpResponse, GraphFailure> {
+    let body = graph_body(state, req, payload).await?;
     let call = GraphCall {
-        method: Method::POST,
+        method,
         version,
         node,
         edge: Some(edge),
-        params: params(&req, &body)?,
-        bearer: crate::auth::bearer(&req).map(str::to_owned),
-        idempotency_key: crate::sends::idempotency_key(&req)?,
+        params: params(req, &body)?,
+        bearer: crate::auth::bearer(req).map(str::to_owned),
+        idempotency_key,
     };
-    Ok(HttpResponse::Ok().json(serve(&state, call).await?))
+    Ok(HttpResponse::Ok().json(serve(state, call).await?))
+}
+
+/// `DELETE /{version}/{node}/{edge}` (the Messenger Profile).
+pub async fn delete_edge<S: EventStore + 'static>(
+    state: web::Data<AppState<S>>,
+    path: web::Path<(String, String, String)>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, GraphFailure> {
+    serve_edge(
+        &state,
+        &req,
+        payload,
+        Method::DELETE,
+        path.into_inner(),
+        None,
+    )
+    .await
 }
 
 /// `GET /{version}/{node}/{edge}` and `GET /{version}/{node}`.

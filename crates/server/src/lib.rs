@@ -319,6 +319,7 @@ pub async fn start<S: EventStore + 'static>(
                 web::resource("/{version:v[0-9]+(\\.[0-9]+)?}/{node}/{edge}")
                     .post(graph_api::post_edge::<S>)
                     .get(graph_api::get::<S>)
+                    .delete(graph_api::delete_edge::<S>)
                     .default_service(web::to(method_not_allowed)),
             )
             .service(

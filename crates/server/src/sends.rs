@@ -44,9 +44,9 @@ pub fn parse_send(
                 Recipient::OneTimeToken(t.to_owned())
             } else if let Some(u) = r.get("user_ref").and_then(Value::as_str) {
                 Recipient::UserRef(u.to_owned())
-            } else if r.contains_key("comment_id") || r.contains_key("post_id") {
+            } else if r.contains_key("post_id") {
                 return Err(bad_param(
-                    "(#100) Unsupported post request: private replies (recipient.comment_id) are not served by Baton",
+                    "(#100) Unsupported post request: private replies to a post (recipient.post_id) are not served by Baton; reply to the comment (recipient.comment_id)",
                 ));
             } else {
                 return Err(bad_param(

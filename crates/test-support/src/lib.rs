@@ -174,6 +174,7 @@ name = "Bot"
 kind = "bot"
 management = "managed"
 may_take_control = true
+may_set_messenger_profile = true
 app_secret = "{BOT_SECRET}"
 forward_secret = "{BOT_FORWARD_SECRET}"
 verify_token = "verify-bot"

@@ -211,6 +211,39 @@ impl Fixture {
         (resp.status().as_u16(), resp.json().await.unwrap())
     }
 
+    /// DELETE `/v21.0/me/{edge_and_query}` with a JSON body.
+    pub async fn delete(&self, token: &str, edge_and_query: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .delete(format!("{}/me/{edge_and_query}", self.emu.graph_url()))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap())
+    }
+
+    /// POST a raw body with `content_type` to `/v21.0/me/{edge}?access_token=`.
+    pub async fn post_raw(
+        &self,
+        token: &str,
+        edge: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/me/{edge}", self.emu.graph_url()))
+            .query(&[("access_token", token)])
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap())
+    }
+
     pub async fn send_text(&self, token: &str, text: &str) -> (u16, Value) {
         self.post(
             token,
