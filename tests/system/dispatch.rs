@@ -231,6 +231,10 @@ async fn backends_receive_metas_bytes_and_never_batons_markers() {
     status.wait_for(|s| s.delivered >= 3).await.unwrap();
     let forwarded = String::from_utf8(bot_seen.lock().unwrap()[1].2.clone()).unwrap();
     assert!(forwarded.contains(r#""text":"\u00fcber""#), "{forwarded}");
+    assert!(
+        forwarded.contains(r#"[{"sender":{"id":"u2"},"recipient":{"id":"#),
+        "Meta's key order: {forwarded}"
+    );
     assert!(forwarded.is_ascii());
 
     // The echo of a send Baton tagged to match it: the marker is gone.

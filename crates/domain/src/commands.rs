@@ -97,6 +97,9 @@ pub struct SendMessage {
 }
 
 /// A command an app issues, as itself, on one thread.
+// Commands are short-lived values, decided and recorded at once: boxing the
+// send to shrink the control calls would cost an allocation on every send.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {

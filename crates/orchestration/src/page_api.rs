@@ -57,8 +57,8 @@ fn rejected(r: &Rejection) -> GraphAnswer {
 
 impl<S: EventStore + 'static> Baton<S> {
     /// The app's page token and Graph API, or why there is none.
-    fn page_token(&self, acting: &Acting) -> Result<(String, String), GraphAnswer> {
-        let denied = |why: String| refused(400, graph::error(code::ACCESS_DENIED, None, why));
+    fn page_token(&self, acting: &Acting) -> Result<(String, String), GraphError> {
+        let denied = |why: String| graph::error(code::ACCESS_DENIED, None, why);
         let Some((_, managed)) = self.config.managed(&acting.app) else {
             return Err(denied(format!(
                 "(#200) app {} is not managed by Baton",
@@ -94,7 +94,7 @@ impl<S: EventStore + 'static> Baton<S> {
     pub async fn messenger_profile(&self, acting: &Acting, call: ProfileCall) -> GraphAnswer {
         let (base, token) = match self.page_token(acting) {
             Ok(t) => t,
-            Err(refusal) => return refusal,
+            Err(e) => return refused(400, e),
         };
         let page = acting.page.as_str();
         let allowed = self
@@ -156,7 +156,7 @@ impl<S: EventStore + 'static> Baton<S> {
     pub async fn upload_attachment(&self, acting: &Acting, upload: Upload) -> GraphAnswer {
         let (base, token) = match self.page_token(acting) {
             Ok(t) => t,
-            Err(refusal) => return refusal,
+            Err(e) => return refused(400, e),
         };
         let answer = self
             .send_graph
@@ -224,7 +224,7 @@ impl<S: EventStore + 'static> Baton<S> {
         }
         let (base, token) = match self.page_token(acting) {
             Ok(t) => t,
-            Err(refusal) => return refusal,
+            Err(e) => return refused(400, e),
         };
         let body = serde_json::json!({ "recipient": { "id": thread.psid.as_str() }, "metadata": metadata });
         let answer = self
@@ -281,7 +281,7 @@ impl<S: EventStore + 'static> Baton<S> {
         }
         let (base, token) = match self.page_token(acting) {
             Ok(t) => t,
-            Err(refusal) => return refusal,
+            Err(e) => return refused(400, e),
         };
         let answer = self
             .send_graph
