@@ -88,6 +88,7 @@ data_dir = "{data_dir}"
 log_format = "text"                  # or "json"
 # max_body_bytes = 1048576           # larger webhook bodies get 413
 # max_attachment_bytes = 26214400    # attachment uploads (message_attachments) up to Meta's 25 MiB
+# log_cache_bytes = 67108864         # sled's page cache (its own default is 1 GiB)
 admin_token = "{admin}"              # Baton's admin API: export, redrive, everything
 auditor_token = "{auditor}"          # read-only: every thread, timeline and export
 # metrics_token = "…"                # when set, /metrics needs it (or the admin token)

@@ -284,8 +284,14 @@ async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
     server::init_tracing(config.log_format);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-    let store =
-        event_log::SledStore::open(config.data_dir.join("log")).context("opening the event log")?;
+    let store = event_log::SledStore::open_with(
+        config.data_dir.join("log"),
+        event_log::StoreConfig {
+            cache_capacity_bytes: config.log_cache_bytes,
+            ..event_log::StoreConfig::default()
+        },
+    )
+    .context("opening the event log")?;
     let store = Arc::new(store);
     let running = server::start(config, store, Arc::new(server::SystemClock)).await?;
     println!("baton listening on {}", running.base_url());

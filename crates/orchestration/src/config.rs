@@ -71,6 +71,8 @@ struct RawConfig {
     max_body_bytes: usize,
     #[serde(default = "default_max_attachment")]
     max_attachment_bytes: usize,
+    #[serde(default = "default_log_cache")]
+    log_cache_bytes: u64,
     admin_token: Option<SecretSource>,
     auditor_token: Option<SecretSource>,
     metrics_token: Option<SecretSource>,
@@ -108,6 +110,11 @@ struct RawConfig {
     pages: Vec<RawPage>,
     #[serde(default)]
     apps: Vec<RawApp>,
+}
+
+/// sled's page cache (sled's own default is 1 GiB).
+fn default_log_cache() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// Meta's limit on one uploaded attachment.
@@ -274,6 +281,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// The largest attachment upload (`message_attachments`) read.
     pub max_attachment_bytes: usize,
+    /// The most memory the log's page cache (sled's) may hold.
+    pub log_cache_bytes: u64,
     /// Bearer token for Baton's own read and admin API (besides app tokens).
     pub admin_token: Option<Secret>,
     /// Read-only bearer token: every thread, timeline and export; no redrive.
@@ -575,6 +584,7 @@ impl Config {
             log_format: raw.log_format,
             max_body_bytes: raw.max_body_bytes,
             max_attachment_bytes: raw.max_attachment_bytes,
+            log_cache_bytes: raw.log_cache_bytes.max(1024 * 1024),
             admin_token,
             auditor_token,
             metrics_token,
