@@ -513,3 +513,81 @@ async fn metas_codes_for_no_token_and_an_unknown_user_and_its_shape_for_sender_a
         .await;
     assert_eq!((status, body), (200, json!({"recipient_id": "u1"})));
 }
+
+/// "Who can I message now?": the threads where an app's send would be
+/// accepted right now, with the basis, by the same rules as a real send;
+/// the app sees only its own list, and bad input is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_can_i_message_now_lists_the_threads_a_send_would_reach_with_the_basis() {
+    let stack = Stack::start(Mode::ConversationRouting).await;
+    stack.user_says("u1", "hello").await; // the bot holds u1, window open
+    stack.user_says("u2", "hello").await;
+    stack.pass("baton-bot", "u2", Some(HUMAN)).await; // the human holds u2…
+    let (status, _) = stack
+        .graph_post(
+            "baton-human",
+            "extend_thread_control",
+            json!({"recipient": {"id": "u2"}, "duration": 3 * 86_400}),
+        )
+        .await;
+    assert_eq!(status, 200, "…for three days");
+    stack.user_says("u3", "hello").await;
+    stack.advance(Span::hours(30)).await; // u1..u3 outside the 24 h window now
+    stack.user_says("u4", "hello").await; // the bot holds u4, window open
+    let list = |token: &'static str, app: &str, query: &str| {
+        let url = stack
+            .baton
+            .url(&format!("/api/apps/{app}/messageable{query}"));
+        let http = stack.baton.http.clone();
+        async move {
+            let res = http.get(url).bearer_auth(token).send().await.unwrap();
+            (
+                res.status().as_u16(),
+                res.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let psids = |body: &Value| -> Vec<String> {
+        body["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["psid"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, bot) = list("baton-bot", BOT, "").await;
+    assert_eq!(status, 200, "{bot}");
+    assert_eq!(
+        psids(&bot),
+        ["u4"],
+        "only where the window is open and the bot may speak"
+    );
+    assert_eq!(bot["threads"][0]["owner"], "thread_owner");
+    // The human app: u2 on day two, through HUMAN_AGENT (7 days).
+    let (status, human) = list("baton-human", HUMAN, "").await;
+    assert_eq!(status, 200, "{human}");
+    assert_eq!(psids(&human), ["u2"]);
+    assert_eq!(
+        human["threads"][0]["window"]["basis"], "human_agent",
+        "{human}"
+    );
+    // Each entry is what a real send gets: the bot's send to u4 goes out.
+    let (status, _) = stack.send("baton-bot", text("u4", "still here")).await;
+    assert_eq!(status, 200);
+    // Only one's own list (or the admin's view); limit and bad input.
+    assert_eq!(list("baton-human", BOT, "").await.0, 401);
+    let (status, admin) = list(ADMIN_TOKEN, HUMAN, "?limit=1").await;
+    assert_eq!((status, admin["count"].clone()), (200, json!(1)));
+    let (status, err) = list("baton-bot", BOT, "?limit=many").await;
+    assert_eq!(
+        (status, err["error"].clone()),
+        (400, json!("bad_request")),
+        "{err}"
+    );
+    let (status, err) = list(ADMIN_TOKEN, "7777", "").await;
+    assert_eq!(
+        (status, err["error"].clone()),
+        (404, json!("not_found")),
+        "{err}"
+    );
+}

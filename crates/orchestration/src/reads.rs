@@ -156,3 +156,100 @@ impl<S: EventStore + 'static> Baton<S> {
         Ok(json!({ "data": data, "paging": {} }))
     }
 }
+
+/// A thread an app may message now, and on what basis.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Messageable {
+    pub page: String,
+    pub psid: String,
+    /// Why the app may speak in the thread (it holds it, it answers it idle, …).
+    pub owner: domain::events::OwnerBasis,
+    /// Why it may speak now: the open window, the HUMAN_AGENT window, or an
+    /// unused One-Time Notification token (the first that applies).
+    pub window: domain::events::WindowBasis,
+}
+
+impl<S: EventStore + 'static> Baton<S> {
+    /// "Who can I message now?" (Meta has no API for it): the threads of
+    /// `app`'s pages (or of `page` alone) where a send by `app` would be
+    /// accepted now, by the same rules as a real send: a plain response in
+    /// the window, else HUMAN_AGENT for a human app, else an unused One-Time
+    /// Notification token. At most `limit`, in thread order.
+    pub fn messageable(
+        &self,
+        app: &domain::AppId,
+        page: Option<&domain::PageId>,
+        limit: usize,
+    ) -> Vec<Messageable> {
+        use domain::{Command, MessagingType, Recipient, SendContent, SendMessage};
+        let now = self.clock.now();
+        let snapshot = self.projections.read();
+        let mut keys: Vec<&ThreadKey> = snapshot
+            .threads
+            .keys()
+            .filter(|k| page.is_none_or(|p| &k.page == p))
+            .filter(|k| {
+                snapshot
+                    .pages
+                    .get(&k.page)
+                    .is_some_and(|p| p.app(app).is_some())
+            })
+            .collect();
+        keys.sort();
+        let send = |recipient: Recipient, messaging_type, tag: Option<&str>| {
+            Command::SendMessage(SendMessage {
+                send_id: domain::CommandId::parse("messageable-check").expect("a valid id"),
+                app: app.clone(),
+                recipient,
+                messaging_type,
+                tag: tag.map(str::to_owned),
+                content: SendContent::Message { metadata: None },
+                thread_control: None,
+                payload: json!({}),
+                idempotency_key: None,
+                graph_version: None,
+                request_digest: None,
+            })
+        };
+        let mut out = Vec::new();
+        for key in keys {
+            if out.len() >= limit {
+                break;
+            }
+            let (Some(ledger), Some(page)) = (snapshot.thread(key), snapshot.pages.get(&key.page))
+            else {
+                continue;
+            };
+            let psid = || Recipient::Psid(key.psid.clone());
+            let mut candidates = vec![
+                send(psid(), Some(MessagingType::Response), None),
+                send(psid(), Some(MessagingType::MessageTag), Some("HUMAN_AGENT")),
+            ];
+            candidates.extend(
+                ledger
+                    .tokens
+                    .iter()
+                    .filter(|t| t.consumed.is_none())
+                    .map(|t| send(Recipient::OneTimeToken(t.token.clone()), None, None)),
+            );
+            let basis = candidates.iter().find_map(|command| {
+                rules::decide(ledger, page, command, now)
+                    .ok()?
+                    .into_iter()
+                    .find_map(|e| match e {
+                        domain::Event::SendAccepted(a) => Some(a.basis),
+                        _ => None,
+                    })
+            });
+            if let Some(basis) = basis {
+                out.push(Messageable {
+                    page: key.page.to_string(),
+                    psid: key.psid.to_string(),
+                    owner: basis.owner,
+                    window: basis.window,
+                });
+            }
+        }
+        out
+    }
+}

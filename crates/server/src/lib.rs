@@ -314,6 +314,7 @@ pub async fn start<S: EventStore + 'static>(
             .service(resource("/api/admin/export").get(admin::export::<S>))
             .service(resource("/api/admin/projections").get(admin::projections::<S>))
             .service(resource("/api/apps/{app_id}/delivery").get(delivery_api::status::<S>))
+            .service(resource("/api/apps/{app_id}/messageable").get(read_api::messageable::<S>))
             .service(resource("/api/apps/{app_id}/redrive").post(delivery_api::redrive::<S>))
             .service(
                 web::resource("/{version:v[0-9]+(\\.[0-9]+)?}/{node}/{edge}")

@@ -203,3 +203,50 @@ pub async fn timeline<S: EventStore + 'static>(
         json!({ "page_id": key.page.as_str(), "psid": key.psid.as_str(), "events": entries, "next": next }),
     ))
 }
+
+/// Query of `GET /api/apps/{app_id}/messageable`.
+#[derive(Debug, serde::Deserialize)]
+pub struct MessageableQuery {
+    pub page: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// The most threads one answer lists.
+pub const MESSAGEABLE_MAX: usize = 1000;
+
+/// `GET /api/apps/{app_id}/messageable?page=&limit=`: "who can I message
+/// now?", the threads where the app may send right now and on what basis
+/// (the admin, the auditor, or the app itself).
+pub async fn messageable<S: EventStore + 'static>(
+    state: web::Data<AppState<S>>,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query: MessageableQuery = serde_urlencoded::from_str(req.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("query: {e}")))?;
+    let app = domain::AppId::parse(path.into_inner())
+        .map_err(|e| ApiError::BadRequest(format!("app id: {e}")))?;
+    let page = query
+        .page
+        .as_deref()
+        .map(PageId::parse)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(format!("page: {e}")))?;
+    match authorize(&state, &req, page.as_ref())? {
+        Reader::Everything => {}
+        Reader::App(caller) if caller == app => {}
+        Reader::App(_) => return Err(ApiError::Unauthorized),
+    }
+    if !state.config.apps.contains_key(&app) {
+        return Err(ApiError::NotFound(format!("no app {app} is configured")));
+    }
+    let limit = query.limit.unwrap_or(100).clamp(1, MESSAGEABLE_MAX);
+    let threads = state.baton.messageable(&app, page.as_ref(), limit);
+    Ok(HttpResponse::Ok().json(json!({
+        "app": app.as_str(),
+        "at": state.baton.clock.now().millis(),
+        "count": threads.len(),
+        "limit": limit,
+        "threads": threads,
+    })))
+}
