@@ -1,8 +1,10 @@
-//! Ingest load generator: posts signed, realistic webhook batches to the real
-//! server over many connections and reports events/s and acknowledgement
+//! Ingest load generator: posts signed, distinct webhook bodies to the real
+//! server over many connections and reports items/s and acknowledgement
 //! latency (p50/p99/p999), first with the durable sled log, then in the same
 //! run with the in-memory log (no disk: persistence switched off), and prints
-//! the ratios. Run: `cargo bench -p server --bench ingest`
+//! the ratios; for bodies of 1, 4 and 10 items. After each durable run it
+//! reads the log back and checks that every acknowledged item is stored
+//! exactly once. Run: `cargo bench -p server --bench ingest`
 //! (`BATON_BENCH_DELIVERIES=20000` for a longer run).
 
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use server::{Config, ManualClock};
 use test_support::{BOT_SECRET, HUMAN_SECRET, PAGE};
 
 const CONNECTIONS: usize = 32;
-const ITEMS_PER_DELIVERY: usize = 4;
+const ITEMS_PER_DELIVERY: [usize; 3] = [1, 4, 10];
 
 fn config() -> Config {
     let text = test_support::BatonToml::new("http://127.0.0.1:9").render();
@@ -24,16 +26,16 @@ fn config() -> Config {
 /// Delivery `n`: a batch of messages over many threads, as the bot's copy on
 /// `messaging`; every third delivery is the human app's `standby` copy of the
 /// previous one (so dedupe of copies is exercised too).
-fn delivery(n: usize) -> (String, Vec<u8>) {
+fn delivery(n: usize, items_per_delivery: usize) -> (String, Vec<u8>) {
     let t0: i64 = 1_793_523_600_000;
     let (app, channel, base) = if n % 3 == 2 {
         ("1002", "standby", n - 1)
     } else {
         ("1001", "messaging", n)
     };
-    let items: Vec<serde_json::Value> = (0..ITEMS_PER_DELIVERY)
+    let items: Vec<serde_json::Value> = (0..items_per_delivery)
         .map(|i| {
-            let psid = format!("user-{}", (base * ITEMS_PER_DELIVERY + i) % 5000);
+            let psid = format!("user-{}", (base * items_per_delivery + i) % 5000);
             serde_json::json!({
                 "sender": {"id": psid}, "recipient": {"id": PAGE}, "timestamp": t0 + base as i64,
                 "message": {"mid": format!("m.{base}.{i}"), "text": "Hello, is my order shipped yet? Order #12345"}
@@ -51,13 +53,14 @@ struct Outcome {
     p999: Duration,
 }
 
-async fn run<S: EventStore + 'static>(store: Arc<S>, deliveries: usize) -> Outcome {
+async fn run<S: EventStore + 'static>(store: Arc<S>, deliveries: usize, items: usize) -> Outcome {
     let clock = Arc::new(ManualClock::new(test_support::T0));
     let running = server::start(config(), store, clock)
         .await
         .expect("server starts");
     let url = running.base_url();
-    let bodies: Arc<Vec<(String, Vec<u8>)>> = Arc::new((0..deliveries).map(delivery).collect());
+    let bodies: Arc<Vec<(String, Vec<u8>)>> =
+        Arc::new((0..deliveries).map(|n| delivery(n, items)).collect());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -103,7 +106,7 @@ async fn run<S: EventStore + 'static>(store: Arc<S>, deliveries: usize) -> Outco
     running.stop().await;
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    let events = deliveries * ITEMS_PER_DELIVERY;
+    let events = deliveries * items;
     Outcome {
         events_per_sec: events as f64 / elapsed.as_secs_f64(),
         p50: pct(0.50),
@@ -112,25 +115,54 @@ async fn run<S: EventStore + 'static>(store: Arc<S>, deliveries: usize) -> Outco
     }
 }
 
+/// Every item the bot's deliveries carried is in the log exactly once (the
+/// human's standby copies are copies of those, never new facts).
+async fn stored_exactly_once<S: EventStore>(store: &S, deliveries: usize, items: usize) {
+    let records = store.read_all(1, usize::MAX).await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for r in records
+        .iter()
+        .filter(|r| r.type_name == "MessagingEventReceived")
+    {
+        let event = domain::Event::decode(&r.type_name, r.schema_version, &r.payload).unwrap();
+        if let domain::Event::MessagingEventReceived(e) = event {
+            assert!(
+                seen.insert(e.dedupe_key.clone()),
+                "{} stored twice",
+                e.dedupe_key
+            );
+        }
+    }
+    let bot_deliveries = (0..deliveries).filter(|n| n % 3 != 2).count();
+    assert_eq!(
+        seen.len(),
+        bot_deliveries * items,
+        "every acknowledged item stored once"
+    );
+}
+
 fn main() {
     let deliveries: usize = test_support::env_count("BATON_BENCH_DELIVERIES", 6000);
     let rt = test_support::runtime();
     rt.block_on(async {
         // Warm up both paths once (connection pools, allocator, page cache).
-        let _ = run(Arc::new(MemoryStore::new()), 300).await;
-        let dir = tempfile::tempdir().unwrap();
-        let sled = Arc::new(SledStore::open(dir.path().join("log")).unwrap());
-        let durable = run(sled, deliveries).await;
-        let memory = run(Arc::new(MemoryStore::new()), deliveries).await;
-        println!("ingest: {deliveries} deliveries x {ITEMS_PER_DELIVERY} items over {CONNECTIONS} connections");
-        println!("{:<28} {:>12} {:>10} {:>10} {:>10}", "backend", "events/s", "p50", "p99", "p999");
-        for (name, o) in [("sled (durable, flush per ack)", &durable), ("memory (persistence off)", &memory)] {
-            println!("{name:<28} {:>12.0} {:>10.2?} {:>10.2?} {:>10.2?}", o.events_per_sec, o.p50, o.p99, o.p999);
+        let _ = run(Arc::new(MemoryStore::new()), 300, 4).await;
+        println!("ingest: {deliveries} signed, distinct deliveries over {CONNECTIONS} connections, per body size");
+        println!("{:<8} {:<28} {:>12} {:>10} {:>10} {:>10}", "items", "backend", "items/s", "p50", "p99", "p999");
+        for items in ITEMS_PER_DELIVERY {
+            let dir = tempfile::tempdir().unwrap();
+            let sled = Arc::new(SledStore::open(dir.path().join("log")).unwrap());
+            let durable = run(sled.clone(), deliveries, items).await;
+            stored_exactly_once(sled.as_ref(), deliveries, items).await;
+            let memory = run(Arc::new(MemoryStore::new()), deliveries, items).await;
+            for (name, o) in [("sled (durable, fdatasync)", &durable), ("memory (persistence off)", &memory)] {
+                println!("{items:<8} {name:<28} {:>12.0} {:>10.2?} {:>10.2?} {:>10.2?}", o.events_per_sec, o.p50, o.p99, o.p999);
+            }
+            println!(
+                "{items:<8} durable/memory throughput: {:.2} (target >= 0.70); p99 durable/memory: {:.2} (target <= 2.0); every item stored once",
+                durable.events_per_sec / memory.events_per_sec,
+                durable.p99.as_secs_f64() / memory.p99.as_secs_f64()
+            );
         }
-        println!(
-            "durable/memory throughput: {:.2} (target >= 0.70); p99 durable/memory: {:.2} (target <= 2.0)",
-            durable.events_per_sec / memory.events_per_sec,
-            durable.p99.as_secs_f64() / memory.p99.as_secs_f64()
-        );
     });
 }
