@@ -1124,9 +1124,19 @@ pub fn observe(
             // message reach Baton in any order (the first may be another
             // app's standby copy, the routing one held back by Meta).
             let activates = enters_thread(&event) && policy::window_grant(&event, at).is_some();
+            // The fact was first recorded when its first copy arrived: a
+            // copy is never newer than a control change Meta timed at the
+            // same moment (the tie that arrival order breaks for distinct
+            // facts goes to the ledger here).
+            let not_newer = ledger
+                .control_changed_at
+                .is_some_and(|changed| at <= changed);
             let routing = match event {
                 _ if at > now.plus(policy::FUTURE_TOLERANCE) => None,
                 InboundEvent::Handover { .. } => None,
+                // The first copy of an echo said all an echo can say.
+                InboundEvent::Echo { .. } => None,
+                _ if not_newer && ledger.control_changed_on_meta_clock => None,
                 _ => routing_or_drift(
                     &ledger,
                     page,
@@ -1393,21 +1403,27 @@ fn routing_or_drift(
                 && ledger
                     .control_changed_at
                     .is_some_and(|changed| at.plus(policy::CLOCK_SKEW_TOLERANCE) >= changed);
-            let would_route = routes_idle && activates && delivery.channel == Channel::Messaging;
-            (a_guess && would_route).then(|| {
-                stale_evidence(
-                    ledger,
-                    view,
+            let holder = page.mode.idle_holder() == Some(&delivery.app);
+            let (claimed, evidence) = match delivery.channel {
+                // It would route the thread to this app…
+                Channel::Messaging if routes_idle => (
                     ControlView::Owner {
                         app: delivery.app.clone(),
                     },
                     DriftEvidence::MessagingDelivery {
                         app: delivery.app.clone(),
                     },
-                    at,
-                    now,
-                )
-            })
+                ),
+                // …or reveal that another app took it silently.
+                Channel::Standby if holder => (
+                    ControlView::Unknown,
+                    DriftEvidence::StandbyDelivery {
+                        app: delivery.app.clone(),
+                    },
+                ),
+                _ => return None,
+            };
+            (a_guess && activates).then(|| stale_evidence(ledger, view, claimed, evidence, at, now))
         }
         (ControlView::Idle, Channel::Messaging) if routes_idle && activates => Some(
             ThreadRouted {

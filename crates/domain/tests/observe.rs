@@ -516,7 +516,7 @@ fn the_routing_copy_arriving_after_another_apps_standby_copy_still_routes() {
     // Meta held the bot's messaging copy; the human's standby copy came first.
     let s = Scenario::given(cr())
         .item(T0, human(), Channel::Standby, message("m-1"))
-        .item(T0, bot(), Channel::Messaging, message("m-1"));
+        .copy(T0, bot(), Channel::Messaging, message("m-1"), T0);
     assert_eq!(
         s.owner_at(hours(1)),
         ControlView::Owner { app: bot() },
@@ -588,4 +588,45 @@ fn a_message_timed_just_before_batons_release_is_checked_with_meta() {
             message("m-3"),
         );
     assert!(stale_of(&s.history).is_none());
+}
+
+#[test]
+fn a_late_copy_of_an_echo_recorded_before_a_takeover_changes_nothing() {
+    // The bot's echo (first copy on its own endpoint), then the Page Inbox
+    // takes the thread in the same second; the human's copy of that echo,
+    // held by Meta, arrives last. The fact was recorded before the takeover.
+    let s = Scenario::given(hop())
+        .user_message(T0)
+        .item(T0, bot(), Channel::Messaging, echo("m-1", bot()))
+        .handover(
+            T0,
+            bot(),
+            HandoverNotice::Taken {
+                from: Some(bot()),
+                by: inbox(),
+                metadata: None,
+            },
+        )
+        .copy(T0, human(), Channel::Standby, echo("m-1", bot()), hours(1));
+    assert_eq!(s.owner_at(hours(1)), owner(inbox()));
+    assert!(drift_of(&s.history[s.history.len() - 1..]).is_none());
+}
+
+#[test]
+fn the_default_apps_standby_copy_just_before_batons_release_is_checked_with_meta() {
+    // Meta's clock 2 s behind: the user wrote after the release (the Page
+    // Inbox had taken the thread silently), Meta's time says 2 s before it.
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .done(release(bot()), hours(1))
+        .item(
+            hours(1).plus(Span::seconds(-2)),
+            bot(),
+            Channel::Standby,
+            message("m-2"),
+        );
+    assert_eq!(
+        stale_of(&s.history).expect("Meta is asked").claimed,
+        ControlView::Unknown
+    );
 }

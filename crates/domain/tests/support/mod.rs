@@ -274,6 +274,30 @@ impl Scenario {
         self.record(events)
     }
 
+    /// Another app's copy of an item already recorded (ingress dedupes it
+    /// into a copy), observed at `now`.
+    pub fn copy(
+        self,
+        when: Timestamp,
+        delivery_app: AppId,
+        channel: Channel,
+        event: InboundEvent,
+        now: Timestamp,
+    ) -> Self {
+        let obs = Observation::Copy {
+            at: when,
+            dedupe_key: format!("k-{}", when.millis()),
+            delivery: DeliveryCopy {
+                app: delivery_app,
+                channel,
+            },
+            event,
+            raw: serde_json::json!({"timestamp": when.millis()}),
+        };
+        let events = rules::observe(&self.ledger, &self.page, obs, now);
+        self.record(events)
+    }
+
     /// The user writes; Meta delivers it to whoever answers the thread now.
     pub fn user_message(self, when: Timestamp) -> Self {
         let view = rules::control_at(&self.ledger, &self.page, when);
