@@ -1219,6 +1219,17 @@ fn enters_thread(event: &InboundEvent) -> bool {
     )
 }
 
+/// Whether Meta's `at` lies within the clock-skew tolerance, either side,
+/// of a control change Baton timed by its own clock: which came first is
+/// then only a guess, and Meta is asked rather than the ledger changed.
+fn a_guess_against_batons_clock(ledger: &ThreadLedger, at: Timestamp) -> bool {
+    !ledger.control_changed_on_meta_clock
+        && ledger.control_changed_at.is_some_and(|changed| {
+            at.plus(policy::CLOCK_SKEW_TOLERANCE) >= changed
+                && at <= changed.plus(policy::CLOCK_SKEW_TOLERANCE)
+        })
+}
+
 /// Whether evidence Meta timed `at` is not newer than the ledger's last
 /// control change: strictly older when both times are Meta's (a tie goes to
 /// arrival order); at or before the change plus the clock-skew tolerance
@@ -1339,19 +1350,14 @@ fn routing_or_drift(
         let sender = app_id.as_ref()?;
         // Sent before control last changed (a reply then a release, delivered
         // late, or Meta's clock a little ahead): it says nothing about who
-        // controls the thread now. But when the change was timed by Baton's
-        // clock and the echo is within the skew tolerance of it, either side
-        // (the clocks differ both ways), "before" is only a guess (the Page
-        // Inbox may have taken the thread just after Baton's release): an
-        // echo from an app Baton does
-        // not send for (a managed app's echo is its own send through Baton,
-        // made before it handed over) that contradicts the ledger is kept,
-        // not applied, and Meta is asked.
+        // controls the thread now. But within the skew tolerance of a change
+        // Baton timed, "before" is only a guess (the Page Inbox may have
+        // taken the thread just after Baton's release): an echo from an app
+        // Baton does not send for (a managed app's echo is its own send
+        // through Baton, made before it handed over) that contradicts the
+        // ledger is kept, not applied, and Meta is asked.
         if is_stale(ledger, at) {
-            let a_guess = !ledger.control_changed_on_meta_clock
-                && ledger
-                    .control_changed_at
-                    .is_some_and(|changed| at.plus(policy::CLOCK_SKEW_TOLERANCE) >= changed);
+            let a_guess = a_guess_against_batons_clock(ledger, at);
             let external = page
                 .app(sender)
                 .is_none_or(|p| p.management == Management::External);
@@ -1399,10 +1405,7 @@ fn routing_or_drift(
                 .control_changed_at
                 .is_some_and(|changed| at < changed) =>
         {
-            let a_guess = !ledger.control_changed_on_meta_clock
-                && ledger
-                    .control_changed_at
-                    .is_some_and(|changed| at.plus(policy::CLOCK_SKEW_TOLERANCE) >= changed);
+            let a_guess = a_guess_against_batons_clock(ledger, at);
             let holder = page.mode.idle_holder() == Some(&delivery.app);
             let (claimed, evidence) = match delivery.channel {
                 // It would route the thread to this app…
