@@ -100,6 +100,13 @@ pub fn classify(record: &Record, app: &AppId) -> Option<Relevant> {
     if !RELEVANT_TYPES.contains(&record.type_name.as_str()) {
         return None;
     }
+    // A raw delivery (the whole body) matters only to the app that received
+    // it: its stream says which, so the others do not decode it.
+    if record.type_name == "WebhookDeliveryReceived"
+        && record.stream.strip_prefix("deliveries/") != Some(app.as_str())
+    {
+        return None;
+    }
     let event = match Event::decode(&record.type_name, record.schema_version, &record.payload) {
         Ok(event) => event,
         Err(e) => {
