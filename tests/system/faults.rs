@@ -53,6 +53,9 @@ impl EventStore for FullDisk {
     async fn restore(&self, records: Vec<Record>) -> Result<Head, AppendError> {
         self.inner.restore(records).await
     }
+    fn vault(&self) -> &event_log::KeyVault {
+        self.inner.vault()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -637,10 +637,10 @@ async fn a_large_delivery_does_not_hold_up_a_small_one_and_too_many_items_are_re
         if let Ok(domain::Event::MessagingEventReceived(m)) =
             domain::Event::decode(&r.type_name, r.schema_version, &r.payload)
         {
-            positions.insert(
-                m.raw["message"]["mid"].as_str().unwrap().to_owned(),
-                r.position,
-            );
+            // The mid (the raw item is sealed content).
+            if let domain::events::InboundEvent::Message { mid, .. } = &m.event {
+                positions.insert(mid.clone(), r.position);
+            }
         }
     }
     let small_at = positions["s.0"];

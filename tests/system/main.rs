@@ -11,6 +11,7 @@ mod hostile;
 mod ingress;
 mod model;
 mod outbox;
+mod privacy;
 mod reconcile;
 mod reliability;
 mod sdk;

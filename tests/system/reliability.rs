@@ -287,7 +287,8 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook() {
                 expected
                     .entry(m.thread.psid.to_string())
                     .or_default()
-                    .push(m.raw["message"]["mid"].as_str().unwrap().to_owned());
+                    // The mid: the raw item is sealed content.
+                    .push(message_mid(&m));
             }
         }
     }
@@ -555,10 +556,8 @@ async fn sigterm_under_load_answers_every_request_and_loses_nothing() {
         let r = event_log::parse_ndjson_line(line.as_bytes()).unwrap();
         match Event::decode(&r.type_name, r.schema_version, &r.payload) {
             Ok(Event::MessagingEventReceived(m)) => {
-                let mid = m.raw["message"]["mid"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
+                // The mid: the raw item is sealed content.
+                let mid = message_mid(&m);
                 if acked_before.contains(&mid) {
                     assert!(
                         r.position < cursor.cursor || cursor.settled.contains(&r.position),
@@ -707,4 +706,12 @@ async fn refused_requests_cost_bounded_memory_and_disk() {
         rss_per <= 8 * disk_per + 1024,
         "memory per refusal is the log's cache of its record: {rss_per} B RSS for {disk_per} B stored"
     );
+}
+
+/// The mid of a recorded message (its raw item is sealed content).
+fn message_mid(m: &domain::events::MessagingEventReceived) -> String {
+    match &m.event {
+        domain::events::InboundEvent::Message { mid, .. } => mid.clone(),
+        _ => String::new(),
+    }
 }

@@ -53,6 +53,8 @@ pub fn event_time(event: &Event) -> Option<Timestamp> {
         Event::AttachmentUploaded(e) => e.at,
         Event::ThreadMetadataPassed(e) => e.at,
         Event::PrivateReplySent(e) => e.at,
+        Event::ContentErased(e) => e.at,
+        Event::ContentExpired(e) => e.at,
     })
 }
 

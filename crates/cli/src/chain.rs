@@ -214,7 +214,10 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
                 ),
             };
             let store = open_sled(&dir.join("log"))?;
-            let head = event_log::export_ndjson(&store, &mut out).await;
+            let head = event_log::export_ndjson_noted(&store, &mut out, |r| {
+                orchestration::record::content_note(event_log::EventStore::vault(&store), r)
+            })
+            .await;
             store.close().await;
             let head = head.context("exporting the log")?;
             format!(

@@ -96,4 +96,40 @@ impl Remote {
             .with_context(|| format!("reading the answer of POST {url}"))?;
         Ok((status, text))
     }
+
+    /// `POST path` with a JSON body, printing the request and the answer;
+    /// exits 0 on a 2xx, else 1.
+    pub async fn post_and_report(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<std::process::ExitCode> {
+        let (status, answer) = self.post_json(path, body).await?;
+        println!("POST {} → HTTP {status}", self.url(path));
+        if !answer.trim().is_empty() {
+            println!("{}", answer.trim());
+        }
+        Ok(if status.is_success() {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::from(1)
+        })
+    }
+}
+
+/// The data directory of a stopped server: `--data-dir`, else the one the
+/// configuration `--config` names.
+pub fn stopped_data_dir(
+    data_dir: Option<&std::path::Path>,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<std::path::PathBuf> {
+    match (data_dir, config) {
+        (Some(dir), _) => Ok(dir.to_path_buf()),
+        (None, Some(path)) => Ok(server::Config::load(path)
+            .with_context(|| format!("configuration {}", path.display()))?
+            .data_dir),
+        (None, None) => anyhow::bail!(
+            "say where: --server URL --token ADMIN_TOKEN for a running server, or --data-dir DIR (or --config FILE) for a stopped one"
+        ),
+    }
 }

@@ -8,6 +8,7 @@
 mod anchor;
 mod audit;
 mod chain;
+mod erase;
 mod http;
 mod init;
 mod redrive;
@@ -155,6 +156,15 @@ enum Command {
     /// the item it names); the dispatcher picks it up when the server starts.
     #[command(after_help = EXIT_CODES)]
     Redrive(redrive::RedriveArgs),
+    /// Erase one person's content on one page (their words, what was sent to them, the raw deliveries)
+    ///
+    /// With --server URL --token ADMIN_TOKEN, through the running server's
+    /// admin API; with --data-dir (or --config), in a stopped server's data
+    /// directory. The person's content keys are destroyed and ContentErased
+    /// is recorded; ownership and decision facts stay, and `baton verify`
+    /// still passes. See docs/privacy.md.
+    #[command(after_help = EXIT_CODES)]
+    Erase(erase::EraseArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -275,6 +285,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
         } => audit::sends(refused, since, source, server, json).await,
         Command::Redrive(args) => redrive::redrive(args).await,
+        Command::Erase(args) => erase::erase(args).await,
     }
 }
 

@@ -7,12 +7,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use domain::{AppId, Event, Timestamp};
 use event_log::{EventStore, SledStore};
 use serde_json::json;
 
-use crate::http::ServerArgs;
+use crate::http::{stopped_data_dir, ServerArgs};
 use crate::source::open_sled;
 
 /// `baton redrive` flags.
@@ -39,31 +39,14 @@ pub struct RedriveArgs {
 pub async fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
     let app = AppId::parse(args.app.clone()).with_context(|| format!("app id {:?}", args.app))?;
     if let Some(remote) = args.server.remote()? {
-        let path = format!("/api/apps/{app}/redrive");
-        let (status, body) = remote
-            .post_json(&path, &json!({"position": args.position}))
-            .await?;
-        println!("POST {} → HTTP {status}", remote.url(&path));
-        if !body.trim().is_empty() {
-            println!("{}", body.trim());
-        }
-        return Ok(if status.is_success() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        });
+        return remote
+            .post_and_report(
+                &format!("/api/apps/{app}/redrive"),
+                &json!({"position": args.position}),
+            )
+            .await;
     }
-    let dir = match (&args.data_dir, &args.config) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(path)) => {
-            server::Config::load(path)
-                .with_context(|| format!("configuration {}", path.display()))?
-                .data_dir
-        }
-        (None, None) => bail!(
-            "say where: --server URL --token ADMIN_TOKEN for a running server, or --data-dir DIR (or --config FILE) for a stopped one"
-        ),
-    };
+    let dir = stopped_data_dir(args.data_dir.as_deref(), args.config.as_deref())?;
     let store = open_sled(&dir.join("log"))?;
     let result = offline(&store, &app, args.position).await;
     store.close().await;

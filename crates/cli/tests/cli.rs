@@ -312,10 +312,11 @@ fn verify_export_and_detect_tampering() {
     assert_eq!(code(&out), 0, "{}", all(&out));
     assert_eq!(stdout(&out), text);
 
-    // One changed byte inside a payload (u2's message text) breaks the chain there.
+    // One changed byte inside a payload (the kind of u2's message; its text
+    // is sealed) breaks the chain there.
     let lines: Vec<&str> = text.lines().collect();
     let victim = f.u2_item as usize - 1;
-    let tampered_line = lines[victim].replacen("\"hello\"", "\"jello\"", 1);
+    let tampered_line = lines[victim].replacen("\"kind\":\"message\"", "\"kind\":\"massage\"", 1);
     assert_ne!(tampered_line, lines[victim]);
     let mut tampered = lines.clone();
     tampered[victim] = &tampered_line;
@@ -829,8 +830,8 @@ fn usage_errors_exit_2() {
     assert!(stdout(&help).contains("RFC 3339"), "{}", stdout(&help));
 }
 
-/// Rewrites the payload text of the record at `position` ("hello" →
-/// "jello") in an NDJSON export and recomputes its hash and every later
+/// Rewrites the payload of the record at `position` (its kind "message" →
+/// "massage") in an NDJSON export and recomputes its hash and every later
 /// `prev_hash` and `hash` with the log's own hashing, as someone with write
 /// access to the file (but not the signing key) can.
 fn rewrite_and_rehash(text: &str, position: u64) -> String {
@@ -840,8 +841,10 @@ fn rewrite_and_rehash(text: &str, position: u64) -> String {
         .collect();
     let at = position as usize - 1;
     let payload = String::from_utf8(records[at].payload.clone()).unwrap();
-    assert!(payload.contains("\"hello\""), "{payload}");
-    records[at].payload = payload.replacen("\"hello\"", "\"jello\"", 1).into_bytes();
+    assert!(payload.contains("\"kind\":\"message\""), "{payload}");
+    records[at].payload = payload
+        .replacen("\"kind\":\"message\"", "\"kind\":\"massage\"", 1)
+        .into_bytes();
     for i in at..records.len() {
         if i > 0 {
             records[i].prev_hash = records[i - 1].hash;
@@ -1294,4 +1297,53 @@ fn the_example_configuration_loads_and_shows_every_documented_setting() {
         missing.is_empty(),
         "settings documented but not in the example: {missing:?}"
     );
+}
+
+#[test]
+fn erase_offline_destroys_the_persons_keys_and_the_export_still_verifies() {
+    let f = fixture();
+    // Usage errors change nothing.
+    let out = baton(&["erase", "--page", PAGE, "--data-dir", f.data_dir()]);
+    assert_eq!(code(&out), 2, "{}", all(&out));
+    let out = baton(&["erase", "--page", PAGE, "--psid", "u2"]);
+    assert_ne!(code(&out), 0, "{}", all(&out));
+
+    let out = baton(&[
+        "erase",
+        "--page",
+        PAGE,
+        "--psid",
+        "u2",
+        "--data-dir",
+        f.data_dir(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", all(&out));
+    assert!(stdout(&out).contains("1 key(s) destroyed"), "{}", all(&out));
+
+    let export = f.dir.path().join("erased.ndjson");
+    let out = baton(&[
+        "export",
+        "--data-dir",
+        f.data_dir(),
+        "--out",
+        export.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", all(&out));
+    let text = std::fs::read_to_string(&export).unwrap();
+    let line = |p: u64| text.lines().nth(p as usize - 1).unwrap().to_owned();
+    assert!(
+        line(f.u2_item).contains("\"content\":\"erased\""),
+        "{}",
+        line(f.u2_item)
+    );
+    assert!(
+        !line(f.dead_item).contains("\"content\""),
+        "{}",
+        line(f.dead_item)
+    );
+    assert!(text.lines().last().unwrap().contains("ContentErased"));
+    let out = baton(&["verify", "--export", export.to_str().unwrap(), "--json"]);
+    assert_eq!(code(&out), 0, "{}", all(&out));
+    let out = baton(&["verify", "--data-dir", f.data_dir()]);
+    assert_eq!(code(&out), 0, "{}", all(&out));
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use domain::events::{Channel, DeliveryCopy, ParseOutcome, RawBody};
 use domain::ids::{AppId, PageId, ThreadKey};
 use domain::Event;
-use event_log::Record;
+use event_log::{KeyId, KeyVault, Record};
 use serde_json::Value;
 
 /// The unit of ordering: a thread, or a page for page-level items (policy
@@ -50,6 +50,9 @@ pub struct Item {
     /// The whole delivery body exactly as Meta sent it, when the item came
     /// alone in its delivery: forwarded byte for byte.
     pub original: Option<Arc<Vec<u8>>>,
+    /// The keys that sealed its content: once one is destroyed (the
+    /// person's content was erased), the item is dropped, not sent.
+    pub keys: Vec<KeyId>,
 }
 
 /// What one record means to one app's dispatcher.
@@ -93,10 +96,13 @@ const RELEVANT_TYPES: [&str; 7] = [
     "DispatchRedriveRequested",
 ];
 
-/// Classifies `record` for `app`. Records that fail to decode are not items
-/// (ingress keeps unknown kinds verbatim in its own events), so they are
-/// skipped with a warning rather than blocking the app forever.
-pub fn classify(record: &Record, app: &AppId) -> Option<Relevant> {
+/// Classifies `record` for `app`, opening its content with `vault`. Records
+/// that fail to decode are not items (ingress keeps unknown kinds verbatim
+/// in its own events), so they are skipped with a warning rather than
+/// blocking the app forever. Items whose content was erased are dropped:
+/// a backend cannot act on a message whose words are gone, and the thread's
+/// later items keep their order.
+pub fn classify(record: &Record, app: &AppId, vault: &KeyVault) -> Option<Relevant> {
     if !RELEVANT_TYPES.contains(&record.type_name.as_str()) {
         return None;
     }
@@ -107,8 +113,12 @@ pub fn classify(record: &Record, app: &AppId) -> Option<Relevant> {
     {
         return None;
     }
-    let event = match Event::decode(&record.type_name, record.schema_version, &record.payload) {
-        Ok(event) => event,
+    let (event, keys) = match orchestration::record::open(Some(vault), record) {
+        Ok(opened) if opened.content.is_gone() => {
+            tracing::info!(position = record.position, content = ?opened.content, "dispatch drops an item whose content is gone");
+            return None;
+        }
+        Ok(opened) => (opened.event, opened.keys),
         Err(e) => {
             tracing::warn!(position = record.position, type_name = %record.type_name, error = %e, "dispatch skips a record it cannot decode");
             return None;
@@ -123,6 +133,7 @@ pub fn classify(record: &Record, app: &AppId) -> Option<Relevant> {
             recorded_at_ms,
             raw: without_marker(raw),
             original: None,
+            keys: keys.clone(),
         }))
     };
     match event {

@@ -38,6 +38,10 @@ pub struct BackendStatus {
     pub redriven: u64,
     /// Items skipped at start because the cursor file says they were settled.
     pub skipped_on_resume: u64,
+    /// Items dropped before an attempt because their content was erased
+    /// while they waited.
+    #[serde(default)]
+    pub dropped_erased: u64,
     /// The last failure, for humans.
     pub last_error: Option<String>,
     /// Whether the backend's worker is running.

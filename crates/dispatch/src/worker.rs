@@ -215,7 +215,7 @@ impl<S: EventStore + 'static> Worker<S> {
                 st.next_read = record.position + 1;
                 st.dirty = true;
                 st.counters.read_position = record.position;
-                match classify(record, &self.backend.app) {
+                match classify(record, &self.backend.app, self.store.vault()) {
                     None => {}
                     Some(_) if st.skip.contains(&record.position) => {
                         st.counters.skipped_on_resume += 1;
@@ -258,10 +258,12 @@ impl<S: EventStore + 'static> Worker<S> {
         Ok(records
             .first()
             .filter(|r| r.position == position)
-            .and_then(|r| match classify(r, &self.backend.app) {
-                Some(Relevant::Item(item)) => Some(item),
-                _ => None,
-            }))
+            .and_then(
+                |r| match classify(r, &self.backend.app, self.store.vault()) {
+                    Some(Relevant::Item(item)) => Some(item),
+                    _ => None,
+                },
+            ))
     }
 
     fn enqueue(&self, st: &mut State, key: u64, item: Item, age_base_ms: i64) {
@@ -317,6 +319,12 @@ impl<S: EventStore + 'static> Worker<S> {
             let Some(pending) = st.pending.get_mut(&key) else {
                 continue;
             };
+            if !self.store.vault().holds(&pending.item.keys) {
+                // Erased while it waited: its words must not leave now.
+                st.counters.dropped_erased += 1;
+                self.settle(st, &order, key);
+                continue;
+            }
             queue.in_flight = true;
             pending.attempts += 1;
             st.counters.attempts += 1;

@@ -109,6 +109,7 @@ pub enum InboundEvent {
         mid: String,
         #[serde(default)]
         text: Option<String>,
+        #[serde(default)]
         payload: String,
     },
     Postback {
@@ -453,6 +454,13 @@ pub enum RawBody {
     Base64(String),
 }
 
+impl Default for RawBody {
+    /// What an erased body reads as.
+    fn default() -> RawBody {
+        RawBody::Text(String::new())
+    }
+}
+
 /// What came of parsing a delivery's body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "parse", rename_all = "snake_case")]
@@ -479,7 +487,9 @@ pub struct MessagingEventReceived {
     /// The window this action opened, when it qualifies.
     #[serde(default)]
     pub window: Option<WindowGrant>,
-    /// The item exactly as Meta delivered it to `delivery.app`.
+    /// The item exactly as Meta delivered it to `delivery.app` (null once
+    /// erased).
+    #[serde(default)]
     pub raw: Value,
     /// `at` lies further in the future than Baton tolerates: the item is
     /// kept verbatim, but it moves no window, expiry or ownership.
@@ -526,6 +536,7 @@ pub struct MessagingEventCopyReceived {
     pub at: Timestamp,
     pub dedupe_key: String,
     pub delivery: DeliveryCopy,
+    #[serde(default)]
     pub raw: Value,
 }
 
@@ -749,6 +760,7 @@ pub struct UnattributedItemReceived {
     pub page: PageId,
     pub at: Timestamp,
     pub delivery: DeliveryCopy,
+    #[serde(default)]
     pub raw: Value,
 }
 
@@ -759,6 +771,8 @@ pub struct WebhookDeliveryReceived {
     pub app: AppId,
     pub received_at: Timestamp,
     pub signature: SignatureCheck,
+    /// Empty once erased.
+    #[serde(default)]
     pub body: RawBody,
     pub parsed: ParseOutcome,
 }
@@ -831,6 +845,7 @@ pub struct ThreadMetadataPassed {
     pub thread: ThreadKey,
     pub app: AppId,
     pub at: Timestamp,
+    #[serde(default)]
     pub metadata: String,
 }
 
@@ -845,6 +860,34 @@ pub struct PrivateReplySent {
     /// The user Meta answered the reply went to, and the message's id.
     pub recipient_id: Option<String>,
     pub message_id: Option<String>,
+}
+
+/// A person's content on one page was erased (their request, the admin's,
+/// or Meta's data-deletion callback): every key that sealed it was
+/// destroyed. Ownership and decision facts stay. Stream: the thread's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentErased {
+    pub thread: ThreadKey,
+    pub at: Timestamp,
+    /// Who asked: `admin:<name>`, `cli`, `meta:<app>` (the data-deletion
+    /// callback).
+    pub by: String,
+    /// The request's id; for Meta's callback, the confirmation code it was
+    /// answered with.
+    pub request: String,
+}
+
+/// Content older than the page's retention was erased: every key of the
+/// page's people made for a day before `before` was destroyed. Stream
+/// `page/{page}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentExpired {
+    pub page: PageId,
+    pub at: Timestamp,
+    /// Content recorded before this (a day boundary, UTC) is gone.
+    pub before: Timestamp,
+    pub retention_days: u32,
+    pub keys: u64,
 }
 
 // ---- Type names, versions, encoding. ----------------------------------------
@@ -1005,6 +1048,8 @@ event_schema! {
     AttachmentUploaded = 1,
     ThreadMetadataPassed = 1,
     PrivateReplySent = 1,
+    ContentErased = 1,
+    ContentExpired = 1,
 }
 
 impl Event {
@@ -1034,7 +1079,9 @@ impl Event {
             Event::OneTimeTokenConsumed(e) => Some(&e.thread),
             Event::OneTimeTokenReleased(e) => Some(&e.thread),
             Event::ThreadMetadataPassed(e) => Some(&e.thread),
+            Event::ContentErased(e) => Some(&e.thread),
             Event::MessengerProfileChanged(_)
+            | Event::ContentExpired(_)
             | Event::AttachmentUploaded(_)
             | Event::PrivateReplySent(_)
             | Event::WebhookDeliveryReceived(_)
@@ -1061,7 +1108,8 @@ impl Event {
             | (None, Event::AppRolesChanged(AppRolesChanged { page, .. }))
             | (None, Event::MessengerProfileChanged(MessengerProfileChanged { page, .. }))
             | (None, Event::AttachmentUploaded(AttachmentUploaded { page, .. }))
-            | (None, Event::PrivateReplySent(PrivateReplySent { page, .. })) => {
+            | (None, Event::PrivateReplySent(PrivateReplySent { page, .. }))
+            | (None, Event::ContentExpired(ContentExpired { page, .. })) => {
                 format!("page/{page}")
             }
             // Every other event names its thread; this arm keeps the match total.

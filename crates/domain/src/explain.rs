@@ -315,5 +315,14 @@ pub fn explain(event: &Event) -> String {
             e.comment_id,
             e.message_id.as_deref().unwrap_or("?")
         ),
+        Event::ContentErased(e) => format!(
+            "the person's content on this page was erased at the request of {} (request {}); \
+             who owned the thread and why stays on record",
+            e.by, e.request
+        ),
+        Event::ContentExpired(e) => format!(
+            "content recorded before {} was erased: the page keeps content {} days",
+            e.before, e.retention_days
+        ),
     }
 }

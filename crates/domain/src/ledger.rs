@@ -368,7 +368,14 @@ impl ThreadLedger {
             | Event::MessengerProfileChanged(_)
             | Event::AttachmentUploaded(_)
             | Event::ThreadMetadataPassed(_)
-            | Event::PrivateReplySent(_) => {}
+            | Event::PrivateReplySent(_)
+            | Event::ContentExpired(_) => {}
+            // What the apps said to each other about the person goes too.
+            Event::ContentErased(_) => {
+                for request in &mut self.pending_requests {
+                    request.metadata = None;
+                }
+            }
         }
     }
 

@@ -18,6 +18,7 @@ pub mod ids;
 pub mod ledger;
 pub mod page;
 pub mod policy;
+pub mod privacy;
 pub mod rejection;
 pub mod rules;
 

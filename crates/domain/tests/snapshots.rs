@@ -354,6 +354,21 @@ fn samples() -> Vec<Event> {
             message_id: Some("m_9".into()),
         }
         .into(),
+        ContentErased {
+            thread: t.clone(),
+            at: hours(5),
+            by: "meta:111".into(),
+            request: "del-7f3a".into(),
+        }
+        .into(),
+        ContentExpired {
+            page: page_id(),
+            at: hours(6),
+            before: hours(0),
+            retention_days: 90,
+            keys: 12,
+        }
+        .into(),
     ]
 }
 

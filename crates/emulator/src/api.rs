@@ -3,6 +3,8 @@
 //! Shared by the HTTP handlers and the typed [`crate::ControlClient`]; no
 //! behaviour lives here.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -420,4 +422,73 @@ pub struct AttachmentView {
     #[serde(default)]
     pub content_type: Option<String>,
     pub created_ms: i64,
+}
+
+/// Body of `POST /_emulator/people`: one person's ids. A PSID is unique per
+/// (person, page) and shared by every app of the page; an ASID (from
+/// Facebook Login) is unique per (person, app).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NewPerson {
+    /// page id → the person's PSID on that page.
+    #[serde(default)]
+    pub psids: BTreeMap<String, String>,
+    /// app id → the person's ASID in that app.
+    #[serde(default)]
+    pub asids: BTreeMap<String, String>,
+}
+
+/// A person the emulator knows, as `POST /_emulator/people` answers it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Person {
+    /// `person_<n>`, given by the emulator.
+    pub id: String,
+    pub psids: BTreeMap<String, String>,
+    pub asids: BTreeMap<String, String>,
+}
+
+/// Body of `PUT /_emulator/apps/{app}/data_deletion_url`. `url` must be
+/// present; `null` removes the callback.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SetDataDeletionUrl {
+    #[serde(deserialize_with = "required_nullable")]
+    pub url: Option<String>,
+}
+
+/// Body of `POST /_emulator/data_deletion`: the person with ASID `asid`
+/// asks Meta to delete their data from app `app`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataDeletion {
+    pub app: String,
+    pub asid: String,
+}
+
+/// What the app's data-deletion callback answered.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct DataDeletionResult {
+    /// The callback's HTTP status; `None` when no answer came back.
+    pub status: Option<u16>,
+    /// The callback's body: JSON when it parses (Meta expects
+    /// `{"url":…,"confirmation_code":…}`), else the text.
+    pub body: Value,
+    /// The `signed_request` form field the emulator sent.
+    pub signed_request: String,
+    /// Why no answer came back (connection refused, timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Body of `POST /_emulator/apps/{app}/unsubscribe`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Unsubscribe {
+    pub page: String,
+}
+
+/// An `Option` field that must be present (`null` allowed): serde makes a
+/// plain `Option` field optional.
+fn required_nullable<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)
 }

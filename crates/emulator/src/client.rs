@@ -7,9 +7,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::api::{
-    ActionResult, AttachmentView, BatchResult, CallRecord, ClockView, CommentResult,
-    DeliveryAttempt, DeliveryResult, FaultSpec, FaultView, InboxText, PolicyEnforcement, Referral,
-    ReleaseDeliveries, ReleaseOrder, SetOwner, SetSkew, ThreadView, UserComment, UserMessage,
+    ActionResult, AttachmentView, BatchResult, CallRecord, ClockView, CommentResult, DataDeletion,
+    DataDeletionResult, DeliveryAttempt, DeliveryResult, FaultSpec, FaultView, InboxText,
+    NewPerson, Person, PolicyEnforcement, Referral, ReleaseDeliveries, ReleaseOrder,
+    SetDataDeletionUrl, SetOwner, SetSkew, ThreadView, Unsubscribe, UserComment, UserMessage,
     UserOtnOptin, UserPostback, UserReaction, UserReceipt,
 };
 use crate::world::{AppConfig, PageConfig};
@@ -102,6 +103,61 @@ impl ControlClient {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Sets (or removes) an app's data-deletion callback URL.
+    pub async fn set_data_deletion_url(
+        &self,
+        app_id: &str,
+        url: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let body = SetDataDeletionUrl {
+            url: url.map(str::to_string),
+        };
+        self.put::<_, Value>(&format!("/apps/{app_id}/data_deletion_url"), &body)
+            .await
+            .map(|_| ())
+    }
+
+    /// Meta drops the app's subscription to `page` (as after an hour of
+    /// failed webhooks): no webhooks for that page until it subscribes again.
+    pub async fn unsubscribe(&self, app_id: &str, page: &str) -> Result<(), ClientError> {
+        let body = Unsubscribe {
+            page: page.to_string(),
+        };
+        self.post::<_, Value>(&format!("/apps/{app_id}/unsubscribe"), &body)
+            .await
+            .map(|_| ())
+    }
+
+    /// Meta invalidates the app's token for `page`: Graph calls with it
+    /// answer 190/460 from now on.
+    pub async fn revoke_token(&self, app_id: &str, page: &str) -> Result<(), ClientError> {
+        self.post::<_, Value>(&format!("/apps/{app_id}/tokens/{page}/revoke"), &json!({}))
+            .await
+            .map(|_| ())
+    }
+
+    // ----- identity -----
+
+    /// Registers a person's PSIDs and ASIDs (the ID Matching API's data).
+    pub async fn register_person(&self, person: &NewPerson) -> Result<Person, ClientError> {
+        self.post("/people", person).await
+    }
+
+    /// The person known to `app_id` as `asid` asks Meta to delete their
+    /// data: the emulator calls the app's data-deletion callback and hands
+    /// back its answer.
+    pub async fn data_deletion(
+        &self,
+        app_id: &str,
+        asid: &str,
+    ) -> Result<DataDeletionResult, ClientError> {
+        let body = DataDeletion {
+            app: app_id.to_string(),
+            asid: asid.to_string(),
+        };
+        self.post("/data_deletion", &body).await
     }
 
     // ----- user actions -----

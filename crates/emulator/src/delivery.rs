@@ -1,5 +1,6 @@
 //! Webhook delivery: envelopes, signatures, the ordered delivery worker,
-//! retries and the attempt log.
+//! retries and the attempt log; and Meta's other call to an app, the
+//! data-deletion callback with its `signed_request`.
 //!
 //! One worker sends every delivery in the order the engine planned them, so
 //! tests see Meta-like ordering without races. It never sleeps between
@@ -9,6 +10,8 @@
 
 use std::sync::Arc;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha1::Sha1;
@@ -96,6 +99,51 @@ pub fn signature_1(secret: &str, body: &[u8]) -> String {
         .expect("HMAC accepts keys of any length");
     mac.update(body);
     format!("sha1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Meta's `signed_request`: `<sig>.<payload>`, where `payload` is
+/// `payload_json` in base64url without padding and `sig` is the base64url
+/// (no padding) HMAC-SHA256 of that `payload` string, keyed with the app
+/// secret. Signing with another secret gives a forged one.
+pub fn signed_request(secret: &str, payload_json: &str) -> String {
+    let payload = URL_SAFE_NO_PAD.encode(payload_json.as_bytes());
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
+        .expect("HMAC accepts keys of any length");
+    mac.update(payload.as_bytes());
+    let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{sig}.{payload}")
+}
+
+/// POSTs `signed_request` as a form to an app's data-deletion callback, once
+/// (Meta documents no retries): `(status, body, error)`, the body parsed as
+/// JSON when it is JSON, else kept as text.
+pub(crate) async fn data_deletion_callback(
+    url: &str,
+    signed_request: &str,
+    timeout_ms: u64,
+) -> (Option<u16>, Value, Option<String>) {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(timeout_ms.max(1)))
+        .build()
+        .unwrap_or_default();
+    let sent = client
+        .post(url)
+        .form(&[("signed_request", signed_request)])
+        .send()
+        .await;
+    match sent {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            match resp.text().await {
+                Ok(text) => {
+                    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                    (Some(status), body, None)
+                }
+                Err(e) => (Some(status), Value::Null, Some(e.to_string())),
+            }
+        }
+        Err(e) => (None, Value::Null, Some(e.to_string())),
+    }
 }
 
 /// Escapes every non-ASCII character as `\uXXXX` (lowercase hex, surrogate

@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde_json::{json, Map, Value};
 
 use crate::api::{
-    AttachmentView, CallRecord, ClockView, DeliveryAttempt, FaultSpec, FaultView, OtnTokenView,
-    Referral, ReleaseOrder, ThreadView, TranscriptLine, UserComment, UserMessage, UserPostback,
-    UserReaction, UserReceipt,
+    AttachmentView, CallRecord, ClockView, DataDeletionResult, DeliveryAttempt, FaultSpec,
+    FaultView, NewPerson, OtnTokenView, Person, Referral, ReleaseOrder, ThreadView, TranscriptLine,
+    UserComment, UserMessage, UserPostback, UserReaction, UserReceipt,
 };
 use crate::delivery::Delivery;
 use crate::world::{
@@ -86,11 +86,16 @@ pub(crate) struct Planned {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct GraphError {
     pub status: u16,
+    /// The error `type`: `OAuthException` unless said otherwise.
+    pub type_: &'static str,
     pub code: i64,
     pub subcode: Option<i64>,
     pub message: String,
     pub transient: bool,
 }
+
+/// Meta's answer to a token it invalidated (190/460).
+const SESSION_INVALIDATED: &str = "Error validating access token: The session has been invalidated because the user changed their password or Facebook has changed the session for security reasons.";
 
 impl GraphError {
     pub(crate) fn new(code: i64, subcode: Option<i64>, message: &str) -> Self {
@@ -101,10 +106,24 @@ impl GraphError {
         };
         GraphError {
             status: 400,
+            type_: "OAuthException",
             code,
             subcode,
             message,
             transient: false,
+        }
+    }
+
+    /// 100/33 for an object the caller may not see, as Meta words it for a
+    /// node: a `GraphMethodException` without the `(#100)` prefix.
+    fn no_object(method: &str, id: &str) -> Self {
+        GraphError {
+            type_: "GraphMethodException",
+            message: format!(
+                "Unsupported {} request. Object with ID '{id}' does not exist, cannot be loaded due to missing permissions, or does not support this operation",
+                method.to_lowercase()
+            ),
+            ..Self::new(100, Some(33), "")
         }
     }
 
@@ -123,7 +142,7 @@ impl GraphError {
     pub(crate) fn to_json(&self, trace: &str) -> Value {
         let mut e = Map::new();
         e.insert("message".into(), json!(self.message));
-        e.insert("type".into(), json!("OAuthException"));
+        e.insert("type".into(), json!(self.type_));
         e.insert("code".into(), json!(self.code));
         if let Some(s) = self.subcode {
             e.insert("error_subcode".into(), json!(s));
@@ -136,9 +155,39 @@ impl GraphError {
     }
 }
 
+/// A Graph call without a token (104).
+fn missing_token() -> GraphError {
+    GraphError::new(
+        104,
+        None,
+        "An access token is required to request this resource.",
+    )
+}
+
 /// A take or request by the app that already holds the thread (100).
 fn already_owner() -> GraphError {
     GraphError::param("The calling app already controls this thread")
+}
+
+fn bad(m: impl Into<String>) -> ControlError {
+    ControlError::BadRequest(m.into())
+}
+
+/// A callback URL must be http(s).
+fn check_url(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") || url.starts_with("http://") {
+        Ok(())
+    } else {
+        Err(format!("{url:?} is not an http(s) URL"))
+    }
+}
+
+/// A data-deletion callback ready to send.
+#[derive(Clone, Debug)]
+pub(crate) struct DataDeletionCall {
+    pub app_id: String,
+    pub url: String,
+    pub signed_request: String,
 }
 
 /// Why a control API call failed.
@@ -298,8 +347,17 @@ pub(crate) enum WebhookFault {
 pub(crate) struct Engine {
     pages: BTreeMap<String, PageConfig>,
     apps: BTreeMap<String, AppConfig>,
+    /// page token → (app, page).
     tokens: HashMap<String, (String, String)>,
+    /// Page tokens Meta invalidated: every Graph call with one answers
+    /// 190/460. A revoked token stays revoked, even if configured again.
+    revoked: BTreeSet<String>,
+    /// (page, app) → the fields the app is subscribed to on that page. An
+    /// empty set is an app that unsubscribed or that Meta unsubscribed; it
+    /// is kept so that a rebuild does not subscribe it again.
     subs: BTreeMap<(String, String), BTreeSet<String>>,
+    /// person id → the person's PSIDs and ASIDs (the ID Matching API).
+    people: BTreeMap<String, Person>,
     threads: BTreeMap<(String, String), Thread>,
     otn: BTreeMap<String, OtnToken>,
     user_refs: BTreeMap<(String, String), UserRef>,
@@ -408,7 +466,9 @@ impl Engine {
             pages: BTreeMap::new(),
             apps: BTreeMap::new(),
             tokens: HashMap::new(),
+            revoked: BTreeSet::new(),
             subs: BTreeMap::new(),
+            people: BTreeMap::new(),
             threads: BTreeMap::new(),
             otn: BTreeMap::new(),
             user_refs: BTreeMap::new(),
@@ -471,6 +531,9 @@ impl Engine {
         if app.id.is_empty() {
             return Err(crate::EmulatorError::Config("app id is empty".into()));
         }
+        if let Some(url) = app.data_deletion_url.as_deref() {
+            check_url(url).map_err(crate::EmulatorError::Config)?;
+        }
         let id = app.id.clone();
         self.apps.insert(id.clone(), app);
         self.subs.retain(|(_, a), _| a != &id);
@@ -492,8 +555,190 @@ impl Engine {
         }
     }
 
+    // ----- identity, data deletion, subscriptions, tokens -------------------
+
+    /// Registers a person with their PSIDs (page → psid) and ASIDs
+    /// (app → asid). Every page and app must exist, no id may be empty, and
+    /// no id may already belong to someone else on that page or app.
+    pub(crate) fn register_person(&mut self, p: NewPerson) -> Result<Person, ControlError> {
+        if p.psids.is_empty() && p.asids.is_empty() {
+            return Err(bad("a person needs at least one psid or asid"));
+        }
+        for (page, psid) in &p.psids {
+            if !self.pages.contains_key(page) {
+                return Err(bad(format!("no page {page}")));
+            }
+            if psid.trim().is_empty() {
+                return Err(bad(format!("the psid on page {page} is empty")));
+            }
+            if let Some(o) = self
+                .people
+                .values()
+                .find(|o| o.psids.get(page) == Some(psid))
+            {
+                return Err(bad(format!(
+                    "psid {psid} on page {page} already belongs to {}",
+                    o.id
+                )));
+            }
+        }
+        for (app, asid) in &p.asids {
+            if !self.apps.contains_key(app) {
+                return Err(bad(format!("no app {app}")));
+            }
+            if asid.trim().is_empty() {
+                return Err(bad(format!("the asid in app {app} is empty")));
+            }
+            if let Some(o) = self
+                .people
+                .values()
+                .find(|o| o.asids.get(app) == Some(asid))
+            {
+                return Err(bad(format!(
+                    "asid {asid} in app {app} already belongs to {}",
+                    o.id
+                )));
+            }
+        }
+        let person = Person {
+            id: format!("person_{}", self.next_seq()),
+            psids: p.psids,
+            asids: p.asids,
+        };
+        self.people.insert(person.id.clone(), person.clone());
+        Ok(person)
+    }
+
+    /// The person `app_id` knows by `asid`.
+    fn person_by_asid(&self, app_id: &str, asid: &str) -> Option<&Person> {
+        self.people
+            .values()
+            .find(|p| p.asids.get(app_id).is_some_and(|a| a == asid))
+    }
+
+    /// Sets (`None`: removes) an app's data-deletion callback URL.
+    pub(crate) fn set_data_deletion_url(
+        &mut self,
+        app_id: &str,
+        url: Option<String>,
+    ) -> Result<(), ControlError> {
+        let app = self
+            .apps
+            .get_mut(app_id)
+            .ok_or_else(|| ControlError::NotFound(format!("no app {app_id}")))?;
+        if let Some(u) = &url {
+            check_url(u).map_err(ControlError::BadRequest)?;
+        }
+        app.data_deletion_url = url;
+        Ok(())
+    }
+
+    /// What Meta sends when the person known to `app_id` as `asid` asks to
+    /// delete their data: a `signed_request` for the app's data-deletion
+    /// callback, issued at Meta's clock (in seconds).
+    pub(crate) fn data_deletion(
+        &self,
+        app_id: &str,
+        asid: &str,
+    ) -> Result<DataDeletionCall, ControlError> {
+        let app = self
+            .apps
+            .get(app_id)
+            .ok_or_else(|| bad(format!("no app {app_id}")))?;
+        let url = app
+            .data_deletion_url
+            .clone()
+            .ok_or_else(|| bad(format!("app {app_id} has no data_deletion_url")))?;
+        if self.person_by_asid(app_id, asid).is_none() {
+            return Err(bad(format!(
+                "app {app_id} knows no person with asid {asid}"
+            )));
+        }
+        let payload = json!({
+            "algorithm": "HMAC-SHA256",
+            "expires": 0,
+            "issued_at": self.now().div_euclid(1000),
+            "user_id": asid,
+        });
+        Ok(DataDeletionCall {
+            app_id: app_id.to_string(),
+            url,
+            signed_request: crate::delivery::signed_request(&app.secret, &payload.to_string()),
+        })
+    }
+
+    /// Logs a data-deletion callback in the call log: `endpoint`
+    /// `data_deletion_callback`, `path` the URL, `status` 0 and `response`
+    /// `{"error"}` when no answer came back.
+    pub(crate) fn record_data_deletion(
+        &mut self,
+        call: &DataDeletionCall,
+        result: &DataDeletionResult,
+    ) {
+        let seq = self.next_seq();
+        self.calls.push(CallRecord {
+            seq,
+            at_ms: self.now(),
+            method: "POST".into(),
+            path: call.url.clone(),
+            endpoint: "data_deletion_callback".into(),
+            app_id: Some(call.app_id.clone()),
+            page_id: None,
+            params: json!({ "signed_request": call.signed_request }),
+            status: result.status.unwrap_or(0),
+            response: match &result.error {
+                Some(e) if result.status.is_none() => json!({ "error": e }),
+                _ => result.body.clone(),
+            },
+            fault: None,
+        });
+    }
+
+    /// Meta drops `app_id`'s subscription to `page_id`, as after an hour of
+    /// failed webhooks: the app gets no webhook for that page until it
+    /// subscribes again (`POST subscribed_apps`, or `POST /_emulator/apps`).
+    pub(crate) fn unsubscribe(&mut self, app_id: &str, page_id: &str) -> Result<(), ControlError> {
+        if !self.apps.contains_key(app_id) {
+            return Err(ControlError::NotFound(format!("no app {app_id}")));
+        }
+        if !self.pages.contains_key(page_id) {
+            return Err(bad(format!("no page {page_id}")));
+        }
+        if !self.connected(page_id).contains(app_id) {
+            return Err(bad(format!(
+                "app {app_id} is not connected to page {page_id}"
+            )));
+        }
+        self.subs
+            .insert((page_id.to_string(), app_id.to_string()), BTreeSet::new());
+        Ok(())
+    }
+
+    /// Meta invalidates `app_id`'s token for `page_id`: every Graph call
+    /// with it answers 190/460 from now on.
+    pub(crate) fn revoke_token(&mut self, app_id: &str, page_id: &str) -> Result<(), ControlError> {
+        let app = self
+            .apps
+            .get(app_id)
+            .ok_or_else(|| ControlError::NotFound(format!("no app {app_id}")))?;
+        let token = app.page_tokens.get(page_id).ok_or_else(|| {
+            ControlError::NotFound(format!("app {app_id} has no token for page {page_id}"))
+        })?;
+        self.revoked.insert(token.clone());
+        Ok(())
+    }
+
+    /// The app an app access token `{app_id}|{app_secret}` stands for.
+    fn app_token(&self, token: &str) -> Option<String> {
+        let (id, secret) = token.split_once('|')?;
+        let app = self.apps.get(id)?;
+        (!app.secret.is_empty() && app.secret == secret).then(|| app.id.clone())
+    }
+
     /// Rebuilds the token index and gives every connected (page, app) pair
-    /// without a subscription the app's configured fields.
+    /// without a subscription the app's configured fields: an app with a
+    /// callback is subscribed from the start, and so is one whose callback
+    /// comes later. The Page Inbox gets no webhooks and is never subscribed.
     fn rebuild(&mut self) {
         self.tokens.clear();
         for app in self.apps.values() {
@@ -505,6 +750,9 @@ impl Engine {
         let pages: Vec<String> = self.pages.keys().cloned().collect();
         for page in pages {
             for app in self.connected(&page) {
+                if app == PAGE_INBOX_APP_ID {
+                    continue;
+                }
                 let fields = self.apps[&app]
                     .subscribed_fields
                     .iter()
@@ -1177,7 +1425,15 @@ impl Engine {
         let seq = self.next_seq();
         let trace = format!("Emu{seq:09}");
         let endpoint = req.edge.clone().unwrap_or_else(|| "node".into());
-        let who = req.token.as_ref().and_then(|t| self.tokens.get(t)).cloned();
+        // Who called: the app and page of a page token, or the app of an app
+        // access token.
+        let (who_app, who_page) = match req.token.as_deref() {
+            Some(t) => match self.tokens.get(t) {
+                Some((app, page)) => (Some(app.clone()), Some(page.clone())),
+                None => (self.app_token(t), None),
+            },
+            None => (None, None),
+        };
         let mut hold = None;
         let mut fault_name = None;
         let fault_answer: Option<GraphError> = match self.take_graph_fault(&endpoint) {
@@ -1186,6 +1442,7 @@ impl Engine {
                 fault_name = Some("server_error".to_string());
                 Some(GraphError {
                     status: status.unwrap_or(500),
+                    type_: "OAuthException",
                     code: 2,
                     subcode: None,
                     message: "An unexpected error has occurred. Please retry your request later."
@@ -1246,8 +1503,8 @@ impl Engine {
             method: req.method.clone(),
             path: req.path.clone(),
             endpoint,
-            app_id: who.as_ref().map(|w| w.0.clone()),
-            page_id: who.as_ref().map(|w| w.1.clone()),
+            app_id: who_app,
+            page_id: who_page,
             params: Value::Object(params),
             status,
             response: body.clone(),
@@ -1262,13 +1519,10 @@ impl Engine {
     }
 
     fn auth(&self, token: Option<&str>, node: &str) -> Result<(String, PageConfig), GraphError> {
-        let token = token.ok_or_else(|| {
-            GraphError::new(
-                104,
-                None,
-                "An access token is required to request this resource.",
-            )
-        })?;
+        let token = token.ok_or_else(missing_token)?;
+        if self.revoked.contains(token) {
+            return Err(GraphError::new(190, Some(460), SESSION_INVALIDATED));
+        }
         let (app, page_id) = self.tokens.get(token).ok_or_else(|| {
             GraphError::new(
                 190,
@@ -1301,6 +1555,10 @@ impl Engine {
     }
 
     fn dispatch(&mut self, req: &GraphRequest, endpoint: &str) -> Answer {
+        // The one edge on an app-scoped user id: it takes an app token.
+        if endpoint == "ids_for_pages" {
+            return self.ids_for_pages(req);
+        }
         let (app, page) = self.auth(req.token.as_deref(), &req.node)?;
         let p = &req.params;
         let method = req.method.as_str();
@@ -1380,7 +1638,12 @@ impl Engine {
                     .iter()
                     .filter(|((pg, _), f)| pg == &page.id && !f.is_empty())
                     .map(|((_, a), f)| {
-                        let name = self.apps.get(a).map(|x| x.name.clone()).unwrap_or_default();
+                        let name = self
+                            .apps
+                            .get(a)
+                            .map(|x| x.name.clone())
+                            .filter(|n| !n.is_empty())
+                            .unwrap_or_else(|| a.clone());
                         json!({"id": a, "name": name, "subscribed_fields": f})
                     })
                     .collect();
@@ -1400,6 +1663,12 @@ impl Engine {
                         .collect(),
                     _ => return Err(GraphError::param("param subscribed_fields is required")),
                 };
+                // An empty list would subscribe to nothing: Meta asks for one.
+                if fields.is_empty() {
+                    return Err(GraphError::param(
+                        "param subscribed_fields must be non-empty.",
+                    ));
+                }
                 self.subs.insert((page.id.clone(), app), fields);
                 Ok((json!({"success": true}), Vec::new()))
             }
@@ -1433,6 +1702,45 @@ impl Engine {
                 &format!("Unknown path components: /{endpoint}"),
             )),
         }
+    }
+
+    /// The ID Matching API: `GET /{asid}/ids_for_pages` with the app token
+    /// `{app_id}|{app_secret}` lists the person's PSIDs on the pages the app
+    /// has a page token for. An ASID the app does not know is an object the
+    /// caller cannot see (100/33), whoever else knows it.
+    fn ids_for_pages(&self, req: &GraphRequest) -> Answer {
+        let token = req.token.as_deref().ok_or_else(missing_token)?;
+        if self.revoked.contains(token) {
+            return Err(GraphError::new(190, Some(460), SESSION_INVALIDATED));
+        }
+        let app = self.app_token(token).ok_or_else(|| {
+            GraphError::new(
+                190,
+                None,
+                "Invalid OAuth access token - Cannot parse access token",
+            )
+        })?;
+        if req.method != "GET" {
+            return Err(GraphError::no_object(&req.method, &req.node));
+        }
+        let person = self
+            .person_by_asid(&app, &req.node)
+            .ok_or_else(|| GraphError::no_object("GET", &req.node))?;
+        let configured = &self.apps[&app].page_tokens;
+        let data: Vec<Value> = person
+            .psids
+            .iter()
+            .filter(|(page, _)| configured.contains_key(*page))
+            .filter_map(|(page, psid)| {
+                let p = self.pages.get(page)?;
+                let name = if p.name.is_empty() { &p.id } else { &p.name };
+                Some(json!({"id": psid, "page": {"id": p.id, "name": name}}))
+            })
+            .collect();
+        Ok((
+            json!({"data": data, "paging": {"cursors": {"before": "", "after": ""}}}),
+            Vec::new(),
+        ))
     }
 
     fn control_call(

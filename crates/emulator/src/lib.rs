@@ -28,7 +28,7 @@ mod world;
 
 pub use api::*;
 pub use client::{ClientError, ControlClient};
-pub use delivery::{signature_1, signature_256};
+pub use delivery::{signature_1, signature_256, signed_request};
 pub use server::{Emulator, EmulatorHandle};
 pub use world::{
     AppConfig, PageConfig, Routing, WebhookSettings, World, DEFAULT_EPOCH_MS, DEFAULT_FIELDS,

@@ -23,9 +23,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api::{
-    ActionResult, BatchResult, CommentResult, DeliveryResult, FaultSpec, InboxText,
-    PolicyEnforcement, Referral, ReleaseDeliveries, SetOwner, SetSkew, UserComment, UserMessage,
-    UserOtnOptin, UserPostback, UserReaction, UserReceipt,
+    ActionResult, BatchResult, CommentResult, DataDeletion, DataDeletionResult, DeliveryResult,
+    FaultSpec, InboxText, NewPerson, PolicyEnforcement, Referral, ReleaseDeliveries,
+    SetDataDeletionUrl, SetOwner, SetSkew, Unsubscribe, UserComment, UserMessage, UserOtnOptin,
+    UserPostback, UserReaction, UserReceipt,
 };
 use crate::client::ControlClient;
 use crate::delivery::{self, Job, Work};
@@ -207,6 +208,17 @@ fn routes(cfg: &mut web::ServiceConfig) {
             .route("/pages", web::post().to(put_page))
             .route("/apps", web::post().to(put_app))
             .route("/apps/{app}/callback", web::put().to(set_callback))
+            .route(
+                "/apps/{app}/data_deletion_url",
+                web::put().to(set_data_deletion_url),
+            )
+            .route("/apps/{app}/unsubscribe", web::post().to(unsubscribe))
+            .route(
+                "/apps/{app}/tokens/{page}/revoke",
+                web::post().to(revoke_token),
+            )
+            .route("/people", web::post().to(register_person))
+            .route("/data_deletion", web::post().to(data_deletion))
             .route("/clock", web::get().to(get_clock))
             .route("/clock/advance", web::post().to(advance_clock))
             .route("/clock/set", web::post().to(set_clock))
@@ -457,6 +469,68 @@ async fn set_callback(
         HttpResponse::Ok().json(json!({"success": true}))
     } else {
         HttpResponse::NotFound().json(json!({"error": "no such app"}))
+    }
+}
+
+async fn register_person(data: Data, body: web::Json<NewPerson>) -> HttpResponse {
+    match data.lock().register_person(body.into_inner()) {
+        Ok(person) => HttpResponse::Ok().json(person),
+        Err(e) => control_error(e),
+    }
+}
+
+async fn set_data_deletion_url(
+    data: Data,
+    path: web::Path<String>,
+    body: web::Json<SetDataDeletionUrl>,
+) -> HttpResponse {
+    match data
+        .lock()
+        .set_data_deletion_url(&path.into_inner(), body.into_inner().url)
+    {
+        Ok(()) => HttpResponse::Ok().json(json!({"success": true})),
+        Err(e) => control_error(e),
+    }
+}
+
+/// Meta's data-deletion request: the callback is called once, outside the
+/// engine lock, and logged with what it answered.
+async fn data_deletion(data: Data, body: web::Json<DataDeletion>) -> HttpResponse {
+    let (call, timeout_ms) = {
+        let eng = data.lock();
+        match eng.data_deletion(&body.app, &body.asid) {
+            Ok(call) => (call, eng.settings.timeout_ms),
+            Err(e) => return control_error(e),
+        }
+    };
+    let (status, answer, error) =
+        delivery::data_deletion_callback(&call.url, &call.signed_request, timeout_ms).await;
+    let result = DataDeletionResult {
+        status,
+        body: answer,
+        signed_request: call.signed_request.clone(),
+        error,
+    };
+    data.lock().record_data_deletion(&call, &result);
+    HttpResponse::Ok().json(result)
+}
+
+async fn unsubscribe(
+    data: Data,
+    path: web::Path<String>,
+    body: web::Json<Unsubscribe>,
+) -> HttpResponse {
+    match data.lock().unsubscribe(&path.into_inner(), &body.page) {
+        Ok(()) => HttpResponse::Ok().json(json!({"success": true})),
+        Err(e) => control_error(e),
+    }
+}
+
+async fn revoke_token(data: Data, path: web::Path<(String, String)>) -> HttpResponse {
+    let (app, page) = path.into_inner();
+    match data.lock().revoke_token(&app, &page) {
+        Ok(()) => HttpResponse::Ok().json(json!({"success": true})),
+        Err(e) => control_error(e),
     }
 }
 

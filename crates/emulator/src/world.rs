@@ -210,6 +210,10 @@ pub struct AppConfig {
     /// Whether the app has the Human Agent feature (the `HUMAN_AGENT` tag).
     #[serde(default)]
     pub human_agent: bool,
+    /// Meta's data-deletion callback: where Meta POSTs a `signed_request`
+    /// when a person asks to delete their data. `None`: the app has none.
+    #[serde(default)]
+    pub data_deletion_url: Option<String>,
 }
 
 fn default_fields() -> Vec<String> {
@@ -227,6 +231,7 @@ impl fmt::Debug for AppConfig {
             .field("pages", &self.page_tokens.keys().collect::<Vec<_>>())
             .field("may_take", &self.may_take)
             .field("human_agent", &self.human_agent)
+            .field("data_deletion_url", &self.data_deletion_url)
             .finish()
     }
 }
@@ -244,6 +249,7 @@ impl AppConfig {
             page_tokens: BTreeMap::new(),
             may_take: false,
             human_agent: false,
+            data_deletion_url: None,
         }
     }
 
@@ -269,6 +275,11 @@ impl AppConfig {
 
     pub fn human_agent(mut self, yes: bool) -> Self {
         self.human_agent = yes;
+        self
+    }
+
+    pub fn with_data_deletion_url(mut self, url: impl Into<String>) -> Self {
+        self.data_deletion_url = Some(url.into());
         self
     }
 }

@@ -115,6 +115,11 @@ fn the_documented_example_world_parses() {
     let w = World::parse(&doc[start..end]).unwrap();
     assert_eq!(w.pages[0].link_routes["sales"], "222");
     assert!(w.apps[1].human_agent);
+    assert_eq!(
+        w.apps[1].data_deletion_url.as_deref(),
+        Some("http://127.0.0.1:8080/meta/data_deletion/222")
+    );
+    assert_eq!(w.apps[0].data_deletion_url, None);
 }
 
 /// Started by hand with a world that does not pin `epoch_ms`, Meta's clock

@@ -17,6 +17,9 @@
 //!   [`write_checkpoint`] stores it, and [`verify_anchored`] /
 //!   [`verify_ndjson_anchored`] check a log against checkpoints, so a log
 //!   rewritten and re-hashed up to a checkpoint no longer verifies.
+//! * [`KeyVault`] holds the per-person keys that seal personal content
+//!   inside payloads; destroying a key erases that content without changing
+//!   a stored byte of the log (`docs/privacy.md`).
 
 mod checkpoint;
 mod error;
@@ -25,6 +28,7 @@ mod ndjson;
 mod record;
 mod sled_store;
 mod store;
+mod vault;
 mod verify;
 mod writer;
 
@@ -37,9 +41,13 @@ pub use error::{
     AppendError, ChainFault, ExportError, ImportError, OpenError, StorageError, VerifyError,
 };
 pub use memory::MemoryStore;
-pub use ndjson::{export_ndjson, import_ndjson, ndjson_line, parse_ndjson_line, verify_ndjson};
+pub use ndjson::{
+    export_ndjson, export_ndjson_noted, import_ndjson, ndjson_line, ndjson_line_noted,
+    parse_ndjson_line, verify_ndjson,
+};
 pub use record::{Appended, ChainHash, ExpectedVersion, Head, NewRecord, Record, CANONICAL_FORMAT};
 pub use sled_store::SledStore;
 pub use store::{EventStore, StoreConfig};
+pub use vault::{KeyId, KeyVault, Sealed, VaultError};
 pub use verify::{verify, ChainVerifier, VerifyReport};
 pub use writer::WriterPause;

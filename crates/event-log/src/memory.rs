@@ -109,6 +109,7 @@ impl Backend for MemoryBackend {
 /// disk.
 pub struct MemoryStore {
     core: Core<MemoryBackend>,
+    vault: crate::vault::KeyVault,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -138,7 +139,10 @@ impl MemoryStore {
         #[allow(clippy::expect_used)]
         let core = Core::start(MemoryBackend::default(), Head::EMPTY, config)
             .expect("start the event log writer thread");
-        MemoryStore { core }
+        MemoryStore {
+            core,
+            vault: crate::vault::KeyVault::in_memory(),
+        }
     }
 
     /// Pauses the writer until the returned guard is dropped; see

@@ -34,6 +34,9 @@ struct LineOut<'a> {
     payload: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload_hex: Option<String>,
+    /// A note on the payload's sealed content (`"erased"`), outside the hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +60,9 @@ struct LineIn<'a> {
     payload: Option<&'a RawValue>,
     #[serde(default)]
     payload_hex: Option<String>,
+    /// Read and ignored: a note, not part of the record.
+    #[serde(default, rename = "content")]
+    _content: Option<String>,
 }
 
 fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -77,6 +83,12 @@ fn payload_as_json(bytes: &[u8]) -> Option<&RawValue> {
 
 /// One record as an NDJSON line, without the trailing newline.
 pub fn ndjson_line(record: &Record) -> String {
+    ndjson_line_noted(record, None)
+}
+
+/// [`ndjson_line`] with a note on the payload's sealed content (such as
+/// `"erased"`) in a `content` field that the hash does not cover.
+pub fn ndjson_line_noted(record: &Record, content: Option<&str>) -> String {
     let payload = payload_as_json(&record.payload);
     let line = LineOut {
         position: record.position,
@@ -93,6 +105,7 @@ pub fn ndjson_line(record: &Record) -> String {
         hash: record.hash.to_hex(),
         payload,
         payload_hex: payload.is_none().then(|| to_hex(&record.payload)),
+        content,
     };
     // Serializing plain strings, integers and a validated raw value to a
     // String cannot fail.
@@ -135,7 +148,17 @@ const PAGE: usize = 1024;
 /// one record per line, and returns that head.
 pub async fn export_ndjson<S: EventStore, W: Write>(
     store: &S,
+    out: W,
+) -> Result<Head, ExportError> {
+    export_ndjson_noted(store, out, |_| None).await
+}
+
+/// [`export_ndjson`] with `note` saying, for each record, what became of its
+/// sealed content (see [`ndjson_line_noted`]).
+pub async fn export_ndjson_noted<S: EventStore, W: Write>(
+    store: &S,
     mut out: W,
+    note: impl Fn(&Record) -> Option<&'static str>,
 ) -> Result<Head, ExportError> {
     let head = store.head().await?;
     let mut next = 1;
@@ -145,7 +168,7 @@ pub async fn export_ndjson<S: EventStore, W: Write>(
         let Some(last) = page.last() else { break };
         next = last.position + 1;
         for record in &page {
-            out.write_all(ndjson_line(record).as_bytes())?;
+            out.write_all(ndjson_line_noted(record, note(record)).as_bytes())?;
             out.write_all(b"\n")?;
         }
     }

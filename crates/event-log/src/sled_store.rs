@@ -180,6 +180,7 @@ impl Recent {
 
 pub(crate) struct SledBackend {
     db: sled::Db,
+    vault: std::sync::Arc<crate::vault::KeyVault>,
     tree: sled::Tree,
     recent: RwLock<Recent>,
     sync: Durability,
@@ -441,6 +442,10 @@ impl Backend for SledBackend {
         let Some(first) = records.first().map(|r| r.position) else {
             return Ok(());
         };
+        // The keys this group's sealed content needs reach the disk first.
+        self.vault
+            .persist_pending()
+            .map_err(|e| StorageError::Engine(Box::new(e)))?;
         let mut batch = sled::Batch::default();
 
         // Chunks of consecutive positions.
@@ -584,6 +589,7 @@ impl Backend for SledBackend {
 /// [`SledStore::close`] before reopening the same directory in-process.
 pub struct SledStore {
     core: Core<SledBackend>,
+    vault: std::sync::Arc<crate::vault::KeyVault>,
     path: PathBuf,
 }
 
@@ -631,8 +637,11 @@ impl SledStore {
             })?;
         let tree = db.open_tree(TREE).map_err(|e| storage(e.into()))?;
         let sync = Durability::open(&path).map_err(io)?;
+        let vault =
+            std::sync::Arc::new(crate::vault::KeyVault::open(&path.join("vault")).map_err(io)?);
         let mut backend = SledBackend {
             db,
+            vault: vault.clone(),
             tree,
             sync,
             recent: RwLock::new(Recent {
@@ -648,7 +657,7 @@ impl SledStore {
             .unwrap_or_else(PoisonError::into_inner)
             .first = head.position + 1;
         let core = Core::start(backend, head, config).map_err(OpenError::Thread)?;
-        Ok(SledStore { core, path })
+        Ok(SledStore { core, vault, path })
     }
 
     /// The directory this store lives in.

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use crate::error::{AppendError, StorageError};
 use crate::record::{Appended, Head, NewRecord, Record};
+use crate::vault::KeyVault;
 
 /// An append-only, hash-chained event log.
 ///
@@ -66,6 +67,11 @@ pub trait EventStore: Send + Sync {
         &self,
         records: Vec<Record>,
     ) -> impl Future<Output = Result<Head, AppendError>> + Send;
+
+    /// The keys that seal personal content in this store's payloads. Keys
+    /// made by [`KeyVault::seal`] are synced before the next group is
+    /// written, so a durable record never names a key that is not.
+    fn vault(&self) -> &KeyVault;
 }
 
 /// How the writer groups and queues appends.
@@ -155,6 +161,10 @@ macro_rules! delegate_event_store {
                 Output = Result<$crate::record::Head, $crate::error::AppendError>,
             > + Send {
                 self.core.restore(records)
+            }
+
+            fn vault(&self) -> &$crate::vault::KeyVault {
+                &self.vault
             }
         }
     };

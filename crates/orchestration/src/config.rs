@@ -106,10 +106,21 @@ struct RawConfig {
     send_backoff_ms: u64,
     #[serde(default = "default_stop_grace")]
     stop_grace_ms: u64,
+    #[serde(default = "default_content_retention")]
+    content_retention_days: u32,
     #[serde(default)]
     pages: Vec<RawPage>,
     #[serde(default)]
     apps: Vec<RawApp>,
+}
+
+/// How long a page keeps what people wrote and were sent, unless it says
+/// otherwise (`docs/privacy.md` gives the reasons): long enough to settle a
+/// dispute about a conversation or to redrive a backend after a long
+/// outage, short enough that content does not pile up for years. Ownership
+/// and decision facts are kept regardless.
+fn default_content_retention() -> u32 {
+    90
 }
 
 /// sled's page cache (sled's own default is 1 GiB).
@@ -205,6 +216,8 @@ struct RawPage {
     name: String,
     routing: RawRouting,
     apps: Vec<String>,
+    /// Overrides the global `content_retention_days` (0: keep forever).
+    content_retention_days: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -325,6 +338,9 @@ pub struct Config {
     pub stop_grace_ms: u64,
     pub pages: BTreeMap<PageId, (String, Page)>,
     pub apps: BTreeMap<AppId, AppConfig>,
+    /// Days each page keeps personal content (0: forever); see
+    /// `docs/privacy.md`.
+    pub content_retention_days: BTreeMap<PageId, u32>,
 }
 
 impl Config {
@@ -453,6 +469,7 @@ impl Config {
         }
 
         let mut pages = BTreeMap::new();
+        let mut retention = BTreeMap::new();
         for (i, p) in raw.pages.iter().enumerate() {
             let f = |name: &str| format!("pages[{i}].{name}");
             let id = PageId::parse(p.id.clone()).map_err(|e| invalid(f("id"), e.to_string()))?;
@@ -510,6 +527,11 @@ impl Config {
                         .collect::<Result<_, _>>()?,
                 },
             };
+            retention.insert(
+                id.clone(),
+                p.content_retention_days
+                    .unwrap_or(raw.content_retention_days),
+            );
             pages.insert(id.clone(), (p.name.clone(), Page::new(id, mode, profiles)));
         }
         // Tokens identify callers: two apps (or an app and the admin) must never share one.
@@ -601,6 +623,7 @@ impl Config {
             dispatch_dead_letter_after_secs: raw.dispatch_dead_letter_after_secs.max(1),
             pages,
             apps,
+            content_retention_days: retention,
         })
     }
 

@@ -160,6 +160,8 @@ impl<S: EventStore + 'static> Baton<S> {
                 max: MAX_ITEMS_PER_DELIVERY,
             });
         }
+        // The raw delivery is sealed for every person whose items it carries.
+        let people = delivery_people(&items);
         // Meta's retries carry the same bytes: the raw delivery is kept once.
         let delivery_key = format!("delivery:{app}:{}", hex::encode(Sha256::digest(body)));
         // The raw delivery with the first chunk of its facts, then the rest a
@@ -178,6 +180,7 @@ impl<S: EventStore + 'static> Baton<S> {
                     if first {
                         plan.push(
                             Planned::new(delivery_event.clone())
+                                .about(people.clone())
                                 .idempotency_key(delivery_key.clone()),
                         );
                     }
@@ -208,6 +211,21 @@ impl<S: EventStore + 'static> Baton<S> {
             (Ok(_), _) => Intake::Accepted,
         })
     }
+}
+
+/// The people a delivery's items are about: each thread's, and the sender
+/// of items that name no configured thread.
+fn delivery_people(items: &[(&Entry, &Item)]) -> Vec<ThreadKey> {
+    let mut people: Vec<ThreadKey> = items
+        .iter()
+        .filter_map(|(entry, item)| match &item.kind {
+            ItemKind::Thread { thread, .. } => Some(thread.clone()),
+            _ => domain::privacy::raw_person(&entry.page, &item.raw),
+        })
+        .collect();
+    people.sort_by(|a, b| (&a.page, &a.psid).cmp(&(&b.page, &b.psid)));
+    people.dedup();
+    people
 }
 
 /// The facts a delivery adds, given the projections now: the domain observes

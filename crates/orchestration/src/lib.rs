@@ -23,6 +23,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod outbox;
 pub mod page_api;
+pub mod privacy;
 pub mod projections;
 pub mod reads;
 pub mod reconcile;
@@ -91,6 +92,7 @@ pub struct Tasks {
     timers: JoinHandle<()>,
     reconciler: JoinHandle<()>,
     checkpointer: JoinHandle<()>,
+    retention: JoinHandle<()>,
     follower: JoinHandle<()>,
 }
 
@@ -119,6 +121,9 @@ impl Tasks {
         if let Err(e) = self.checkpointer.await {
             tracing::error!(error = %e, "the checkpoint signer stopped abnormally");
         }
+        if let Err(e) = self.retention.await {
+            tracing::error!(error = %e, "the retention schedule stopped abnormally");
+        }
         self.follower_stop.fire();
         if let Err(e) = self.follower.await {
             tracing::error!(error = %e, "the projection follower stopped abnormally");
@@ -136,6 +141,7 @@ impl Tasks {
             self.timers,
             self.reconciler,
             self.checkpointer,
+            self.retention,
             self.follower,
         ] {
             task.abort();
@@ -181,7 +187,12 @@ impl<S: EventStore + 'static> Baton<S> {
         let reconcile_budget =
             std::sync::Mutex::new(reconcile::budget(config.reconcile_calls_per_page_per_hour));
         let baton = Arc::new(Baton {
-            recorder: Recorder::new(store.clone(), projections.clone(), metrics.clone()),
+            recorder: Recorder::new(
+                store.clone(),
+                projections.clone(),
+                metrics.clone(),
+                clock.clone(),
+            ),
             outbox: outbox::OutboxState::new(&config),
             config,
             store: store.clone(),
@@ -201,6 +212,7 @@ impl<S: EventStore + 'static> Baton<S> {
         let outbox = tokio::spawn(outbox::run(baton.clone(), workers.subscribe()));
         let timers = tokio::spawn(timers::run(baton.clone(), workers.subscribe()));
         let checkpointer = tokio::spawn(checkpoints::run(baton.clone(), workers.subscribe()));
+        let retention = tokio::spawn(privacy::run(baton.clone(), workers.subscribe()));
         let reconciler = tokio::spawn(reconcile::run(
             baton.clone(),
             reconcile_queue,
@@ -215,6 +227,7 @@ impl<S: EventStore + 'static> Baton<S> {
                 timers,
                 reconciler,
                 checkpointer,
+                retention,
                 follower,
             },
         ))

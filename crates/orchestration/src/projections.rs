@@ -148,6 +148,9 @@ pub struct State {
     pub echoed: HashMap<CommandId, String>,
     /// Comments (page, comment id) already answered with a private reply.
     pub replied_comments: HashSet<(PageId, String)>,
+    /// Erasures by request id (a data-deletion callback's confirmation
+    /// code): which threads, when. Erasures are rare; kept for status pages.
+    pub erasures: HashMap<String, Vec<(ThreadKey, Timestamp)>>,
     /// Pending sends by the position of their acceptance: the outbox's queue.
     pub open_sends: BTreeMap<u64, CommandId>,
     /// When each active thread's control lapses, in time order (the expiry
@@ -209,6 +212,7 @@ impl State {
             idempotency: HashMap::new(),
             echoed: HashMap::new(),
             replied_comments: HashSet::new(),
+            erasures: HashMap::new(),
             open_sends: BTreeMap::new(),
             expiries: TimeIndex::default(),
             confirmations: TimeIndex::default(),
@@ -306,13 +310,34 @@ impl State {
         (open && &record.app == sender).then_some((id, record))
     }
 
-    /// Folds one stored record.
+    /// Folds one stored record, without its personal content.
     pub fn apply_record(&mut self, record: &Record) {
+        self.apply_record_with(record, None);
+    }
+
+    /// Folds one stored record, opening with `vault` the content the
+    /// projections keep: the messages sends carry to Meta and the metadata
+    /// control calls pass on. What inbound items say is never folded, so
+    /// the ingest path decodes them as they are.
+    pub fn apply_record_with(&mut self, record: &Record, vault: Option<&event_log::KeyVault>) {
         self.position = record.position;
         let recorded =
             Timestamp::from_millis(i64::try_from(record.recorded_at_ms).unwrap_or(i64::MAX));
         self.recorded_at = self.recorded_at.max(recorded);
-        match Event::decode(&record.type_name, record.schema_version, &record.payload) {
+        let folds_content = !matches!(
+            record.type_name.as_str(),
+            "WebhookDeliveryReceived"
+                | "MessagingEventReceived"
+                | "MessagingEventCopyReceived"
+                | "UnattributedItemReceived"
+        );
+        let decoded = match vault {
+            Some(vault) if folds_content => {
+                crate::record::open(Some(vault), record).map(|o| o.event)
+            }
+            _ => Event::decode(&record.type_name, record.schema_version, &record.payload),
+        };
+        match decoded {
             Ok(event) if record.stream.starts_with(REFUSALS_STREAM_PREFIX) => {
                 // A refusal on a thread that had no state: the outbox and
                 // idempotency indexes learn of it; no ledger is made.
@@ -376,6 +401,12 @@ impl State {
     /// The outbox, idempotency, token and dedupe indexes (not the ledger).
     fn apply_facts(&mut self, event: &Event) {
         match event {
+            Event::ContentErased(e) => {
+                self.erasures
+                    .entry(e.request.clone())
+                    .or_default()
+                    .push((e.thread.clone(), e.at));
+            }
             Event::MessagingEventReceived(e) => {
                 if let InboundEvent::Echo {
                     mid,
@@ -666,7 +697,7 @@ impl Projections {
             let last = {
                 let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
                 for r in &records {
-                    state.apply_record(r);
+                    state.apply_record_with(r, Some(store.vault()));
                 }
                 state.position
             };

@@ -11,9 +11,15 @@
 
 use std::time::{Duration, Instant};
 
-use domain::{Event, Page, ThreadKey, ThreadLedger};
-use event_log::{AppendError, EventStore, ExpectedVersion, NewRecord};
+use domain::ids::Timestamp;
+use domain::{DecodeError, Event, Page, ThreadKey, ThreadLedger};
+use event_log::{
+    AppendError, EventStore, ExpectedVersion, KeyId, KeyVault, NewRecord, Record, Sealed,
+};
+use serde_json::{json, Value};
 use uuid::Uuid;
+
+use crate::clock::Clock;
 
 use crate::metrics::Metrics;
 use crate::projections::{Projections, State};
@@ -53,12 +59,55 @@ pub fn encode(event: &Event) -> NewRecord {
 pub struct Planned {
     pub event: Event,
     pub record: NewRecord,
+    /// The people its content is about; emptied once the content is sealed.
+    subjects: Vec<ThreadKey>,
 }
 
 impl Planned {
     pub fn new(event: Event) -> Self {
         let record = encode(&event);
-        Self { event, record }
+        let subjects = domain::privacy::subjects(&event);
+        Self {
+            event,
+            record,
+            subjects,
+        }
+    }
+
+    /// Its content is about these people (a raw delivery names nobody by
+    /// itself; its recorder knows whose items it carries).
+    pub fn about(mut self, people: Vec<ThreadKey>) -> Self {
+        self.subjects = people;
+        self
+    }
+
+    /// Seals the record's content under its people's keys for the day of
+    /// `now`, leaving the facts clear; see `docs/privacy.md`. Content about
+    /// nobody Baton can name stays clear.
+    pub fn seal(&mut self, vault: &KeyVault, now: Timestamp) {
+        if self.subjects.is_empty() {
+            return;
+        }
+        let people = std::mem::take(&mut self.subjects);
+        let type_name = self.record.type_name.as_str();
+        let Ok(mut facts) = serde_json::from_slice::<Value>(&self.record.payload) else {
+            return;
+        };
+        let Some(content) = domain::privacy::take_content(type_name, &mut facts) else {
+            return;
+        };
+        let mut subjects: Vec<String> = people.iter().map(domain::privacy::subject).collect();
+        subjects.sort();
+        subjects.dedup();
+        let refs: Vec<&str> = subjects.iter().map(String::as_str).collect();
+        let plaintext = serde_json::to_vec(&content).expect("JSON values serialise");
+        let Ok(sealed) = vault.seal(&refs, day_of(now), &plaintext) else {
+            return;
+        };
+        if let Value::Object(map) = &mut facts {
+            map.insert(SEALED.into(), sealed_json(&sealed));
+        }
+        self.record.payload = serde_json::to_vec(&facts).expect("JSON values serialise");
     }
 
     /// Appended only if the stream is still at this version.
@@ -94,7 +143,12 @@ pub fn on_thread(ledger_version: u64, events: Vec<Event>) -> Vec<Planned> {
         let event = events[0].clone();
         let enc = event.encode();
         let record = NewRecord::new(stream, enc.type_name, enc.schema_version, enc.payload);
-        return vec![Planned { event, record }];
+        let subjects = domain::privacy::subjects(&event);
+        return vec![Planned {
+            event,
+            record,
+            subjects,
+        }];
     }
     events
         .into_iter()
@@ -129,7 +183,14 @@ pub async fn append<S: EventStore>(
     planned: Vec<Planned>,
     on_busy: OnBusy,
 ) -> Result<Vec<event_log::Appended>, AppendError> {
-    let records: Vec<NewRecord> = planned.into_iter().map(|p| p.record).collect();
+    let now = crate::clock::SystemClock.now();
+    let records: Vec<NewRecord> = planned
+        .into_iter()
+        .map(|mut p| {
+            p.seal(store.vault(), now);
+            p.record
+        })
+        .collect();
     let mut busy = 0;
     let mut delay = Duration::from_millis(10);
     loop {
@@ -150,6 +211,8 @@ pub struct Recorder<S> {
     store: std::sync::Arc<S>,
     projections: std::sync::Arc<Projections>,
     metrics: std::sync::Arc<Metrics>,
+    /// Baton's clock: content keys are made per day of it.
+    clock: std::sync::Arc<dyn Clock>,
 }
 
 /// What was recorded: the plan's value, the events and the records' positions.
@@ -166,11 +229,13 @@ impl<S: EventStore> Recorder<S> {
         store: std::sync::Arc<S>,
         projections: std::sync::Arc<Projections>,
         metrics: std::sync::Arc<Metrics>,
+        clock: std::sync::Arc<dyn Clock>,
     ) -> Self {
         Self {
             store,
             projections,
             metrics,
+            clock,
         }
     }
 
@@ -184,7 +249,7 @@ impl<S: EventStore> Recorder<S> {
     ) -> Result<Recorded<T>, RecordError> {
         let mut conflicts = 0;
         loop {
-            let (planned, value) = plan(&self.projections.read())?;
+            let (mut planned, value) = plan(&self.projections.read())?;
             if planned.is_empty() {
                 return Ok(Recorded {
                     value,
@@ -193,6 +258,10 @@ impl<S: EventStore> Recorder<S> {
                 });
             }
             let events: Vec<Event> = planned.iter().map(|p| p.event.clone()).collect();
+            let now = self.clock.now();
+            for p in &mut planned {
+                p.seal(self.store.vault(), now);
+            }
             let started = Instant::now();
             self.metrics.append_started();
             let result = append(self.store.as_ref(), planned, on_busy).await;
@@ -240,5 +309,147 @@ impl<S: EventStore> Recorder<S> {
             Ok((on_thread(ledger.version, events), value))
         })
         .await
+    }
+}
+
+/// The field of a payload that holds its sealed content.
+const SEALED: &str = "sealed";
+
+/// Days since the Unix epoch (UTC): content keys are made per day, so
+/// retention can destroy whole days.
+pub fn day_of(t: Timestamp) -> u32 {
+    u32::try_from(t.millis().max(0) / 86_400_000).unwrap_or(u32::MAX)
+}
+
+/// The first instant of a day.
+pub fn start_of_day(day: u32) -> Timestamp {
+    Timestamp::from_millis(i64::from(day) * 86_400_000)
+}
+
+fn sealed_json(sealed: &Sealed) -> Value {
+    use base64::Engine as _;
+    json!({
+        "keys": sealed.key_ids.iter().map(KeyId::to_hex).collect::<Vec<_>>(),
+        "nonce": hex::encode(sealed.nonce),
+        "data": base64::engine::general_purpose::STANDARD.encode(&sealed.ciphertext),
+    })
+}
+
+fn sealed_from_json(value: &Value) -> Option<Sealed> {
+    use base64::Engine as _;
+    let key_ids = value
+        .get("keys")?
+        .as_array()?
+        .iter()
+        .map(|k| KeyId::from_hex(k.as_str()?))
+        .collect::<Option<Vec<_>>>()?;
+    let nonce = hex::decode(value.get("nonce")?.as_str()?)
+        .ok()?
+        .try_into()
+        .ok()?;
+    let ciphertext = base64::engine::general_purpose::STANDARD
+        .decode(value.get("data")?.as_str()?)
+        .ok()?;
+    Some(Sealed {
+        key_ids,
+        nonce,
+        ciphertext,
+    })
+}
+
+/// What became of a record's personal content when it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    /// The record carries none, or carries it clear (written before
+    /// content was sealed, or about nobody Baton could name).
+    Clear,
+    /// Sealed, and opened with its keys.
+    Opened,
+    /// Sealed, and a key is gone: the content was erased.
+    Erased,
+    /// Sealed, but the sealed bytes do not authenticate.
+    Damaged,
+    /// Sealed and left sealed: the reader did not ask for it.
+    Sealed,
+}
+
+impl Content {
+    /// Whether the content was there once and cannot be read now.
+    pub fn is_gone(self) -> bool {
+        matches!(self, Content::Erased | Content::Damaged)
+    }
+}
+
+/// A record read back with its content.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub event: Event,
+    pub content: Content,
+    /// The keys its sealed content needs (empty when it has none).
+    pub keys: Vec<KeyId>,
+}
+
+/// Reads a record back as an event with its content: sealed content is
+/// opened with `vault`, or, when `vault` is `None`, left out. Erased
+/// content reads as absent (null text and raw, an empty body).
+pub fn open(vault: Option<&KeyVault>, record: &Record) -> Result<Opened, DecodeError> {
+    let clear = |payload: &[u8]| {
+        Event::decode(&record.type_name, record.schema_version, payload).map(|event| Opened {
+            event,
+            content: Content::Clear,
+            keys: Vec::new(),
+        })
+    };
+    if domain::privacy::content_paths(&record.type_name).is_empty() {
+        return clear(&record.payload);
+    }
+    let Ok(mut facts) = serde_json::from_slice::<Value>(&record.payload) else {
+        return clear(&record.payload);
+    };
+    let Some(sealed) = facts.as_object_mut().and_then(|m| m.remove(SEALED)) else {
+        return clear(&record.payload);
+    };
+    let sealed = sealed_from_json(&sealed);
+    let keys = sealed
+        .as_ref()
+        .map(|s| s.key_ids.clone())
+        .unwrap_or_default();
+    let content = match (vault, sealed) {
+        (None, _) => Content::Sealed,
+        (Some(_), None) => Content::Damaged,
+        (Some(vault), Some(sealed)) => match vault.open_sealed(&sealed) {
+            Ok(Some(plaintext)) => match serde_json::from_slice::<Value>(&plaintext) {
+                Ok(content) => {
+                    domain::privacy::put_content(&mut facts, content);
+                    Content::Opened
+                }
+                Err(_) => Content::Damaged,
+            },
+            Ok(None) => Content::Erased,
+            Err(_) => Content::Damaged,
+        },
+    };
+    let bytes = serde_json::to_vec(&facts).expect("JSON values serialise");
+    let event = Event::decode(&record.type_name, record.schema_version, &bytes)?;
+    Ok(Opened {
+        event,
+        content,
+        keys,
+    })
+}
+
+/// What an export says of a record's sealed content: `"erased"` when a key
+/// it needs is gone, `"damaged"` when its seal cannot be read; nothing when
+/// it has none or it is still there. Checks the keys only, decrypts nothing.
+pub fn content_note(vault: &KeyVault, record: &Record) -> Option<&'static str> {
+    if domain::privacy::content_paths(&record.type_name).is_empty() {
+        return None;
+    }
+    let facts: Value = serde_json::from_slice(&record.payload).ok()?;
+    let sealed = facts.get(SEALED)?;
+    match sealed_from_json(sealed) {
+        None => Some("damaged"),
+        Some(s) if !vault.holds(&s.key_ids) => Some("erased"),
+        Some(_) => None,
     }
 }

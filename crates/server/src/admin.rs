@@ -42,7 +42,10 @@ pub async fn export<S: EventStore + 'static>(
         let Some(last) = records.last() else { break };
         from = last.position + 1;
         for r in records.iter().filter(|r| r.position <= head.position) {
-            out.push_str(&event_log::ndjson_line(r));
+            out.push_str(&event_log::ndjson_line_noted(
+                r,
+                orchestration::record::content_note(state.store.vault(), r),
+            ));
             out.push('\n');
         }
     }

@@ -11,6 +11,7 @@ pub mod delivery_api;
 pub mod error;
 pub mod graph_api;
 pub mod ingress;
+pub mod privacy;
 pub mod read_api;
 pub mod sends;
 
@@ -22,7 +23,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use event_log::{EventStore, StorageError};
 use orchestration::{Baton, Tasks};
 
-pub use orchestration::{config, metrics, projections};
+pub use orchestration::{config, metrics, projections, record};
 pub use orchestration::{Clock, Config, ConfigError, LogFormat, ManualClock, Secret, SystemClock};
 
 /// What every handler shares: the application and, when any app has a
@@ -313,6 +314,9 @@ pub async fn start<S: EventStore + 'static>(
             .service(resource("/api/sends/check").post(sends::check::<S>))
             .service(resource("/api/admin/export").get(admin::export::<S>))
             .service(resource("/api/admin/projections").get(admin::projections::<S>))
+            .service(resource("/api/admin/erasures").post(privacy::erase::<S>))
+            .service(resource("/privacy/{app_id}/data-deletion").post(privacy::data_deletion::<S>))
+            .service(resource("/privacy/deletions/{code}").get(privacy::deletion_status::<S>))
             .service(resource("/api/apps/{app_id}/delivery").get(delivery_api::status::<S>))
             .service(resource("/api/apps/{app_id}/messageable").get(read_api::messageable::<S>))
             .service(resource("/api/apps/{app_id}/redrive").post(delivery_api::redrive::<S>))

@@ -167,9 +167,11 @@ pub async fn timeline<S: EventStore + 'static>(
     let entries: Vec<Value> = records
         .iter()
         .map(
-            |r| match Event::decode(&r.type_name, r.schema_version, &r.payload) {
+            |r| match orchestration::record::open(Some(state.store.vault()), r)
+                .map(|o| (o.event, o.content))
+            {
                 // Another app's send: that it happened, not its ids or content.
-                Ok(event)
+                Ok((event, _))
                     if matches!(&reader, Reader::App(me)
                         if send_app(&state, &event).is_some_and(|app| app.as_ref() != Some(me))) =>
                 {
@@ -182,14 +184,26 @@ pub async fn timeline<S: EventStore + 'static>(
                         "redacted": true,
                     })
                 }
-                Ok(event) => json!({
-                    "position": r.position,
-                    "version": r.stream_version,
-                    "recorded_at": r.recorded_at_ms,
-                    "type": r.type_name,
-                    "explanation": domain::explain::explain(&event),
-                    "event": serde_json::to_value(&event).unwrap_or(Value::Null),
-                }),
+                Ok((event, content)) => {
+                    let mut entry = json!({
+                        "position": r.position,
+                        "version": r.stream_version,
+                        "recorded_at": r.recorded_at_ms,
+                        "type": r.type_name,
+                        "explanation": domain::explain::explain(&event),
+                        "event": serde_json::to_value(&event).unwrap_or(Value::Null),
+                    });
+                    // What the person said or was sent is gone; the fact stays.
+                    let gone = match content {
+                        orchestration::record::Content::Erased => Some("erased"),
+                        orchestration::record::Content::Damaged => Some("damaged"),
+                        _ => None,
+                    };
+                    if let Some(gone) = gone {
+                        entry["content"] = json!(gone);
+                    }
+                    entry
+                }
                 Err(e) => json!({
                     "position": r.position,
                     "version": r.stream_version,

@@ -328,18 +328,13 @@ impl TestBaton {
         self.running.state.store.head().await.unwrap().position
     }
 
-    /// Every event in the log, decoded, in order.
+    /// Every event in the log, decoded with its content, in order.
     pub async fn events(&self) -> Vec<Event> {
-        let records = self
-            .running
-            .state
-            .store
-            .read_all(1, 1_000_000)
-            .await
-            .unwrap();
+        let store = &self.running.state.store;
+        let records = store.read_all(1, 1_000_000).await.unwrap();
         records
             .iter()
-            .map(|r| Event::decode(&r.type_name, r.schema_version, &r.payload).unwrap())
+            .map(|r| server::record::open(Some(store.vault()), r).unwrap().event)
             .collect()
     }
 

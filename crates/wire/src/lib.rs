@@ -5,4 +5,5 @@
 
 pub mod graph;
 pub mod signature;
+pub mod signed_request;
 pub mod webhook;

@@ -23,6 +23,7 @@ pub const USER: &str = "9001";
 pub struct Received {
     pub sig256: Option<String>,
     pub sig1: Option<String>,
+    pub content_type: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -36,6 +37,8 @@ impl Received {
 struct State {
     got: Mutex<Vec<Received>>,
     statuses: Mutex<VecDeque<u16>>,
+    /// (status, content type, body) for the next answers.
+    answers: Mutex<VecDeque<(u16, String, String)>>,
 }
 
 /// A small HTTP server collecting webhook bodies and headers.
@@ -55,8 +58,14 @@ async fn receive(req: HttpRequest, body: web::Bytes, st: web::Data<State>) -> Ht
     st.got.lock().unwrap().push(Received {
         sig256: h("X-Hub-Signature-256"),
         sig1: h("X-Hub-Signature"),
+        content_type: h("Content-Type"),
         body: body.to_vec(),
     });
+    if let Some((status, content_type, body)) = st.answers.lock().unwrap().pop_front() {
+        return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+            .content_type(content_type)
+            .body(body);
+    }
     let status = st.statuses.lock().unwrap().pop_front().unwrap_or(200);
     HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).finish()
 }
@@ -98,6 +107,15 @@ impl Receiver {
         for _ in 0..n {
             q.push_back(status);
         }
+    }
+
+    /// Answer the next request with this status, content type and body.
+    pub fn answer_next(&self, status: u16, content_type: &str, body: &str) {
+        self.state.answers.lock().unwrap().push_back((
+            status,
+            content_type.to_string(),
+            body.to_string(),
+        ));
     }
 
     /// Forget queued failure statuses: answer 200 from now on.

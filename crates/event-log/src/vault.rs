@@ -1,0 +1,537 @@
+//! The key vault: per-person, per-day content keys, so that a person's
+//! content can be destroyed without touching the hash-chained log
+//! (crypto-shredding; `docs/privacy.md`).
+//!
+//! A record's personal content is sealed (XChaCha20-Poly1305) under the keys
+//! of the people it is about, for the day it was recorded; the sealed bytes
+//! are part of the payload the chain covers, so destroying a key changes no
+//! stored record and the chain still verifies. The plaintext never reaches
+//! the disk.
+//!
+//! Keys live apart from the log, in `<log>/vault/keys`: length-prefixed,
+//! checksummed entries. New keys are appended and synced before the group
+//! whose records they seal is written. Erasure rewrites the file without the
+//! destroyed keys (write, sync, rename, sync the directory), so no file of
+//! the data directory holds them afterwards; a key deleted inside sled would
+//! linger in its log until the page was rewritten.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use sha2::{Digest, Sha256};
+
+use crate::record::{from_hex, to_hex};
+
+/// Names one content key: 16 random bytes, never reused, so content sealed
+/// before an erasure stays unreadable when the person writes again.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId(pub [u8; 16]);
+
+impl KeyId {
+    /// Lowercase hexadecimal, 32 characters.
+    pub fn to_hex(&self) -> String {
+        to_hex(&self.0)
+    }
+
+    /// Parses 32 hexadecimal characters.
+    pub fn from_hex(text: &str) -> Option<KeyId> {
+        Some(KeyId(from_hex(text)?.try_into().ok()?))
+    }
+}
+
+impl std::fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyId({})", self.to_hex())
+    }
+}
+
+/// Content sealed under the keys of the people it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// The keys, in the order they were combined. All are needed to open it.
+    pub key_ids: Vec<KeyId>,
+    /// XChaCha20 nonce.
+    pub nonce: [u8; 24],
+    /// Ciphertext with its Poly1305 tag.
+    pub ciphertext: Vec<u8>,
+}
+
+/// Why sealed content could not be opened.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VaultError {
+    /// The keys are there but the ciphertext, nonce or key list does not
+    /// authenticate: the stored bytes were altered.
+    #[error("sealed content does not authenticate (altered ciphertext, nonce or key list)")]
+    Tampered,
+    /// Nothing to seal for: content needs at least one subject.
+    #[error("sealed content needs at least one subject")]
+    NoSubject,
+}
+
+/// One key as the vault file stores it.
+#[derive(Clone)]
+struct Entry {
+    subject: String,
+    day: u32,
+    id: KeyId,
+    key: [u8; 32],
+}
+
+impl Entry {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let mut body = Vec::with_capacity(2 + self.subject.len() + 4 + 16 + 32);
+        let len = u16::try_from(self.subject.len()).unwrap_or(u16::MAX);
+        body.extend_from_slice(&len.to_be_bytes());
+        body.extend_from_slice(&self.subject.as_bytes()[..usize::from(len)]);
+        body.extend_from_slice(&self.day.to_be_bytes());
+        body.extend_from_slice(&self.id.0);
+        body.extend_from_slice(&self.key);
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&Sha256::digest(&body)[..8]);
+    }
+
+    /// The entry at the start of `bytes` and its length, or `None` at a torn
+    /// or damaged tail.
+    fn decode(bytes: &[u8]) -> Option<(Entry, usize)> {
+        let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        let body = bytes.get(4..4 + len)?;
+        let check = bytes.get(4 + len..4 + len + 8)?;
+        if Sha256::digest(body)[..8] != *check {
+            return None;
+        }
+        let subject_len = usize::from(u16::from_be_bytes(body.get(..2)?.try_into().ok()?));
+        let subject = std::str::from_utf8(body.get(2..2 + subject_len)?).ok()?;
+        let rest = body.get(2 + subject_len..)?;
+        if rest.len() != 4 + 16 + 32 {
+            return None;
+        }
+        Some((
+            Entry {
+                subject: subject.to_owned(),
+                day: u32::from_be_bytes(rest[..4].try_into().ok()?),
+                id: KeyId(rest[4..20].try_into().ok()?),
+                key: rest[20..52].try_into().ok()?,
+            },
+            4 + len + 8,
+        ))
+    }
+}
+
+#[derive(Default)]
+struct Keys {
+    /// Every live key by id.
+    by_id: HashMap<KeyId, Entry>,
+    /// The key content of `(subject, day)` is sealed under now.
+    current: HashMap<(String, u32), KeyId>,
+    /// Keys made since the last sync, in order.
+    pending: Vec<KeyId>,
+    /// Append handle of the vault file (none in memory).
+    file: Option<File>,
+}
+
+/// Per-person content keys; see the module docs.
+pub struct KeyVault {
+    keys: Mutex<Keys>,
+    /// `<log>/vault`, or `None` for a vault that lives in memory.
+    dir: Option<PathBuf>,
+    /// Distinguishes nonces made in the same instant by this process.
+    counter: AtomicU64,
+    syncs: AtomicU64,
+}
+
+impl std::fmt::Debug for KeyVault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyVault")
+            .field("dir", &self.dir)
+            .field("keys", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+const KEYS_FILE: &str = "keys";
+const KEYS_TMP: &str = "keys.tmp";
+
+impl KeyVault {
+    /// A vault that keeps its keys in memory only (the in-memory store's).
+    pub fn in_memory() -> KeyVault {
+        KeyVault {
+            keys: Mutex::new(Keys::default()),
+            dir: None,
+            counter: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+        }
+    }
+
+    /// Opens (creating if needed) the vault in `dir`. A torn tail, left by
+    /// a crash while keys were appended, is cut off: the group those keys
+    /// were made for was never synced, so no caller was answered for it.
+    pub fn open(dir: &Path) -> std::io::Result<KeyVault> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(KEYS_FILE);
+        let mut bytes = Vec::new();
+        match File::open(&path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut bytes)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut keys = Keys::default();
+        let mut at = 0;
+        while let Some((entry, len)) = Entry::decode(&bytes[at..]) {
+            keys.current
+                .insert((entry.subject.clone(), entry.day), entry.id);
+            keys.by_id.insert(entry.id, entry);
+            at += len;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        if at < bytes.len() {
+            file.set_len(at as u64)?;
+            file.sync_all()?;
+        }
+        File::open(dir)?.sync_all()?;
+        keys.file = Some(file);
+        Ok(KeyVault {
+            keys: Mutex::new(keys),
+            dir: Some(dir.to_path_buf()),
+            counter: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Keys> {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Live keys.
+    pub fn len(&self) -> usize {
+        self.lock().by_id.len()
+    }
+
+    /// True when the vault holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How often new keys were synced to the vault file.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Seals `plaintext` for the people `subjects` names (each
+    /// `"<page>/<psid>"`), under their keys for `day` (days since the Unix
+    /// epoch), making any key that does not exist yet. The key ids are bound
+    /// to the ciphertext, so a record cannot be re-pointed at other keys.
+    pub fn seal(
+        &self,
+        subjects: &[&str],
+        day: u32,
+        plaintext: &[u8],
+    ) -> Result<Sealed, VaultError> {
+        if subjects.is_empty() {
+            return Err(VaultError::NoSubject);
+        }
+        let mut ids = Vec::with_capacity(subjects.len());
+        let mut material = Vec::with_capacity(subjects.len());
+        {
+            let mut keys = self.lock();
+            for subject in subjects {
+                let id = match keys.current.get(&((*subject).to_owned(), day)) {
+                    Some(id) => *id,
+                    None => {
+                        let entry = Entry {
+                            subject: (*subject).to_owned(),
+                            day,
+                            id: KeyId(uuid::Uuid::new_v4().into_bytes()),
+                            key: XChaCha20Poly1305::generate_key(&mut OsRng).into(),
+                        };
+                        let id = entry.id;
+                        keys.current.insert((entry.subject.clone(), day), id);
+                        keys.by_id.insert(id, entry);
+                        keys.pending.push(id);
+                        id
+                    }
+                };
+                ids.push(id);
+                material.push(keys.by_id[&id].key);
+            }
+        }
+        let cipher = XChaCha20Poly1305::new(&combine(&material).into());
+        let nonce = self.nonce();
+        let aad = aad(&ids);
+        let ciphertext = cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| VaultError::Tampered)?;
+        Ok(Sealed {
+            key_ids: ids,
+            nonce,
+            ciphertext,
+        })
+    }
+
+    /// Opens sealed content: `Ok(None)` when one of its keys was destroyed
+    /// (the content is erased), an error when the bytes were altered.
+    pub fn open_sealed(&self, sealed: &Sealed) -> Result<Option<Vec<u8>>, VaultError> {
+        let mut material = Vec::with_capacity(sealed.key_ids.len());
+        {
+            let keys = self.lock();
+            for id in &sealed.key_ids {
+                match keys.by_id.get(id) {
+                    Some(entry) => material.push(entry.key),
+                    None => return Ok(None),
+                }
+            }
+        }
+        if material.is_empty() {
+            return Err(VaultError::NoSubject);
+        }
+        let cipher = XChaCha20Poly1305::new(&combine(&material).into());
+        let aad = aad(&sealed.key_ids);
+        cipher
+            .decrypt(
+                XNonce::from_slice(&sealed.nonce),
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map(Some)
+            .map_err(|_| VaultError::Tampered)
+    }
+
+    /// Whether every key of `ids` is still there.
+    pub fn holds(&self, ids: &[KeyId]) -> bool {
+        let keys = self.lock();
+        ids.iter().all(|id| keys.by_id.contains_key(id))
+    }
+
+    /// 24 nonce bytes: 16 from the thread's CSPRNG (no system call) and a
+    /// per-process counter. XChaCha20's long nonce makes random nonces safe.
+    fn nonce(&self) -> [u8; 24] {
+        let mut nonce = [0u8; 24];
+        nonce[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        nonce[16..].copy_from_slice(&n.to_be_bytes());
+        nonce
+    }
+
+    /// Writes and syncs the keys made since the last call; the writer calls
+    /// this before it writes a group, so no synced record names a key that
+    /// is not on disk.
+    pub(crate) fn persist_pending(&self) -> std::io::Result<()> {
+        let mut keys = self.lock();
+        if keys.pending.is_empty() {
+            return Ok(());
+        }
+        let mut out = Vec::with_capacity(keys.pending.len() * 96);
+        for id in &keys.pending {
+            if let Some(entry) = keys.by_id.get(id) {
+                entry.encode(&mut out);
+            }
+        }
+        if let Some(file) = keys.file.as_mut() {
+            file.write_all(&out)?;
+            file.sync_data()?;
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        keys.pending.clear();
+        Ok(())
+    }
+
+    /// Destroys every key of `subject`: all content sealed for that person
+    /// is unreadable from now on. Returns how many keys were destroyed.
+    pub fn erase_subject(&self, subject: &str) -> std::io::Result<usize> {
+        self.destroy(|e| e.subject == subject)
+    }
+
+    /// Destroys the keys of every subject starting with `prefix` (a page:
+    /// `"<page>/"`) made for a day before `day`. Returns how many.
+    pub fn erase_before(&self, prefix: &str, day: u32) -> std::io::Result<usize> {
+        self.destroy(|e| e.day < day && e.subject.starts_with(prefix))
+    }
+
+    /// The days for which `subject` has keys (for reports and tests).
+    pub fn days_of(&self, subject: &str) -> Vec<u32> {
+        let keys = self.lock();
+        let mut days: Vec<u32> = keys
+            .by_id
+            .values()
+            .filter(|e| e.subject == subject)
+            .map(|e| e.day)
+            .collect();
+        days.sort_unstable();
+        days
+    }
+
+    fn destroy(&self, doomed: impl Fn(&Entry) -> bool) -> std::io::Result<usize> {
+        let mut keys = self.lock();
+        let ids: Vec<KeyId> = keys
+            .by_id
+            .values()
+            .filter(|e| doomed(e))
+            .map(|e| e.id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        for id in &ids {
+            if let Some(entry) = keys.by_id.remove(id) {
+                keys.current.remove(&(entry.subject, entry.day));
+            }
+        }
+        keys.pending.retain(|id| !ids.contains(id));
+        if let Some(dir) = &self.dir {
+            // Every live key, pending ones included, into a new file that
+            // replaces the old one whole.
+            let mut out = Vec::with_capacity(keys.by_id.len() * 96);
+            for entry in keys.by_id.values() {
+                entry.encode(&mut out);
+            }
+            let tmp = dir.join(KEYS_TMP);
+            let mut f = File::create(&tmp)?;
+            f.write_all(&out)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, dir.join(KEYS_FILE))?;
+            File::open(dir)?.sync_all()?;
+            keys.file = Some(OpenOptions::new().append(true).open(dir.join(KEYS_FILE))?);
+            keys.pending.clear();
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(ids.len())
+    }
+}
+
+/// One key from several: SHA-256 over a label and the keys in order.
+fn combine(material: &[[u8; 32]]) -> [u8; 32] {
+    if let [only] = material {
+        return *only;
+    }
+    let mut h = Sha256::new();
+    h.update(b"baton/content-key/v1");
+    for k in material {
+        h.update(k);
+    }
+    h.finalize().into()
+}
+
+fn aad(ids: &[KeyId]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * ids.len() + 8);
+    out.extend_from_slice(b"baton/v1");
+    for id in ids {
+        out.extend_from_slice(&id.0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_content_opens_until_a_subject_is_erased() {
+        let vault = KeyVault::in_memory();
+        let a = vault.seal(&["p/alice"], 10, b"hello alice").unwrap();
+        let both = vault.seal(&["p/alice", "p/bob"], 10, b"to both").unwrap();
+        let b = vault.seal(&["p/bob"], 10, b"hello bob").unwrap();
+        assert_eq!(vault.open_sealed(&a).unwrap().unwrap(), b"hello alice");
+        assert_eq!(vault.open_sealed(&both).unwrap().unwrap(), b"to both");
+        assert_eq!(vault.erase_subject("p/alice").unwrap(), 1);
+        assert_eq!(vault.open_sealed(&a).unwrap(), None);
+        assert_eq!(vault.open_sealed(&both).unwrap(), None);
+        assert_eq!(vault.open_sealed(&b).unwrap().unwrap(), b"hello bob");
+        // Alice writes again: a new key, and the old content stays erased.
+        let again = vault.seal(&["p/alice"], 10, b"back").unwrap();
+        assert_ne!(again.key_ids, a.key_ids);
+        assert_eq!(vault.open_sealed(&again).unwrap().unwrap(), b"back");
+        assert_eq!(vault.open_sealed(&a).unwrap(), None);
+    }
+
+    #[test]
+    fn altered_ciphertext_nonce_or_keys_do_not_open() {
+        let vault = KeyVault::in_memory();
+        let sealed = vault.seal(&["p/alice"], 1, b"secret").unwrap();
+        let other = vault.seal(&["p/bob"], 1, b"other").unwrap();
+        let mut c = sealed.clone();
+        c.ciphertext[0] ^= 1;
+        assert_eq!(vault.open_sealed(&c), Err(VaultError::Tampered));
+        let mut n = sealed.clone();
+        n.nonce[0] ^= 1;
+        assert_eq!(vault.open_sealed(&n), Err(VaultError::Tampered));
+        let mut k = sealed.clone();
+        k.key_ids = other.key_ids.clone();
+        assert_eq!(vault.open_sealed(&k), Err(VaultError::Tampered));
+        assert_eq!(vault.seal(&[], 1, b"x"), Err(VaultError::NoSubject));
+    }
+
+    #[test]
+    fn retention_destroys_only_older_days_of_one_page() {
+        let vault = KeyVault::in_memory();
+        let old = vault.seal(&["p/alice"], 5, b"old").unwrap();
+        let new = vault.seal(&["p/alice"], 9, b"new").unwrap();
+        let other_page = vault.seal(&["q/alice"], 5, b"kept").unwrap();
+        assert_eq!(vault.erase_before("p/", 9).unwrap(), 1);
+        assert_eq!(vault.open_sealed(&old).unwrap(), None);
+        assert_eq!(vault.open_sealed(&new).unwrap().unwrap(), b"new");
+        assert_eq!(vault.open_sealed(&other_page).unwrap().unwrap(), b"kept");
+        assert_eq!(vault.days_of("p/alice"), vec![9]);
+    }
+
+    #[test]
+    fn keys_survive_a_reopen_and_erased_ones_leave_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = {
+            let vault = KeyVault::open(dir.path()).unwrap();
+            let a = vault.seal(&["p/alice"], 1, b"alice").unwrap();
+            let b = vault.seal(&["p/bob"], 1, b"bob").unwrap();
+            vault.persist_pending().unwrap();
+            assert_eq!(vault.syncs(), 1);
+            (a, b)
+        };
+        let alice_key = {
+            let vault = KeyVault::open(dir.path()).unwrap();
+            assert_eq!(vault.open_sealed(&a).unwrap().unwrap(), b"alice");
+            let key = vault.lock().by_id[&a.key_ids[0]].key;
+            vault.erase_subject("p/alice").unwrap();
+            key
+        };
+        let vault = KeyVault::open(dir.path()).unwrap();
+        assert_eq!(vault.open_sealed(&a).unwrap(), None);
+        assert_eq!(vault.open_sealed(&b).unwrap().unwrap(), b"bob");
+        for file in std::fs::read_dir(dir.path()).unwrap() {
+            let bytes = std::fs::read(file.unwrap().path()).unwrap();
+            assert!(!bytes.windows(32).any(|w| w == alice_key));
+        }
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = {
+            let vault = KeyVault::open(dir.path()).unwrap();
+            let a = vault.seal(&["p/alice"], 1, b"alice").unwrap();
+            vault.persist_pending().unwrap();
+            a
+        };
+        let path = dir.path().join(KEYS_FILE);
+        let good = std::fs::metadata(&path).unwrap().len();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[0, 0, 0, 60, 1, 2, 3]).unwrap();
+        drop(f);
+        let vault = KeyVault::open(dir.path()).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
+        assert_eq!(vault.open_sealed(&a).unwrap().unwrap(), b"alice");
+    }
+}
