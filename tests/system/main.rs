@@ -1,6 +1,8 @@
 //! System tests: the real server on port 0 with a temporary sled log, driven
 //! over HTTP exactly as Meta (or the emulator standing in for it) would.
 
+mod backend;
+mod console;
 mod differential;
 mod disorder;
 mod dispatch;
@@ -10,6 +12,7 @@ mod handover;
 mod hostile;
 mod ingress;
 mod model;
+mod node;
 mod outbox;
 mod privacy;
 mod reconcile;
@@ -18,3 +21,4 @@ mod sdk;
 mod sends;
 mod stack;
 mod support;
+mod watchdog;

@@ -383,3 +383,63 @@ async fn metas_data_deletion_callback_erases_the_person_and_a_forged_one_changes
     assert_eq!(erasure.request, code);
     assert!(files_holding(stack.baton.dir.path(), b"CAROL-c41").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_never_sends_erased_content_queued_or_redriven() {
+    use std::sync::atomic::Ordering;
+    let (url, backend, _server) = crate::backend::flaky_backend();
+    let stack =
+        Stack::start_with_backend(Mode::ConversationRouting, Tuning::default(), &[], &url).await;
+    // Fay's message waits in dispatch: the bot's backend refuses it.
+    stack.user_says("fay", "FAY-a9e my passport number").await;
+    backend
+        .wait("a refused attempt", |b| b.refused.load(Ordering::SeqCst), 1)
+        .await;
+    let (status, body) = erase(&stack, ADMIN_TOKEN, json!({"page_id": PAGE, "psid": "fay"})).await;
+    assert_eq!(status, 200, "{body}");
+    // The backend comes back; Gus writes. Gus's message arrives, Fay's never.
+    backend.failing.store(false, Ordering::SeqCst);
+    stack.user_says("gus", "GUS-b7f hello").await;
+    backend
+        .wait("Gus's message", |b| b.received.load(Ordering::SeqCst), 1)
+        .await;
+    // Fay's item is dropped at its next turn, without an attempt.
+    let dispatcher = stack.baton.running.state.dispatcher.clone().unwrap();
+    let bot = domain::AppId::parse(BOT).unwrap();
+    let mut status = dispatcher.subscribe_status(&bot).unwrap();
+    let dropped = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        status.wait_for(|s| s.dropped_erased == 1 && s.queue_depth == 0),
+    )
+    .await
+    .is_ok_and(|seen| seen.is_ok());
+    assert!(dropped, "{:?}", dispatcher.app_status(&bot));
+    // The store must be free for the restart below.
+    drop((status, dispatcher));
+    assert_eq!(backend.refused.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let bodies: Vec<String> = backend
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert!(bodies.iter().any(|b| b.contains("GUS-b7f")), "{bodies:?}");
+    assert!(bodies.iter().all(|b| !b.contains("FAY-a9e")), "{bodies:?}");
+
+    // After a restart, dispatch reads the log again from its cursor: Fay's
+    // item is not sent either (it is dropped when read).
+    let stack = stack.restart_baton(Tuning::default()).await;
+    stack.user_says("gus", "GUS-c8a again").await;
+    backend
+        .wait(
+            "Gus's second message",
+            |b| b.received.load(Ordering::SeqCst),
+            2,
+        )
+        .await;
+    let bodies = backend.bodies.lock().unwrap().clone();
+    assert!(bodies
+        .iter()
+        .all(|b| !String::from_utf8_lossy(b).contains("FAY-a9e")));
+}

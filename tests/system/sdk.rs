@@ -10,16 +10,15 @@
 //! `scripts/install-node.sh` (what `.ci/run` does). `BATON_SKIP_SDK_COMPAT=1`
 //! skips it, saying so on stderr.
 
-use std::collections::hash_map::DefaultHasher;
 use std::fmt::Display;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use emulator::CallRecord;
 use serde_json::{json, Value};
 
+use crate::node::{npm_ci, run};
 use crate::stack::{Mode, Stack};
 use crate::support::*;
 
@@ -80,100 +79,27 @@ fn prerequisites() -> Option<(String, String)> {
     }
 }
 
-/// Runs `cmd` to completion within `limit`, off the runtime's workers; on
-/// timeout, kills it (by its id) and fails.
-async fn run(mut cmd: Command, what: &str, limit: Duration) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let pid = child.id();
-    let waited = tokio::task::spawn_blocking(move || child.wait_with_output());
-    match tokio::time::timeout(limit, waited).await {
-        Ok(out) => out
-            .expect("the waiting thread")
-            .unwrap_or_else(|e| panic!("{what}: {e}")),
-        Err(_) => {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-            panic!("{what} did not finish within {limit:?}");
-        }
-    }
-}
-
-/// Installs the pinned SDK with `npm ci` under the cargo target directory,
-/// once per version of package.json and package-lock.json; returns the
-/// `node_modules` directory.
+/// Installs the pinned SDK with `npm ci` (once per version of package.json
+/// and package-lock.json); returns the `node_modules` directory.
 async fn install_sdk() -> PathBuf {
     let src = sdk_dir();
-    let read = |name: &str| {
-        std::fs::read(src.join(name)).unwrap_or_else(|e| panic!("scripts/sdk-compat/{name}: {e}"))
-    };
-    let (package, lock) = (read("package.json"), read("package-lock.json"));
-    let pinned: Value = serde_json::from_slice(&package).expect("package.json is JSON");
+    let package: Value = serde_json::from_slice(
+        &std::fs::read(src.join("package.json")).expect("scripts/sdk-compat/package.json"),
+    )
+    .expect("package.json is JSON");
     assert_eq!(
-        pinned["dependencies"][SDK], SDK_VERSION,
+        package["dependencies"][SDK], SDK_VERSION,
         "scripts/sdk-compat/package.json pins {SDK} at exactly {SDK_VERSION}"
     );
-    let mut hasher = DefaultHasher::new();
-    (&package, &lock).hash(&mut hasher);
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-compat");
-    let dir = base.join(format!("{:016x}", hasher.finish()));
-    let modules = dir.join("node_modules");
-    if dir.join(".installed").exists() {
-        return modules;
-    }
-    std::fs::create_dir_all(&base).unwrap();
-    // Installed aside, then moved into place whole: a run that stops half
-    // way, or another test process installing at once, leaves no partial
-    // installation behind.
-    let staging = tempfile::Builder::new()
-        .prefix("staging-")
-        .tempdir_in(&base)
-        .unwrap();
-    std::fs::write(staging.path().join("package.json"), &package).unwrap();
-    std::fs::write(staging.path().join("package-lock.json"), &lock).unwrap();
-    let mut npm = Command::new("npm");
-    npm.args([
-        "ci",
-        "--ignore-scripts",
-        "--no-audit",
-        "--no-fund",
-        "--loglevel=error",
-    ])
-    .current_dir(staging.path());
-    let out = run(npm, "npm ci", NPM_TIMEOUT).await;
-    assert!(
-        out.status.success(),
-        "`npm ci` could not install {SDK}@{SDK_VERSION} from the npm registry \
-         (scripts/sdk-compat/package-lock.json) into {}: {}\n{}\n{}",
-        staging.path().display(),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    let installed: Value = serde_json::from_slice(
-        &std::fs::read(
-            staging
-                .path()
-                .join("node_modules")
-                .join(SDK)
-                .join("package.json"),
+    npm_ci("sdk-compat", &src, NPM_TIMEOUT, |modules| {
+        let installed: Value = serde_json::from_slice(
+            &std::fs::read(modules.join(SDK).join("package.json"))
+                .expect("npm ci installed the SDK"),
         )
-        .expect("npm ci installed the SDK"),
-    )
-    .unwrap();
-    assert_eq!(installed["version"], SDK_VERSION, "the installed SDK");
-    std::fs::write(staging.path().join(".installed"), SDK_VERSION).unwrap();
-    if let Err(e) = std::fs::rename(staging.path(), &dir) {
-        assert!(
-            dir.join(".installed").exists(),
-            "cannot move the SDK into {}: {e}",
-            dir.display()
-        );
-    }
-    modules
+        .unwrap();
+        assert_eq!(installed["version"], SDK_VERSION, "the installed SDK");
+    })
+    .await
 }
 
 /// One SDK call as run.js printed it.

@@ -7,63 +7,16 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use domain::events::{ControlView, OwnerBasis, SendOutcome, WindowBasis};
-use domain::{rules, Command, Event, PageId, Psid, ThreadKey, ThreadLedger, Timestamp};
+use domain::events::{OwnerBasis, SendOutcome, WindowBasis};
+use domain::{Command, Event, PageId, Psid, ThreadKey, Timestamp};
 use event_log::Record;
 use serde_json::json;
+
+use orchestration::audit::ThreadHistory;
 
 use crate::http::ServerArgs;
 use crate::source::{Source, SourceArgs};
 use crate::time;
-
-/// The time an event says it happened (Meta's timestamp for what Meta told
-/// Baton, Baton's clock for its own decisions). Every current event carries
-/// one; `None` is for a future event that does not.
-pub fn event_time(event: &Event) -> Option<Timestamp> {
-    Some(match event {
-        Event::WebhookDeliveryReceived(e) => e.received_at,
-        Event::MessagingEventReceived(e) => e.at,
-        Event::MessagingEventCopyReceived(e) => e.at,
-        Event::UnattributedItemReceived(e) => e.at,
-        Event::PolicyEnforcementReceived(e) => e.at,
-        Event::ThreadRouted(e) => e.at,
-        Event::ThreadControlPassed(e) => e.at,
-        Event::ThreadControlTaken(e) => e.at,
-        Event::ThreadControlRequested(e) => e.at,
-        Event::ThreadControlReleased(e) => e.at,
-        Event::ThreadControlExtended(e) => e.at,
-        Event::ThreadControlExpired(e) => e.at,
-        Event::AppRolesChanged(e) => e.at,
-        Event::OwnershipDriftDetected(e) => e.at,
-        Event::ControlCallAccepted(e) => e.at,
-        Event::ControlCallCompleted(e) => e.at,
-        Event::SendAccepted(e) => e.at,
-        Event::CommandRefused(e) => e.at,
-        Event::SendOutcomeRecorded(e) => e.at,
-        Event::SendAttempted(e) => e.at,
-        Event::StaleEvidenceIgnored(e) => e.at,
-        Event::OwnershipConfirmed(e) => e.at,
-        Event::SendRetryScheduled(e) => e.at,
-        Event::OneTimeTokenIssued(e) => e.at,
-        Event::OneTimeTokenConsumed(e) => e.at,
-        Event::OneTimeTokenReleased(e) => e.at,
-        Event::DispatchDeadLettered(e) => e.at,
-        Event::DispatchRedriveRequested(e) => e.at,
-        Event::MessengerProfileChanged(e) => e.at,
-        Event::AttachmentUploaded(e) => e.at,
-        Event::ThreadMetadataPassed(e) => e.at,
-        Event::PrivateReplySent(e) => e.at,
-        Event::ContentErased(e) => e.at,
-        Event::ContentExpired(e) => e.at,
-    })
-}
-
-/// The event's own time, else when the log recorded it.
-fn record_time(record: &Record, event: &Event) -> Timestamp {
-    event_time(event).unwrap_or_else(|| {
-        Timestamp::from_millis(i64::try_from(record.recorded_at_ms).unwrap_or(i64::MAX))
-    })
-}
 
 /// Calls `f` with every decodable event of the source, in log order.
 /// Undecodable records (a newer schema) are counted, not fatal.
@@ -91,14 +44,6 @@ fn now() -> Timestamp {
     Timestamp::from_millis(ms)
 }
 
-/// One line of a thread's history.
-struct Step {
-    position: u64,
-    at: Timestamp,
-    type_name: &'static str,
-    explanation: String,
-}
-
 /// `baton audit thread`.
 pub async fn thread(
     page: String,
@@ -113,71 +58,28 @@ pub async fn thread(
     };
     let page_id = PageId::parse(page.clone()).with_context(|| format!("page id {page:?}"))?;
     let psid = Psid::parse(psid.clone()).with_context(|| format!("PSID {psid:?}"))?;
-    let Some(mut page) = config.page(&page_id).cloned() else {
+    let Some(page) = config.page(&page_id).cloned() else {
         bail!("page {page_id} is not in the configuration");
     };
     let key = ThreadKey::new(page_id, psid);
     let src = Source::resolve(&source, Some(&config), &server).await?;
 
-    let cutoff = at;
-    let mut ledger = ThreadLedger::new(key.clone());
-    let mut steps: Vec<Step> = Vec::new();
-    let mut later = 0u64;
-    let mut last_time: Option<Timestamp> = None;
-    let undecodable = each_event(&src, |record, event| {
-        let when = record_time(record, &event);
-        let ours = match &event {
-            Event::DispatchDeadLettered(e) => e.thread.as_ref() == Some(&key),
-            other => other.thread() == Some(&key),
-        };
-        let page_level = matches!(
-            &event,
-            Event::PolicyEnforcementReceived(_) | Event::AppRolesChanged(_)
-        );
-        if !ours && !page_level {
-            return;
-        }
-        if cutoff.is_some_and(|c| when > c) {
-            if ours {
-                later += 1;
-            }
-            return;
-        }
-        // Page-level facts change what the rules say (a legacy primary, a
-        // block) but are not this thread's history.
-        page.apply(&event);
-        if !ours {
-            return;
-        }
-        ledger.apply(&event);
-        last_time = Some(last_time.map_or(when, |l: Timestamp| l.max(when)));
-        steps.push(Step {
-            position: record.position,
-            at: when,
-            type_name: event.type_name(),
-            explanation: domain::explain::explain(&event),
-        });
-    })
-    .await?;
-
-    // Without --at: now, but never before the last fact (a clock set back).
-    let at = cutoff.unwrap_or_else(|| last_time.map_or_else(now, |l| l.max(now())));
-    let view = rules::control_at(&ledger, &page, at);
-    let state = match &view {
-        ControlView::Idle => "idle",
-        ControlView::Owner { .. } => "active",
-        ControlView::Unknown => "unknown",
-    };
-    let owner = match &view {
-        ControlView::Owner { app } => Some(app.to_string()),
-        _ => None,
-    };
-    let answering = rules::answering_app(&view, &page).map(ToString::to_string);
-    let expiry = match view {
-        ControlView::Owner { .. } => rules::control_expiry(&ledger, &page),
-        _ => None,
-    };
-    let window = ledger.window.map(|w| (w.closes_at, at < w.closes_at));
+    let mut history = ThreadHistory::new(key.clone(), page, at);
+    let undecodable = each_event(&src, |record, event| history.observe(record, &event)).await?;
+    let view = history.state(now());
+    let ThreadHistory {
+        page,
+        ledger,
+        steps,
+        later,
+        ..
+    } = history;
+    let at = view.at;
+    let state = view.state;
+    let owner = view.owner.as_ref().map(ToString::to_string);
+    let answering = view.answering_app.as_ref().map(ToString::to_string);
+    let expiry = view.control_expires_at;
+    let window = view.window;
     let tokens: Vec<_> = ledger
         .tokens
         .iter()

@@ -890,6 +890,79 @@ pub struct ContentExpired {
     pub keys: u64,
 }
 
+/// How Baton learned that an app is subscribed to a page again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "via", rename_all = "snake_case")]
+pub enum SubscriptionSource {
+    /// The subscription watchdog saw the app listed again in Meta's
+    /// `subscribed_apps` (someone fixed it at Meta).
+    Check,
+    /// Baton subscribed the app again (`POST subscribed_apps`) and Meta
+    /// accepted; `by` is who asked (`api:admin`, `console:admin`, …).
+    Resubscribe { by: String },
+}
+
+/// Meta no longer lists `app` among the apps subscribed to `page`'s
+/// webhooks (Meta drops an app after an hour of failed deliveries): the
+/// app gets no webhook for the page until it is subscribed again. Recorded
+/// by the subscription watchdog once per loss. Stream `page/{page}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSubscriptionLost {
+    pub page: PageId,
+    pub app: AppId,
+    /// When Baton's check saw it (Baton's clock): the loss happened before.
+    pub at: Timestamp,
+    /// The webhook fields the app was last seen subscribed with (empty when
+    /// Baton never saw them): what a re-subscription asks for.
+    #[serde(default)]
+    pub last_fields: Vec<String>,
+}
+
+/// `app` is subscribed to `page`'s webhooks again, after a recorded
+/// [`AppSubscriptionLost`]. Stream `page/{page}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSubscriptionRestored {
+    pub page: PageId,
+    pub app: AppId,
+    pub at: Timestamp,
+    /// The fields it is subscribed with now (as Meta listed them, or as
+    /// Baton asked for them).
+    #[serde(default)]
+    pub fields: Vec<String>,
+    pub source: SubscriptionSource,
+}
+
+/// Meta refused `app`'s page token for `page` with code 190 (invalid,
+/// expired or revoked, whatever the subcode) after Baton last knew it
+/// valid (or never knew): every call with it fails until the token is
+/// replaced. Recorded once per breakage, not per failed call. Stream
+/// `page/{page}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageTokenRejected {
+    pub page: PageId,
+    pub app: AppId,
+    pub at: Timestamp,
+    /// The Graph edge of the call Meta refused (`messages`, `subscribed_apps`, …).
+    pub edge: String,
+    pub code: u32,
+    #[serde(default)]
+    pub subcode: Option<u32>,
+    pub message: String,
+    #[serde(default)]
+    pub fbtrace_id: Option<String>,
+}
+
+/// Meta accepted `app`'s page token for `page` again after a recorded
+/// [`PageTokenRejected`] (the token was replaced). Stream `page/{page}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageTokenAccepted {
+    pub page: PageId,
+    pub app: AppId,
+    pub at: Timestamp,
+    /// The Graph edge of the call that succeeded.
+    pub edge: String,
+}
+
 // ---- Type names, versions, encoding. ----------------------------------------
 
 /// An event as the log stores it.
@@ -1050,6 +1123,10 @@ event_schema! {
     PrivateReplySent = 1,
     ContentErased = 1,
     ContentExpired = 1,
+    AppSubscriptionLost = 1,
+    AppSubscriptionRestored = 1,
+    PageTokenRejected = 1,
+    PageTokenAccepted = 1,
 }
 
 impl Event {
@@ -1082,6 +1159,10 @@ impl Event {
             Event::ContentErased(e) => Some(&e.thread),
             Event::MessengerProfileChanged(_)
             | Event::ContentExpired(_)
+            | Event::AppSubscriptionLost(_)
+            | Event::AppSubscriptionRestored(_)
+            | Event::PageTokenRejected(_)
+            | Event::PageTokenAccepted(_)
             | Event::AttachmentUploaded(_)
             | Event::PrivateReplySent(_)
             | Event::WebhookDeliveryReceived(_)
@@ -1109,7 +1190,11 @@ impl Event {
             | (None, Event::MessengerProfileChanged(MessengerProfileChanged { page, .. }))
             | (None, Event::AttachmentUploaded(AttachmentUploaded { page, .. }))
             | (None, Event::PrivateReplySent(PrivateReplySent { page, .. }))
-            | (None, Event::ContentExpired(ContentExpired { page, .. })) => {
+            | (None, Event::ContentExpired(ContentExpired { page, .. }))
+            | (None, Event::AppSubscriptionLost(AppSubscriptionLost { page, .. }))
+            | (None, Event::AppSubscriptionRestored(AppSubscriptionRestored { page, .. }))
+            | (None, Event::PageTokenRejected(PageTokenRejected { page, .. }))
+            | (None, Event::PageTokenAccepted(PageTokenAccepted { page, .. })) => {
                 format!("page/{page}")
             }
             // Every other event names its thread; this arm keeps the match total.

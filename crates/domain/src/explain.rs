@@ -324,5 +324,38 @@ pub fn explain(event: &Event) -> String {
             "content recorded before {} was erased: the page keeps content {} days",
             e.before, e.retention_days
         ),
+        Event::AppSubscriptionLost(e) => format!(
+            "Meta no longer lists {} as subscribed to page {}'s webhooks: it gets no webhook \
+             for the page until it is subscribed again",
+            e.app, e.page
+        ),
+        Event::AppSubscriptionRestored(e) => match &e.source {
+            crate::events::SubscriptionSource::Check => format!(
+                "Meta lists {} as subscribed to page {}'s webhooks again ({})",
+                e.app,
+                e.page,
+                e.fields.join(", ")
+            ),
+            crate::events::SubscriptionSource::Resubscribe { by } => format!(
+                "{} was subscribed to page {}'s webhooks again at the request of {by} ({})",
+                e.app,
+                e.page,
+                e.fields.join(", ")
+            ),
+        },
+        Event::PageTokenRejected(e) => format!(
+            "Meta refused {}'s page token for page {} on {} with {}{}: {}; \
+             every call with it fails until the token is replaced",
+            e.app,
+            e.page,
+            e.edge,
+            e.code,
+            e.subcode.map(|s| format!("/{s}")).unwrap_or_default(),
+            e.message
+        ),
+        Event::PageTokenAccepted(e) => format!(
+            "Meta accepts {}'s page token for page {} again ({})",
+            e.app, e.page, e.edge
+        ),
     }
 }

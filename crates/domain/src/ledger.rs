@@ -369,7 +369,11 @@ impl ThreadLedger {
             | Event::AttachmentUploaded(_)
             | Event::ThreadMetadataPassed(_)
             | Event::PrivateReplySent(_)
-            | Event::ContentExpired(_) => {}
+            | Event::ContentExpired(_)
+            | Event::AppSubscriptionLost(_)
+            | Event::AppSubscriptionRestored(_)
+            | Event::PageTokenRejected(_)
+            | Event::PageTokenAccepted(_) => {}
             // What the apps said to each other about the person goes too.
             Event::ContentErased(_) => {
                 for request in &mut self.pending_requests {

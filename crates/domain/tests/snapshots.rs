@@ -369,6 +369,41 @@ fn samples() -> Vec<Event> {
             keys: 12,
         }
         .into(),
+        AppSubscriptionLost {
+            page: page_id(),
+            app: bot(),
+            at: hours(7),
+            last_fields: vec!["messages".into(), "standby".into()],
+        }
+        .into(),
+        AppSubscriptionRestored {
+            page: page_id(),
+            app: bot(),
+            at: hours(8),
+            fields: vec!["messages".into(), "standby".into()],
+            source: SubscriptionSource::Resubscribe {
+                by: "api:admin".into(),
+            },
+        }
+        .into(),
+        PageTokenRejected {
+            page: page_id(),
+            app: human(),
+            at: hours(9),
+            edge: "messages".into(),
+            code: 190,
+            subcode: Some(460),
+            message: "Error validating access token: The session has been invalidated".into(),
+            fbtrace_id: Some("AbC123".into()),
+        }
+        .into(),
+        PageTokenAccepted {
+            page: page_id(),
+            app: human(),
+            at: hours(10),
+            edge: "messages".into(),
+        }
+        .into(),
     ]
 }
 

@@ -442,10 +442,6 @@ impl Backend for SledBackend {
         let Some(first) = records.first().map(|r| r.position) else {
             return Ok(());
         };
-        // The keys this group's sealed content needs reach the disk first.
-        self.vault
-            .persist_pending()
-            .map_err(|e| StorageError::Engine(Box::new(e)))?;
         let mut batch = sled::Batch::default();
 
         // Chunks of consecutive positions.
@@ -493,14 +489,38 @@ impl Backend for SledBackend {
             batch.insert(run_key(stream, first_version), positions);
         }
 
+        // The content keys this group's records were sealed with are
+        // written first (a killed process keeps them: they are in the page
+        // cache before any record is), then synced while sled writes.
+        let keys_written = self
+            .vault
+            .write_pending()
+            .map_err(|e| StorageError::Engine(Box::new(e)))?;
         // One batch: sled applies it atomically, and recovery never shows
         // part of it. The flush writes it out and the sync makes it durable
-        // (see `Durability`) before anyone is told.
-        self.tree.apply_batch(batch)?;
-        self.db.flush()?;
-        self.sync
-            .sync()
-            .map_err(|e| StorageError::Engine(Box::new(e)))?;
+        // (see `Durability`); the keys' sync runs at the same time on a
+        // thread of its own. Both are durable before anyone is told.
+        let write = || -> Result<(), StorageError> {
+            self.tree.apply_batch(batch)?;
+            self.db.flush()?;
+            self.sync
+                .sync()
+                .map_err(|e| StorageError::Engine(Box::new(e)))
+        };
+        let (written, keys) = if keys_written {
+            std::thread::scope(|scope| {
+                let keys = scope.spawn(|| self.vault.sync_file());
+                let written = write();
+                let keys = keys.join().unwrap_or_else(|_| {
+                    Err(std::io::Error::other("the key vault's thread panicked"))
+                });
+                (written, keys)
+            })
+        } else {
+            (write(), Ok(()))
+        };
+        written?;
+        keys.map_err(|e| StorageError::Engine(Box::new(e)))?;
         self.recent
             .write()
             .unwrap_or_else(PoisonError::into_inner)

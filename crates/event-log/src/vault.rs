@@ -9,8 +9,8 @@
 //! the disk.
 //!
 //! Keys live apart from the log, in `<log>/vault/keys`: length-prefixed,
-//! checksummed entries. New keys are appended and synced before the group
-//! whose records they seal is written. Erasure rewrites the file without the
+//! checksummed entries. New keys are appended before the group whose
+//! records they seal is written, and synced while it is. Erasure rewrites the file without the
 //! destroyed keys (write, sync, rename, sync the directory), so no file of
 //! the data directory holds them afterwards; a key deleted inside sled would
 //! linger in its log until the page was rewritten.
@@ -132,13 +132,15 @@ struct Keys {
     current: HashMap<(String, u32), KeyId>,
     /// Keys made since the last sync, in order.
     pending: Vec<KeyId>,
-    /// Append handle of the vault file (none in memory).
-    file: Option<File>,
 }
 
 /// Per-person content keys; see the module docs.
 pub struct KeyVault {
     keys: Mutex<Keys>,
+    /// Append handle of the vault file (none in memory). Taken before
+    /// `keys` by whoever writes the file, and held while it syncs, so that
+    /// sealing (which needs only `keys`) never waits for the disk.
+    file: Mutex<Option<File>>,
     /// `<log>/vault`, or `None` for a vault that lives in memory.
     dir: Option<PathBuf>,
     /// Distinguishes nonces made in the same instant by this process.
@@ -163,6 +165,7 @@ impl KeyVault {
     pub fn in_memory() -> KeyVault {
         KeyVault {
             keys: Mutex::new(Keys::default()),
+            file: Mutex::new(None),
             dir: None,
             counter: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
@@ -197,9 +200,9 @@ impl KeyVault {
             file.sync_all()?;
         }
         File::open(dir)?.sync_all()?;
-        keys.file = Some(file);
         Ok(KeyVault {
             keys: Mutex::new(keys),
+            file: Mutex::new(Some(file)),
             dir: Some(dir.to_path_buf()),
             counter: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
@@ -328,26 +331,59 @@ impl KeyVault {
         nonce
     }
 
-    /// Writes and syncs the keys made since the last call; the writer calls
-    /// this before it writes a group, so no synced record names a key that
-    /// is not on disk.
+    /// Writes and syncs the keys made since the last call (the writer does
+    /// the two halves itself, around a group's write).
+    #[cfg(test)]
     pub(crate) fn persist_pending(&self) -> std::io::Result<()> {
-        let mut keys = self.lock();
-        if keys.pending.is_empty() {
-            return Ok(());
+        if self.write_pending()? {
+            self.sync_file()?;
         }
-        let mut out = Vec::with_capacity(keys.pending.len() * 96);
-        for id in &keys.pending {
-            if let Some(entry) = keys.by_id.get(id) {
-                entry.encode(&mut out);
+        Ok(())
+    }
+
+    /// Appends the keys made since the last call to the vault file, without
+    /// syncing it: a killed process loses nothing written (the page cache
+    /// keeps it), a power cut needs [`KeyVault::sync_file`]. Whether
+    /// anything was written.
+    pub(crate) fn write_pending(&self) -> std::io::Result<bool> {
+        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let out = {
+            let mut keys = self.lock();
+            if keys.pending.is_empty() {
+                return Ok(false);
             }
+            let mut out = Vec::with_capacity(keys.pending.len() * 96);
+            for id in std::mem::take(&mut keys.pending) {
+                if let Some(entry) = keys.by_id.get(&id) {
+                    entry.encode(&mut out);
+                }
+            }
+            out
+        };
+        let Some(file) = file.as_mut() else {
+            return Ok(false);
+        };
+        if let Err(e) = file.write_all(&out) {
+            // Not written: the keys stay pending for the next group (their
+            // own group fails, so nobody was answered for it).
+            let mut keys = self.lock();
+            let mut at = 0;
+            while let Some((entry, len)) = Entry::decode(&out[at..]) {
+                keys.pending.push(entry.id);
+                at += len;
+            }
+            return Err(e);
         }
-        if let Some(file) = keys.file.as_mut() {
-            file.write_all(&out)?;
+        Ok(true)
+    }
+
+    /// Syncs what [`KeyVault::write_pending`] wrote (`fdatasync`).
+    pub(crate) fn sync_file(&self) -> std::io::Result<()> {
+        let file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(file) = file.as_ref() {
             file.sync_data()?;
             self.syncs.fetch_add(1, Ordering::Relaxed);
         }
-        keys.pending.clear();
         Ok(())
     }
 
@@ -377,6 +413,7 @@ impl KeyVault {
     }
 
     fn destroy(&self, doomed: impl Fn(&Entry) -> bool) -> std::io::Result<usize> {
+        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
         let mut keys = self.lock();
         let ids: Vec<KeyId> = keys
             .by_id
@@ -406,7 +443,7 @@ impl KeyVault {
             f.sync_all()?;
             std::fs::rename(&tmp, dir.join(KEYS_FILE))?;
             File::open(dir)?.sync_all()?;
-            keys.file = Some(OpenOptions::new().append(true).open(dir.join(KEYS_FILE))?);
+            *file = Some(OpenOptions::new().append(true).open(dir.join(KEYS_FILE))?);
             keys.pending.clear();
             self.syncs.fetch_add(1, Ordering::Relaxed);
         }

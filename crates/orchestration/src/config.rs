@@ -91,6 +91,8 @@ struct RawConfig {
     reconcile_every_secs: u64,
     #[serde(default = "default_reconcile_budget")]
     reconcile_calls_per_page_per_hour: u32,
+    #[serde(default = "default_subscription_check_every")]
+    subscription_check_every_secs: u64,
     #[serde(default = "default_graph_timeout")]
     graph_timeout_ms: u64,
     #[serde(default = "default_body_timeout")]
@@ -166,6 +168,13 @@ fn default_reconcile_every() -> u64 {
 /// threads unconfirmed longest go first; contradictions are not counted).
 fn default_reconcile_budget() -> u32 {
     1000
+}
+
+/// Meta drops an app's subscription after an hour of failed webhooks; an
+/// hourly look at `subscribed_apps` (one call per app and page) finds the
+/// loss within the next hour at most.
+fn default_subscription_check_every() -> u64 {
+    3600
 }
 
 fn default_graph_timeout() -> u64 {
@@ -320,6 +329,10 @@ pub struct Config {
     pub reconcile_every_secs: u64,
     /// Scheduled reconciliations per page per hour at most.
     pub reconcile_calls_per_page_per_hour: u32,
+    /// How often (Baton's clock) the subscription watchdog asks Meta's
+    /// `subscribed_apps` whether each managed app is still subscribed to
+    /// each of its pages; 0 turns the schedule off.
+    pub subscription_check_every_secs: u64,
     /// How long a Graph API call may take before its outcome is unknown.
     pub graph_timeout_ms: u64,
     /// How long a client may take to send a request body (slow-loris guard).
@@ -618,6 +631,7 @@ impl Config {
             checkpoint_every_secs: raw.checkpoint_every_secs.max(1),
             reconcile_every_secs: raw.reconcile_every_secs.max(1),
             reconcile_calls_per_page_per_hour: raw.reconcile_calls_per_page_per_hour,
+            subscription_check_every_secs: raw.subscription_check_every_secs,
             graph_timeout_ms: raw.graph_timeout_ms,
             body_timeout_ms: raw.body_timeout_ms.max(1),
             dispatch_dead_letter_after_secs: raw.dispatch_dead_letter_after_secs.max(1),

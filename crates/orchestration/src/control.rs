@@ -136,7 +136,11 @@ impl<S: EventStore + 'static> Baton<S> {
             },
         };
         let answer = match answer {
-            Ok(a) => a,
+            Ok(a) => {
+                self.note_token(&acting.page, &acting.app, command.name(), &a)
+                    .await;
+                a
+            }
             Err(message) => GraphAnswer::Err {
                 status: 403,
                 error: domain::graph::error(domain::graph::code::ACCESS_DENIED, None, message),

@@ -54,6 +54,23 @@ impl GraphClient {
             .await
     }
 
+    /// `POST {base}/{version}/{node}/{edge}?query` without a body (Graph
+    /// reads a POST's parameters from the query string too), with the page
+    /// token.
+    pub async fn post_query(
+        &self,
+        base: &str,
+        version: &str,
+        node: &str,
+        edge: &str,
+        token: &str,
+        query: &[(&str, &str)],
+    ) -> GraphAnswer {
+        let url = url(base, version, &format!("{node}/{edge}"));
+        self.with_retries(|| self.http.post(&url).bearer_auth(token).query(query))
+            .await
+    }
+
     /// `DELETE {base}/{version}/{node}/{edge}` with a JSON body and the page token.
     pub async fn delete(
         &self,

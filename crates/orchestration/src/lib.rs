@@ -7,18 +7,22 @@
 //! * the projections ([`projections`]) and the clock ([`clock`]);
 //! * the lifecycles: webhook intake ([`ingest`]), thread-control calls
 //!   ([`control`]), sends and the outbox worker ([`outbox`]), reconciliation
-//!   with Meta ([`reconcile`]) and control expiry ([`timers`]).
+//!   with Meta ([`reconcile`]) and control expiry ([`timers`]);
+//! * page health ([`health`]): the subscription watchdog and page-token
+//!   health.
 //!
 //! Effects (a Graph call, a reconciliation) are carried out only after the
 //! events that caused them are durable. Drivers parse, call one function
 //! here, and render; they hold no retry loop, no sleep, no rule of Meta's.
 //! Meta's rules themselves live in `domain`.
 
+pub mod audit;
 pub mod checkpoints;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod graph_client;
+pub mod health;
 pub mod ingest;
 pub mod metrics;
 pub mod outbox;
@@ -80,6 +84,9 @@ pub struct Baton<S> {
         std::sync::Mutex<outbox::limiter::RateLimiter<domain::PageId, domain::Timestamp>>,
     /// One scheduled round at a time (the schedule's, or a caller's).
     reconcile_round: tokio::sync::Mutex<()>,
+    /// Page health: the watchdog's last checks and each page token's last
+    /// answer (in memory), and the locks that keep their facts single.
+    health: health::HealthState,
 }
 
 /// The background tasks of a started [`Baton`], stopped with
@@ -93,6 +100,7 @@ pub struct Tasks {
     reconciler: JoinHandle<()>,
     checkpointer: JoinHandle<()>,
     retention: JoinHandle<()>,
+    watchdog: JoinHandle<()>,
     follower: JoinHandle<()>,
 }
 
@@ -124,6 +132,9 @@ impl Tasks {
         if let Err(e) = self.retention.await {
             tracing::error!(error = %e, "the retention schedule stopped abnormally");
         }
+        if let Err(e) = self.watchdog.await {
+            tracing::error!(error = %e, "the subscription watchdog stopped abnormally");
+        }
         self.follower_stop.fire();
         if let Err(e) = self.follower.await {
             tracing::error!(error = %e, "the projection follower stopped abnormally");
@@ -142,6 +153,7 @@ impl Tasks {
             self.reconciler,
             self.checkpointer,
             self.retention,
+            self.watchdog,
             self.follower,
         ] {
             task.abort();
@@ -205,6 +217,7 @@ impl<S: EventStore + 'static> Baton<S> {
             reconciles,
             reconcile_budget,
             reconcile_round: tokio::sync::Mutex::new(()),
+            health: health::HealthState::new(),
         });
         let workers = Trigger::new();
         let follower_stop = Trigger::new();
@@ -213,6 +226,7 @@ impl<S: EventStore + 'static> Baton<S> {
         let timers = tokio::spawn(timers::run(baton.clone(), workers.subscribe()));
         let checkpointer = tokio::spawn(checkpoints::run(baton.clone(), workers.subscribe()));
         let retention = tokio::spawn(privacy::run(baton.clone(), workers.subscribe()));
+        let watchdog = tokio::spawn(health::run(baton.clone(), workers.subscribe()));
         let reconciler = tokio::spawn(reconcile::run(
             baton.clone(),
             reconcile_queue,
@@ -228,6 +242,7 @@ impl<S: EventStore + 'static> Baton<S> {
                 reconciler,
                 checkpointer,
                 retention,
+                watchdog,
                 follower,
             },
         ))

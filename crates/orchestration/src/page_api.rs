@@ -108,6 +108,8 @@ impl<S: EventStore + 'static> Baton<S> {
                     .graph
                     .get(&base, &acting.version, page, "messenger_profile", &token, &query)
                     .await;
+                self.note_token(&acting.page, &acting.app, "messenger_profile", &answer)
+                    .await;
                 return answer;
             }
             _ if !allowed => {
@@ -136,6 +138,8 @@ impl<S: EventStore + 'static> Baton<S> {
                 (answer, ProfileChange::Delete { fields })
             }
         };
+        self.note_token(&acting.page, &acting.app, "messenger_profile", &answer)
+            .await;
         if matches!(answer, GraphAnswer::Ok(_)) {
             self.record_fact(
                 MessengerProfileChanged {
@@ -169,6 +173,8 @@ impl<S: EventStore + 'static> Baton<S> {
                 &upload.content_type,
                 upload.body,
             )
+            .await;
+        self.note_token(&acting.page, &acting.app, "message_attachments", &answer)
             .await;
         if let GraphAnswer::Ok(body) = &answer {
             if let Some(id) = wire::webhook::id_string(&body["attachment_id"]) {
@@ -238,6 +244,8 @@ impl<S: EventStore + 'static> Baton<S> {
                 &body,
             )
             .await;
+        self.note_token(&acting.page, &acting.app, "pass_thread_metadata", &answer)
+            .await;
         if matches!(answer, GraphAnswer::Ok(_)) {
             let event = ThreadMetadataPassed {
                 thread: thread.clone(),
@@ -293,6 +301,8 @@ impl<S: EventStore + 'static> Baton<S> {
                 &token,
                 &payload,
             )
+            .await;
+        self.note_token(&acting.page, &acting.app, "messages", &answer)
             .await;
         if let GraphAnswer::Ok(body) = &answer {
             self.record_fact(

@@ -133,6 +133,45 @@ impl SendRecord {
     }
 }
 
+/// What the log says about one app on one page's health: its last
+/// subscription fact, and whether its page token stands rejected. Folded
+/// from the page's stream; the watchdog and the token checks decide against
+/// it, so a restart does not record the same loss or breakage again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppPageFacts {
+    /// The last `AppSubscriptionLost` or `AppSubscriptionRestored`.
+    pub subscription: Option<SubscriptionFact>,
+    /// The last `PageTokenRejected`, until a `PageTokenAccepted` clears it.
+    pub token_rejected: Option<domain::events::PageTokenRejected>,
+    /// When the last `PageTokenAccepted` was recorded.
+    pub token_accepted_at: Option<Timestamp>,
+}
+
+/// The last subscription fact of an app on a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionFact {
+    Lost {
+        at: Timestamp,
+        last_fields: Vec<String>,
+    },
+    Restored {
+        at: Timestamp,
+        fields: Vec<String>,
+    },
+}
+
+impl SubscriptionFact {
+    pub fn at(&self) -> Timestamp {
+        match self {
+            SubscriptionFact::Lost { at, .. } | SubscriptionFact::Restored { at, .. } => *at,
+        }
+    }
+
+    pub fn is_lost(&self) -> bool {
+        matches!(self, SubscriptionFact::Lost { .. })
+    }
+}
+
 /// The folded state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct State {
@@ -151,6 +190,9 @@ pub struct State {
     /// Erasures by request id (a data-deletion callback's confirmation
     /// code): which threads, when. Erasures are rare; kept for status pages.
     pub erasures: HashMap<String, Vec<(ThreadKey, Timestamp)>>,
+    /// Page health facts per (page, app): one entry per pair that has any
+    /// (bounded by the configuration's pages and apps).
+    pub page_health: BTreeMap<(PageId, AppId), AppPageFacts>,
     /// Pending sends by the position of their acceptance: the outbox's queue.
     pub open_sends: BTreeMap<u64, CommandId>,
     /// When each active thread's control lapses, in time order (the expiry
@@ -213,6 +255,7 @@ impl State {
             echoed: HashMap::new(),
             replied_comments: HashSet::new(),
             erasures: HashMap::new(),
+            page_health: BTreeMap::new(),
             open_sends: BTreeMap::new(),
             expiries: TimeIndex::default(),
             confirmations: TimeIndex::default(),
@@ -401,6 +444,38 @@ impl State {
     /// The outbox, idempotency, token and dedupe indexes (not the ledger).
     fn apply_facts(&mut self, event: &Event) {
         match event {
+            Event::AppSubscriptionLost(e) => {
+                self.page_health
+                    .entry((e.page.clone(), e.app.clone()))
+                    .or_default()
+                    .subscription = Some(SubscriptionFact::Lost {
+                    at: e.at,
+                    last_fields: e.last_fields.clone(),
+                });
+            }
+            Event::AppSubscriptionRestored(e) => {
+                self.page_health
+                    .entry((e.page.clone(), e.app.clone()))
+                    .or_default()
+                    .subscription = Some(SubscriptionFact::Restored {
+                    at: e.at,
+                    fields: e.fields.clone(),
+                });
+            }
+            Event::PageTokenRejected(e) => {
+                self.page_health
+                    .entry((e.page.clone(), e.app.clone()))
+                    .or_default()
+                    .token_rejected = Some(e.clone());
+            }
+            Event::PageTokenAccepted(e) => {
+                let facts = self
+                    .page_health
+                    .entry((e.page.clone(), e.app.clone()))
+                    .or_default();
+                facts.token_rejected = None;
+                facts.token_accepted_at = Some(e.at);
+            }
             Event::ContentErased(e) => {
                 self.erasures
                     .entry(e.request.clone())

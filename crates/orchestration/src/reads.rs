@@ -120,7 +120,8 @@ impl<S: EventStore + 'static> Baton<S> {
             };
         };
         let query: Vec<(&str, &str)> = fields.map(|f| ("fields", f)).into_iter().collect();
-        self.graph
+        let answer = self
+            .graph
             .get_node(
                 &managed.graph_base_url,
                 &acting.version,
@@ -128,7 +129,15 @@ impl<S: EventStore + 'static> Baton<S> {
                 token.expose(),
                 &query,
             )
-            .await
+            .await;
+        // The edge names the kind of read, never the person read about.
+        let edge = match node {
+            Node::Page => "page",
+            Node::User(_) => "user_profile",
+        };
+        self.note_token(&acting.page, &acting.app, edge, &answer)
+            .await;
+        answer
     }
 
     /// `GET secondary_receivers` for `acting`, in Meta's shape.

@@ -31,7 +31,7 @@ impl<S: EventStore + 'static> Baton<S> {
     /// ownership (zero-config, an external default app): webhooks then tell.
     #[tracing::instrument(skip_all, fields(page = %thread.page, psid = %thread.psid))]
     pub async fn reconcile(&self, thread: &ThreadKey, version: &str) -> bool {
-        let Some((managed, token)) = self.owner_viewer(&thread.page) else {
+        let Some((viewer, managed, token)) = self.owner_viewer(&thread.page) else {
             return false;
         };
         let answer = self
@@ -44,6 +44,8 @@ impl<S: EventStore + 'static> Baton<S> {
                 token.expose(),
                 &[("recipient", thread.psid.as_str())],
             )
+            .await;
+        self.note_token(&thread.page, viewer, "thread_owner", &answer)
             .await;
         let GraphAnswer::Ok(body) = answer else {
             tracing::warn!("thread_owner could not be read to settle drift");
@@ -106,11 +108,11 @@ impl<S: EventStore + 'static> Baton<S> {
 
     /// The managed app that may see `page`'s thread owners (the default app,
     /// or the legacy primary), with its page token.
-    fn owner_viewer(&self, page: &PageId) -> Option<(&ManagedApp, &Secret)> {
+    fn owner_viewer(&self, page: &PageId) -> Option<(&AppId, &ManagedApp, &Secret)> {
         let viewer = self.config.page(page)?.mode.idle_holder()?;
         let (_, managed) = self.config.managed(viewer)?;
         let token = managed.page_tokens.get(page)?;
-        Some((managed, token))
+        Some((viewer, managed, token))
     }
 }
 

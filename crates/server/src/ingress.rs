@@ -54,6 +54,7 @@ pub async fn receive<S: EventStore + 'static>(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let started = std::time::Instant::now();
     let app_id = AppId::parse(app.into_inner()).map_err(|e| ApiError::UnknownApp(e.to_string()))?;
     if state.config.managed(&app_id).is_none() {
         return Err(ApiError::UnknownApp(app_id.to_string()));
@@ -102,9 +103,12 @@ pub async fn receive<S: EventStore + 'static>(
         )
         .await
     {
-        Ok(_) => Ok(HttpResponse::Ok()
-            .content_type("text/plain")
-            .body("EVENT_RECEIVED")),
+        Ok(_) => {
+            state.samples.ack(started.elapsed());
+            Ok(HttpResponse::Ok()
+                .content_type("text/plain")
+                .body("EVENT_RECEIVED"))
+        }
         Err(IngestError::UnknownApp(app)) => Err(ApiError::UnknownApp(app)),
         Err(e @ IngestError::TooManyItems { .. }) => Err(ApiError::TooManyItems(e.to_string())),
         Err(IngestError::BadSignature(reason)) => Err(ApiError::BadSignature(reason)),

@@ -7,9 +7,11 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod console;
 pub mod delivery_api;
 pub mod error;
 pub mod graph_api;
+pub mod health_api;
 pub mod ingress;
 pub mod privacy;
 pub mod read_api;
@@ -35,6 +37,10 @@ pub struct AppState<S> {
     pub app_limiter: std::sync::Mutex<orchestration::outbox::limiter::RateLimiter<domain::AppId>>,
     /// Forwards each app's events to its backend; `None` when no app has a `backend_url`.
     pub dispatcher: Option<Arc<dispatch::Dispatcher<S>>>,
+    /// The console's signed-in sessions.
+    pub console: console::Sessions,
+    /// The console's metrics samples (and ingress's acknowledgement times).
+    pub samples: console::Samples,
 }
 
 impl<S> std::ops::Deref for AppState<S> {
@@ -53,7 +59,8 @@ pub struct Running<S> {
     pub state: Arc<AppState<S>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     tasks: Tasks,
-    dispatch: Option<tokio::task::JoinHandle<()>>,
+    /// Dispatch (when any app has a backend) and the console's sampler.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl<S: EventStore + 'static> Running<S> {
@@ -69,7 +76,7 @@ impl<S: EventStore + 'static> Running<S> {
     pub async fn stop(self) {
         stop_http(&self.state, &self.handle).await;
         let result = self.server.await;
-        Self::drain(self.tasks, self.dispatch).await;
+        Self::drain(self.tasks, self.background).await;
         if let Ok(Err(e)) = result {
             tracing::error!(error = %e, "the HTTP server stopped with an error");
         }
@@ -83,9 +90,9 @@ impl<S: EventStore + 'static> Running<S> {
         self.handle.stop(false).await;
         self.server.abort();
         let _ = self.server.await;
-        if let Some(d) = self.dispatch {
-            d.abort();
-            let _ = d.await;
+        for task in self.background {
+            task.abort();
+            let _ = task.await;
         }
         self.tasks.abort().await;
     }
@@ -97,16 +104,16 @@ impl<S: EventStore + 'static> Running<S> {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),
         };
-        Self::drain(self.tasks, self.dispatch).await;
+        Self::drain(self.tasks, self.background).await;
         result
     }
 
-    async fn drain(tasks: Tasks, dispatch: Option<tokio::task::JoinHandle<()>>) {
+    async fn drain(tasks: Tasks, background: Vec<tokio::task::JoinHandle<()>>) {
         let workers = tasks.shutdown();
         let dispatch = async {
-            if let Some(d) = dispatch {
-                if let Err(e) = d.await {
-                    tracing::error!(error = %e, "dispatch stopped abnormally");
+            for task in background {
+                if let Err(e) = task.await {
+                    tracing::error!(error = %e, "a background task (dispatch, the console's sampler) stopped abnormally");
                 }
             }
         };
@@ -290,7 +297,11 @@ pub async fn start<S: EventStore + 'static>(
         baton,
         app_limiter,
         dispatcher,
+        console: console::Sessions::default(),
+        samples: console::Samples::default(),
     });
+    let mut background: Vec<tokio::task::JoinHandle<()>> = dispatch.into_iter().collect();
+    background.push(tokio::spawn(console::sample(state.clone(), tasks.signal())));
     let data = web::Data::from(state.clone());
     // Requests in flight at a stop may wait for a send's outcome.
     let drain_secs = state.baton.outcome_wait().as_secs().max(1);
@@ -320,6 +331,12 @@ pub async fn start<S: EventStore + 'static>(
             .service(resource("/api/apps/{app_id}/delivery").get(delivery_api::status::<S>))
             .service(resource("/api/apps/{app_id}/messageable").get(read_api::messageable::<S>))
             .service(resource("/api/apps/{app_id}/redrive").post(delivery_api::redrive::<S>))
+            .service(resource("/api/health/pages").get(health_api::pages::<S>))
+            .service(
+                resource("/api/health/pages/{page_id}/apps/{app_id}/resubscribe")
+                    .post(health_api::resubscribe::<S>),
+            )
+            .configure(console::routes::<S>)
             .service(
                 web::resource("/{version:v[0-9]+(\\.[0-9]+)?}/{node}/{edge}")
                     .post(graph_api::post_edge::<S>)
@@ -364,7 +381,7 @@ pub async fn start<S: EventStore + 'static>(
         state,
         server,
         tasks,
-        dispatch,
+        background,
     })
 }
 

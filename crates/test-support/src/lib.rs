@@ -288,7 +288,10 @@ impl TestBaton {
 
     /// Starts on `dir` with the clock at `now` (a restart later in a test).
     pub async fn start_at(dir: tempfile::TempDir, config_text: &str, now: Timestamp) -> TestBaton {
-        let config = Config::parse(config_text, "test.toml", |_| None).unwrap();
+        let mut config = Config::parse(config_text, "test.toml", |_| None).unwrap();
+        // Everything the server keeps (dispatch cursors, checkpoints) lives
+        // in the test's own directory, whatever the text says.
+        config.data_dir = dir.path().to_path_buf();
         let store = Arc::new(open_log(&dir.path().join("log")).await);
         let clock = Arc::new(ManualClock::new(now));
         let running = server::start(config, store, clock.clone()).await.unwrap();

@@ -26,6 +26,8 @@ pub struct Stack {
     hop_primary: Option<String>,
     /// Extra lines of Baton's configuration, kept across restarts.
     settings: Vec<String>,
+    /// The bot's backend_url, if it has one (kept across restarts).
+    bot_backend: Option<String>,
 }
 
 impl Stack {
@@ -39,6 +41,26 @@ impl Stack {
 
     /// Starts with extra lines in Baton's configuration (`key = value`).
     pub async fn start_with(mode: Mode, tuning: Tuning, settings: &[&str]) -> Stack {
+        Self::start_full(mode, tuning, settings, None).await
+    }
+
+    /// [`Stack::start_with`], with the bot forwarding its events to
+    /// `bot_backend` (dispatch).
+    pub async fn start_with_backend(
+        mode: Mode,
+        tuning: Tuning,
+        settings: &[&str],
+        bot_backend: &str,
+    ) -> Stack {
+        Self::start_full(mode, tuning, settings, Some(bot_backend.to_owned())).await
+    }
+
+    async fn start_full(
+        mode: Mode,
+        tuning: Tuning,
+        settings: &[&str],
+        bot_backend: Option<String>,
+    ) -> Stack {
         let settings: Vec<String> = settings.iter().map(|s| (*s).to_owned()).collect();
         let hop_primary = matches!(mode, Mode::HandoverV1).then(|| BOT.to_owned());
         let page = match mode {
@@ -74,7 +96,14 @@ impl Stack {
             Mode::ZeroConfig => zero_config_mode(),
             Mode::HandoverV1 => handover_v1_mode(),
         };
-        let baton = TestBaton::start(&render(&emulator, &baton_mode, tuning, &settings)).await;
+        let baton = TestBaton::start(&render(
+            &emulator,
+            &baton_mode,
+            tuning,
+            &settings,
+            bot_backend.as_deref(),
+        ))
+        .await;
         let ctl = emulator.control();
         for app in [BOT, HUMAN] {
             ctl.set_callback(app, Some(&baton.url(&format!("/webhooks/{app}"))))
@@ -92,6 +121,7 @@ impl Stack {
             baton,
             hop_primary,
             settings,
+            bot_backend,
         }
     }
 
@@ -116,6 +146,7 @@ impl Stack {
             baton,
             hop_primary,
             settings,
+            bot_backend,
         } = self;
         // The restarted server's clock goes on from where the old one stood.
         let now = server::Clock::now(baton.clock.as_ref());
@@ -129,8 +160,8 @@ impl Stack {
             .find_map(|l| l.strip_prefix("routing = "))
             .map(str::to_owned)
             .unwrap_or_else(cr_mode);
-        let baton =
-            TestBaton::start_at(dir, &render(&emulator, &mode, tuning, &settings), now).await;
+        let config = render(&emulator, &mode, tuning, &settings, bot_backend.as_deref());
+        let baton = TestBaton::start_at(dir, &config, now).await;
         for app in [BOT, HUMAN] {
             ctl.set_callback(app, Some(&baton.url(&format!("/webhooks/{app}"))))
                 .await
@@ -142,6 +173,7 @@ impl Stack {
             baton,
             hop_primary,
             settings,
+            bot_backend,
         }
     }
 
@@ -330,16 +362,24 @@ impl Stack {
 
 /// Baton's configuration for a stack: the emulator's Graph API, the routing
 /// mode, the tuning and the extra settings.
-fn render(emulator: &EmulatorHandle, mode: &str, tuning: Tuning, settings: &[String]) -> String {
-    settings
-        .iter()
-        .fold(
-            BatonToml::new(&emulator.base_url())
-                .routing(mode)
-                .tuning(tuning),
-            |toml, line| toml.setting(line),
-        )
-        .render()
+fn render(
+    emulator: &EmulatorHandle,
+    mode: &str,
+    tuning: Tuning,
+    settings: &[String],
+    bot_backend: Option<&str>,
+) -> String {
+    let toml = settings.iter().fold(
+        BatonToml::new(&emulator.base_url())
+            .routing(mode)
+            .tuning(tuning),
+        |toml, line| toml.setting(line),
+    );
+    match bot_backend {
+        Some(url) => toml.bot_backend(url),
+        None => toml,
+    }
+    .render()
 }
 
 trait NowValue {

@@ -56,6 +56,15 @@ fn a_good_file_parses_into_typed_pages_and_apps() {
 }
 
 #[test]
+fn the_subscription_watchdog_runs_hourly_unless_told_otherwise() {
+    let c = Config::parse(GOOD, "good.toml", env).unwrap();
+    assert_eq!(c.subscription_check_every_secs, 3600);
+    let off = format!("subscription_check_every_secs = 0\n{GOOD}");
+    let c = Config::parse(&off, "off.toml", env).unwrap();
+    assert_eq!(c.subscription_check_every_secs, 0);
+}
+
+#[test]
 fn secrets_never_reach_debug() {
     let c = Config::parse(GOOD, "good.toml", env).unwrap();
     let debug = format!("{c:?}");

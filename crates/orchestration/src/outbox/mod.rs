@@ -684,7 +684,11 @@ async fn record_outcome<S: EventStore + 'static>(
 }
 
 /// `POST /{version}/{page}/messages` at Meta with the sending app's page token.
-async fn call_meta<S>(baton: &Baton<S>, page: &PageId, send: &SendMessage) -> GraphAnswer {
+async fn call_meta<S: EventStore + 'static>(
+    baton: &Baton<S>,
+    page: &PageId,
+    send: &SendMessage,
+) -> GraphAnswer {
     let denied = |message: String| GraphAnswer::Err {
         status: 403,
         error: domain::graph::error(domain::graph::code::ACCESS_DENIED, None, message),
@@ -696,7 +700,7 @@ async fn call_meta<S>(baton: &Baton<S>, page: &PageId, send: &SendMessage) -> Gr
     let Some(token) = managed.page_tokens.get(page) else {
         return denied(format!("(#200) no page token for page {page}"));
     };
-    baton
+    let answer = baton
         .send_graph
         .post(
             &managed.graph_base_url,
@@ -706,5 +710,7 @@ async fn call_meta<S>(baton: &Baton<S>, page: &PageId, send: &SendMessage) -> Gr
             token.expose(),
             &send.payload,
         )
-        .await
+        .await;
+    baton.note_token(page, &send.app, "messages", &answer).await;
+    answer
 }
