@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use sha2::{Digest, Sha256};
@@ -146,6 +147,9 @@ pub struct KeyVault {
     /// Distinguishes nonces made in the same instant by this process.
     counter: AtomicU64,
     syncs: AtomicU64,
+    /// Random bytes from the operating system, drawn 2 KiB at a time: one
+    /// `getrandom` call per 64 keys, not one per key.
+    entropy: Mutex<Vec<u8>>,
 }
 
 impl std::fmt::Debug for KeyVault {
@@ -169,6 +173,7 @@ impl KeyVault {
             dir: None,
             counter: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            entropy: Mutex::new(Vec::new()),
         }
     }
 
@@ -206,6 +211,7 @@ impl KeyVault {
             dir: Some(dir.to_path_buf()),
             counter: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            entropy: Mutex::new(Vec::new()),
         })
     }
 
@@ -253,7 +259,7 @@ impl KeyVault {
                             subject: (*subject).to_owned(),
                             day,
                             id: KeyId(uuid::Uuid::new_v4().into_bytes()),
-                            key: XChaCha20Poly1305::generate_key(&mut OsRng).into(),
+                            key: self.fresh_key(),
                         };
                         let id = entry.id;
                         keys.current.insert((entry.subject.clone(), day), id);
@@ -319,6 +325,23 @@ impl KeyVault {
     pub fn holds(&self, ids: &[KeyId]) -> bool {
         let keys = self.lock();
         ids.iter().all(|id| keys.by_id.contains_key(id))
+    }
+
+    /// 32 bytes from the operating system's random source, for a new key.
+    /// Bytes handed out are removed from the pool, never reused.
+    fn fresh_key(&self) -> [u8; 32] {
+        let mut pool = self.entropy.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.len() < 32 {
+            let mut fresh = vec![0u8; 2048];
+            OsRng.fill_bytes(&mut fresh);
+            *pool = fresh;
+        }
+        let at = pool.len() - 32;
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&pool[at..]);
+        pool[at..].fill(0);
+        pool.truncate(at);
+        key
     }
 
     /// 24 nonce bytes: 16 from the thread's CSPRNG (no system call) and a

@@ -121,6 +121,17 @@ impl<S: EventStore + 'static> Baton<S> {
             managed.app_secret.expose().as_bytes(),
             signed_request,
         )?;
+        // Meta signed it, but it becomes part of a URL path: ids only.
+        if !request
+            .user_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(DeletionError::Mapping(format!(
+                "the signed request's user_id {:?} is not an id",
+                request.user_id
+            )));
+        }
         let app_token = format!("{app}|{}", managed.app_secret.expose());
         let answer = self
             .graph

@@ -42,6 +42,8 @@ pub struct Sample {
 pub struct Samples {
     samples: Mutex<VecDeque<Sample>>,
     acks: Mutex<Vec<f64>>,
+    /// The log position the last sample read up to, and when it was taken.
+    last: Mutex<(u64, Option<std::time::Instant>)>,
 }
 
 impl Samples {
@@ -73,6 +75,65 @@ impl Samples {
     fn take_acks(&self) -> Vec<f64> {
         std::mem::take(&mut *self.acks.lock().unwrap_or_else(|p| p.into_inner()))
     }
+
+    fn last(&self) -> (u64, Option<std::time::Instant>) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_last(&self, position: u64) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
+            (position, Some(std::time::Instant::now()));
+    }
+}
+
+/// Webhook deliveries and refusals by code recorded after `read`, and the
+/// position read up to.
+async fn count_since<S: EventStore>(store: &S, mut read: u64) -> (u64, BTreeMap<String, u64>, u64) {
+    let mut webhooks = 0u64;
+    let mut refusals: BTreeMap<String, u64> = BTreeMap::new();
+    loop {
+        let Ok(batch) = store.read_all(read + 1, 4096).await else {
+            break;
+        };
+        let Some(last) = batch.last() else { break };
+        read = last.position;
+        for r in &batch {
+            match r.type_name.as_str() {
+                "WebhookDeliveryReceived" => webhooks += 1,
+                "CommandRefused" => {
+                    if let Ok(Event::CommandRefused(e)) =
+                        Event::decode(&r.type_name, r.schema_version, &r.payload)
+                    {
+                        *refusals.entry(e.rejection.code.to_string()).or_default() += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    (webhooks, refusals, read)
+}
+
+/// What happened since the last sample, as a sample of its own (the
+/// metrics page shows it last, so a fresh server shows something).
+pub async fn partial<S: EventStore>(state: &AppState<S>) -> Sample {
+    let (from, since) = state.samples.last();
+    let (webhooks, refusals, _) = count_since(state.store.as_ref(), from).await;
+    let mut acks = state
+        .samples
+        .acks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    acks.sort_by(f64::total_cmp);
+    let elapsed_s = since.map_or(1.0, |t| t.elapsed().as_secs_f64().max(1.0));
+    Sample {
+        at_ms: state.clock.now().millis(),
+        webhooks_per_s: webhooks as f64 / elapsed_s,
+        ack_p50_ms: quantile(&acks, 0.5),
+        ack_p99_ms: quantile(&acks, 0.99),
+        refusals,
+    }
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -89,34 +150,16 @@ pub async fn sample<S: EventStore + 'static>(
     state: std::sync::Arc<AppState<S>>,
     mut shutdown: orchestration::shutdown::Shutdown,
 ) {
-    let mut read = state.store.head().await.map(|h| h.position).unwrap_or(0);
+    let read = state.store.head().await.map(|h| h.position).unwrap_or(0);
+    state.samples.set_last(read);
     loop {
         tokio::select! {
             () = tokio::time::sleep(SAMPLE_EVERY) => {}
             () = shutdown.recv() => return,
         }
-        let mut webhooks = 0u64;
-        let mut refusals: BTreeMap<String, u64> = BTreeMap::new();
-        loop {
-            let Ok(batch) = state.store.read_all(read + 1, 4096).await else {
-                break;
-            };
-            let Some(last) = batch.last() else { break };
-            read = last.position;
-            for r in &batch {
-                match r.type_name.as_str() {
-                    "WebhookDeliveryReceived" => webhooks += 1,
-                    "CommandRefused" => {
-                        if let Ok(Event::CommandRefused(e)) =
-                            Event::decode(&r.type_name, r.schema_version, &r.payload)
-                        {
-                            *refusals.entry(e.rejection.code.to_string()).or_default() += 1;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let (from, _) = state.samples.last();
+        let (webhooks, refusals, read) = count_since(state.store.as_ref(), from).await;
+        state.samples.set_last(read);
         let mut acks = state.samples.take_acks();
         acks.sort_by(f64::total_cmp);
         state.samples.push(Sample {
@@ -132,6 +175,15 @@ pub async fn sample<S: EventStore + 'static>(
 /// A small line chart, as inline SVG, with an optional limit line.
 fn line_chart(label: &str, unit: &str, points: &[f64], limit: Option<f64>) -> Markup {
     let (w, h) = (600.0, 120.0);
+    // One point is drawn as a level line across the chart.
+    let level;
+    let points = match points {
+        [only] => {
+            level = [*only, *only];
+            &level[..]
+        }
+        more => more,
+    };
     let top = points.iter().copied().chain(limit).fold(1.0_f64, f64::max);
     let n = points.len().max(2) as f64 - 1.0;
     let path: Vec<String> = points
@@ -167,7 +219,7 @@ pub fn charts(samples: &[Sample]) -> Markup {
     }
     let most = totals.values().copied().max().unwrap_or(1).max(1);
     html! {
-        p { (samples.len()) " samples, one every " (SAMPLE_EVERY.as_secs()) " s (the last hour at most). Reload for the latest." }
+        p { (samples.len().saturating_sub(1)) " samples, one every " (SAMPLE_EVERY.as_secs()) " s (the last hour at most), and what happened since the last one. Reload for the latest." }
         (line_chart("Webhooks recorded", "per s", &rate, None))
         (line_chart("Webhook acknowledgement p99", "ms", &p99, Some(META_BUDGET_MS)))
         (line_chart("Webhook acknowledgement p50", "ms", &p50, None))

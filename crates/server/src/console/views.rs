@@ -965,7 +965,8 @@ pub async fn metrics<S: EventStore + 'static>(
     req: HttpRequest,
 ) -> HttpResponse {
     let session = signed_in!(state, req);
-    let samples = state.samples.snapshot();
+    let mut samples = state.samples.snapshot();
+    samples.push(super::live::partial(&state).await);
     let body = super::live::charts(&samples);
     layout(&session, "/console/metrics", "Live metrics", body)
 }
