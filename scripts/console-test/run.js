@@ -33,7 +33,10 @@ async function signIn(context, token) {
   const page = await context.newPage();
   const first = await page.goto(cfg.baton + "/console");
   check(page.url().endsWith("/console/login"), "an unsigned visitor is sent to sign in", { url: page.url(), status: first.status() });
-  // Keyboard only: the token field has focus; Enter submits.
+  // Keyboard only: the token field has focus (autofocus, and focused again
+  // in case a mobile page ignored it); Enter submits.
+  await page.waitForSelector("#token");
+  await page.focus("#token");
   await page.keyboard.type(token);
   await page.keyboard.press("Enter");
   await page.waitForURL(cfg.baton + "/console");
@@ -102,7 +105,8 @@ async function main() {
     const again = page.getByRole("button", { name: `Subscribe ${cfg.bot} to page ${cfg.page} again` });
     await again.focus();
     await page.keyboard.press("Enter");
-    await page.waitForURL(cfg.baton + "/console");
+    // The form posts and comes back to the same page: wait for the new one.
+    await again.waitFor({ state: "detached" });
     check((await botRow.textContent()).includes("subscribed"), "after re-subscription the bot is subscribed", { row: await botRow.textContent() });
 
     // A thread changes owner live, after a pass through the Graph-compatible API.
