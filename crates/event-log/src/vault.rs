@@ -264,7 +264,10 @@ impl KeyVault {
                         let id = entry.id;
                         keys.current.insert((entry.subject.clone(), day), id);
                         keys.by_id.insert(id, entry);
-                        keys.pending.push(id);
+                        // Only a vault with a file has keys to sync.
+                        if self.dir.is_some() {
+                            keys.pending.push(id);
+                        }
                         id
                     }
                 };
