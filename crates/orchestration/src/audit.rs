@@ -61,6 +61,15 @@ pub fn record_time(record: &Record, event: &Event) -> Timestamp {
     })
 }
 
+/// Whether `event` is part of `key`'s own history (its facts, decisions and
+/// dead letters).
+pub fn concerns(event: &Event, key: &ThreadKey) -> bool {
+    match event {
+        Event::DispatchDeadLettered(e) => e.thread.as_ref() == Some(key),
+        other => other.thread() == Some(key),
+    }
+}
+
 /// One line of a thread's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
@@ -115,13 +124,15 @@ impl ThreadHistory {
         }
     }
 
+    /// The time the history is folded up to, if any.
+    pub fn cutoff(&self) -> Option<Timestamp> {
+        self.cutoff
+    }
+
     /// Takes one event of the log (any stream; others are skipped).
     pub fn observe(&mut self, record: &Record, event: &Event) {
         let when = record_time(record, event);
-        let ours = match event {
-            Event::DispatchDeadLettered(e) => e.thread.as_ref() == Some(&self.key),
-            other => other.thread() == Some(&self.key),
-        };
+        let ours = concerns(event, &self.key);
         let page_level = matches!(
             event,
             Event::PolicyEnforcementReceived(_) | Event::AppRolesChanged(_)

@@ -67,7 +67,7 @@ impl GraphClient {
         query: &[(&str, &str)],
     ) -> GraphAnswer {
         let url = url(base, version, &format!("{node}/{edge}"));
-        self.with_retries(|| self.http.post(&url).bearer_auth(token).query(query))
+        self.query_call(reqwest::Method::POST, &url, token, query)
             .await
     }
 
@@ -111,7 +111,7 @@ impl GraphClient {
         query: &[(&str, &str)],
     ) -> GraphAnswer {
         let url = url(base, version, path);
-        self.with_retries(|| self.http.get(&url).bearer_auth(token).query(query))
+        self.query_call(reqwest::Method::GET, &url, token, query)
             .await
     }
 
@@ -135,6 +135,23 @@ impl GraphClient {
                 .bearer_auth(token)
                 .header("content-type", content_type)
                 .body(body.clone())
+        })
+        .await
+    }
+
+    /// A call whose parameters are all in the query string.
+    async fn query_call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: &str,
+        query: &[(&str, &str)],
+    ) -> GraphAnswer {
+        self.with_retries(|| {
+            self.http
+                .request(method.clone(), url)
+                .bearer_auth(token)
+                .query(query)
         })
         .await
     }

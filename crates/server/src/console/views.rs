@@ -445,14 +445,17 @@ fn state_panel(history: &ThreadHistory, now: Timestamp) -> Markup {
     }
 }
 
+/// The thread a console URL names, folded up to the query's `at` (all of it
+/// without one), with its records.
 async fn thread_history<S: EventStore>(
     state: &AppState<S>,
     session: &Session,
-    page: &str,
-    psid: &str,
-    at: Option<Timestamp>,
+    path: web::Path<(String, String)>,
+    query: &HashMap<String, String>,
 ) -> Result<(ThreadKey, ThreadHistory, Vec<(Record, Event, Content)>), HttpResponse> {
-    let page = page_of(page)?;
+    let at = parse_at(query)?;
+    let (page, psid) = path.into_inner();
+    let page = page_of(&page)?;
     visible_page(state, session, &page)?;
     let psid =
         Psid::parse(psid).map_err(|e| problem(StatusCode::BAD_REQUEST, &format!("psid: {e}")))?;
@@ -476,22 +479,14 @@ pub async fn thread<S: EventStore + 'static>(
     query: web::Query<HashMap<String, String>>,
 ) -> HttpResponse {
     let session = signed_in!(state, req);
-    let (page, psid) = path.into_inner();
-    let at = match parse_at(&query) {
-        Ok(at) => at,
-        Err(res) => return res,
-    };
-    let (key, history, records) = match thread_history(&state, &session, &page, &psid, at).await {
+    let (key, history, records) = match thread_history(&state, &session, path, &query).await {
         Ok(x) => x,
         Err(res) => return res,
     };
     let now = state.clock.now();
     let mine: Vec<&(Record, Event, Content)> = records
         .iter()
-        .filter(|(_, e, _)| match e {
-            Event::DispatchDeadLettered(d) => d.thread.as_ref() == Some(&key),
-            other => other.thread() == Some(&key),
-        })
+        .filter(|(_, e, _)| orchestration::audit::concerns(e, &key))
         .collect();
     let times: Vec<i64> = mine
         .iter()
@@ -507,7 +502,8 @@ pub async fn thread<S: EventStore + 'static>(
         .div_euclid(1000)
         * 1000;
     let last = (times.iter().copied().max().unwrap_or(now.millis()) + 999).div_euclid(1000) * 1000;
-    let shown_at = at
+    let shown_at = history
+        .cutoff()
         .map_or(last, |t| t.millis())
         .clamp(first, last.max(first));
     // Sends, with their outcomes.
@@ -603,12 +599,7 @@ pub async fn thread_state<S: EventStore + 'static>(
     query: web::Query<HashMap<String, String>>,
 ) -> HttpResponse {
     let session = signed_in!(state, req);
-    let (page, psid) = path.into_inner();
-    let at = match parse_at(&query) {
-        Ok(at) => at,
-        Err(res) => return res,
-    };
-    match thread_history(&state, &session, &page, &psid, at).await {
+    match thread_history(&state, &session, path, &query).await {
         Ok((_, history, _)) => HttpResponse::Ok()
             .content_type("text/html; charset=utf-8")
             .insert_header(("Cache-Control", "no-store"))
