@@ -236,3 +236,188 @@ async fn the_console_works_in_a_real_browser() {
     let dispatcher = stack.baton.running.state.dispatcher.clone().unwrap();
     assert!(dispatcher.status().iter().any(|s| s.redriven >= 1));
 }
+
+/// Signs in over plain HTTP; the session cookie and the page's CSRF token.
+async fn sign_in(http: &reqwest::Client, base: &str, token: &str) -> (String, String) {
+    let res = http
+        .post(format!("{base}/console/login"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let cookie = res
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let page = http
+        .get(format!("{base}/console/integrity"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF token in the page")
+        .to_owned();
+    (cookie, csrf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_refuses_bad_input_and_hostile_callers_and_changes_nothing() {
+    let stack = Stack::start(Mode::ConversationRouting).await;
+    stack.user_says("dora", "hello").await;
+    let base = stack.baton.running.base_url();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let head = stack.baton.head().await;
+
+    // No session, or a forged one: sent to sign in.
+    for cookie in [None, Some("baton_console=forged")] {
+        let mut req = http.get(format!("{base}/console/threads"));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 303);
+        assert_eq!(res.headers()["location"], "/console/login");
+    }
+    // A wrong token: 401, no session.
+    let res = http
+        .post(format!("{base}/console/login"))
+        .form(&[("token", "not-a-token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.headers().get("set-cookie").is_none());
+
+    let (admin, admin_csrf) = sign_in(&http, &base, ADMIN_TOKEN).await;
+    let get = |cookie: &str, path: &str| {
+        http.get(format!("{base}{path}"))
+            .header("cookie", cookie.to_owned())
+            .send()
+    };
+    // Malformed queries and ids: a clear 400 or 404 page.
+    let thread = format!("/console/threads/{PAGE}/dora");
+    assert_eq!(
+        get(&admin, &format!("{thread}?at=yesterday"))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        get(&admin, &format!("{thread}/state?at=1e99"))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        get(&admin, "/console/threads/999/dora")
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        get(&admin, "/console/refusals?hours=-3")
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        get(&admin, "/console/messageable?app=9999")
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        get(&admin, &format!("{thread}?at=1793523600000"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let post = |cookie: &str, path: &str, form: Vec<(&'static str, String)>| {
+        http.post(format!("{base}{path}"))
+            .header("cookie", cookie.to_owned())
+            .form(&form)
+            .send()
+    };
+    let redrive = format!("/console/delivery/{BOT}/redrive");
+    // No CSRF token, or another session's: 403.
+    let (bot, bot_csrf) = sign_in(&http, &base, "baton-bot").await;
+    for csrf in [String::new(), bot_csrf.clone()] {
+        let res = post(
+            &admin,
+            &redrive,
+            vec![("csrf", csrf), ("position", "2".into())],
+        )
+        .await
+        .unwrap();
+        assert_eq!(res.status(), 403);
+    }
+    // An app may not redrive or re-subscribe, even with its own token right.
+    let res = post(
+        &bot,
+        &redrive,
+        vec![("csrf", bot_csrf.clone()), ("position", "2".into())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 403);
+    let resubscribe = format!("/console/pages/{PAGE}/apps/{BOT}/resubscribe");
+    let res = post(&bot, &resubscribe, vec![("csrf", bot_csrf)])
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    // The admin, with a position that is no dead letter, or none at all.
+    let res = post(
+        &admin,
+        &redrive,
+        vec![("csrf", admin_csrf.clone()), ("position", "2".into())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = post(
+        &admin,
+        &redrive,
+        vec![("csrf", admin_csrf.clone()), ("position", "x".into())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 400);
+    // The app's token sees no other page.
+    assert_eq!(
+        get(&bot, &format!("/console/threads/{OTHER_PAGE}/dora"))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // Nothing above wrote to the log.
+    assert_eq!(stack.baton.head().await, head);
+    // Signing out ends the session.
+    let res = post(&admin, "/console/logout", vec![("csrf", admin_csrf)])
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert_eq!(get(&admin, "/console").await.unwrap().status(), 303);
+}
