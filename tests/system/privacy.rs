@@ -443,3 +443,66 @@ async fn dispatch_never_sends_erased_content_queued_or_redriven() {
         .iter()
         .all(|b| !String::from_utf8_lossy(b).contains("FAY-a9e")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_copy_from_before_an_erasure_does_not_bring_the_words_back() {
+    let stack = Stack::start(Mode::ConversationRouting).await;
+    // Meta holds the human inbox's standby copies.
+    stack
+        .ctl
+        .add_fault(&emulator::FaultSpec::WebhookHold {
+            count: u32::MAX,
+            app_id: Some(HUMAN.into()),
+        })
+        .await
+        .unwrap();
+    let said = stack
+        .ctl
+        .user_text(PAGE, "hana", "HANA-e41 my old address")
+        .await
+        .unwrap();
+    assert!(
+        said.deliveries.iter().any(|d| d.held),
+        "{:?}",
+        said.deliveries
+    );
+    let (status, body) = erase(
+        &stack,
+        ADMIN_TOKEN,
+        json!({"page_id": PAGE, "psid": "hana"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // The copy arrives after the erasure, and Meta retries it too.
+    let copies = stack.baton.count("MessagingEventCopyReceived").await;
+    stack
+        .ctl
+        .release_deliveries(Some(HUMAN), false)
+        .await
+        .unwrap();
+    let mut head = stack.baton.running.state.store.subscribe();
+    while stack.baton.count("MessagingEventCopyReceived").await == copies {
+        tokio::time::timeout(std::time::Duration::from_secs(30), head.changed())
+            .await
+            .expect("the late copy is recorded")
+            .unwrap();
+    }
+    // Recorded (who got what, on which channel), with nothing of what she said.
+    let text = export(&stack).await;
+    assert!(!text.contains("HANA-e41"));
+    assert!(files_holding(stack.baton.dir.path(), b"HANA-e41").is_empty());
+    let timeline = timeline_as(&stack, ADMIN_TOKEN, "hana").await;
+    assert!(!serde_json::to_string(&timeline)
+        .unwrap()
+        .contains("HANA-e41"));
+    let copy = timeline
+        .iter()
+        .find(|e| e["type"] == "MessagingEventCopyReceived")
+        .unwrap();
+    assert!(copy["event"]["raw"].is_null(), "{copy}");
+    // Her next message, a minute after the erasure, is kept as usual.
+    stack.advance(Span::MINUTE).await;
+    stack.user_says("hana", "HANA-f52 my new address").await;
+    let (texts, _) = message_texts(&stack.timeline("hana").await);
+    assert_eq!(texts, vec!["HANA-f52 my new address".to_owned()]);
+}

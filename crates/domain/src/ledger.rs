@@ -170,6 +170,11 @@ pub struct ThreadLedger {
     /// whatever the clocks say).
     #[serde(default)]
     pub control_changed_version: u64,
+    /// When the person's content on this page was last erased: evidence
+    /// Meta timed before it that arrives later (a late copy, a retry) is
+    /// recorded without its content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_at: Option<Timestamp>,
     /// When Meta last said who owns the thread: its `thread_owner` answer,
     /// its answer to a control call, a handover webhook, its routing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -196,6 +201,7 @@ impl ThreadLedger {
             control_changed_at: None,
             control_changed_on_meta_clock: false,
             control_changed_version: 0,
+            erased_at: None,
             confirmed_at: None,
             calls_in_flight: Vec::new(),
             version: 0,
@@ -375,10 +381,11 @@ impl ThreadLedger {
             | Event::PageTokenRejected(_)
             | Event::PageTokenAccepted(_) => {}
             // What the apps said to each other about the person goes too.
-            Event::ContentErased(_) => {
+            Event::ContentErased(e) => {
                 for request in &mut self.pending_requests {
                     request.metadata = None;
                 }
+                self.erased_at = Some(self.erased_at.map_or(e.at, |t| t.max(e.at)));
             }
         }
     }

@@ -178,13 +178,43 @@ impl<S: EventStore + 'static> Baton<S> {
                 .record(OnBusy::Fail, |snapshot| {
                     let mut plan = Vec::new();
                     if first {
-                        plan.push(
-                            Planned::new(delivery_event.clone())
-                                .about(people.clone())
-                                .idempotency_key(delivery_key.clone()),
-                        );
+                        let delivery = Planned::new(delivery_event.clone())
+                            .about(people.clone())
+                            .idempotency_key(delivery_key.clone());
+                        // Meta's late copy of something said before an
+                        // erasure must not bring the words back.
+                        let late = items.iter().any(|(_, item)| match &item.kind {
+                            ItemKind::Thread { thread, at, .. } => {
+                                predates_erasure(snapshot, thread, *at)
+                            }
+                            _ => false,
+                        });
+                        plan.push(if late {
+                            delivery.without_content()
+                        } else {
+                            delivery
+                        });
                     }
-                    plan.extend(plan_records(snapshot, app, chunk, now));
+                    plan.extend(
+                        plan_records(snapshot, app, chunk, now)
+                            .into_iter()
+                            .map(|p| {
+                                let late = match &p.event {
+                                    Event::MessagingEventReceived(e) => {
+                                        predates_erasure(snapshot, &e.thread, e.at)
+                                    }
+                                    Event::MessagingEventCopyReceived(e) => {
+                                        predates_erasure(snapshot, &e.thread, e.at)
+                                    }
+                                    _ => false,
+                                };
+                                if late {
+                                    p.without_content()
+                                } else {
+                                    p
+                                }
+                            }),
+                    );
                     let plan = plan
                         .into_iter()
                         .map(|p| p.correlated_with(delivery_id))
@@ -211,6 +241,15 @@ impl<S: EventStore + 'static> Baton<S> {
             (Ok(_), _) => Intake::Accepted,
         })
     }
+}
+
+/// Whether Meta timed this evidence at or before the last erasure of the
+/// thread's person.
+fn predates_erasure(state: &State, thread: &ThreadKey, at: Timestamp) -> bool {
+    state
+        .thread(thread)
+        .and_then(|l| l.erased_at)
+        .is_some_and(|erased| at <= erased)
 }
 
 /// The people a delivery's items are about: each thread's, and the sender

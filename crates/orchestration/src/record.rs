@@ -61,6 +61,8 @@ pub struct Planned {
     pub record: NewRecord,
     /// The people its content is about; emptied once the content is sealed.
     subjects: Vec<ThreadKey>,
+    /// Its content is left out, not sealed: it predates an erasure.
+    forget_content: bool,
 }
 
 impl Planned {
@@ -71,7 +73,15 @@ impl Planned {
             event,
             record,
             subjects,
+            forget_content: false,
         }
+    }
+
+    /// Records it without its content (evidence Meta timed before the
+    /// person's content was erased, arriving late).
+    pub fn without_content(mut self) -> Self {
+        self.forget_content = true;
+        self
     }
 
     /// Its content is about these people (a raw delivery names nobody by
@@ -85,7 +95,7 @@ impl Planned {
     /// `now`, leaving the facts clear; see `docs/privacy.md`. Content about
     /// nobody Baton can name stays clear.
     pub fn seal(&mut self, vault: &KeyVault, now: Timestamp) {
-        if self.subjects.is_empty() {
+        if self.subjects.is_empty() && !self.forget_content {
             return;
         }
         let people = std::mem::take(&mut self.subjects);
@@ -96,6 +106,10 @@ impl Planned {
         let Some(content) = domain::privacy::take_content(type_name, &mut facts) else {
             return;
         };
+        if std::mem::take(&mut self.forget_content) {
+            self.record.payload = serde_json::to_vec(&facts).expect("JSON values serialise");
+            return;
+        }
         let mut subjects: Vec<String> = people.iter().map(domain::privacy::subject).collect();
         subjects.sort();
         subjects.dedup();
@@ -148,6 +162,7 @@ pub fn on_thread(ledger_version: u64, events: Vec<Event>) -> Vec<Planned> {
             event,
             record,
             subjects,
+            forget_content: false,
         }];
     }
     events
