@@ -388,7 +388,17 @@ async fn second_opener_gets_locked_and_reopen_recovers_the_head() {
     );
 
     store.close().await;
-    let store = SledStore::open(dir.path()).unwrap();
+    // sled's I/O threads may hold the directory a moment after `close` on a
+    // loaded machine (seen once in CI): wait for it, a bounded time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let store = loop {
+        match SledStore::open(dir.path()) {
+            Err(OpenError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                tokio::task::yield_now().await
+            }
+            other => break other.unwrap(),
+        }
+    };
     assert_eq!(store.head().await.unwrap(), head);
     // Positions and stream versions continue after the restart.
     let a = store
