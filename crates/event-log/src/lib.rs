@@ -20,11 +20,15 @@
 //! * [`KeyVault`] holds the per-person keys that seal personal content
 //!   inside payloads; destroying a key erases that content without changing
 //!   a stored byte of the log (`docs/privacy.md`).
+//! * [`PgStore`] keeps the log in PostgreSQL, one hash chain per shard, for
+//!   running several nodes (`docs/scale-out.md`); with the `pg-testing`
+//!   feature, `postgres::testing` starts a throwaway server for tests.
 
 mod checkpoint;
 mod error;
 mod memory;
 mod ndjson;
+pub mod postgres;
 mod record;
 mod sled_store;
 mod store;
@@ -45,6 +49,7 @@ pub use ndjson::{
     export_ndjson, export_ndjson_noted, import_ndjson, ndjson_line, ndjson_line_noted,
     parse_ndjson_line, verify_ndjson,
 };
+pub use postgres::{PgError, PgStore, PgStoreConfig};
 pub use record::{Appended, ChainHash, ExpectedVersion, Head, NewRecord, Record, CANONICAL_FORMAT};
 pub use sled_store::SledStore;
 pub use store::{EventStore, StoreConfig};

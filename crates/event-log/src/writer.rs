@@ -1,7 +1,9 @@
 //! The group-commit writer shared by every backend: one thread owns the
 //! store's writes, assigns positions, versions and hashes, and answers each
 //! waiter after its group is durable. It knows nothing of sled or of memory;
-//! backends plug in through [`Backend`].
+//! backends plug in through [`Backend`]. Its staging (`Stage`) also serves
+//! the PostgreSQL store, which runs it inside each group's transaction on
+//! what it read there ([`Committed`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,6 +42,26 @@ pub(crate) trait Backend: Send + Sync + 'static {
         max_position: u64,
         limit: usize,
     ) -> Result<Vec<Record>, StorageError>;
+}
+
+/// What staging a group needs to know of the committed state. Every
+/// [`Backend`] answers it from storage; the PostgreSQL store answers it from
+/// what it fetched inside the group's transaction, so both stage groups with
+/// the same code (`Stage::add_batch`).
+pub(crate) trait Committed {
+    /// Current version of `stream` (0 = no stream).
+    fn stream_version(&self, stream: &str) -> Result<u64, StorageError>;
+    /// The record an idempotency key was first stored with.
+    fn idempotent(&self, key: &str) -> Result<Option<Appended>, StorageError>;
+}
+
+impl<B: Backend> Committed for B {
+    fn stream_version(&self, stream: &str) -> Result<u64, StorageError> {
+        Backend::stream_version(self, stream)
+    }
+    fn idempotent(&self, key: &str) -> Result<Option<Appended>, StorageError> {
+        Backend::idempotent(self, key)
+    }
 }
 
 type AppendReply = oneshot::Sender<Result<Vec<Appended>, AppendError>>;
@@ -99,6 +121,15 @@ impl<B> Shared<B> {
 #[derive(Debug)]
 pub struct WriterPause {
     _resume: mpsc::Sender<()>,
+}
+
+impl WriterPause {
+    /// A guard and the receiver a writer blocks on until the guard is
+    /// dropped (for writers that are not this module's).
+    pub(crate) fn channel() -> (WriterPause, Receiver<()>) {
+        let (resume_tx, resume) = mpsc::channel();
+        (WriterPause { _resume: resume_tx }, resume)
+    }
 }
 
 /// The writer thread's handle plus the state readers share with it.
@@ -294,7 +325,7 @@ struct Writer<B> {
 const STREAM_CACHE_LIMIT: usize = 100_000;
 
 /// Why staging a batch did not succeed.
-enum StageError {
+pub(crate) enum StageError {
     Rejected(AppendError),
     Storage(StorageError),
 }
@@ -306,9 +337,9 @@ impl From<StorageError> for StageError {
 }
 
 /// The records of one group, built on top of the committed state.
-struct Stage {
-    head: Head,
-    records: Vec<Record>,
+pub(crate) struct Stage {
+    pub(crate) head: Head,
+    pub(crate) records: Vec<Record>,
     /// Stored bytes of `records`, index for index.
     stored: Vec<Vec<u8>>,
     streams: HashMap<String, u64>,
@@ -388,13 +419,7 @@ impl<B: Backend> Writer<B> {
     /// Returns false when the writer must stop.
     fn commit_group(&mut self, group: Vec<(Vec<NewRecord>, AppendReply)>) -> bool {
         let now_ms = now_ms();
-        let mut stage = Stage {
-            head: self.head,
-            records: Vec::new(),
-            stored: Vec::new(),
-            streams: HashMap::new(),
-            keys: HashMap::new(),
-        };
+        let mut stage = Stage::new(self.head);
         let mut answers = Vec::with_capacity(group.len());
         let mut failure = None;
         let mut pending = group.into_iter();
@@ -495,8 +520,19 @@ impl<B: Backend> Writer<B> {
 }
 
 impl Stage {
+    /// An empty group on top of `head`.
+    pub(crate) fn new(head: Head) -> Stage {
+        Stage {
+            head,
+            records: Vec::new(),
+            stored: Vec::new(),
+            streams: HashMap::new(),
+            keys: HashMap::new(),
+        }
+    }
+
     /// Adds one caller's batch to the group, all or nothing.
-    fn add_batch<B: Backend>(
+    pub(crate) fn add_batch<B: Committed>(
         &mut self,
         backend: &B,
         cache: &HashMap<String, u64>,

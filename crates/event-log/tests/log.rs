@@ -1,13 +1,15 @@
-//! Behaviour of the event log through its public API, against both the
-//! in-memory and the sled store: concurrency, idempotency, back-pressure,
-//! subscriptions, opening, verification, export and import.
+//! Behaviour of the event log through its public API, against the in-memory,
+//! the sled and the PostgreSQL store (on a server this test binary starts):
+//! concurrency, idempotency, back-pressure, subscriptions, opening,
+//! verification, export and import.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use event_log::postgres::testing::TestServer;
 use event_log::{
     export_ndjson, import_ndjson, verify, verify_ndjson, AppendError, ChainFault, EventStore,
-    ExpectedVersion, ImportError, MemoryStore, NewRecord, OpenError, Record, SledStore,
+    ExpectedVersion, ImportError, MemoryStore, NewRecord, OpenError, PgStore, Record, SledStore,
     StoreConfig, VerifyError,
 };
 
@@ -19,8 +21,15 @@ async fn all_records<S: EventStore>(store: &S) -> Vec<Record> {
     store.read_all(1, usize::MAX).await.unwrap()
 }
 
-/// Runs a scenario against a fresh memory store and a fresh sled store.
-macro_rules! both_stores {
+/// A PostgreSQL store on a new database of this binary's shared server.
+async fn pg_store(config: StoreConfig) -> PgStore {
+    let mut pg = TestServer::shared().unwrap().store_config().unwrap();
+    pg.store = config;
+    PgStore::connect(pg).await.unwrap()
+}
+
+/// Runs a scenario against a fresh memory, sled and PostgreSQL store.
+macro_rules! all_stores {
     ($scenario:ident, $config:expr) => {{
         let memory = MemoryStore::with_config($config);
         $scenario(&memory).await;
@@ -29,6 +38,10 @@ macro_rules! both_stores {
         $scenario(&sled).await;
         assert!(verify(&sled).await.is_ok());
         sled.close().await;
+        let pg = pg_store($config).await;
+        $scenario(&pg).await;
+        verify(&pg).await.unwrap();
+        pg.close().await;
     }};
 }
 
@@ -41,6 +54,8 @@ async fn concurrent_writers_keep_positions_and_versions_contiguous() {
     let dir = tempfile::tempdir().unwrap();
     let sled = Arc::new(SledStore::open(dir.path()).unwrap());
     concurrency_scenario(sled).await;
+    let pg = Arc::new(pg_store(StoreConfig::default()).await);
+    concurrency_scenario(pg).await;
 }
 
 async fn concurrency_scenario<S: EventStore + 'static>(store: Arc<S>) {
@@ -131,9 +146,17 @@ async fn concurrency_scenario<S: EventStore + 'static>(store: Arc<S>) {
 /// writes nothing; the others are unaffected.
 #[tokio::test]
 async fn a_conflict_fails_only_its_own_batch() {
-    let store = MemoryStore::new();
-    store.append(vec![rec("x", "0")]).await.unwrap();
-    let pause = store.pause_writer().await.unwrap();
+    let memory = MemoryStore::new();
+    memory.append(vec![rec("x", "0")]).await.unwrap();
+    conflict_in_group_scenario(&memory, memory.pause_writer().await.unwrap()).await;
+    let pg = pg_store(StoreConfig::default()).await;
+    pg.append(vec![rec("x", "0")]).await.unwrap();
+    conflict_in_group_scenario(&pg, pg.pause_writer().await.unwrap()).await;
+    pg.close().await;
+}
+
+/// Holds `x` at version 1 and the writer paused by `pause`.
+async fn conflict_in_group_scenario<S: EventStore>(store: &S, pause: event_log::WriterPause) {
     let a = store.append(vec![rec("y", "a")]);
     // Second record conflicts: the first must not be written either.
     let b = store.append(vec![
@@ -163,13 +186,13 @@ async fn a_conflict_fails_only_its_own_batch() {
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(a[0].position, 2);
-    let payloads: Vec<Vec<u8>> = all_records(&store)
+    let payloads: Vec<Vec<u8>> = all_records(store)
         .await
         .into_iter()
         .map(|r| r.payload)
         .collect();
     assert_eq!(payloads, vec![b"0".to_vec(), b"a".to_vec(), b"c".to_vec()]);
-    verify(&store).await.unwrap();
+    verify(store).await.unwrap();
 }
 
 #[tokio::test]
@@ -230,26 +253,36 @@ async fn idempotency_scenario<S: EventStore>(store: &S) {
 
 #[tokio::test]
 async fn idempotency_key_stores_a_record_once() {
-    both_stores!(idempotency_scenario, StoreConfig::default());
+    all_stores!(idempotency_scenario, StoreConfig::default());
 }
 
 #[tokio::test]
 async fn same_key_in_one_group_is_stored_once() {
-    let store = MemoryStore::new();
-    let pause = store.pause_writer().await.unwrap();
+    let memory = MemoryStore::new();
+    same_key_in_one_group_scenario(&memory, memory.pause_writer().await.unwrap()).await;
+    let pg = pg_store(StoreConfig::default()).await;
+    same_key_in_one_group_scenario(&pg, pg.pause_writer().await.unwrap()).await;
+    pg.close().await;
+}
+
+async fn same_key_in_one_group_scenario<S: EventStore>(store: &S, pause: event_log::WriterPause) {
     let a = store.append(vec![rec("s", "x").idempotency_key("k")]);
     let b = store.append(vec![rec("t", "y").idempotency_key("k")]);
     drop(pause);
     let (a, b) = (a.await.unwrap()[0], b.await.unwrap()[0]);
     assert_eq!(a.position, b.position);
     assert!(!a.duplicate && b.duplicate);
-    assert_eq!(all_records(&store).await.len(), 1);
+    assert_eq!(all_records(store).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_with_one_key_get_one_position() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    one_key_scenario(Arc::new(SledStore::open(dir.path()).unwrap())).await;
+    one_key_scenario(Arc::new(pg_store(StoreConfig::default()).await)).await;
+}
+
+async fn one_key_scenario<S: EventStore + 'static>(store: Arc<S>) {
     let handles: Vec<_> = (0..32)
         .map(|i| {
             let store = store.clone();
@@ -298,8 +331,11 @@ async fn full_queue_answers_busy_at_once() {
     let memory = MemoryStore::with_config(config.clone());
     busy_scenario(&memory, memory.pause_writer().await.unwrap()).await;
     let dir = tempfile::tempdir().unwrap();
-    let sled = SledStore::open_with(dir.path(), config).unwrap();
+    let sled = SledStore::open_with(dir.path(), config.clone()).unwrap();
     busy_scenario(&sled, sled.pause_writer().await.unwrap()).await;
+    let pg = pg_store(config).await;
+    busy_scenario(&pg, pg.pause_writer().await.unwrap()).await;
+    pg.close().await;
     assert_eq!(
         AppendError::Busy.to_string(),
         "the event log is busy: its write queue is full, retry later"
@@ -310,8 +346,33 @@ async fn full_queue_answers_busy_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_wakes_readers_who_resume_from_their_position() {
+    let pg = Arc::new(pg_store(StoreConfig::default()).await);
+    subscription_scenario(pg.clone()).await;
+    Arc::try_unwrap(pg).unwrap().close().await;
+
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    subscription_scenario(store.clone()).await;
+
+    // A restart resumes from a stored position.
+    let stored = 12;
+    let path = dir.path().to_path_buf();
+    let store = Arc::try_unwrap(store).unwrap();
+    store.close().await;
+    let store = SledStore::open(&path).unwrap();
+    let rest = store.read_all(stored + 1, 100).await.unwrap();
+    assert_eq!(rest.first().map(|r| r.position), Some(13));
+    assert_eq!(rest.len(), 18);
+    let stream = store.read_stream("a", 29, 10).await.unwrap();
+    assert_eq!(
+        stream.iter().map(|r| r.stream_version).collect::<Vec<_>>(),
+        vec![29, 30]
+    );
+    store.close().await;
+}
+
+/// A reader woken by the subscription sees 30 appends in order.
+async fn subscription_scenario<S: EventStore + 'static>(store: Arc<S>) {
     let mut rx = store.subscribe();
     assert_eq!(*rx.borrow_and_update(), 0);
 
@@ -347,23 +408,6 @@ async fn subscription_wakes_readers_who_resume_from_their_position() {
         store.append(vec![rec("a", &i.to_string())]).await.unwrap();
     }
     assert_eq!(reader.await.unwrap(), (1..=30).collect::<Vec<u64>>());
-
-    // A restart resumes from a stored position.
-    let stored = 12;
-    let path = dir.path().to_path_buf();
-    drop(rx);
-    let store = Arc::try_unwrap(store).unwrap();
-    store.close().await;
-    let store = SledStore::open(&path).unwrap();
-    let rest = store.read_all(stored + 1, 100).await.unwrap();
-    assert_eq!(rest.first().map(|r| r.position), Some(13));
-    assert_eq!(rest.len(), 18);
-    let stream = store.read_stream("a", 29, 10).await.unwrap();
-    assert_eq!(
-        stream.iter().map(|r| r.stream_version).collect::<Vec<_>>(),
-        vec![29, 30]
-    );
-    store.close().await;
 }
 
 // ---------------------------------------------------------------- opening
@@ -536,17 +580,30 @@ async fn tampered_exports_fail_at_the_right_position() {
 async fn export_verify_import_export_is_identical() {
     let source_dir = tempfile::tempdir().unwrap();
     let source = SledStore::open(source_dir.path()).unwrap();
-    sample_log(&source).await;
-    let first = exported(&source).await;
-    verify_ndjson(&first[..]).unwrap();
-
     let target_dir = tempfile::tempdir().unwrap();
     let target = SledStore::open(target_dir.path()).unwrap();
-    let report = import_ndjson(&target, &first[..]).await.unwrap();
+    export_import_scenario(&source, &target).await;
+    source.close().await;
+    target.close().await;
+
+    let source = pg_store(StoreConfig::default()).await;
+    let target = pg_store(StoreConfig::default()).await;
+    export_import_scenario(&source, &target).await;
+    source.close().await;
+    target.close().await;
+}
+
+/// Exports a sample log from `source`, imports it into the empty `target`.
+async fn export_import_scenario<S: EventStore, T: EventStore>(source: &S, target: &T) {
+    sample_log(source).await;
+    let first = exported(source).await;
+    verify_ndjson(&first[..]).unwrap();
+
+    let report = import_ndjson(target, &first[..]).await.unwrap();
     assert_eq!(report.head, source.head().await.unwrap());
     assert_eq!(target.head().await.unwrap(), report.head);
-    verify(&target).await.unwrap();
-    assert_eq!(exported(&target).await, first);
+    verify(target).await.unwrap();
+    assert_eq!(exported(target).await, first);
     // Indexes were rebuilt: stream reads, versions and keys work.
     assert_eq!(
         target.read_stream("thread/p/1", 1, 100).await.unwrap(),
@@ -560,11 +617,11 @@ async fn export_verify_import_export_is_identical() {
     assert_eq!(dup.position, 4);
     let next = target.append(vec![rec("thread/p/1", "{}")]).await.unwrap()[0];
     assert_eq!((next.position, next.stream_version), (21, 8));
-    verify(&target).await.unwrap();
+    verify(target).await.unwrap();
 
     // A non-empty store is refused, and nothing is written.
     let head = target.head().await.unwrap();
-    match import_ndjson(&target, &first[..]).await {
+    match import_ndjson(target, &first[..]).await {
         Err(ImportError::NotEmpty { head: 21 }) => {}
         other => panic!("unexpected {other:?}"),
     }
@@ -587,8 +644,6 @@ async fn export_verify_import_export_is_identical() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    source.close().await;
-    target.close().await;
 }
 
 /// A data directory written by the release before real syncs (the demo's log
