@@ -1,13 +1,14 @@
 //! Storage faults: when the log cannot write (a full disk, an unwritable data
 //! directory, a failed fsync), Baton refuses to acknowledge, says why, and
-//! leaves the log intact. The fault is injected under a real sled store by a
-//! wrapper, since a test running as root cannot make a directory unwritable.
+//! leaves the log intact. The fault is injected under the real store under
+//! test (sled or PostgreSQL) by a wrapper, since a test running as root
+//! cannot make a directory unwritable.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use event_log::{
-    AppendError, Appended, EventStore, Head, NewRecord, Record, SledStore, StorageError,
+    AnyStore, AppendError, Appended, EventStore, Head, NewRecord, Record, StorageError,
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -16,7 +17,7 @@ use crate::support::*;
 
 #[derive(Debug)]
 struct FullDisk {
-    inner: SledStore,
+    inner: AnyStore,
     full: AtomicBool,
 }
 
@@ -62,7 +63,7 @@ impl EventStore for FullDisk {
 async fn a_full_disk_refuses_to_acknowledge_says_why_and_leaves_the_log_intact() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FullDisk {
-        inner: SledStore::open(dir.path().join("log")).unwrap(),
+        inner: open_store(dir.path()).await,
         full: AtomicBool::new(false),
     });
     let config = server::Config::parse(
@@ -194,7 +195,8 @@ async fn a_send_interrupted_by_a_crash_is_recorded_unknown_at_start_and_settled_
         }
         .into(),
     );
-    let store = Arc::new(event_log::MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open_store(dir.path()).await);
     let records = history.iter().map(orchestration::encode).collect();
     store.append(records).await.unwrap();
 

@@ -657,6 +657,11 @@ async fn one_seed(seed: u64, mode: Mode, trace: Arc<Mutex<Vec<String>>>) -> Stat
     for t in THREADS {
         run.stack().assert_consistent(t).await;
     }
+    // A seed's Baton would otherwise keep running, holding its store (on
+    // PostgreSQL, database connections), until the whole test ends.
+    if let Some(stack) = run.stack.take() {
+        stack.stop().await;
+    }
     run.stats
 }
 

@@ -12,9 +12,10 @@ use serde_json::{json, Value};
 use crate::stack::*;
 use crate::support::*;
 
-/// Every file under `dir` that holds `needle`.
+/// Every file under the test data directory `dir` that holds `needle`,
+/// and, on PostgreSQL, every record of its database that does.
 fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
+    let mut found = database_holding(dir, needle);
     let mut todo = vec![dir.to_path_buf()];
     while let Some(path) = todo.pop() {
         if path.is_dir() {
@@ -113,6 +114,10 @@ async fn erasing_one_person_leaves_no_byte_of_their_words_and_keeps_the_chain_an
     // Content is sealed from the start: the words never reach the disk clear,
     // yet the read API shows them to the thread's readers.
     let data_dir = stack.baton.dir.path().to_path_buf();
+    // The search finds what is stored in clear (a type name), on sled's
+    // files and in PostgreSQL's records alike, so finding nothing below means
+    // something.
+    assert!(!files_holding(&data_dir, b"ThreadRouted").is_empty());
     for words in [alice_words, reply_words, bob_words] {
         assert_eq!(
             files_holding(&data_dir, words.as_bytes()),

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use domain::Event;
-use event_log::{EventStore, SledStore};
+use event_log::EventStore;
 use serde_json::json;
 use server::projections::State;
 
@@ -21,11 +21,21 @@ use crate::support::*;
 fn config(dir: &std::path::Path, backend: &str) -> std::path::PathBuf {
     let text = BatonToml::new("http://127.0.0.1:9")
         .data_dir(&dir.join("data"))
+        .setting(&store_line(dir))
         .bot_backend(backend)
         .render();
     let path = dir.join("baton.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// The `store = …` line for the server's data directory `dir/data`: the
+/// store under test (the server runs as a separate process, so it reads
+/// the store from its configuration; see [`spawn`] for the environment).
+fn store_line(dir: &std::path::Path) -> String {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    test_support::store_setting(&data).0
 }
 
 /// The bot's backend: records (thread, mid) in arrival order, for the whole test.
@@ -121,9 +131,14 @@ struct Server {
     url: String,
 }
 
+/// Starts the server on `config` (`DIR/baton.toml`, data in `DIR/data`),
+/// with the environment its store setting needs.
 fn spawn(config: &std::path::Path) -> Server {
+    let data = config.with_file_name("data");
+    let (_, env) = test_support::store_setting(&data);
     let mut child = Command::new(env!("CARGO_BIN_EXE_reliability-server"))
         .arg(config)
+        .envs(env)
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -211,7 +226,7 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook() {
     }
 
     // Every acknowledged webhook is in the log exactly once; the chain verifies.
-    let store = SledStore::open(dir.path().join("data/log")).unwrap();
+    let store = open_store(&dir.path().join("data")).await;
     let report = event_log::verify(&store).await.unwrap();
     let records = store.read_all(1, usize::MAX).await.unwrap();
     assert_eq!(
@@ -304,8 +319,14 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook() {
     }
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    let store = SledStore::open(dir.path().join("data/log")).unwrap();
-    let parsed = server::Config::load(&config).unwrap();
+    let store = open_store(&dir.path().join("data")).await;
+    let (_, env) = test_support::store_setting(&dir.path().join("data"));
+    let parsed = server::Config::parse(
+        &std::fs::read_to_string(&config).unwrap(),
+        "baton.toml",
+        |name| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()),
+    )
+    .unwrap();
     let mut state = State::new(parsed.pages.values().map(|(_, p)| p.clone()));
     let position = live["position"].as_u64().unwrap();
     for r in store
@@ -390,6 +411,7 @@ async fn sigterm_under_load_answers_every_request_and_loses_nothing() {
     let path = dir.path().join("baton.toml");
     let text = BatonToml::new(&emulator.base_url())
         .data_dir(&dir.path().join("data"))
+        .setting(&store_line(dir.path()))
         .bot_backend(&backend.url)
         .tuning(Tuning {
             stop_grace_ms: 300,
@@ -648,6 +670,7 @@ async fn refused_requests_cost_bounded_memory_and_disk() {
     let path = dir.path().join("baton.toml");
     let config = BatonToml::new("http://127.0.0.1:9")
         .data_dir(&dir.path().join("data"))
+        .setting(&store_line(dir.path()))
         .setting("app_requests_per_second = 1000000")
         .render();
     std::fs::write(&path, config).unwrap();

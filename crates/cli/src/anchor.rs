@@ -13,7 +13,7 @@ use event_log::{
 };
 use serde_json::json;
 
-use crate::source::open_sled;
+use crate::source::LogAt;
 
 /// `baton keygen` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,17 +59,11 @@ pub struct CheckpointArgs {
 /// `baton checkpoint`: verify the whole chain, then sign its head.
 pub async fn checkpoint(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
     let signer = load_signer(&args.key)?;
-    let dir = match (&args.data_dir, &args.config) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(path)) => {
-            server::Config::load(path)
-                .with_context(|| format!("configuration {}", path.display()))?
-                .data_dir
-        }
-        (None, None) => bail!("say where the log is: --data-dir DIR or --config FILE"),
+    let Some((dir, log)) = LogAt::from_flags(args.data_dir.as_deref(), args.config.as_deref())?
+    else {
+        bail!("say where the log is: --data-dir DIR or --config FILE")
     };
-    let log = dir.join("log");
-    let store = open_sled(&log)?;
+    let store = log.open().await?;
     let verified = event_log::verify(&store).await;
     store.close().await;
     // Sign only a chain that verifies: a checkpoint vouches for everything
@@ -81,10 +75,10 @@ pub async fn checkpoint(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
             e @ (event_log::VerifyError::Io(_)
             | event_log::VerifyError::Storage(event_log::StorageError::Engine(_))),
         ) => {
-            return Err(anyhow::Error::new(e).context(format!("reading {}", log.display())));
+            return Err(anyhow::Error::new(e).context(format!("reading {}", log.location())));
         }
         Err(e) => {
-            println!("FAILED: the event log in {}", log.display());
+            println!("FAILED: {}", log.describe());
             if let Some(p) = e.position() {
                 println!("first bad position {p}");
             }
@@ -94,10 +88,7 @@ pub async fn checkpoint(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if head.position == 0 {
-        bail!(
-            "the event log in {} is empty: there is no head to sign",
-            log.display()
-        );
+        bail!("{} is empty: there is no head to sign", log.describe());
     }
     let signed = signer.sign(&head, now_ms()?);
     let path = match &args.out {

@@ -22,7 +22,7 @@ use crate::time;
 /// Undecodable records (a newer schema) are counted, not fatal.
 async fn each_event(src: &Source, mut f: impl FnMut(&Record, Event)) -> anyhow::Result<u64> {
     let mut undecodable = 0;
-    let mut reader = src.open()?;
+    let mut reader = src.open().await?;
     loop {
         let batch = reader.next_batch().await?;
         if batch.is_empty() {

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::anchor::{self, AnchorArgs};
 use crate::http::ServerArgs;
-use crate::source::{open_sled, Source, SourceArgs};
+use crate::source::{LogAt, Source, SourceArgs};
 use crate::CheckFailed;
 
 /// `baton verify`: the chain from position 1 and, with `--checkpoint`, the
@@ -36,8 +36,8 @@ pub async fn verify(
     let src = Source::resolve(&source, config.as_ref(), &server).await?;
     let anchors = loaded.as_ref().map(|l| &l.anchors);
     let result = match &src {
-        Source::Sled(path) => {
-            let store = open_sled(path)?;
+        Source::Log(log) => {
+            let store = log.open().await?;
             let result = match anchors {
                 Some(a) => event_log::verify_anchored(&store, a)
                     .await
@@ -162,7 +162,8 @@ pub struct ExportArgs {
     /// Data directory of a STOPPED server (the log is DIR/log).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// The server's TOML configuration, for its `data_dir`.
+    /// The server's TOML configuration, for its store (`data_dir`, or
+    /// PostgreSQL).
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Write the NDJSON here (atomically: a temporary file renamed at the
@@ -202,18 +203,12 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         }
         (Some(_), Some(_), _) => anyhow::bail!("give either --data-dir or --server, not both"),
         (None, data_dir, config) => {
-            let dir = match (data_dir, config) {
-                (Some(dir), _) => dir.clone(),
-                (None, Some(path)) => {
-                    server::Config::load(path)
-                        .with_context(|| format!("configuration {}", path.display()))?
-                        .data_dir
-                }
-                (None, None) => anyhow::bail!(
+            let Some((_, log)) = LogAt::from_flags(data_dir.as_deref(), config.as_deref())? else {
+                anyhow::bail!(
                     "say where the log is: --data-dir DIR, --config FILE or --server URL --token ADMIN_TOKEN"
-                ),
+                )
             };
-            let store = open_sled(&dir.join("log"))?;
+            let store = log.open().await?;
             let head = event_log::export_ndjson_noted(&store, &mut out, |r| {
                 orchestration::record::content_note(event_log::EventStore::vault(&store), r)
             })

@@ -14,8 +14,7 @@ use event_log::EventStore;
 use orchestration::record::{OnBusy, Planned};
 use serde_json::json;
 
-use crate::http::{stopped_data_dir, ServerArgs};
-use crate::source::open_sled;
+use crate::http::{stopped_log, ServerArgs};
 
 /// `baton erase` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,7 +28,8 @@ pub struct EraseArgs {
     /// Data directory of a STOPPED server.
     #[arg(long, value_name = "DIR", conflicts_with = "server")]
     pub data_dir: Option<PathBuf>,
-    /// The server's TOML configuration, for its `data_dir`.
+    /// The server's TOML configuration, for its store (`data_dir`, or
+    /// PostgreSQL).
     #[arg(long, short, value_name = "FILE", conflicts_with = "server")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
@@ -49,8 +49,8 @@ pub async fn erase(args: EraseArgs) -> anyhow::Result<ExitCode> {
             )
             .await;
     }
-    let dir = stopped_data_dir(args.data_dir.as_deref(), args.config.as_deref())?;
-    let store = open_sled(&dir.join("log"))?;
+    let log = stopped_log(args.data_dir.as_deref(), args.config.as_deref())?;
+    let store = log.open().await?;
     let thread = ThreadKey::new(page, psid);
     let result = async {
         let keys = store

@@ -117,18 +117,15 @@ impl Remote {
     }
 }
 
-/// The data directory of a stopped server: `--data-dir`, else the one the
+/// The log of a stopped server: `--data-dir` (sled), else the store the
 /// configuration `--config` names.
-pub fn stopped_data_dir(
+pub fn stopped_log(
     data_dir: Option<&std::path::Path>,
     config: Option<&std::path::Path>,
-) -> anyhow::Result<std::path::PathBuf> {
-    match (data_dir, config) {
-        (Some(dir), _) => Ok(dir.to_path_buf()),
-        (None, Some(path)) => Ok(server::Config::load(path)
-            .with_context(|| format!("configuration {}", path.display()))?
-            .data_dir),
-        (None, None) => anyhow::bail!(
+) -> anyhow::Result<crate::source::LogAt> {
+    match crate::source::LogAt::from_flags(data_dir, config)? {
+        Some((_, log)) => Ok(log),
+        None => anyhow::bail!(
             "say where: --server URL --token ADMIN_TOKEN for a running server, or --data-dir DIR (or --config FILE) for a stopped one"
         ),
     }

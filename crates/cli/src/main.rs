@@ -1,8 +1,11 @@
-//! The `baton` binary. `serve` runs the server on the embedded sled log; the
+//! The `baton` binary. `serve` runs the server on the configured store (the
+//! embedded sled log, or PostgreSQL; `migrate` prepares the latter); the
 //! other commands serve operators and auditors over the same crates: verify
 //! the chain (and its signed checkpoints), export NDJSON, sign checkpoints,
-//! replay the projections, audit a thread or the sends, redrive a dead letter. They read a STOPPED server's data directory,
-//! an NDJSON export, or ask a running server over its admin API.
+//! replay the projections, audit a thread or the sends, redrive a dead
+//! letter. They read the configured store (a STOPPED server's data
+//! directory, for sled), an NDJSON export, or ask a running server over its
+//! admin API.
 //! Exit codes: 0 ok, 1 a check failed, 2 usage or I/O error.
 
 mod anchor;
@@ -31,7 +34,8 @@ const EXIT_CODES: &str = "\
 Exit codes: 0 ok; 1 a check failed (chain broken, a checkpoint fails, replay differs, redrive refused); 2 usage or I/O error.
 
 The log lives in <data_dir>/log, which a running server locks: offline commands need the
-server stopped, or use --server URL --token ADMIN_TOKEN to ask the running server.";
+server stopped, or use --server URL --token ADMIN_TOKEN to ask the running server. With
+store = { postgres = ... } in the configuration, --config FILE reads the log from PostgreSQL.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -74,9 +78,21 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
-    /// Run the server: webhook ingress, the Graph-compatible API, dispatch, health and metrics, on the sled log in `data_dir`.
+    /// Run the server: webhook ingress, the Graph-compatible API, dispatch, health and metrics, on the configured store (sled in `data_dir` by default, or PostgreSQL).
     Serve {
         /// The TOML configuration (see deploy/baton.example.toml).
+        #[arg(long, short, env = "BATON_CONFIG")]
+        config: PathBuf,
+    },
+    /// Apply the event log's schema migrations to the configured PostgreSQL
+    ///
+    /// Idempotent, and safe while other nodes run or migrate (one
+    /// transaction under an advisory lock). `baton serve` applies them too;
+    /// run this first to keep schema changes a separate, deliberate step.
+    /// On the embedded sled store there is nothing to do.
+    #[command(after_help = EXIT_CODES)]
+    Migrate {
+        /// The TOML configuration (its `store` setting).
         #[arg(long, short, env = "BATON_CONFIG")]
         config: PathBuf,
     },
@@ -248,6 +264,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { config } => serve(config).await,
+        Command::Migrate { config } => migrate(config).await,
         Command::Verify {
             source,
             server,
@@ -295,19 +312,65 @@ async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
     server::init_tracing(config.log_format);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-    let store = event_log::SledStore::open_with(
-        config.data_dir.join("log"),
-        event_log::StoreConfig {
-            cache_capacity_bytes: config.log_cache_bytes,
-            ..event_log::StoreConfig::default()
-        },
-    )
-    .context("opening the event log")?;
+    // The server is generic over the store: each arm runs it on the
+    // concrete type, so sled's path is what it was before PostgreSQL.
+    match config.postgres_store_config() {
+        None => {
+            let store = event_log::SledStore::open_with(
+                config.sled_log_dir(),
+                event_log::StoreConfig {
+                    cache_capacity_bytes: config.log_cache_bytes,
+                    ..event_log::StoreConfig::default()
+                },
+            )
+            .context("opening the event log")?;
+            serve_on(config, store).await
+        }
+        Some(pg) => {
+            let store = event_log::PgStore::connect(pg)
+                .await
+                .context("opening the event log in PostgreSQL")?;
+            serve_on(config, store).await
+        }
+    }
+}
+
+async fn serve_on<S: event_log::EventStore + 'static>(
+    config: server::Config,
+    store: S,
+) -> anyhow::Result<ExitCode> {
     let store = Arc::new(store);
     let running = server::start(config, store, Arc::new(server::SystemClock)).await?;
     println!("baton listening on {}", running.base_url());
     server::serve_until_signal(running)
         .await
         .context("server")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton migrate`.
+async fn migrate(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config =
+        server::Config::load(&path).with_context(|| format!("configuration {}", path.display()))?;
+    let server::config::StoreSetting::Postgres(pg) = &config.store else {
+        println!(
+            "nothing to migrate: the store is the embedded sled log in {} (store = \"sled\")",
+            config.sled_log_dir().display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    let applied = event_log::postgres::migrate(pg.url.expose())
+        .await
+        .with_context(|| format!("migrating the PostgreSQL database of ${}", pg.url_env))?;
+    match applied {
+        0 => println!(
+            "the PostgreSQL database of ${} is up to date: no migration to apply",
+            pg.url_env
+        ),
+        n => println!(
+            "applied {n} migration(s) to the PostgreSQL database of ${}",
+            pg.url_env
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,11 +9,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use domain::{AppId, Event, Timestamp};
-use event_log::{EventStore, SledStore};
+use event_log::{AnyStore, EventStore};
 use serde_json::json;
 
-use crate::http::{stopped_data_dir, ServerArgs};
-use crate::source::open_sled;
+use crate::http::{stopped_log, ServerArgs};
 
 /// `baton redrive` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -28,7 +27,8 @@ pub struct RedriveArgs {
     /// Data directory of a STOPPED server: append the request to its log.
     #[arg(long, value_name = "DIR", conflicts_with = "server")]
     pub data_dir: Option<PathBuf>,
-    /// The server's TOML configuration, for its `data_dir`.
+    /// The server's TOML configuration, for its store (`data_dir`, or
+    /// PostgreSQL).
     #[arg(long, short, value_name = "FILE", conflicts_with = "server")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
@@ -46,8 +46,8 @@ pub async fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
             )
             .await;
     }
-    let dir = stopped_data_dir(args.data_dir.as_deref(), args.config.as_deref())?;
-    let store = open_sled(&dir.join("log"))?;
+    let log = stopped_log(args.data_dir.as_deref(), args.config.as_deref())?;
+    let store = log.open().await?;
     let result = offline(&store, &app, args.position).await;
     store.close().await;
     match result? {
@@ -66,7 +66,7 @@ pub async fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
 
 /// Checks the position and appends the request. `Ok(Err(why))` is a refusal.
 async fn offline(
-    store: &SledStore,
+    store: &AnyStore,
     app: &AppId,
     position: u64,
 ) -> anyhow::Result<Result<(u64, u64), String>> {

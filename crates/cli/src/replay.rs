@@ -62,7 +62,7 @@ pub async fn replay(
         split = split.clone();
     }
     let mut at_live: Option<(String, usize)> = None;
-    let mut reader = src.open()?;
+    let mut reader = src.open().await?;
     loop {
         let batch = reader.next_batch().await?;
         if batch.is_empty() {

@@ -1,6 +1,7 @@
-//! Where the offline commands read the log from: a stopped server's data
-//! directory (sled), an NDJSON export on disk, or an export fetched from a
-//! running server. Records come out in position order; NDJSON is checked
+//! Where the offline commands read the log from: the configured store (a
+//! stopped server's sled data directory, or the PostgreSQL database of
+//! `store = { postgres = … }`), an NDJSON export on disk, or an export
+//! fetched from a running server. Records come out in position order; NDJSON is checked
 //! against the hash chain as it is read, so a fold never trusts a damaged
 //! file. It never writes to a log (see `redrive` for the one command that does).
 
@@ -9,7 +10,10 @@ use std::io::{BufRead, BufReader, Cursor};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
-use event_log::{ChainVerifier, EventStore, OpenError, Record, SledStore, VerifyError};
+use event_log::{
+    AnyStore, ChainVerifier, EventStore, OpenError, PgStore, PgStoreConfig, Record, SledStore,
+    VerifyError,
+};
 
 use crate::http::ServerArgs;
 use crate::CheckFailed;
@@ -21,8 +25,9 @@ pub struct SourceArgs {
     /// while the server runs).
     #[arg(long, value_name = "DIR", conflicts_with = "export")]
     pub data_dir: Option<PathBuf>,
-    /// The server's TOML configuration: its `data_dir` (unless --data-dir,
-    /// --export or --server is given) and the pages' routing modes.
+    /// The server's TOML configuration: its store (`data_dir` for sled, or
+    /// PostgreSQL; unless --data-dir, --export or --server is given) and
+    /// the pages' routing modes.
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// An NDJSON export (`baton export`, or GET /api/admin/export) to read
@@ -44,11 +49,88 @@ impl SourceArgs {
     }
 }
 
+/// An event store to open: where a configuration (or `--data-dir`) says
+/// the log is.
+#[derive(Debug, Clone)]
+pub enum LogAt {
+    /// A sled log directory (`<data_dir>/log`).
+    Sled(PathBuf),
+    /// A shard of a PostgreSQL database; `url_env` names the environment
+    /// variable the URL came from (the URL itself is never printed).
+    Postgres {
+        config: PgStoreConfig,
+        url_env: String,
+    },
+}
+
+impl LogAt {
+    /// Where `config` keeps its log: sled in `<data_dir>/log`, or the
+    /// PostgreSQL database of its `store` setting.
+    pub fn configured(config: &server::Config) -> LogAt {
+        match (&config.store, config.postgres_store_config()) {
+            (server::config::StoreSetting::Postgres(pg), Some(pg_config)) => LogAt::Postgres {
+                config: pg_config,
+                url_env: pg.url_env.clone(),
+            },
+            _ => LogAt::Sled(config.sled_log_dir()),
+        }
+    }
+
+    /// `--data-dir DIR` (a sled log in DIR/log), else the store the
+    /// configuration `--config FILE` names; with the data directory
+    /// (checkpoints are written under it). `None` when neither was given.
+    pub fn from_flags(
+        data_dir: Option<&Path>,
+        config: Option<&Path>,
+    ) -> anyhow::Result<Option<(PathBuf, LogAt)>> {
+        Ok(match (data_dir, config) {
+            (Some(dir), _) => Some((dir.to_path_buf(), LogAt::Sled(dir.join("log")))),
+            (None, Some(path)) => {
+                let config = server::Config::load(path)
+                    .with_context(|| format!("configuration {}", path.display()))?;
+                Some((config.data_dir.clone(), LogAt::configured(&config)))
+            }
+            (None, None) => None,
+        })
+    }
+
+    /// A human name for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            LogAt::Sled(path) => format!("the event log in {}", path.display()),
+            LogAt::Postgres { config, url_env } => format!(
+                "the event log in PostgreSQL (shard {} of ${url_env})",
+                config.shard
+            ),
+        }
+    }
+
+    /// Where the log is, shorter: sled's directory, or [`LogAt::describe`].
+    pub fn location(&self) -> String {
+        match self {
+            LogAt::Sled(path) => path.display().to_string(),
+            LogAt::Postgres { .. } => self.describe(),
+        }
+    }
+
+    /// Opens the store (for sled, explaining the lock when a server still
+    /// runs).
+    pub async fn open(&self) -> anyhow::Result<AnyStore> {
+        match self {
+            LogAt::Sled(path) => open_sled(path).map(AnyStore::Sled),
+            LogAt::Postgres { config, .. } => PgStore::connect(config.clone())
+                .await
+                .map(AnyStore::Postgres)
+                .with_context(|| format!("opening {}", self.describe())),
+        }
+    }
+}
+
 /// A resolved log source.
 #[derive(Debug)]
 pub enum Source {
-    /// A sled log directory (`<data_dir>/log`).
-    Sled(PathBuf),
+    /// The configured store.
+    Log(LogAt),
     /// An NDJSON file.
     File(PathBuf),
     /// An NDJSON export fetched from a running server.
@@ -67,7 +149,7 @@ impl Source {
             return Ok(Source::File(file.clone()));
         }
         if let Some(dir) = &args.data_dir {
-            return Ok(Source::Sled(dir.join("log")));
+            return Ok(Source::Log(LogAt::Sled(dir.join("log"))));
         }
         if let Some(remote) = server.remote()? {
             let url = remote.url("/api/admin/export");
@@ -75,7 +157,7 @@ impl Source {
             return Ok(Source::Fetched { url, body });
         }
         if let Some(config) = config {
-            return Ok(Source::Sled(config.data_dir.join("log")));
+            return Ok(Source::Log(LogAt::configured(config)));
         }
         bail!("say where the log is: --data-dir DIR, --config FILE, --export FILE or --server URL")
     }
@@ -83,18 +165,18 @@ impl Source {
     /// A human name for messages.
     pub fn describe(&self) -> String {
         match self {
-            Source::Sled(path) => format!("the event log in {}", path.display()),
+            Source::Log(log) => log.describe(),
             Source::File(path) => format!("the export {}", path.display()),
             Source::Fetched { url, .. } => format!("the export from {url}"),
         }
     }
 
     /// Opens the source for reading in position order.
-    pub fn open(&self) -> anyhow::Result<Reader> {
+    pub async fn open(&self) -> anyhow::Result<Reader> {
         Ok(match self {
-            Source::Sled(path) => {
-                let store = open_sled(path)?;
-                Reader::Sled {
+            Source::Log(log) => {
+                let store = log.open().await?;
+                Reader::Store {
                     store: Some(store),
                     next: 1,
                 }
@@ -112,8 +194,8 @@ impl Source {
     /// this is an upper bound for a damaged one).
     pub async fn count(&self) -> anyhow::Result<u64> {
         match self {
-            Source::Sled(path) => {
-                let store = open_sled(path)?;
+            Source::Log(log) => {
+                let store = log.open().await?;
                 let head = store.head().await.context("reading the log head")?;
                 store.close().await;
                 Ok(head.position)
@@ -223,7 +305,7 @@ impl LineReader {
 /// Records in position order, a batch at a time.
 #[derive(Debug)]
 pub enum Reader {
-    Sled { store: Option<SledStore>, next: u64 },
+    Store { store: Option<AnyStore>, next: u64 },
     Lines(LineReader),
 }
 
@@ -233,7 +315,7 @@ impl Reader {
     /// The next batch; empty at the end.
     pub async fn next_batch(&mut self) -> anyhow::Result<Vec<Record>> {
         match self {
-            Reader::Sled { store, next } => {
+            Reader::Store { store, next } => {
                 let Some(s) = store.as_ref() else {
                     return Ok(Vec::new());
                 };
@@ -244,7 +326,8 @@ impl Reader {
                 match records.last() {
                     Some(last) => *next = last.position + 1,
                     None => {
-                        // Release sled's lock as soon as the reading is done.
+                        // Release sled's lock (or the database connections)
+                        // as soon as the reading is done.
                         if let Some(s) = store.take() {
                             s.close().await;
                         }

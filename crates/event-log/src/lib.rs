@@ -23,7 +23,9 @@
 //! * [`PgStore`] keeps the log in PostgreSQL, one hash chain per shard, for
 //!   running several nodes (`docs/scale-out.md`); with the `pg-testing`
 //!   feature, `postgres::testing` starts a throwaway server for tests.
+//!   [`AnyStore`] is either store, chosen at run time.
 
+mod any;
 mod checkpoint;
 mod error;
 mod memory;
@@ -36,6 +38,7 @@ mod vault;
 mod verify;
 mod writer;
 
+pub use any::AnyStore;
 pub use checkpoint::{
     public_key_path, verify_anchored, verify_ndjson_anchored, write_checkpoint,
     write_checkpoint_file, AnchoredReport, Anchors, Checkpoint, CheckpointError, CheckpointSigner,

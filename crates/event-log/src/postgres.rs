@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
+use sqlx::{Connection, Executor, PgConnection, Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{AppendError, StorageError};
@@ -246,16 +246,19 @@ async fn apply_migrations(conn: &mut PgConnection) -> Result<usize, PgError> {
         .execute(&mut *tx)
         .await
         .map_err(fail)?;
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS event_log_migrations (
+    // `Executor::execute` (a boxed `Send` future) rather than
+    // `RawSql::execute` (an `async fn` generic over the executor, whose
+    // future rustc cannot prove `Send` for every lifetime).
+    (&mut *tx)
+        .execute(sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS event_log_migrations (
              version    integer PRIMARY KEY,
              name       text NOT NULL,
              applied_at timestamptz NOT NULL DEFAULT now()
          )",
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(fail)?;
+        ))
+        .await
+        .map_err(fail)?;
     let current: i32 =
         sqlx::query_scalar("SELECT COALESCE(max(version), 0) FROM event_log_migrations")
             .fetch_one(&mut *tx)
@@ -270,7 +273,7 @@ async fn apply_migrations(conn: &mut PgConnection) -> Result<usize, PgError> {
     }
     let mut applied = 0;
     for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-        sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(fail)?;
+        (&mut *tx).execute(sqlx::raw_sql(sql)).await.map_err(fail)?;
         sqlx::query("INSERT INTO event_log_migrations (version, name) VALUES ($1, $2)")
             .bind(version)
             .bind(name)

@@ -1,7 +1,8 @@
 //! Baton's configuration: one typed tree read from TOML. Secrets may be given
 //! inline or as `{ env = "NAME" }`; they are wrapped in [`Secret`], whose
-//! `Debug` never shows them. A bad file fails at start with a message that
-//! names the field.
+//! `Debug` never shows them (the PostgreSQL URL of `store` must come from
+//! the environment). A bad file fails at start with a message that names
+//! the field.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -111,9 +112,52 @@ struct RawConfig {
     #[serde(default = "default_content_retention")]
     content_retention_days: u32,
     #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
     pages: Vec<RawPage>,
     #[serde(default)]
     apps: Vec<RawApp>,
+}
+
+/// `store = "sled"` (the default) or `store = { postgres = { … } }`.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+enum RawStore {
+    #[default]
+    Sled,
+    Postgres(RawPostgres),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    /// Must be `{ env = "NAME" }`: the URL may hold a password.
+    url: SecretSource,
+    #[serde(default)]
+    shard: i32,
+}
+
+/// Where the event log lives.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreSetting {
+    /// The embedded sled log in `<data_dir>/log` (the default: nothing to
+    /// set up).
+    #[default]
+    Sled,
+    /// One shard of a PostgreSQL database (`docs/scale-out.md`).
+    Postgres(PostgresSetting),
+}
+
+/// `store = { postgres = { url = { env = "NAME" }, shard = N } }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresSetting {
+    /// `postgres://user:password@host:port/database`, read from the
+    /// environment variable `url_env`, never from the file.
+    pub url: Secret,
+    /// The environment variable the URL came from, for messages.
+    pub url_env: String,
+    /// The shard of the log this node appends to (default 0).
+    pub shard: i32,
 }
 
 /// How long a page keeps what people wrote and were sent, unless it says
@@ -349,6 +393,9 @@ pub struct Config {
     /// At a stop, how long Baton keeps accepting connections (answering
     /// every new request 503 "stopping") before it closes its listener.
     pub stop_grace_ms: u64,
+    /// Where the event log lives: sled in `data_dir` (the default) or
+    /// PostgreSQL.
+    pub store: StoreSetting,
     pub pages: BTreeMap<PageId, (String, Page)>,
     pub apps: BTreeMap<AppId, AppConfig>,
     /// Days each page keeps personal content (0: forever); see
@@ -608,6 +655,10 @@ impl Config {
         if raw.send_max_attempts == 0 {
             return Err(invalid("send_max_attempts", "must be at least 1"));
         }
+        let store = match &raw.store {
+            RawStore::Sled => StoreSetting::Sled,
+            RawStore::Postgres(pg) => StoreSetting::Postgres(postgres_setting(pg, &env)?),
+        };
         Ok(Config {
             listen,
             send_rate_per_second: raw.send_rate_per_second,
@@ -635,10 +686,29 @@ impl Config {
             graph_timeout_ms: raw.graph_timeout_ms,
             body_timeout_ms: raw.body_timeout_ms.max(1),
             dispatch_dead_letter_after_secs: raw.dispatch_dead_letter_after_secs.max(1),
+            store,
             pages,
             apps,
             content_retention_days: retention,
         })
+    }
+
+    /// The sled log's directory: `<data_dir>/log`.
+    pub fn sled_log_dir(&self) -> PathBuf {
+        self.data_dir.join("log")
+    }
+
+    /// How to open the PostgreSQL store, when `store` names it: the URL
+    /// and shard from the setting, the content-key vault in
+    /// `<data_dir>/vault`.
+    pub fn postgres_store_config(&self) -> Option<event_log::PgStoreConfig> {
+        let StoreSetting::Postgres(pg) = &self.store else {
+            return None;
+        };
+        Some(
+            event_log::PgStoreConfig::new(pg.url.expose(), self.data_dir.join("vault"))
+                .with_shard(pg.shard),
+        )
     }
 
     pub fn managed(&self, app: &AppId) -> Option<(&AppConfig, &ManagedApp)> {
@@ -649,6 +719,51 @@ impl Config {
     pub fn page(&self, id: &PageId) -> Option<&Page> {
         self.pages.get(id).map(|(_, p)| p)
     }
+}
+
+/// The PostgreSQL setting, its URL read from the environment. The URL is
+/// never echoed in an error: it may hold a password.
+fn postgres_setting(
+    raw: &RawPostgres,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<PostgresSetting, ConfigError> {
+    const URL: &str = "store.postgres.url";
+    let name = match &raw.url {
+        SecretSource::Env { env } => env,
+        SecretSource::Inline(_) => {
+            return Err(invalid(
+                URL,
+                "must come from the environment, as { env = \"BATON_DATABASE_URL\" }: \
+                 the URL holds the database password, which has no place in the file",
+            ))
+        }
+    };
+    if name.is_empty() {
+        return Err(invalid(URL, "names an empty environment variable"));
+    }
+    let url = match env(name) {
+        Some(v) if !v.is_empty() => v,
+        _ => {
+            return Err(invalid(
+                URL,
+                format!("environment variable {name} is not set"),
+            ))
+        }
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(invalid(
+            URL,
+            format!("environment variable {name} does not hold a postgres:// URL"),
+        ));
+    }
+    if raw.shard < 0 {
+        return Err(invalid("store.postgres.shard", "must be 0 or more"));
+    }
+    Ok(PostgresSetting {
+        url: Secret::new(url),
+        url_env: name.clone(),
+        shard: raw.shard,
+    })
 }
 
 fn check_url(field: &str, url: &str) -> Result<(), ConfigError> {

@@ -2,9 +2,16 @@
 //! the one test configuration ([`BatonToml`]: a Conversation Routing page
 //! with a bot, a human inbox and the Page Inbox, plus a page only the Page
 //! Inbox answers), Baton started for a test ([`TestBaton`]: port 0, a
-//! temporary sled log, a manual clock) and the whole stack with the emulator
-//! playing Meta ([`stack::Stack`]). It is for tests only: nothing here is
-//! part of Baton.
+//! temporary sled log or a fresh PostgreSQL database, a manual clock) and
+//! the whole stack with the emulator playing Meta ([`stack::Stack`]). It is
+//! for tests only: nothing here is part of Baton.
+//!
+//! **Which store.** A test binary whose target name ends in `postgres`
+//! (the system suite's second target, `system-postgres`, built from the
+//! same sources as `system`) runs every [`TestBaton`] on PostgreSQL: a
+//! database of its own on one [`TestServer`] shared by the binary; any
+//! other binary runs on sled. See [`store_under_test`] and
+//! [`sled_only`].
 
 pub mod stack;
 
@@ -12,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use domain::{Event, Timestamp};
-use event_log::{EventStore, SledStore};
+use event_log::postgres::testing::TestServer;
+use event_log::{AnyStore, EventStore, PgStore, SledStore};
 use server::{Config, ManualClock, Running};
 
 /// 2026-11-01T09:00:00Z, where the emulator's clock starts too.
@@ -268,9 +276,138 @@ pub fn handover_v1_mode() -> String {
     )
 }
 
+/// The store a test binary runs Baton on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The embedded sled log in the test's directory.
+    Sled,
+    /// A database of its own on the binary's shared [`TestServer`].
+    Postgres,
+}
+
+/// The store this test binary runs Baton on, from the binary's name: a
+/// test target named `…postgres` (cargo names its binary
+/// `<target>-<hash>`, dashes as underscores) runs on PostgreSQL, any other
+/// on sled. A runtime check, so one set of test sources compiles into both
+/// targets with nothing passed around.
+pub fn store_under_test() -> StoreKind {
+    static KIND: std::sync::OnceLock<StoreKind> = std::sync::OnceLock::new();
+    *KIND.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap_or_default();
+        let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        // Drop cargo's `-<hash>` suffix.
+        let target = name.rsplit_once('-').map_or(name, |(target, _)| target);
+        if target.ends_with("postgres") {
+            StoreKind::Postgres
+        } else {
+            StoreKind::Sled
+        }
+    })
+}
+
+/// For a test that is about sled itself (its files, its syncs, its lock):
+/// returns `true`, after saying so on stderr, when this binary runs on
+/// PostgreSQL, so the test returns early there:
+///
+/// ```ignore
+/// if test_support::sled_only("it counts sled's syncs") { return; }
+/// ```
+///
+/// The one place a test is skipped on PostgreSQL; `why` says why.
+pub fn sled_only(why: &str) -> bool {
+    let skip = store_under_test() == StoreKind::Postgres;
+    if skip {
+        report(&format!("skipped on PostgreSQL (sled only: {why})"));
+    }
+    skip
+}
+
+/// Opens the store for a test whose data directory is `dir`, on the store
+/// under test: sled in `dir/log`, or PostgreSQL. The PostgreSQL database is
+/// created on first use and its URL kept in `dir/postgres-url`, so a restart
+/// on the same directory reconnects to the same database; the content-key
+/// vault is `dir/vault`, where `baton serve` keeps it on PostgreSQL.
+pub async fn open_store(dir: &Path) -> AnyStore {
+    match store_under_test() {
+        StoreKind::Sled => AnyStore::Sled(open_log(&dir.join("log")).await),
+        StoreKind::Postgres => {
+            let config = postgres_config(dir);
+            match PgStore::connect(config).await {
+                Ok(store) => AnyStore::Postgres(store),
+                Err(e) => panic!("cannot open the PostgreSQL log of {}: {e}", dir.display()),
+            }
+        }
+    }
+}
+
+/// The PostgreSQL store configuration of the test directory `dir` (see
+/// [`open_store`]), creating its database on first use.
+pub fn postgres_config(dir: &Path) -> event_log::PgStoreConfig {
+    let url_file = dir.join("postgres-url");
+    let url = match std::fs::read_to_string(&url_file) {
+        Ok(url) => url.trim().to_owned(),
+        Err(_) => {
+            let server = TestServer::shared().expect("the test PostgreSQL server starts");
+            let url = server.create_database().expect("a test database");
+            std::fs::write(&url_file, &url).expect("writing postgres-url");
+            url
+        }
+    };
+    let mut config = event_log::PgStoreConfig::new(url, dir.join("vault"));
+    // Fail fast in tests rather than wait for a server that is gone.
+    config.connect_timeout = std::time::Duration::from_secs(5);
+    config
+}
+
+/// On PostgreSQL, the records of the test directory `dir`'s database that
+/// hold `needle` anywhere (payload bytes or any text column), as
+/// `"event_log_records position N"`; on sled nothing (the sled log is files
+/// in `dir`, which a search of the directory covers). For tests that check
+/// that content never reaches storage in clear.
+pub fn database_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
+    if store_under_test() != StoreKind::Postgres {
+        return Vec::new();
+    }
+    let url = postgres_config(dir).url;
+    let database = url.rsplit('/').next().unwrap_or_default();
+    let hex: String = needle.iter().map(|b| format!("{b:02x}")).collect();
+    let sql = format!(
+        "SELECT position FROM event_log_records r \
+         WHERE position(decode('{hex}', 'hex') IN r.payload) > 0 \
+            OR strpos(r::text, convert_from(decode('{hex}', 'hex'), 'UTF8')) > 0 \
+         ORDER BY position"
+    );
+    let out = TestServer::shared()
+        .expect("the test PostgreSQL server")
+        .psql(database, &sql)
+        .expect("searching the test database");
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|p| format!("event_log_records position {}", p.trim()))
+        .collect()
+}
+
+/// The `store = …` line of a configuration file for the test directory
+/// `dir`, and the environment the configuration needs: `store = "sled"`
+/// on sled; on PostgreSQL the setting and `BATON_DATABASE_URL`, for tests
+/// that run Baton as a separate process from a configuration file.
+pub fn store_setting(dir: &Path) -> (String, Vec<(String, String)>) {
+    match store_under_test() {
+        StoreKind::Sled => ("store = \"sled\"".to_owned(), Vec::new()),
+        StoreKind::Postgres => (
+            r#"store = { postgres = { url = { env = "BATON_DATABASE_URL" } } }"#.to_owned(),
+            vec![(
+                "BATON_DATABASE_URL".to_owned(),
+                postgres_config(dir).url.clone(),
+            )],
+        ),
+    }
+}
+
 #[derive(Debug)]
 pub struct TestBaton {
-    pub running: Running<SledStore>,
+    /// On the store under test ([`store_under_test`]).
+    pub running: Running<AnyStore>,
     pub clock: Arc<ManualClock>,
     pub dir: tempfile::TempDir,
     pub http: reqwest::Client,
@@ -292,7 +429,18 @@ impl TestBaton {
         // Everything the server keeps (dispatch cursors, checkpoints) lives
         // in the test's own directory, whatever the text says.
         config.data_dir = dir.path().to_path_buf();
-        let store = Arc::new(open_log(&dir.path().join("log")).await);
+        let store = open_store(dir.path()).await;
+        if let AnyStore::Postgres(pg) = &store {
+            // What the server would have read from a file, for anything
+            // that looks at the configuration's store setting.
+            config.store =
+                server::config::StoreSetting::Postgres(server::config::PostgresSetting {
+                    url: server::Secret::new(postgres_config(dir.path()).url),
+                    url_env: "BATON_DATABASE_URL".to_owned(),
+                    shard: pg.shard(),
+                });
+        }
+        let store = Arc::new(store);
         let clock = Arc::new(ManualClock::new(now));
         let running = server::start(config, store, clock.clone()).await.unwrap();
         TestBaton {

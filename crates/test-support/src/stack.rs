@@ -125,6 +125,14 @@ impl Stack {
         }
     }
 
+    /// Stops Baton in order and closes its store (on PostgreSQL, its
+    /// connections); the emulator goes with the stack. For a test that runs
+    /// many stacks in one runtime, where a dropped one would keep running
+    /// until the test ends.
+    pub async fn stop(self) {
+        self.baton.stop().await;
+    }
+
     /// Stops Baton (in order, as `baton serve` does on SIGTERM) and starts
     /// it again on the same data directory with `tuning`, pointing the
     /// emulator's apps at its new address.

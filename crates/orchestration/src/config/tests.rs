@@ -151,3 +151,92 @@ fn bad_files_fail_naming_the_field() {
         "apps[1].id",
     );
 }
+
+const PG_URL: &str = "postgres://baton:db-password@db.internal:5432/baton";
+
+fn pg_env(name: &str) -> Option<String> {
+    match name {
+        "BATON_DATABASE_URL" => Some(PG_URL.to_owned()),
+        "NOT_A_URL" => Some("mysql://baton@db/baton".to_owned()),
+        "EMPTY" => Some(String::new()),
+        other => env(other),
+    }
+}
+
+/// `GOOD` with a top-level `store = …` line.
+fn with_store(store: &str) -> String {
+    format!("store = {store}\n{GOOD}")
+}
+
+#[test]
+fn the_store_is_sled_unless_postgres_is_asked_for() {
+    let c = Config::parse(GOOD, "good.toml", pg_env).unwrap();
+    assert_eq!(c.store, StoreSetting::Sled);
+    let c = Config::parse(&with_store("\"sled\""), "sled.toml", pg_env).unwrap();
+    assert_eq!(c.store, StoreSetting::Sled);
+
+    let text = with_store(r#"{ postgres = { url = { env = "BATON_DATABASE_URL" } } }"#);
+    let c = Config::parse(&text, "pg.toml", pg_env).unwrap();
+    let StoreSetting::Postgres(pg) = &c.store else {
+        panic!("expected postgres, got {:?}", c.store)
+    };
+    assert_eq!(pg.url.expose(), PG_URL);
+    assert_eq!(pg.url_env, "BATON_DATABASE_URL");
+    assert_eq!(pg.shard, 0, "shard 0 unless given");
+    assert!(
+        !format!("{c:?}").contains("db-password"),
+        "the database URL leaked into Debug"
+    );
+
+    let text = with_store(r#"{ postgres = { url = { env = "BATON_DATABASE_URL" }, shard = 3 } }"#);
+    let c = Config::parse(&text, "pg.toml", pg_env).unwrap();
+    assert!(matches!(
+        c.store,
+        StoreSetting::Postgres(PostgresSetting { shard: 3, .. })
+    ));
+}
+
+#[test]
+fn bad_store_settings_fail_naming_the_field_without_the_url() {
+    let fails = |store: &str, field: &str, says: &str| {
+        let err = Config::parse(&with_store(store), "bad.toml", pg_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(field), "error {err:?} does not name {field:?}");
+        assert!(err.contains(says), "error {err:?} does not say {says:?}");
+        assert!(!err.contains("db-password"), "error {err:?} shows the URL");
+    };
+    // The URL holds the password: never in the file.
+    fails(
+        &format!(r#"{{ postgres = {{ url = "{PG_URL}" }} }}"#),
+        "store.postgres.url",
+        "environment",
+    );
+    fails(
+        r#"{ postgres = { url = { env = "MISSING" } } }"#,
+        "store.postgres.url",
+        "MISSING is not set",
+    );
+    fails(
+        r#"{ postgres = { url = { env = "EMPTY" } } }"#,
+        "store.postgres.url",
+        "EMPTY is not set",
+    );
+    fails(
+        r#"{ postgres = { url = { env = "NOT_A_URL" } } }"#,
+        "store.postgres.url",
+        "postgres:// URL",
+    );
+    fails(
+        r#"{ postgres = { url = { env = "BATON_DATABASE_URL" }, shard = -1 } }"#,
+        "store.postgres.shard",
+        "0 or more",
+    );
+    fails(
+        r#"{ postgres = { url = { env = "BATON_DATABASE_URL" }, shards = 2 } }"#,
+        "bad.toml",
+        "shards",
+    );
+    fails(r#"{ postgres = { } }"#, "bad.toml", "url");
+    fails(r#""mysql""#, "bad.toml", "mysql");
+}
