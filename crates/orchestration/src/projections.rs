@@ -8,7 +8,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use domain::events::{Channel, Event, GraphError, InboundEvent, SendOutcome};
 use domain::{
@@ -17,6 +17,8 @@ use domain::{
 };
 use event_log::{EventStore, Record, StorageError};
 use tokio::sync::watch;
+
+use crate::sharded::ShardedMap;
 
 /// Baton tags a send without metadata with `baton:send:<send id>`, so its
 /// echo can settle an unknown outcome.
@@ -176,7 +178,11 @@ impl SubscriptionFact {
 #[derive(Debug, Clone, PartialEq)]
 pub struct State {
     pub pages: HashMap<PageId, Page>,
-    pub threads: HashMap<ThreadKey, ThreadLedger>,
+    /// Every thread with state. The maps that grow with threads and items
+    /// are sharded ([`ShardedMap`]): a hash map that doubles moves every
+    /// entry at once (half a second at half a million threads, while the
+    /// fold holds the lock every webhook waits on); a shard moves 1/256.
+    pub threads: ShardedMap<ThreadKey, ThreadLedger>,
     /// One-Time Notification token → its thread.
     pub tokens: HashMap<String, ThreadKey>,
     /// The outbox: every send decided, by id.
@@ -203,7 +209,7 @@ pub struct State {
     /// reconciliation asks about the first ones).
     confirmations: TimeIndex,
     /// Dedupe index: a 64-bit digest of each item's dedupe key → its copies.
-    seen: HashMap<u64, Copies>,
+    seen: ShardedMap<u64, Copies>,
     /// What each index forgets, and when (Baton's recorded time): the
     /// retention of the dedupe, idempotency and settled-send indexes.
     forget: BTreeMap<(Timestamp, u64), Forget>,
@@ -244,11 +250,30 @@ fn digest(key: &str) -> u64 {
     h.finish()
 }
 
+/// Decodes a stored record as the fold reads it: the content the
+/// projections keep opened with `vault`; inbound items (whose words are
+/// never folded) as they are stored. `None` when it cannot be decoded.
+pub fn decode_for_fold(record: &Record, vault: Option<&event_log::KeyVault>) -> Option<Event> {
+    let folds_content = !matches!(
+        record.type_name.as_str(),
+        "WebhookDeliveryReceived"
+            | "MessagingEventReceived"
+            | "MessagingEventCopyReceived"
+            | "UnattributedItemReceived"
+    );
+    match vault {
+        Some(vault) if folds_content => crate::record::open(Some(vault), record)
+            .map(|o| o.event)
+            .ok(),
+        _ => Event::decode(&record.type_name, record.schema_version, &record.payload).ok(),
+    }
+}
+
 impl State {
     pub fn new(pages: impl IntoIterator<Item = Page>) -> Self {
         Self {
             pages: pages.into_iter().map(|p| (p.id.clone(), p)).collect(),
-            threads: HashMap::new(),
+            threads: ShardedMap::new(),
             tokens: HashMap::new(),
             sends: HashMap::new(),
             idempotency: HashMap::new(),
@@ -259,7 +284,7 @@ impl State {
             open_sends: BTreeMap::new(),
             expiries: TimeIndex::default(),
             confirmations: TimeIndex::default(),
-            seen: HashMap::new(),
+            seen: ShardedMap::new(),
             forget: BTreeMap::new(),
             forget_seq: 0,
             recorded_at: Timestamp::from_millis(0),
@@ -363,31 +388,26 @@ impl State {
     /// control calls pass on. What inbound items say is never folded, so
     /// the ingest path decodes them as they are.
     pub fn apply_record_with(&mut self, record: &Record, vault: Option<&event_log::KeyVault>) {
+        let decoded = decode_for_fold(record, vault);
+        self.apply_decoded(record, decoded.as_ref());
+    }
+
+    /// Folds one stored record whose event is already decoded (`None`: it
+    /// could not be, a newer schema). The record gives the position, the
+    /// recorded time and the stream; the event its facts.
+    pub fn apply_decoded(&mut self, record: &Record, event: Option<&Event>) {
         self.position = record.position;
         let recorded =
             Timestamp::from_millis(i64::try_from(record.recorded_at_ms).unwrap_or(i64::MAX));
         self.recorded_at = self.recorded_at.max(recorded);
-        let folds_content = !matches!(
-            record.type_name.as_str(),
-            "WebhookDeliveryReceived"
-                | "MessagingEventReceived"
-                | "MessagingEventCopyReceived"
-                | "UnattributedItemReceived"
-        );
-        let decoded = match vault {
-            Some(vault) if folds_content => {
-                crate::record::open(Some(vault), record).map(|o| o.event)
-            }
-            _ => Event::decode(&record.type_name, record.schema_version, &record.payload),
-        };
-        match decoded {
-            Ok(event) if record.stream.starts_with(REFUSALS_STREAM_PREFIX) => {
+        match event {
+            Some(event) if record.stream.starts_with(REFUSALS_STREAM_PREFIX) => {
                 // A refusal on a thread that had no state: the outbox and
                 // idempotency indexes learn of it; no ledger is made.
-                self.apply_facts(&event);
+                self.apply_facts(event);
             }
-            Ok(event) => self.apply(&event),
-            Err(_) => self.undecodable += 1,
+            Some(event) => self.apply(event),
+            None => self.undecodable += 1,
         }
         self.forget_expired();
     }
@@ -668,7 +688,7 @@ impl State {
 #[derive(Debug, Clone, Default, PartialEq)]
 struct TimeIndex {
     order: BTreeSet<(Timestamp, ThreadKey)>,
-    of: HashMap<ThreadKey, Timestamp>,
+    of: ShardedMap<ThreadKey, Timestamp>,
 }
 
 impl TimeIndex {
@@ -710,11 +730,20 @@ impl TimeIndex {
     }
 }
 
+/// Records the follower folds under one hold of the write lock: planners
+/// (every webhook and command) read between two slices, so none waits for
+/// a whole read batch to be folded.
+const FOLD_SLICE: usize = 64;
+
 /// Shared projections plus the follower's progress.
 #[derive(Debug)]
 pub struct Projections {
     state: RwLock<State>,
     position: watch::Sender<u64>,
+    /// Events their recorder decided and appended, by log position: the
+    /// fold takes them as they are instead of decoding (and opening) the
+    /// stored payload again. Entries the fold has passed are dropped.
+    decided: Mutex<BTreeMap<u64, Event>>,
 }
 
 impl Projections {
@@ -723,7 +752,31 @@ impl Projections {
         Arc::new(Self {
             state: RwLock::new(state),
             position: watch::Sender::new(position),
+            decided: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Hands the fold the events a recorder just appended, at their
+    /// positions, so it need not decode them again. Only what the store
+    /// wrote at those positions may be handed over (never a duplicate's
+    /// original), and with the content the stored record opens to: the
+    /// fold of a handed event must equal the fold of the stored one.
+    pub fn hand_over(&self, events: impl IntoIterator<Item = (u64, Event)>) {
+        let folded = self.position();
+        let mut decided = self.decided.lock().unwrap_or_else(|p| p.into_inner());
+        decided.extend(events.into_iter().filter(|(p, _)| *p > folded));
+    }
+
+    /// The handed-over events of `records`, and forgets every one up to the
+    /// last of them (including any handed over too late to be used).
+    fn take_decided(&self, records: &[Record]) -> BTreeMap<u64, Event> {
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            return BTreeMap::new();
+        };
+        let mut decided = self.decided.lock().unwrap_or_else(|p| p.into_inner());
+        let later = decided.split_off(&(last.position + 1));
+        let mut taken = std::mem::replace(&mut *decided, later);
+        taken.split_off(&first.position)
     }
 
     pub fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -761,7 +814,10 @@ impl Projections {
         }
     }
 
-    /// Folds every durable record from the current position to the head.
+    /// Folds every durable record from the current position to the head,
+    /// [`FOLD_SLICE`] records per hold of the write lock. Records are
+    /// decoded before the lock is taken; those a recorder handed over are
+    /// not decoded at all.
     pub async fn catch_up<S: EventStore>(&self, store: &S) -> Result<(), StorageError> {
         loop {
             let from = self.position() + 1;
@@ -769,14 +825,25 @@ impl Projections {
             if records.is_empty() {
                 return Ok(());
             }
-            let last = {
-                let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-                for r in &records {
-                    state.apply_record_with(r, Some(store.vault()));
-                }
-                state.position
-            };
-            self.position.send_replace(last);
+            for slice in records.chunks(FOLD_SLICE) {
+                let mut decided = self.take_decided(slice);
+                let events: Vec<Option<Event>> = slice
+                    .iter()
+                    .map(|r| {
+                        decided
+                            .remove(&r.position)
+                            .or_else(|| decode_for_fold(r, Some(store.vault())))
+                    })
+                    .collect();
+                let last = {
+                    let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+                    for (r, event) in slice.iter().zip(&events) {
+                        state.apply_decoded(r, event.as_ref());
+                    }
+                    state.position
+                };
+                self.position.send_replace(last);
+            }
         }
     }
 
@@ -853,6 +920,47 @@ mod tests {
             rejection: Rejection::new(domain::RejectionKind::OutsideWindow, "closed"),
         }
         .into()
+    }
+
+    /// The fold takes a recorder's handed-over events instead of decoding
+    /// the stored ones, and ends in the state a replay from the log gives;
+    /// what it has passed is dropped, and a hand-over that comes too late
+    /// is not kept.
+    #[test]
+    fn handed_over_events_fold_as_the_stored_records_do() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = event_log::MemoryStore::new();
+            let events: Vec<Event> = (1..=200)
+                .map(|n| refused_with_key(n, &format!("k{n}")))
+                .collect();
+            let appended = store
+                .append(events.iter().map(crate::record::encode).collect())
+                .await
+                .unwrap();
+            let projections = Projections::new(State::new([]));
+            // Every other event handed over; the rest are decoded.
+            projections.hand_over(
+                appended
+                    .iter()
+                    .zip(&events)
+                    .step_by(2)
+                    .map(|(a, e)| (a.position, e.clone())),
+            );
+            projections.catch_up(&store).await.unwrap();
+            assert!(projections.decided.lock().unwrap().is_empty());
+            let mut replay = State::new([]);
+            for r in store.read_all(1, usize::MAX).await.unwrap() {
+                replay.apply_record(&r);
+            }
+            assert_eq!(*projections.read(), replay);
+            assert_eq!(projections.read().index_sizes(), (0, 200, 200));
+            // Too late: the fold is past it.
+            projections.hand_over([(3, events[2].clone())]);
+            assert!(projections.decided.lock().unwrap().is_empty());
+        });
     }
 
     #[test]

@@ -285,6 +285,15 @@ impl<S: EventStore> Recorder<S> {
             match result {
                 Ok(appended) => {
                     let last = appended.iter().map(|a| a.position).max().unwrap_or(0);
+                    // The fold takes these as decided; a duplicate's position
+                    // holds its original, which the fold decodes.
+                    self.projections.hand_over(
+                        appended
+                            .iter()
+                            .zip(&events)
+                            .filter(|(a, _)| !a.duplicate)
+                            .map(|(a, e)| (a.position, e.clone())),
+                    );
                     self.projections.wait_for(last).await;
                     return Ok(Recorded {
                         value,
