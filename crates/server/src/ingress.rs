@@ -17,13 +17,24 @@ use crate::body::BodyError;
 use crate::error::{error_chain, ApiError};
 use crate::AppState;
 
+/// The app a webhook request is for: the `{app_id}` segment of the generic
+/// route, or the last segment of a configured app's own route (a literal
+/// path, matched without the router's regular expression).
+fn webhook_app(req: &HttpRequest) -> Result<AppId, ApiError> {
+    let id = match req.match_info().get("app_id") {
+        Some(id) => id,
+        None => req.path().rsplit('/').next().unwrap_or_default(),
+    };
+    AppId::parse(id).map_err(|e| ApiError::UnknownApp(e.to_string()))
+}
+
 /// `GET /webhooks/{app_id}`: answer `hub.challenge` when mode and token match.
 pub async fn verify<S: EventStore + 'static>(
     state: web::Data<AppState<S>>,
-    app: web::Path<String>,
+    req: HttpRequest,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
-    let app_id = AppId::parse(app.into_inner()).map_err(|e| ApiError::UnknownApp(e.to_string()))?;
+    let app_id = webhook_app(&req)?;
     let Some((_, managed)) = state.config.managed(&app_id) else {
         return Err(ApiError::UnknownApp(app_id.to_string()));
     };
@@ -50,12 +61,11 @@ pub async fn verify<S: EventStore + 'static>(
 /// `POST /webhooks/{app_id}`.
 pub async fn receive<S: EventStore + 'static>(
     state: web::Data<AppState<S>>,
-    app: web::Path<String>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let started = std::time::Instant::now();
-    let app_id = AppId::parse(app.into_inner()).map_err(|e| ApiError::UnknownApp(e.to_string()))?;
+    let app_id = webhook_app(&req)?;
     if state.config.managed(&app_id).is_none() {
         return Err(ApiError::UnknownApp(app_id.to_string()));
     };

@@ -305,17 +305,28 @@ pub async fn start<S: EventStore + 'static>(
     let data = web::Data::from(state.clone());
     // Requests in flight at a stop may wait for a send's outcome.
     let drain_secs = state.baton.outcome_wait().as_secs().max(1);
+    // Each managed app's webhook path is a literal route, matched by string
+    // comparison; the generic route answers for any other id.
+    let webhook_paths: Vec<String> = config
+        .apps
+        .values()
+        .filter(|a| a.managed.is_some())
+        .map(|a| format!("/webhooks/{}", a.id))
+        .chain(["/webhooks/{app_id}".to_owned()])
+        .collect();
     let server = HttpServer::new(move || {
-        App::new()
+        let mut app = App::new()
             .app_data(data.clone())
-            .wrap(actix_web::middleware::from_fn(refuse_while_stopping::<S>))
-            .service(
-                web::resource("/webhooks/{app_id}")
+            .wrap(actix_web::middleware::from_fn(refuse_while_stopping::<S>));
+        for path in &webhook_paths {
+            app = app.service(
+                web::resource(path.as_str())
                     .get(ingress::verify::<S>)
                     .post(ingress::receive::<S>)
                     .default_service(web::to(method_not_allowed)),
-            )
-            .service(resource("/healthz").get(healthz))
+            );
+        }
+        app.service(resource("/healthz").get(healthz))
             .service(resource("/readyz").get(readyz::<S>))
             .service(resource("/metrics").get(metrics_text::<S>))
             .service(resource("/api/threads/{page_id}/{psid}").get(read_api::thread::<S>))
