@@ -1,4 +1,4 @@
-//! Ingest load generator: posts signed, distinct webhook bodies to the real
+//! Ingest load generator: posts pre-signed, distinct webhook bodies to the real
 //! server over many connections and reports items/s and acknowledgement
 //! latency (p50/p99/p999), first with the durable sled log, then in the same
 //! run with the in-memory log (no disk: persistence switched off), and prints
@@ -59,8 +59,21 @@ async fn run<S: EventStore + 'static>(store: Arc<S>, deliveries: usize, items: u
         .await
         .expect("server starts");
     let url = running.base_url();
-    let bodies: Arc<Vec<(String, Vec<u8>)>> =
-        Arc::new((0..deliveries).map(|n| delivery(n, items)).collect());
+    // Signed before the clock starts: the load generator only sends.
+    let bodies: Arc<Vec<(String, Vec<u8>, String)>> = Arc::new(
+        (0..deliveries)
+            .map(|n| {
+                let (app, body) = delivery(n, items);
+                let secret = if app == test_support::BOT {
+                    BOT_SECRET
+                } else {
+                    HUMAN_SECRET
+                };
+                let sig = wire::signature::sign_sha256(secret.as_bytes(), &body);
+                (app, body, sig)
+            })
+            .collect(),
+    );
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -77,18 +90,12 @@ async fn run<S: EventStore + 'static>(store: Arc<S>, deliveries: usize, items: u
                 if n >= bodies.len() {
                     return latencies;
                 }
-                let (app, body) = &bodies[n];
-                let secret = if app == test_support::BOT {
-                    BOT_SECRET
-                } else {
-                    HUMAN_SECRET
-                };
-                let sig = wire::signature::sign_sha256(secret.as_bytes(), body);
+                let (app, body, sig) = &bodies[n];
                 let t = Instant::now();
                 let res = http
                     .post(format!("{url}/webhooks/{app}"))
                     .header("content-type", "application/json")
-                    .header("x-hub-signature-256", sig)
+                    .header("x-hub-signature-256", sig.as_str())
                     .body(body.clone())
                     .send()
                     .await

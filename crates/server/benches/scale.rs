@@ -1,0 +1,215 @@
+//! Scale: one million distinct threads fed to a durable server, one message
+//! each, as issue 17 describes. Reports, per slice of 100,000 deliveries,
+//! the acknowledgement latency (p50, p99, p99.9) and the ratio of each
+//! slice's p99 to the first slice's (the baseline, in the same run); then
+//! resident bytes per thread, bytes on disk per delivery against the raw
+//! webhook bytes, and the time to ready after a restart on the same data.
+//! Afterwards it checks that every acknowledged item is stored exactly once.
+//!
+//! Run: `cargo bench -p server --bench scale` (`BATON_BENCH_THREADS=200000`
+//! for a shorter run; the slice is a tenth of the total).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_log::{EventStore, SledStore};
+use server::{Config, ManualClock};
+use test_support::{BOT, BOT_SECRET, PAGE};
+
+const CONNECTIONS: usize = 32;
+
+fn config(data_dir: &Path) -> Config {
+    let text = test_support::BatonToml::new("http://127.0.0.1:9")
+        .data_dir(data_dir)
+        .render();
+    Config::parse(&text, "bench.toml", |_| None).expect("bench config")
+}
+
+/// Delivery `n`: the first message of sender `n`, as Meta sends it.
+fn delivery(n: usize) -> Vec<u8> {
+    let at = test_support::T0.millis() + n as i64;
+    format!(
+        r#"{{"object":"page","entry":[{{"id":"{PAGE}","time":{at},"messaging":[{{"sender":{{"id":"{psid}"}},"recipient":{{"id":"{PAGE}"}},"timestamp":{at},"message":{{"mid":"m_{n}","text":"Hello, is my order shipped yet? Order #{n}"}}}}]}}]}}"#,
+        psid = 7_000_000_000_000_000u64 + n as u64,
+    )
+    .into_bytes()
+}
+
+fn resident_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn disk_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            total += disk_bytes(&entry.path());
+        } else {
+            total += meta.len();
+        }
+    }
+    total
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// Posts deliveries `0..threads` over [`CONNECTIONS`] connections; the
+/// latency of delivery `n` is at index `n`.
+async fn feed(url: &str, threads: usize) -> Vec<Duration> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (next, url) = (next.clone(), url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
+            let mut latencies = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= threads {
+                    return latencies;
+                }
+                let body = delivery(n);
+                let sig = wire::signature::sign_sha256(BOT_SECRET.as_bytes(), &body);
+                let t = Instant::now();
+                let res = http
+                    .post(format!("{url}/webhooks/{BOT}"))
+                    .header("content-type", "application/json")
+                    .header("x-hub-signature-256", sig)
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("request");
+                assert_eq!(res.status(), 200, "delivery {n} refused");
+                latencies.push((n, t.elapsed()));
+            }
+        }));
+    }
+    let mut latencies = vec![Duration::ZERO; threads];
+    for t in tasks {
+        for (n, d) in t.await.unwrap() {
+            latencies[n] = d;
+        }
+    }
+    latencies
+}
+
+/// Every acknowledged item is in the log exactly once.
+async fn stored_exactly_once<S: EventStore>(store: &S, threads: usize) {
+    let mut seen = vec![false; threads];
+    let mut from = 1;
+    loop {
+        let records = store.read_all(from, 10_000).await.unwrap();
+        let Some(last) = records.last() else { break };
+        from = last.position + 1;
+        for r in records
+            .iter()
+            .filter(|r| r.type_name == "MessagingEventReceived")
+        {
+            let event = domain::Event::decode(&r.type_name, r.schema_version, &r.payload).unwrap();
+            if let domain::Event::MessagingEventReceived(e) = event {
+                let n: usize = e
+                    .dedupe_key
+                    .rsplit_once(":m_")
+                    .and_then(|(_, n)| n.parse().ok())
+                    .expect("a message of this benchmark");
+                assert!(!seen[n], "{} stored twice", e.dedupe_key);
+                seen[n] = true;
+            }
+        }
+    }
+    let missing = seen.iter().filter(|s| !**s).count();
+    assert_eq!(missing, 0, "every acknowledged item is stored once");
+}
+
+fn main() {
+    let threads = test_support::env_count("BATON_BENCH_THREADS", 1_000_000);
+    let slice = (threads / 10).max(1);
+    let rt = test_support::runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_path_buf();
+    let raw_bytes: usize = (0..threads).map(|n| delivery(n).len()).sum();
+    rt.block_on(async {
+        let clock = Arc::new(ManualClock::new(test_support::T0));
+        let store = Arc::new(SledStore::open(data_dir.join("log")).unwrap());
+        let running = server::start(config(&data_dir), store.clone(), clock.clone())
+            .await
+            .expect("server starts");
+        let before = resident_bytes();
+        println!(
+            "scale: {threads} distinct senders, one message each, over {CONNECTIONS} connections, durable sled log"
+        );
+        let started = Instant::now();
+        let latencies = feed(&running.base_url(), threads).await;
+        let elapsed = started.elapsed();
+        let after = resident_bytes();
+        println!(
+            "{:<18} {:>10} {:>10} {:>10} {:>12}",
+            "slice", "p50", "p99", "p99.9", "p99/first"
+        );
+        let mut first_p99 = None;
+        let mut worst: f64 = 0.0;
+        for (i, chunk) in latencies.chunks(slice).enumerate() {
+            let mut sorted = chunk.to_vec();
+            sorted.sort();
+            let p99 = percentile(&sorted, 0.99);
+            let first = *first_p99.get_or_insert(p99);
+            let ratio = p99.as_secs_f64() / first.as_secs_f64();
+            worst = worst.max(ratio);
+            println!(
+                "{:<18} {:>10.2?} {:>10.2?} {:>10.2?} {:>12.2}",
+                format!("{}..{}", i * slice, i * slice + chunk.len()),
+                percentile(&sorted, 0.5),
+                p99,
+                percentile(&sorted, 0.999),
+                ratio
+            );
+        }
+        println!(
+            "acks/s {:.0}; slowest slice p99 / first slice p99: {worst:.2} (target <= 2.0)",
+            threads as f64 / elapsed.as_secs_f64()
+        );
+        println!(
+            "resident bytes per thread: {:.0} (grew {} MiB over the run; target <= 300)",
+            after.saturating_sub(before) as f64 / threads as f64,
+            after.saturating_sub(before) >> 20
+        );
+        running.stop().await;
+        stored_exactly_once(store.as_ref(), threads).await;
+        Arc::into_inner(store)
+            .expect("the server let go of the store")
+            .close()
+            .await;
+        let disk = disk_bytes(&data_dir);
+        println!(
+            "disk per delivery: {:.0} bytes; raw webhook bytes per delivery: {:.0}; ratio {:.2} (target <= 2.0)",
+            disk as f64 / threads as f64,
+            raw_bytes as f64 / threads as f64,
+            disk as f64 / raw_bytes as f64
+        );
+        let t = Instant::now();
+        let store = Arc::new(SledStore::open(data_dir.join("log")).unwrap());
+        let running = server::start(config(&data_dir), store, clock)
+            .await
+            .expect("server restarts");
+        let ready = t.elapsed();
+        let ok = reqwest::get(format!("{}/readyz", running.base_url()))
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
+        println!("ready after a restart at {threads} threads: {ready:.2?} (readyz {ok}; target <= 2 s)");
+        running.stop().await;
+    });
+}
