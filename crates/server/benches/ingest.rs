@@ -1,16 +1,20 @@
-//! Ingest load generator: posts pre-signed, distinct webhook bodies to the real
-//! server over many connections and reports items/s and acknowledgement
+//! Ingest load generator: posts pre-signed, distinct webhook bodies to the
+//! real server over many connections and reports items/s and acknowledgement
 //! latency (p50/p99/p999), first with the durable sled log, then in the same
 //! run with the in-memory log (no disk: persistence switched off), and prints
-//! the ratios; for bodies of 1, 4 and 10 items. After each durable run it
-//! reads the log back and checks that every acknowledged item is stored
-//! exactly once. Run: `cargo bench -p server --bench ingest`
+//! the ratios; for bodies of 1, 4 and 10 items. The same load then runs on
+//! PostgreSQL (a local server the benchmark starts, as the tests do; durable
+//! at COMMIT) for the PostgreSQL/sled ratio (`BATON_BENCH_POSTGRES=0` skips
+//! it). After each durable run it reads the log back and checks that every
+//! acknowledged item is stored exactly once.
+//! Run: `cargo bench -p server --bench ingest`
 //! (`BATON_BENCH_DELIVERIES=20000` for a longer run).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use event_log::{EventStore, MemoryStore, SledStore};
+use event_log::postgres::testing::TestServer;
+use event_log::{EventStore, MemoryStore, PgStore, SledStore};
 use server::{Config, ManualClock};
 
 use test_support::{BOT_SECRET, HUMAN_SECRET, PAGE};
@@ -151,6 +155,11 @@ async fn stored_exactly_once<S: EventStore>(store: &S, deliveries: usize, items:
 fn main() {
     let deliveries: usize = test_support::env_count("BATON_BENCH_DELIVERIES", 6000);
     let rt = test_support::runtime();
+    // A local PostgreSQL (the project's test server) for the same load, unless
+    // BATON_BENCH_POSTGRES=0.
+    let pg = (std::env::var("BATON_BENCH_POSTGRES").as_deref() != Ok("0")).then(|| {
+        TestServer::start().expect("a local PostgreSQL (BATON_BENCH_POSTGRES=0 skips it)")
+    });
     rt.block_on(async {
         // Warm up both paths once (connection pools, allocator, page cache).
         let _ = run(Arc::new(MemoryStore::new()), 300, 4).await;
@@ -162,7 +171,19 @@ fn main() {
             let durable = run(sled.clone(), deliveries, items).await;
             stored_exactly_once(sled.as_ref(), deliveries, items).await;
             let memory = run(Arc::new(MemoryStore::new()), deliveries, items).await;
-            for (name, o) in [("sled (durable, fdatasync)", &durable), ("memory (persistence off)", &memory)] {
+            let postgres = match &pg {
+                Some(server) => {
+                    let config = server.store_config().expect("a database");
+                    let store = Arc::new(PgStore::connect(config).await.expect("PostgreSQL"));
+                    let o = run(store.clone(), deliveries, items).await;
+                    stored_exactly_once(store.as_ref(), deliveries, items).await;
+                    Some(o)
+                }
+                None => None,
+            };
+            let rows = [("sled (durable, fdatasync)", Some(&durable)), ("memory (persistence off)", Some(&memory)), ("postgres (durable, COMMIT)", postgres.as_ref())];
+            for (name, o) in rows {
+                let Some(o) = o else { continue };
                 println!("{items:<8} {name:<28} {:>12.0} {:>10.2?} {:>10.2?} {:>10.2?}", o.events_per_sec, o.p50, o.p99, o.p999);
             }
             println!(
@@ -170,6 +191,13 @@ fn main() {
                 durable.events_per_sec / memory.events_per_sec,
                 durable.p99.as_secs_f64() / memory.p99.as_secs_f64()
             );
+            if let Some(p) = &postgres {
+                println!(
+                    "{items:<8} postgres/sled throughput: {:.2}; p99 postgres/sled: {:.2}",
+                    p.events_per_sec / durable.events_per_sec,
+                    p.p99.as_secs_f64() / durable.p99.as_secs_f64()
+                );
+            }
         }
     });
 }
