@@ -32,7 +32,6 @@ pub mod projections;
 pub mod reads;
 pub mod reconcile;
 pub mod record;
-pub mod sharded;
 pub mod shutdown;
 pub mod timers;
 

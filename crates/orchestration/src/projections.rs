@@ -18,8 +18,6 @@ use domain::{
 use event_log::{EventStore, Record, StorageError};
 use tokio::sync::watch;
 
-use crate::sharded::ShardedMap;
-
 /// Baton tags a send without metadata with `baton:send:<send id>`, so its
 /// echo can settle an unknown outcome.
 pub const SEND_METADATA_PREFIX: &str = "baton:send:";
@@ -178,11 +176,7 @@ impl SubscriptionFact {
 #[derive(Debug, Clone, PartialEq)]
 pub struct State {
     pub pages: HashMap<PageId, Page>,
-    /// Every thread with state. The maps that grow with threads and items
-    /// are sharded ([`ShardedMap`]): a hash map that doubles moves every
-    /// entry at once (half a second at half a million threads, while the
-    /// fold holds the lock every webhook waits on); a shard moves 1/256.
-    pub threads: ShardedMap<ThreadKey, ThreadLedger>,
+    pub threads: HashMap<ThreadKey, ThreadLedger>,
     /// One-Time Notification token → its thread.
     pub tokens: HashMap<String, ThreadKey>,
     /// The outbox: every send decided, by id.
@@ -209,7 +203,7 @@ pub struct State {
     /// reconciliation asks about the first ones).
     confirmations: TimeIndex,
     /// Dedupe index: a 64-bit digest of each item's dedupe key → its copies.
-    seen: ShardedMap<u64, Copies>,
+    seen: HashMap<u64, Copies>,
     /// What each index forgets, and when (Baton's recorded time): the
     /// retention of the dedupe, idempotency and settled-send indexes.
     forget: BTreeMap<(Timestamp, u64), Forget>,
@@ -250,19 +244,24 @@ fn digest(key: &str) -> u64 {
     h.finish()
 }
 
-/// Decodes a stored record as the fold reads it: the content the
-/// projections keep opened with `vault`; inbound items (whose words are
-/// never folded) as they are stored. `None` when it cannot be decoded.
-pub fn decode_for_fold(record: &Record, vault: Option<&event_log::KeyVault>) -> Option<Event> {
-    let folds_content = !matches!(
-        record.type_name.as_str(),
+/// What Meta delivered: the raw delivery and its items, whose words the
+/// fold never reads.
+fn is_inbound(type_name: &str) -> bool {
+    matches!(
+        type_name,
         "WebhookDeliveryReceived"
             | "MessagingEventReceived"
             | "MessagingEventCopyReceived"
             | "UnattributedItemReceived"
-    );
+    )
+}
+
+/// Decodes a stored record as the fold reads it: the content the
+/// projections keep opened with `vault`; inbound items (whose words are
+/// never folded) as they are stored. `None` when it cannot be decoded.
+pub fn decode_for_fold(record: &Record, vault: Option<&event_log::KeyVault>) -> Option<Event> {
     match vault {
-        Some(vault) if folds_content => crate::record::open(Some(vault), record)
+        Some(vault) if !is_inbound(&record.type_name) => crate::record::open(Some(vault), record)
             .map(|o| o.event)
             .ok(),
         _ => Event::decode(&record.type_name, record.schema_version, &record.payload).ok(),
@@ -273,7 +272,7 @@ impl State {
     pub fn new(pages: impl IntoIterator<Item = Page>) -> Self {
         Self {
             pages: pages.into_iter().map(|p| (p.id.clone(), p)).collect(),
-            threads: ShardedMap::new(),
+            threads: HashMap::new(),
             tokens: HashMap::new(),
             sends: HashMap::new(),
             idempotency: HashMap::new(),
@@ -284,7 +283,7 @@ impl State {
             open_sends: BTreeMap::new(),
             expiries: TimeIndex::default(),
             confirmations: TimeIndex::default(),
-            seen: ShardedMap::new(),
+            seen: HashMap::new(),
             forget: BTreeMap::new(),
             forget_seq: 0,
             recorded_at: Timestamp::from_millis(0),
@@ -688,7 +687,7 @@ impl State {
 #[derive(Debug, Clone, Default, PartialEq)]
 struct TimeIndex {
     order: BTreeSet<(Timestamp, ThreadKey)>,
-    of: ShardedMap<ThreadKey, Timestamp>,
+    of: HashMap<ThreadKey, Timestamp>,
 }
 
 impl TimeIndex {
@@ -757,14 +756,22 @@ impl Projections {
     }
 
     /// Hands the fold the events a recorder just appended, at their
-    /// positions, so it need not decode them again. Only what the store
-    /// wrote at those positions may be handed over (never a duplicate's
-    /// original), and with the content the stored record opens to: the
-    /// fold of a handed event must equal the fold of the stored one.
-    pub fn hand_over(&self, events: impl IntoIterator<Item = (u64, Event)>) {
+    /// positions, so it need not decode (and open) them again. Only what
+    /// the store wrote at those positions may be handed over (never a
+    /// duplicate's original), and with the content the stored record opens
+    /// to: the fold of a handed event must equal the fold of the stored one.
+    /// Inbound items are not kept: their stored form is sealed, with the
+    /// content the fold never reads taken out, and decodes for less than a
+    /// copy of the decided event costs.
+    pub fn hand_over<'a>(&self, events: impl IntoIterator<Item = (u64, &'a Event)>) {
         let folded = self.position();
         let mut decided = self.decided.lock().unwrap_or_else(|p| p.into_inner());
-        decided.extend(events.into_iter().filter(|(p, _)| *p > folded));
+        decided.extend(
+            events
+                .into_iter()
+                .filter(|(p, e)| *p > folded && !is_inbound(e.type_name()))
+                .map(|(p, e)| (p, e.clone())),
+        );
     }
 
     /// The handed-over events of `records`, and forgets every one up to the
@@ -815,9 +822,8 @@ impl Projections {
     }
 
     /// Folds every durable record from the current position to the head,
-    /// [`FOLD_SLICE`] records per hold of the write lock. Records are
-    /// decoded before the lock is taken; those a recorder handed over are
-    /// not decoded at all.
+    /// [`FOLD_SLICE`] records per hold of the write lock; those a recorder
+    /// handed over are not decoded at all.
     pub async fn catch_up<S: EventStore>(&self, store: &S) -> Result<(), StorageError> {
         loop {
             let from = self.position() + 1;
@@ -827,17 +833,12 @@ impl Projections {
             }
             for slice in records.chunks(FOLD_SLICE) {
                 let mut decided = self.take_decided(slice);
-                let events: Vec<Option<Event>> = slice
-                    .iter()
-                    .map(|r| {
-                        decided
-                            .remove(&r.position)
-                            .or_else(|| decode_for_fold(r, Some(store.vault())))
-                    })
-                    .collect();
                 let last = {
                     let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-                    for (r, event) in slice.iter().zip(&events) {
+                    for r in slice {
+                        let event = decided
+                            .remove(&r.position)
+                            .or_else(|| decode_for_fold(r, Some(store.vault())));
                         state.apply_decoded(r, event.as_ref());
                     }
                     state.position
@@ -947,7 +948,7 @@ mod tests {
                     .iter()
                     .zip(&events)
                     .step_by(2)
-                    .map(|(a, e)| (a.position, e.clone())),
+                    .map(|(a, e)| (a.position, e)),
             );
             projections.catch_up(&store).await.unwrap();
             assert!(projections.decided.lock().unwrap().is_empty());
@@ -958,7 +959,7 @@ mod tests {
             assert_eq!(*projections.read(), replay);
             assert_eq!(projections.read().index_sizes(), (0, 200, 200));
             // Too late: the fold is past it.
-            projections.hand_over([(3, events[2].clone())]);
+            projections.hand_over([(3, &events[2])]);
             assert!(projections.decided.lock().unwrap().is_empty());
         });
     }

@@ -292,7 +292,7 @@ impl<S: EventStore> Recorder<S> {
                             .iter()
                             .zip(&events)
                             .filter(|(a, _)| !a.duplicate)
-                            .map(|(a, e)| (a.position, e.clone())),
+                            .map(|(a, e)| (a.position, e)),
                     );
                     self.projections.wait_for(last).await;
                     return Ok(Recorded {
