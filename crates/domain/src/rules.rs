@@ -1289,6 +1289,24 @@ pub fn takes_from_another_app(
         && !corroborated(ledger, page, gains)
 }
 
+/// Whether a handover notice (`from` → `to`) is what a control call Baton
+/// forwarded, and has not had Meta's answer to yet, does: a pass by `from`
+/// to `to`, or a take by `to`.
+fn answers_call_in_flight(
+    ledger: &ThreadLedger,
+    page: &Page,
+    from: Option<&AppId>,
+    to: &AppId,
+) -> bool {
+    ledger.calls_in_flight.iter().any(|call| match &call.hands {
+        crate::ledger::Hands::Take => &call.by == to,
+        crate::ledger::Hands::Pass { target } => {
+            from == Some(&call.by)
+                && resolve_target(page, &call.by, target.as_ref()).is_ok_and(|t| &t == to)
+        }
+    })
+}
+
 /// Whether a control call Baton forwarded, and has not had Meta's answer to
 /// yet, hands the thread to `gains` (Meta's webhook may beat its answer).
 fn corroborated(ledger: &ThreadLedger, page: &Page, gains: &AppId) -> bool {
@@ -1315,6 +1333,12 @@ fn routing_or_drift(
 ) -> Option<Event> {
     if matches!(page.mode, RoutingMode::ZeroConfig) {
         // Every app gets `messaging`; channels say nothing about control.
+        return None;
+    }
+    if matches!(event, InboundEvent::Unknown { .. }) {
+        // A kind of item Baton does not know (Meta's `pass_thread_metadata`
+        // notice, which reaches the other apps on `messaging`, or anything
+        // newer) says nothing about who controls the thread.
         return None;
     }
     let thread = ledger.key.clone();
@@ -1519,7 +1543,11 @@ fn handover_facts(
         {
             return events;
         }
-        if is_stale(ledger, at) && *view != ControlView::Unknown {
+        // Meta's webhook may beat its answer to Baton's own call: a notice
+        // of exactly that call's handover is its news, not older news, even
+        // timed within the skew tolerance of the last change.
+        let own_call = answers_call_in_flight(ledger, page, previous.as_ref(), &new_owner);
+        if is_stale(ledger, at) && *view != ControlView::Unknown && !own_call {
             // Meta's older news (a retried webhook delivered late): kept, not applied.
             events.push(stale_evidence(
                 ledger,

@@ -161,6 +161,89 @@ fn messaging_copy_to_a_non_owner_is_drift_to_that_app() {
 }
 
 #[test]
+fn metas_webhook_of_batons_own_call_beating_its_answer_is_no_drift() {
+    // The bot passed to the human app; within the same millisecond (inside
+    // the skew tolerance of that change, timed by Baton) the human app
+    // passes back. Meta's webhook of that pass reaches Baton before Meta's
+    // answer to the call: it is the call's news, not older news.
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .done(pass(bot(), Some(human())), hours(1));
+    let back = pass(human(), None);
+    let accepted = rules::decide(&s.ledger, &s.page, &back, hours(1)).unwrap();
+    let s = s.record(accepted);
+    let s = s.handover(
+        hours(1),
+        bot(),
+        HandoverNotice::Passed {
+            from: Some(human()),
+            to: bot(),
+            metadata: None,
+        },
+    );
+    let names = type_names(&s.history);
+    assert!(
+        !names.contains(&"StaleEvidenceIgnored") && drift_of(&s.history).is_none(),
+        "{names:?}"
+    );
+    assert_eq!(s.owner_at(hours(1)), owner(bot()));
+    // Meta's answer then changes nothing more.
+    let settled = rules::settle_control(
+        &s.ledger,
+        &s.page,
+        &back,
+        &domain::events::GraphOutcome::Succeeded,
+        hours(1),
+    );
+    let s = s.record(settled);
+    assert_eq!(s.owner_at(hours(1)), owner(bot()));
+    assert!(drift_of(&s.history).is_none());
+    // A notice of some other handover at that moment is still older news.
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .done(pass(bot(), Some(human())), hours(1))
+        .handover(
+            hours(1),
+            other(),
+            HandoverNotice::Taken {
+                from: Some(bot()),
+                by: other(),
+                metadata: None,
+            },
+        );
+    assert!(type_names(&s.history).contains(&"StaleEvidenceIgnored"));
+}
+
+#[test]
+fn an_item_of_a_kind_baton_does_not_know_is_no_evidence_of_ownership() {
+    // The bot owns the thread. Meta tells the human app, on `messaging`,
+    // that the bot passed it metadata (`pass_thread_metadata`), which Baton
+    // keeps as an unknown item; so does a kind Meta adds later. Neither says
+    // the human app owns the thread, on either channel.
+    let unknown = |key: &str| domain::events::InboundEvent::Unknown {
+        key: Some(key.into()),
+    };
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .item(
+            hours(1),
+            human(),
+            Channel::Messaging,
+            unknown("pass_thread_metadata"),
+        )
+        .item(hours(2), bot(), Channel::Standby, unknown("something_new"));
+    assert!(
+        drift_of(&s.history).is_none(),
+        "{:?}",
+        type_names(&s.history)
+    );
+    assert_eq!(s.owner_at(hours(2)), owner(bot()));
+    // A message on the same channel still is.
+    let s = s.item(hours(3), human(), Channel::Messaging, message("m2"));
+    assert!(drift_of(&s.history).is_some());
+}
+
+#[test]
 fn evidence_that_takes_control_from_another_managed_app_is_confirmed_with_meta_first() {
     // The bot owns the thread. A messaging copy on another app's endpoint, or
     // a take webhook on the human's endpoint, could be written by anyone who
