@@ -20,7 +20,9 @@
 //!   agrees with Meta again. That span is the reconciliation window; its
 //!   longest value (Meta's time) is printed with the counts.
 //!
-//! `BATON_MODEL_SEEDS` sets the seeds per mode (170 by default: 510 in all);
+//! `BATON_MODEL_SEEDS` sets the seeds per mode (170 by default: 510 in all;
+//! 40 per mode on PostgreSQL, where each seed's fresh database costs more
+//! than the run itself, and the rules under test do not depend on the store);
 //! `BATON_MODEL_SEED=<n>` runs that one seed in each mode and prints its
 //! trace. A failure prints the seed and the trace of the run.
 
@@ -668,7 +670,13 @@ async fn one_seed(seed: u64, mode: Mode, trace: Arc<Mutex<Vec<String>>>) -> Stat
 async fn seeds(mode: Mode) {
     let (first, count, verbose) = match std::env::var("BATON_MODEL_SEED") {
         Ok(s) => (s.parse().expect("BATON_MODEL_SEED is a number"), 1, true),
-        Err(_) => (0, env_count("BATON_MODEL_SEEDS", 170) as u64, false),
+        Err(_) => {
+            let default = match test_support::store_under_test() {
+                test_support::StoreKind::Sled => 170,
+                test_support::StoreKind::Postgres => 40,
+            };
+            (0, env_count("BATON_MODEL_SEEDS", default) as u64, false)
+        }
     };
     let mut total = Stats::default();
     for seed in first..first + count {

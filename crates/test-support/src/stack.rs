@@ -312,10 +312,21 @@ impl Stack {
                 ours = ControlView::Idle;
             }
         }
-        assert_eq!(
-            ours, expected,
-            "Baton's ledger differs from Meta's view: {meta:?}"
-        );
+        if ours != expected {
+            let thread = Self::thread(psid);
+            let history: Vec<String> = self
+                .baton
+                .events()
+                .await
+                .iter()
+                .filter(|e| e.thread() == Some(&thread))
+                .map(|e| format!("{e:?}"))
+                .collect();
+            panic!(
+                "Baton's ledger differs from Meta's view: ours {ours:?}, Meta's {meta:?}; the thread's events:\n{}",
+                history.join("\n")
+            );
+        }
         let config = server::Config::parse(&self.baton.config_text, "test.toml", |_| None).unwrap();
         let replayed = Projections::new(State::new(config.pages.values().map(|(_, p)| p.clone())));
         let projections = &self.baton.running.state.projections;
