@@ -822,7 +822,7 @@ impl Projections {
     }
 
     /// Folds every durable record from the current position to the head,
-    /// [`FOLD_SLICE`] records per hold of the write lock; those a recorder
+    /// 64 records (`FOLD_SLICE`) per hold of the write lock; those a recorder
     /// handed over are not decoded at all.
     pub async fn catch_up<S: EventStore>(&self, store: &S) -> Result<(), StorageError> {
         loop {
