@@ -272,3 +272,17 @@ pub enum ImportError {
     #[error("could not read the store: {0}")]
     Storage(#[from] StorageError),
 }
+
+/// A [`StorageError::Corrupt`] at `location` (a key or a row), for the
+/// stores that find a record they cannot read back.
+pub(crate) fn corrupt(
+    location: impl Into<String>,
+    reason: impl Into<String>,
+    position: Option<u64>,
+) -> StorageError {
+    StorageError::Corrupt {
+        location: location.into(),
+        reason: reason.into(),
+        position,
+    }
+}

@@ -23,18 +23,20 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Executor, PgConnection, Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::error::{AppendError, StorageError};
+use crate::error::{corrupt, AppendError, StorageError};
 use crate::record::{Appended, ChainHash, Head, NewRecord, Record};
 use crate::store::{EventStore, StoreConfig};
 use crate::vault::KeyVault;
-use crate::writer::{Committed, Stage, StageError, WriterPause};
+use crate::writer::{
+    AppendAnswer, AppendReply, Committed, Request, Stage, StageError, Stopped, WriterPause,
+};
 
 /// The schema migrations, in order, embedded in the binary. A migration is
 /// never edited once released; a change is a new file.
@@ -188,18 +190,6 @@ fn engine(e: sqlx::Error) -> StorageError {
     StorageError::Engine(Box::new(e))
 }
 
-fn corrupt(
-    location: impl Into<String>,
-    reason: impl Into<String>,
-    position: Option<u64>,
-) -> StorageError {
-    StorageError::Corrupt {
-        location: location.into(),
-        reason: reason.into(),
-        position,
-    }
-}
-
 fn connect_options(url: &str) -> Result<PgConnectOptions, PgError> {
     let options = PgConnectOptions::from_str(url).map_err(|e| PgError::InvalidUrl {
         url: redacted(url),
@@ -292,61 +282,29 @@ fn channel(shard: i32) -> String {
     format!("baton_event_log_{shard}")
 }
 
-type AppendReply = oneshot::Sender<Result<Vec<Appended>, AppendError>>;
-type AppendAnswer = oneshot::Receiver<Result<Vec<Appended>, AppendError>>;
-
-enum Request {
-    Append {
-        batch: Vec<NewRecord>,
-        reply: AppendReply,
-    },
-    Restore {
-        records: Vec<Record>,
-        reply: oneshot::Sender<Result<Head, AppendError>>,
-    },
-    Pause {
-        ack: oneshot::Sender<()>,
-        resume: std::sync::mpsc::Receiver<()>,
-    },
-}
-
 /// What the store's tasks and its handle share.
 struct Shared {
     pool: PgPool,
     shard: i32,
     /// The highest head position known to be committed.
     durable: watch::Sender<u64>,
-    stopped: Mutex<Option<Arc<StorageError>>>,
+    stopped: Stopped,
     groups: AtomicU64,
     vault: Arc<KeyVault>,
 }
 
 impl Shared {
     fn stopped_error(&self) -> AppendError {
-        let cause = self
-            .stopped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .unwrap_or_else(|| {
-                Arc::new(StorageError::Engine(
-                    "the event log writer task exited unexpectedly".into(),
-                ))
-            });
-        AppendError::WriterStopped { cause }
+        self.stopped
+            .error("the event log writer task exited unexpectedly")
     }
 
     fn stop(&self, cause: StorageError) -> Arc<StorageError> {
-        let cause = Arc::new(cause);
-        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = Some(cause.clone());
-        cause
+        self.stopped.stop(cause)
     }
 
     fn is_stopped(&self) -> bool {
-        self.stopped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
+        self.stopped.is_stopped()
     }
 
     /// Moves the watched head forward (never back: a notification or a poll
@@ -462,7 +420,7 @@ impl PgStore {
             pool,
             shard: config.shard,
             durable,
-            stopped: Mutex::new(None),
+            stopped: Stopped::default(),
             groups: AtomicU64::new(0),
             vault: vault.clone(),
         });

@@ -29,7 +29,7 @@ use std::sync::{PoisonError, RwLock};
 
 use uuid::Uuid;
 
-use crate::error::{AppendError, OpenError, StorageError};
+use crate::error::{corrupt, AppendError, OpenError, StorageError};
 use crate::record::{Appended, Head, Record};
 use crate::store::StoreConfig;
 use crate::writer::{Backend, Core, WriterPause};
@@ -81,18 +81,6 @@ fn idempotency_key(text: &str) -> Vec<u8> {
     key.push(IDEMPOTENCY);
     key.extend_from_slice(text.as_bytes());
     key
-}
-
-fn corrupt(
-    location: impl Into<String>,
-    reason: impl Into<String>,
-    position: Option<u64>,
-) -> StorageError {
-    StorageError::Corrupt {
-        location: location.into(),
-        reason: reason.into(),
-        position,
-    }
 }
 
 fn be_u64(bytes: &[u8], location: &str) -> Result<u64, StorageError> {

@@ -64,10 +64,12 @@ impl<B: Backend> Committed for B {
     }
 }
 
-type AppendReply = oneshot::Sender<Result<Vec<Appended>, AppendError>>;
-type AppendAnswer = oneshot::Receiver<Result<Vec<Appended>, AppendError>>;
+pub(crate) type AppendReply = oneshot::Sender<Result<Vec<Appended>, AppendError>>;
+pub(crate) type AppendAnswer = oneshot::Receiver<Result<Vec<Appended>, AppendError>>;
 
-enum Request {
+/// What a store's handle asks its writer (this module's thread, or the
+/// PostgreSQL store's task).
+pub(crate) enum Request {
     Append {
         batch: Vec<NewRecord>,
         reply: AppendReply,
@@ -86,30 +88,51 @@ struct Shared<B> {
     backend: B,
     head: RwLock<Head>,
     durable: watch::Sender<u64>,
-    stopped: Mutex<Option<Arc<StorageError>>>,
+    stopped: Stopped,
     /// Groups committed (each one backend commit).
     groups: std::sync::atomic::AtomicU64,
 }
 
 impl<B> Shared<B> {
     fn stopped_error(&self) -> AppendError {
-        let cause = self
-            .stopped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .unwrap_or_else(|| {
-                Arc::new(StorageError::Engine(
-                    "the writer thread exited unexpectedly".into(),
-                ))
-            });
-        AppendError::WriterStopped { cause }
+        self.stopped.error("the writer thread exited unexpectedly")
     }
 
     fn stop(&self, cause: StorageError) -> Arc<StorageError> {
+        self.stopped.stop(cause)
+    }
+}
+
+/// Why a store's writer stopped, once it has: every later append is
+/// answered with that cause.
+#[derive(Default)]
+pub(crate) struct Stopped(Mutex<Option<Arc<StorageError>>>);
+
+impl Stopped {
+    /// Records `cause` (the last one wins) and returns it, shared.
+    pub(crate) fn stop(&self, cause: StorageError) -> Arc<StorageError> {
         let cause = Arc::new(cause);
-        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = Some(cause.clone());
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(cause.clone());
         cause
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// The answer for an append after the stop; `exited` says what happened
+    /// when the writer went away without recording a cause.
+    pub(crate) fn error(&self, exited: &str) -> AppendError {
+        let cause = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| Arc::new(StorageError::Engine(exited.into())));
+        AppendError::WriterStopped { cause }
     }
 }
 
@@ -147,7 +170,7 @@ impl<B: Backend> Core<B> {
             backend,
             head: RwLock::new(head),
             durable,
-            stopped: Mutex::new(None),
+            stopped: Stopped::default(),
             groups: std::sync::atomic::AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
@@ -210,13 +233,7 @@ impl<B: Backend> Core<B> {
     }
 
     fn send(&self, request: Request) -> Result<(), AppendError> {
-        if self
-            .shared
-            .stopped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-        {
+        if self.shared.stopped.is_stopped() {
             return Err(self.shared.stopped_error());
         }
         match self.tx.try_send(request) {

@@ -18,17 +18,6 @@ use domain::{
 use event_log::{EventStore, MemoryStore, NewRecord};
 use server::projections::State;
 
-/// Resident memory of this process, from /proc (Linux): no allocator hooks
-/// (the workspace forbids `unsafe`), which is precise enough at a million threads.
-fn resident_bytes() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 fn page() -> Page {
     let bot = AppId::parse("1001").unwrap();
     Page::new(
@@ -164,14 +153,14 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let before = resident_bytes();
+    let before = test_support::resident_bytes();
     let mut state = State::new([page.clone()]);
     for n in 0..million {
         for e in thread_events(&page, n, t0) {
             state.apply(&e);
         }
     }
-    let after = resident_bytes();
+    let after = test_support::resident_bytes();
     println!(
         "memory: {million} threads (3 messages on two channels each) hold {:.0} MiB: {:.0} bytes per thread (ledger + dedupe index)",
         (after - before) as f64 / (1024.0 * 1024.0),

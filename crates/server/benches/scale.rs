@@ -37,15 +37,6 @@ fn delivery(n: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-fn resident_bytes() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 fn disk_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -147,14 +138,14 @@ fn main() {
         let running = server::start(config(&data_dir), store.clone(), clock.clone())
             .await
             .expect("server starts");
-        let before = resident_bytes();
+        let before = test_support::resident_bytes();
         println!(
             "scale: {threads} distinct senders, one message each, over {CONNECTIONS} connections, durable sled log"
         );
         let started = Instant::now();
         let latencies = feed(&running.base_url(), threads).await;
         let elapsed = started.elapsed();
-        let after = resident_bytes();
+        let after = test_support::resident_bytes();
         println!(
             "{:<18} {:>10} {:>10} {:>10} {:>12}",
             "slice", "p50", "p99", "p99.9", "p99/first"
