@@ -58,8 +58,15 @@ fn on_postgres(text: &str, dir: &Path) -> String {
     format!("{STORE}\n{}\n", lines.join("\n"))
 }
 
-#[test]
-fn migrate_applies_the_schema_once_and_says_so() {
+/// A fresh database on the shared server, and a temporary directory with
+/// the test configuration moved to it (`baton.toml`): server, URL,
+/// directory, configuration file.
+fn a_node_on_a_new_database() -> (
+    &'static TestServer,
+    String,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
     let server = TestServer::shared().unwrap();
     let url = server.create_database().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -69,6 +76,12 @@ fn migrate_applies_the_schema_once_and_says_so() {
     );
     let config = dir.path().join("baton.toml");
     std::fs::write(&config, text).unwrap();
+    (server, url, dir, config)
+}
+
+#[test]
+fn migrate_applies_the_schema_once_and_says_so() {
+    let (server, url, dir, config) = a_node_on_a_new_database();
     let config = config.to_str().unwrap();
 
     let out = baton(Some(&url), &["migrate", "--config", config]);
@@ -121,15 +134,7 @@ fn migrate_applies_the_schema_once_and_says_so() {
 
 #[test]
 fn serve_runs_on_postgres_and_the_offline_commands_read_it() {
-    let server = TestServer::shared().unwrap();
-    let url = server.create_database().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let text = on_postgres(
-        &test_support::BatonToml::new("http://127.0.0.1:9").render(),
-        dir.path(),
-    );
-    let config = dir.path().join("baton.toml");
-    std::fs::write(&config, text).unwrap();
+    let (_, url, dir, config) = a_node_on_a_new_database();
     let config = config.to_str().unwrap();
 
     let mut serve = Command::new(env!("CARGO_BIN_EXE_baton"))
