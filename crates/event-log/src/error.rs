@@ -68,6 +68,15 @@ pub enum AppendError {
         /// The position offered.
         found: u64,
     },
+    /// This node does not hold the shard's lease under the epoch the append
+    /// needs (see [`crate::Fence`]): the database refused it, or the node
+    /// refused it first while it steps down. Nothing of the batch was
+    /// written; the owner decides (`docs/scale-out.md`).
+    #[error("this node does not own the shard (epoch {epoch:?}); the append was refused")]
+    Fenced {
+        /// The epoch the append carried, if it carried one.
+        epoch: Option<u64>,
+    },
     /// The writer stopped after a storage failure (or was shut down). It is
     /// never restarted silently: reopen the store once the cause is fixed.
     #[error("the event log writer has stopped: {cause}")]

@@ -28,6 +28,7 @@
 mod any;
 mod checkpoint;
 mod error;
+mod lease;
 mod memory;
 mod ndjson;
 pub mod postgres;
@@ -47,6 +48,7 @@ pub use checkpoint::{
 pub use error::{
     AppendError, ChainFault, ExportError, ImportError, OpenError, StorageError, VerifyError,
 };
+pub use lease::{Claim, Fence, Leases};
 pub use memory::MemoryStore;
 pub use ndjson::{
     export_ndjson, export_ndjson_noted, import_ndjson, ndjson_line, ndjson_line_noted,

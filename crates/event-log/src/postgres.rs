@@ -12,9 +12,11 @@
 //! them. A record is durable when its COMMIT returns (`synchronous_commit`
 //! is forced on for the store's connections).
 //!
-//! This module does not hold leases, fence stale owners or route work
-//! between nodes; it keeps the content-key vault on local disk. Those are the
-//! next steps of issue 15.
+//! The store also holds the shard's lease ([`Leases`]): the owner's appends
+//! carry its epoch, and a trigger on the head row refuses one whose epoch is
+//! not the live lease's, so a node that was paused past its lease cannot
+//! write once another has taken over. It keeps the content-key vault on
+//! local disk (a known gap, `docs/scale-out.md`).
 
 #[cfg(feature = "pg-testing")]
 pub mod testing;
@@ -31,6 +33,7 @@ use sqlx::{Connection, Executor, PgConnection, Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{corrupt, AppendError, StorageError};
+use crate::lease::{Claim, Fence, Leases};
 use crate::record::{Appended, ChainHash, Head, NewRecord, Record};
 use crate::store::{EventStore, StoreConfig};
 use crate::vault::KeyVault;
@@ -40,11 +43,23 @@ use crate::writer::{
 
 /// The schema migrations, in order, embedded in the binary. A migration is
 /// never edited once released; a change is a new file.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "event_log",
-    include_str!("../migrations/0001_event_log.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "event_log",
+        include_str!("../migrations/0001_event_log.sql"),
+    ),
+    (2, "leases", include_str!("../migrations/0002_leases.sql")),
+];
+
+/// The SQLSTATE the fence trigger raises (`0002_leases.sql`).
+const FENCED: &str = "BTFNC";
+
+/// How long a connection may sit inside a transaction doing nothing before
+/// the server ends it: a node frozen mid-append (SIGSTOP, a VM pause) must
+/// not hold the shard's head row, and with it every node's appends, for
+/// longer than this.
+const IDLE_IN_TRANSACTION: &str = "5000";
 
 /// Key of the transaction-scoped advisory lock that serialises migrations
 /// (`pg_advisory_xact_lock`), so nodes started together migrate once.
@@ -203,6 +218,7 @@ fn connect_options(url: &str) -> Result<PgConnectOptions, PgError> {
         ("synchronous_commit", "on"),
         // A space inside a startup option is escaped with a backslash.
         ("default_transaction_isolation", "read\\ committed"),
+        ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION),
     ]))
 }
 
@@ -291,6 +307,10 @@ struct Shared {
     stopped: Stopped,
     groups: AtomicU64,
     vault: Arc<KeyVault>,
+    /// What this node's appends carry (see [`Fence`]).
+    fence: watch::Sender<Fence>,
+    /// Appends the database refused as stale.
+    fenced: AtomicU64,
 }
 
 impl Shared {
@@ -305,6 +325,31 @@ impl Shared {
 
     fn is_stopped(&self) -> bool {
         self.stopped.is_stopped()
+    }
+
+    /// The epoch this node's next write carries, or the refusal when it is
+    /// stepping down.
+    fn write_epoch(&self) -> Result<Option<u64>, AppendError> {
+        match *self.fence.borrow() {
+            Fence::Follower => Ok(None),
+            Fence::Owner(epoch) => Ok(Some(epoch)),
+            Fence::Closed => Err(AppendError::Fenced { epoch: None }),
+        }
+    }
+
+    /// Counts a write the database refused under `epoch` and closes the
+    /// fence, unless the node has moved on to another epoch meanwhile.
+    fn refused(&self, epoch: Option<u64>) -> AppendError {
+        self.fenced.fetch_add(1, Ordering::Relaxed);
+        self.fence.send_if_modified(|fence| {
+            if epoch.is_some_and(|e| *fence == Fence::Owner(e)) {
+                *fence = Fence::Closed;
+                true
+            } else {
+                false
+            }
+        });
+        AppendError::Fenced { epoch }
     }
 
     /// Moves the watched head forward (never back: a notification or a poll
@@ -423,6 +468,8 @@ impl PgStore {
             stopped: Stopped::default(),
             groups: AtomicU64::new(0),
             vault: vault.clone(),
+            fence: watch::Sender::new(Fence::Follower),
+            fenced: AtomicU64::new(0),
         });
 
         // LISTEN before reading the head, so that no append falls between
@@ -540,6 +587,119 @@ impl PgStore {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Append { batch, reply })?;
         Ok(Some(rx))
+    }
+}
+
+impl PgStore {
+    /// The dispatch cursor of `app` on this shard as the owner last stored
+    /// it (JSON), or `None` when none was stored.
+    pub async fn load_dispatch_cursor(&self, app: &str) -> Result<Option<String>, StorageError> {
+        sqlx::query_scalar(
+            "SELECT state::text FROM event_log_dispatch_cursors WHERE shard = $1 AND app = $2",
+        )
+        .bind(self.shared.shard)
+        .bind(app)
+        .fetch_optional(&self.shared.pool)
+        .await
+        .map_err(engine)
+    }
+
+    /// Stores the dispatch cursor of `app` (JSON) under this node's epoch:
+    /// refused ([`AppendError::Fenced`]) unless the node owns the shard, by
+    /// the database when its lease has moved on or lapsed.
+    pub async fn store_dispatch_cursor(&self, app: &str, state: &str) -> Result<(), AppendError> {
+        let Some(epoch) = self.shared.write_epoch()? else {
+            return Err(AppendError::Fenced { epoch: None });
+        };
+        let stored = sqlx::query(
+            "INSERT INTO event_log_dispatch_cursors (shard, app, state, epoch) \
+             VALUES ($1, $2, $3::text::jsonb, $4) \
+             ON CONFLICT (shard, app) DO UPDATE SET state = EXCLUDED.state, epoch = EXCLUDED.epoch",
+        )
+        .bind(self.shared.shard)
+        .bind(app)
+        .bind(state)
+        .bind(to_i64(epoch))
+        .execute(&self.shared.pool)
+        .await
+        .map_err(engine);
+        match stored {
+            Ok(_) => Ok(()),
+            Err(e) if is_fenced(&e) => Err(self.shared.refused(Some(epoch))),
+            Err(e) => Err(AppendError::WriterStopped { cause: Arc::new(e) }),
+        }
+    }
+}
+
+impl Leases for PgStore {
+    async fn claim(&self, node: &str, address: &str, ttl: Duration) -> Result<Claim, StorageError> {
+        let mut tx = self.shared.pool.begin().await.map_err(engine)?;
+        // Taken when vacant or lapsed (a new epoch), renewed by its holder
+        // (the same epoch); left alone while another node's is live.
+        sqlx::query(
+            "INSERT INTO event_log_leases AS l (shard, node, epoch, expires_at, address) \
+             VALUES ($1, $2, 1, clock_timestamp() + make_interval(secs => $3), $4) \
+             ON CONFLICT (shard) DO UPDATE \
+                SET epoch = CASE WHEN l.node = EXCLUDED.node THEN l.epoch ELSE l.epoch + 1 END, \
+                    node = EXCLUDED.node, expires_at = EXCLUDED.expires_at, \
+                    address = EXCLUDED.address \
+              WHERE l.node = EXCLUDED.node OR l.expires_at <= clock_timestamp()",
+        )
+        .bind(self.shared.shard)
+        .bind(node)
+        .bind(ttl.as_secs_f64())
+        .bind(address)
+        .execute(&mut *tx)
+        .await
+        .map_err(engine)?;
+        let row = sqlx::query(
+            "SELECT node, epoch, address, \
+                    GREATEST(0, (extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint) \
+                        AS remaining_ms \
+             FROM event_log_leases WHERE shard = $1",
+        )
+        .bind(self.shared.shard)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(engine)?;
+        tx.commit().await.map_err(engine)?;
+        let holder: String = row.try_get("node").map_err(engine)?;
+        let epoch: i64 = row.try_get("epoch").map_err(engine)?;
+        let remaining: i64 = row.try_get("remaining_ms").map_err(engine)?;
+        let remaining = Duration::from_millis(u64::try_from(remaining).unwrap_or(0));
+        Ok(Claim {
+            mine: holder == node && !remaining.is_zero(),
+            holder,
+            epoch: u64::try_from(epoch)
+                .map_err(|_| corrupt("lease".to_owned(), "negative epoch", None))?,
+            address: row.try_get("address").map_err(engine)?,
+            remaining,
+        })
+    }
+
+    async fn release(&self, node: &str) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE event_log_leases SET expires_at = clock_timestamp() \
+             WHERE shard = $1 AND node = $2 AND expires_at > clock_timestamp()",
+        )
+        .bind(self.shared.shard)
+        .bind(node)
+        .execute(&self.shared.pool)
+        .await
+        .map_err(engine)?;
+        Ok(())
+    }
+
+    fn set_fence(&self, fence: Fence) {
+        self.shared.fence.send_replace(fence);
+    }
+
+    fn fence(&self) -> watch::Receiver<Fence> {
+        self.shared.fence.subscribe()
+    }
+
+    fn fenced_appends(&self) -> u64 {
+        self.shared.fenced.load(Ordering::Relaxed)
     }
 }
 
@@ -769,10 +929,33 @@ async fn run_writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>, config
 /// against a reopened store.
 async fn commit_group(shared: &Shared, group: Vec<(Vec<NewRecord>, AppendReply)>) -> bool {
     let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-    match write_group(shared, &batches).await {
+    let epoch = match shared.write_epoch() {
+        Ok(epoch) => epoch,
+        Err(_closed) => {
+            for reply in replies {
+                let _ = reply.send(Err(AppendError::Fenced { epoch: None }));
+            }
+            return true;
+        }
+    };
+    match write_group(shared, &batches, epoch).await {
         Ok((answers, head)) => {
             shared.publish(head.position);
             for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
+            }
+            true
+        }
+        Err((e, answers)) if is_fenced(&e) => {
+            // Rolled back by the trigger: nothing was written, and the
+            // writer goes on (the node steps down and records as a follower).
+            shared.refused(epoch);
+            let mut answers = answers.into_iter();
+            for reply in replies {
+                let answer = match answers.next() {
+                    Some(Err(rejected)) => Err(rejected),
+                    _ => Err(AppendError::Fenced { epoch }),
+                };
                 let _ = reply.send(answer);
             }
             true
@@ -798,11 +981,23 @@ async fn commit_group(shared: &Shared, group: Vec<(Vec<NewRecord>, AppendReply)>
 
 type Answers = Vec<Result<Vec<Appended>, AppendError>>;
 
+/// Whether the fence trigger refused the transaction.
+fn is_fenced(e: &StorageError) -> bool {
+    let StorageError::Engine(source) = e else {
+        return false;
+    };
+    matches!(
+        source.downcast_ref::<sqlx::Error>(),
+        Some(sqlx::Error::Database(db)) if db.code().as_deref() == Some(FENCED)
+    )
+}
+
 /// The group's transaction. On failure, returns the answers staged so far
 /// (rejections among them still stand).
 async fn write_group(
     shared: &Shared,
     batches: &[Vec<NewRecord>],
+    epoch: Option<u64>,
 ) -> Result<(Answers, Head), (StorageError, Answers)> {
     let fail = |e: StorageError| (e, Vec::new());
     let mut tx = shared.pool.begin().await.map_err(|e| fail(engine(e)))?;
@@ -846,7 +1041,7 @@ async fn write_group(
     }
     let written = async {
         insert_records(&mut tx, shared.shard, &stage.records).await?;
-        move_head(&mut tx, shared.shard, stage.head).await?;
+        move_head(&mut tx, shared.shard, stage.head, epoch).await?;
         sync_vault(&shared.vault).await?;
         tx.commit().await.map_err(engine)
     };
@@ -1016,15 +1211,19 @@ async fn insert_records(
 }
 
 /// Moves the head row and notifies listeners; both take effect at COMMIT.
+/// The head row's trigger refuses the move when `epoch` is not the live
+/// lease's (`0002_leases.sql`).
 async fn move_head(
     tx: &mut Transaction<'_, Postgres>,
     shard: i32,
     head: Head,
+    epoch: Option<u64>,
 ) -> Result<(), StorageError> {
-    sqlx::query("UPDATE event_log_heads SET position = $2, hash = $3 WHERE shard = $1")
+    sqlx::query("UPDATE event_log_heads SET position = $2, hash = $3, epoch = $4 WHERE shard = $1")
         .bind(shard)
         .bind(to_i64(head.position))
         .bind(&head.hash.0[..])
+        .bind(epoch.map(to_i64))
         .execute(&mut **tx)
         .await
         .map_err(engine)?;
@@ -1082,7 +1281,7 @@ async fn restore(shared: &Shared, records: Vec<Record>) -> Result<Head, AppendEr
     }
     let written = async {
         insert_records(&mut tx, shared.shard, &records).await?;
-        move_head(&mut tx, shared.shard, head).await?;
+        move_head(&mut tx, shared.shard, head, None).await?;
         tx.commit().await.map_err(engine)
     };
     written.await.map_err(stop)?;

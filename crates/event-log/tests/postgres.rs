@@ -11,7 +11,7 @@ use std::time::Duration;
 use event_log::postgres::testing::TestServer;
 use event_log::{
     export_ndjson, import_ndjson, verify, verify_ndjson, AppendError, EventStore, ExpectedVersion,
-    NewRecord, PgError, PgStore, PgStoreConfig, Record, SledStore,
+    Fence, Leases, NewRecord, PgError, PgStore, PgStoreConfig, Record, SledStore,
 };
 
 fn rec(stream: &str, payload: &str) -> NewRecord {
@@ -392,7 +392,7 @@ async fn migrate_is_idempotent_and_refuses_a_newer_schema() {
     // Run together, under the advisory lock: one applies, one finds it done.
     let mut applied = [first.unwrap(), second.unwrap()];
     applied.sort();
-    assert_eq!(applied, [0, 1]);
+    assert_eq!(applied, [0, 2]);
     assert_eq!(event_log::postgres::migrate(&url).await.unwrap(), 0);
     let name = url.rsplit('/').next().unwrap();
     let versions = server
@@ -401,7 +401,7 @@ async fn migrate_is_idempotent_and_refuses_a_newer_schema() {
             "SELECT version, name FROM event_log_migrations ORDER BY version",
         )
         .unwrap();
-    assert_eq!(versions.trim(), "1|event_log");
+    assert_eq!(versions.trim(), "1|event_log\n2|leases");
 
     // A store connecting migrates too, and finds nothing to do.
     let mut config = server.store_config().unwrap();
@@ -419,7 +419,7 @@ async fn migrate_is_idempotent_and_refuses_a_newer_schema() {
     match PgStore::connect(config).await {
         Err(PgError::SchemaTooNew {
             found: 999,
-            known: 1,
+            known: 2,
         }) => {}
         other => panic!("unexpected {other:?}"),
     }
@@ -499,6 +499,115 @@ async fn the_export_of_a_postgres_log_verifies_and_imports_into_sled() {
     export_ndjson(&sled, &mut again).await.unwrap();
     assert_eq!(again, file);
     sled.close().await;
+    a.close().await;
+    b.close().await;
+}
+
+/// The lease as one node claims it, and the other's view of it.
+const TTL: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_refuses_a_stale_owners_writes_and_a_follower_records() {
+    let server = shared();
+    let config = server.store_config().unwrap();
+    let database = config.url.rsplit('/').next().unwrap().to_owned();
+    let a = PgStore::connect(config.clone()).await.unwrap();
+    let b = PgStore::connect(config).await.unwrap();
+
+    // A takes the vacant lease; B finds A's, and where to route to.
+    let claim = a.claim("node-a", "http://a:1", TTL).await.unwrap();
+    assert!(claim.mine && claim.epoch == 1 && claim.remaining > Duration::ZERO);
+    let seen = b.claim("node-b", "http://b:1", TTL).await.unwrap();
+    assert!(!seen.mine);
+    assert_eq!(
+        (seen.holder.as_str(), seen.epoch, seen.address.as_str()),
+        ("node-a", 1, "http://a:1")
+    );
+    a.set_fence(Fence::Owner(1));
+    a.append(vec![rec("t/1", "decided by a")]).await.unwrap();
+    // A follower's appends carry no epoch: it records webhooks.
+    b.append(vec![rec("t/1", "webhook via b")]).await.unwrap();
+    // Renewed by its holder: the same epoch.
+    assert_eq!(a.claim("node-a", "http://a:1", TTL).await.unwrap().epoch, 1);
+
+    // A's lease lapses (A was frozen): its next write is refused by the
+    // database, nothing of it is written, and its fence closes.
+    server
+        .psql(
+            &database,
+            "UPDATE event_log_leases SET expires_at = clock_timestamp() - interval '1 second'",
+        )
+        .unwrap();
+    let head = a.head().await.unwrap();
+    match a.append(vec![rec("t/1", "too late")]).await {
+        Err(AppendError::Fenced { epoch: Some(1) }) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(a.head().await.unwrap(), head);
+    assert_eq!(*a.fence().borrow(), Fence::Closed);
+    assert_eq!(a.fenced_appends(), 1);
+    // Closed: refused before the database is asked.
+    match a.append(vec![rec("t/1", "closed")]).await {
+        Err(AppendError::Fenced { epoch: None }) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(a.fenced_appends(), 1);
+
+    // B takes over under a new epoch and decides.
+    let claim = b.claim("node-b", "http://b:1", TTL).await.unwrap();
+    assert!(claim.mine);
+    assert_eq!(claim.epoch, 2);
+    b.set_fence(Fence::Owner(2));
+    b.append(vec![rec("t/1", "decided by b")]).await.unwrap();
+    b.store_dispatch_cursor("111", r#"{"cursor":7,"settled":[9]}"#)
+        .await
+        .unwrap();
+
+    // A, still believing in epoch 1, is refused: appends and cursors alike.
+    a.set_fence(Fence::Owner(1));
+    match a.append(vec![rec("t/1", "stale")]).await {
+        Err(AppendError::Fenced { epoch: Some(1) }) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    a.set_fence(Fence::Owner(1));
+    match a.store_dispatch_cursor("111", r#"{"cursor":1}"#).await {
+        Err(AppendError::Fenced { epoch: Some(1) }) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(a.fenced_appends(), 3);
+    let claim = a.claim("node-a", "http://a:1", TTL).await.unwrap();
+    assert!(!claim.mine);
+    assert_eq!((claim.holder.as_str(), claim.epoch), ("node-b", 2));
+    // As a follower, A records again; the owner's cursor stands.
+    a.set_fence(Fence::Follower);
+    a.append(vec![rec("t/1", "webhook via a")]).await.unwrap();
+    let cursor = a.load_dispatch_cursor("111").await.unwrap().unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&cursor).unwrap(),
+        serde_json::json!({"cursor": 7, "settled": [9]})
+    );
+    assert_eq!(a.load_dispatch_cursor("222").await.unwrap(), None);
+
+    // A clean stop releases the lease: A takes it at once, epoch 3.
+    b.release("node-b").await.unwrap();
+    let claim = a.claim("node-a", "http://a:1", TTL).await.unwrap();
+    assert!(claim.mine);
+    assert_eq!(claim.epoch, 3);
+
+    let payloads: Vec<String> = assert_one_gapless_chain(&a)
+        .await
+        .iter()
+        .map(|r| String::from_utf8(r.payload.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        payloads,
+        [
+            "decided by a",
+            "webhook via b",
+            "decided by b",
+            "webhook via a"
+        ]
+    );
     a.close().await;
     b.close().await;
 }
