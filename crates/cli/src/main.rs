@@ -314,8 +314,8 @@ async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     // The server is generic over the store: each arm runs it on the
     // concrete type, so sled's path is what it was before PostgreSQL.
-    match config.postgres_store_config() {
-        None => {
+    match config.store.clone() {
+        server::config::StoreSetting::Sled => {
             let store = event_log::SledStore::open_with(
                 config.sled_log_dir(),
                 event_log::StoreConfig {
@@ -326,11 +326,23 @@ async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
             .context("opening the event log")?;
             serve_on(config, store).await
         }
-        Some(pg) => {
-            let store = event_log::PgStore::connect(pg)
+        server::config::StoreSetting::Postgres(setting) => {
+            let store = event_log::PgStore::connect(setting.store_config(&config.data_dir))
                 .await
                 .context("opening the event log in PostgreSQL")?;
-            serve_on(config, store).await
+            let cluster = server::Cluster {
+                lease: std::time::Duration::from_millis(setting.lease_ms),
+                advertise_url: setting.advertise_url.clone(),
+                node_id: setting.node_id.clone(),
+            };
+            let running = server::start_leased(
+                config,
+                Arc::new(store),
+                Arc::new(server::SystemClock),
+                cluster,
+            )
+            .await?;
+            serve_running(running).await
         }
     }
 }
@@ -341,6 +353,12 @@ async fn serve_on<S: event_log::EventStore + 'static>(
 ) -> anyhow::Result<ExitCode> {
     let store = Arc::new(store);
     let running = server::start(config, store, Arc::new(server::SystemClock)).await?;
+    serve_running(running).await
+}
+
+async fn serve_running<S: event_log::EventStore + 'static>(
+    running: server::Running<S>,
+) -> anyhow::Result<ExitCode> {
     println!("baton listening on {}", running.base_url());
     server::serve_until_signal(running)
         .await

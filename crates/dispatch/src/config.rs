@@ -79,6 +79,9 @@ pub struct DispatchConfig {
     pub read_batch: usize,
     pub start_at: StartAt,
     pub clock: Arc<dyn Clock>,
+    /// When set, cursors live in this shared store (written under the
+    /// owner's epoch) instead of files in `cursor_dir`.
+    pub shared_cursors: Option<Arc<dyn crate::cursor::SharedCursors>>,
 }
 
 impl DispatchConfig {
@@ -99,6 +102,7 @@ impl DispatchConfig {
             read_batch: 512,
             start_at: StartAt::Beginning,
             clock: Arc::new(SystemClock),
+            shared_cursors: None,
         }
     }
 }

@@ -2,10 +2,17 @@
 //! for the app, plus the positions above it that are already settled (so a
 //! restart repeats as little as possible). Written atomically: temp file,
 //! fsync, rename, fsync of the directory. It knows nothing of HTTP.
+//!
+//! On a store that several nodes share, the cursors live in that store
+//! instead ([`SharedCursors`]), written under the owner's epoch, so a new
+//! owner dispatches from where the old one stopped.
 
 use std::fs::{self, File};
+use std::future::Future;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
 
 use domain::ids::AppId;
 use serde::{Deserialize, Serialize};
@@ -68,6 +75,118 @@ impl CursorFile {
         #[cfg(unix)]
         File::open(&self.dir)?.sync_all()?;
         Ok(())
+    }
+}
+
+/// A boxed future, so that [`SharedCursors`] can be a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Cursors kept in the store that the nodes share.
+pub trait SharedCursors: std::fmt::Debug + Send + Sync + 'static {
+    /// `app`'s stored cursor, or `None` when it has none yet.
+    fn load<'a>(&'a self, app: &'a AppId) -> BoxFuture<'a, io::Result<Option<CursorState>>>;
+    /// Replaces `app`'s cursor; refused unless this node owns the shard.
+    fn store<'a>(&'a self, app: &'a AppId, state: &'a CursorState)
+        -> BoxFuture<'a, io::Result<()>>;
+}
+
+impl SharedCursors for event_log::PgStore {
+    fn load<'a>(&'a self, app: &'a AppId) -> BoxFuture<'a, io::Result<Option<CursorState>>> {
+        Box::pin(async move {
+            match self
+                .load_dispatch_cursor(app.as_str())
+                .await
+                .map_err(io::Error::other)?
+            {
+                None => Ok(None),
+                Some(json) => serde_json::from_str(&json)
+                    .map(Some)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        })
+    }
+
+    fn store<'a>(
+        &'a self,
+        app: &'a AppId,
+        state: &'a CursorState,
+    ) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            let json = serde_json::to_string(state).map_err(io::Error::other)?;
+            self.store_dispatch_cursor(app.as_str(), &json)
+                .await
+                .map_err(io::Error::other)
+        })
+    }
+}
+
+impl SharedCursors for event_log::AnyStore {
+    fn load<'a>(&'a self, app: &'a AppId) -> BoxFuture<'a, io::Result<Option<CursorState>>> {
+        match self {
+            event_log::AnyStore::Postgres(pg) => SharedCursors::load(pg, app),
+            event_log::AnyStore::Sled(_) => Box::pin(async { Err(no_shared_cursors()) }),
+        }
+    }
+
+    fn store<'a>(
+        &'a self,
+        app: &'a AppId,
+        state: &'a CursorState,
+    ) -> BoxFuture<'a, io::Result<()>> {
+        match self {
+            event_log::AnyStore::Postgres(pg) => SharedCursors::store(pg, app, state),
+            event_log::AnyStore::Sled(_) => Box::pin(async { Err(no_shared_cursors()) }),
+        }
+    }
+}
+
+fn no_shared_cursors() -> io::Error {
+    io::Error::other("the embedded sled log keeps no shared cursors: they are files in data_dir")
+}
+
+/// Where one backend's cursor is kept.
+#[derive(Debug, Clone)]
+pub enum CursorSlot {
+    /// A file of its own (the embedded store).
+    File(CursorFile),
+    /// The shared store's row for the app.
+    Shared {
+        cursors: Arc<dyn SharedCursors>,
+        app: AppId,
+    },
+}
+
+impl CursorSlot {
+    pub async fn load(&self) -> io::Result<Option<CursorState>> {
+        match self {
+            CursorSlot::File(file) => {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || file.load())
+                    .await
+                    .map_err(io::Error::other)?
+            }
+            CursorSlot::Shared { cursors, app } => cursors.load(app).await,
+        }
+    }
+
+    pub async fn store(&self, state: &CursorState) -> io::Result<()> {
+        match self {
+            CursorSlot::File(file) => {
+                let (file, state) = (file.clone(), state.clone());
+                tokio::task::spawn_blocking(move || file.store(&state))
+                    .await
+                    .map_err(io::Error::other)?
+            }
+            CursorSlot::Shared { cursors, app } => cursors.store(app, state).await,
+        }
+    }
+
+    /// Where it is, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            CursorSlot::File(file) => file.path().display().to_string(),
+            CursorSlot::Shared { app, .. } => format!("the shared store's cursor of app {app}"),
+        }
     }
 }
 

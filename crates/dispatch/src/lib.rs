@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 pub use config::{BackendConfig, Clock, DispatchConfig, ManualClock, Secret, StartAt, SystemClock};
-pub use cursor::{CursorFile, CursorState};
+pub use cursor::{CursorFile, CursorSlot, CursorState, SharedCursors};
 pub use status::{render_prometheus, BackendStatus};
 
 use worker::Worker;
@@ -70,8 +70,7 @@ pub enum RedriveError {
 
 struct Backend {
     config: BackendConfig,
-    cursor_file: CursorFile,
-    resume: CursorState,
+    cursor: CursorSlot,
     status: Arc<watch::Sender<BackendStatus>>,
 }
 
@@ -98,12 +97,16 @@ impl<S> std::fmt::Debug for Dispatcher<S> {
 
 impl<S: EventStore + 'static> Dispatcher<S> {
     /// Loads every backend's cursor (creating the cursor directory if needed).
-    /// A backend without a cursor file starts where `config.start_at` says.
+    /// A backend without a cursor starts where `config.start_at` says.
     pub async fn new(store: Arc<S>, config: DispatchConfig) -> Result<Self, DispatchError> {
-        std::fs::create_dir_all(&config.cursor_dir).map_err(|source| DispatchError::CursorDir {
-            path: config.cursor_dir.display().to_string(),
-            source,
-        })?;
+        if config.shared_cursors.is_none() {
+            std::fs::create_dir_all(&config.cursor_dir).map_err(|source| {
+                DispatchError::CursorDir {
+                    path: config.cursor_dir.display().to_string(),
+                    source,
+                }
+            })?;
+        }
         let client = reqwest::Client::builder()
             .timeout(config.http_timeout)
             .build()
@@ -115,24 +118,14 @@ impl<S: EventStore + 'static> Dispatcher<S> {
                     app: backend.app.clone(),
                 });
             }
-            let cursor_file = CursorFile::new(&config.cursor_dir, &backend.app);
-            let loaded = cursor_file
-                .load()
-                .map_err(|source| DispatchError::CursorRead {
-                    path: cursor_file.path().display().to_string(),
-                    source,
-                })?;
-            let resume = match (loaded, config.start_at) {
-                (Some(state), _) => state,
-                (None, StartAt::Beginning) => CursorState {
-                    cursor: 1,
-                    settled: Vec::new(),
+            let cursor = match &config.shared_cursors {
+                Some(cursors) => CursorSlot::Shared {
+                    cursors: cursors.clone(),
+                    app: backend.app.clone(),
                 },
-                (None, StartAt::Head) => CursorState {
-                    cursor: store.head().await?.position + 1,
-                    settled: Vec::new(),
-                },
+                None => CursorSlot::File(CursorFile::new(&config.cursor_dir, &backend.app)),
             };
+            let resume = resume(store.as_ref(), &config, &cursor).await?;
             let status = BackendStatus {
                 app: backend.app.to_string(),
                 cursor: resume.cursor,
@@ -142,8 +135,7 @@ impl<S: EventStore + 'static> Dispatcher<S> {
             };
             backends.push(Arc::new(Backend {
                 config: backend.clone(),
-                cursor_file,
-                resume,
+                cursor,
                 status: Arc::new(watch::Sender::new(status)),
             }));
         }
@@ -168,7 +160,9 @@ impl<S: EventStore + 'static> Dispatcher<S> {
     /// Delivers until `shutdown` fires (or the log closes): each backend's
     /// worker then stops reading, lets the attempts in flight finish and
     /// settle, and writes its cursor, so a restart re-delivers nothing its
-    /// backend acknowledged.
+    /// backend acknowledged. Each run starts from the stored cursors, so a
+    /// run after another node's (a new term of ownership) goes on from
+    /// where that node stopped.
     pub async fn run_until(&self, shutdown: orchestration::Shutdown) -> Result<(), DispatchError> {
         if self.running.swap(true, Ordering::SeqCst) {
             return Err(DispatchError::AlreadyRunning);
@@ -177,14 +171,15 @@ impl<S: EventStore + 'static> Dispatcher<S> {
         let _running = RunGuard(&self.running);
         let mut tasks = JoinSet::new();
         for backend in &self.backends {
+            let resume = resume(self.store.as_ref(), &self.config, &backend.cursor).await?;
             let worker = Worker {
                 store: Arc::clone(&self.store),
                 config: Arc::clone(&self.config),
                 backend: backend.config.clone(),
                 client: self.client.clone(),
-                cursor_file: backend.cursor_file.clone(),
+                cursor: backend.cursor.clone(),
                 status: Arc::clone(&backend.status),
-                resume: backend.resume.clone(),
+                resume,
                 shutdown: shutdown.clone(),
             };
             let span = tracing::info_span!("dispatch", app = %backend.config.app);
@@ -230,6 +225,33 @@ impl<S: EventStore + 'static> Dispatcher<S> {
     pub fn store(&self) -> &Arc<S> {
         &self.store
     }
+}
+
+/// Where a backend's delivery resumes: its stored cursor, or where
+/// `config.start_at` says when it has none.
+async fn resume<S: EventStore>(
+    store: &S,
+    config: &DispatchConfig,
+    cursor: &CursorSlot,
+) -> Result<CursorState, DispatchError> {
+    let loaded = cursor
+        .load()
+        .await
+        .map_err(|source| DispatchError::CursorRead {
+            path: cursor.describe(),
+            source,
+        })?;
+    Ok(match (loaded, config.start_at) {
+        (Some(state), _) => state,
+        (None, StartAt::Beginning) => CursorState {
+            cursor: 1,
+            settled: Vec::new(),
+        },
+        (None, StartAt::Head) => CursorState {
+            cursor: store.head().await?.position + 1,
+            settled: Vec::new(),
+        },
+    })
 }
 
 struct RunGuard<'a>(&'a AtomicBool);

@@ -19,7 +19,7 @@ use tokio::task::{Id as TaskId, JoinSet};
 use tokio::time::Instant;
 
 use crate::config::{BackendConfig, DispatchConfig};
-use crate::cursor::{CursorFile, CursorState, MAX_SETTLED_KEPT};
+use crate::cursor::{CursorSlot, CursorState, MAX_SETTLED_KEPT};
 use crate::envelope::envelope;
 use crate::item::{classify, Item, OrderKey, Relevant};
 use crate::status::BackendStatus;
@@ -51,7 +51,7 @@ pub(crate) struct Worker<S> {
     pub config: Arc<DispatchConfig>,
     pub backend: BackendConfig,
     pub client: reqwest::Client,
-    pub cursor_file: CursorFile,
+    pub cursor: CursorSlot,
     pub status: Arc<watch::Sender<BackendStatus>>,
     /// Where reading resumes and which positions above it are settled.
     pub resume: CursorState,
@@ -483,19 +483,13 @@ impl<S: EventStore + 'static> Worker<S> {
         if state == st.stored {
             return;
         }
-        let file = self.cursor_file.clone();
-        let to_store = state.clone();
-        let written = tokio::task::spawn_blocking(move || file.store(&to_store)).await;
+        let written = self.cursor.store(&state).await;
         st.last_flush = Instant::now();
         match written {
-            Ok(Ok(())) => st.stored = state,
-            Ok(Err(e)) => {
-                st.dirty = true;
-                tracing::error!(app = %self.backend.app, error = %e, path = %self.cursor_file.path().display(), "cannot write the dispatch cursor");
-            }
+            Ok(()) => st.stored = state,
             Err(e) => {
                 st.dirty = true;
-                tracing::error!(app = %self.backend.app, error = %e, "cursor writer failed");
+                tracing::error!(app = %self.backend.app, error = %e, cursor = %self.cursor.describe(), "cannot write the dispatch cursor");
             }
         }
     }

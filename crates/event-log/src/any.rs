@@ -8,7 +8,10 @@ use std::future::Future;
 use futures_util::future::Either;
 use tokio::sync::watch;
 
+use std::time::Duration;
+
 use crate::error::{AppendError, StorageError};
+use crate::lease::{Claim, Fence, Leases};
 use crate::postgres::PgStore;
 use crate::record::{Appended, Head, NewRecord, Record};
 use crate::sled_store::SledStore;
@@ -177,4 +180,53 @@ fn futures_are_send(store: &'static AnyStore, owned: AnyStore, config: crate::Pg
     send(store.head());
     send(store.restore(Vec::new()));
     send(owned.close());
+}
+
+/// The embedded log serves one node: it holds no lease, and a node on it
+/// never claims one (`baton serve` on sled runs as the owner, always).
+fn no_leases() -> StorageError {
+    StorageError::Engine("the embedded sled log holds no leases: it serves one node".into())
+}
+
+impl Leases for AnyStore {
+    async fn claim(
+        &self,
+        node: &str,
+        address: &str,
+        ttl: Duration,
+        held: Option<u64>,
+    ) -> Result<Claim, StorageError> {
+        match self {
+            AnyStore::Sled(_) => Err(no_leases()),
+            AnyStore::Postgres(pg) => pg.claim(node, address, ttl, held).await,
+        }
+    }
+
+    async fn release(&self, node: &str) -> Result<(), StorageError> {
+        match self {
+            AnyStore::Sled(_) => Ok(()),
+            AnyStore::Postgres(pg) => pg.release(node).await,
+        }
+    }
+
+    fn set_fence(&self, fence: Fence) {
+        if let AnyStore::Postgres(pg) = self {
+            pg.set_fence(fence);
+        }
+    }
+
+    fn fence(&self) -> watch::Receiver<Fence> {
+        match self {
+            // Never changes: nothing refuses the embedded log's appends.
+            AnyStore::Sled(_) => watch::Sender::new(Fence::Follower).subscribe(),
+            AnyStore::Postgres(pg) => pg.fence(),
+        }
+    }
+
+    fn fenced_appends(&self) -> u64 {
+        match self {
+            AnyStore::Sled(_) => 0,
+            AnyStore::Postgres(pg) => pg.fenced_appends(),
+        }
+    }
 }

@@ -43,14 +43,18 @@ pub struct Claim {
 
 /// A store that holds a lease per shard and fences appends with it.
 pub trait Leases: Send + Sync + 'static {
-    /// Takes the shard's lease for `node` (or renews it) for `ttl`, unless
-    /// another node holds a live one; answers with the lease as it stands
-    /// afterwards. A new holder gets a new epoch.
+    /// Takes the shard's lease for `node` for `ttl`, unless another node
+    /// holds a live one, and answers with the lease as it stands afterwards.
+    /// `held` is the epoch this process holds: the lease is renewed under
+    /// it; any other claim that wins gets a new epoch, so a node restarted
+    /// under the same id takes its lease back at once and fences the
+    /// process it replaced.
     fn claim(
         &self,
         node: &str,
         address: &str,
         ttl: Duration,
+        held: Option<u64>,
     ) -> impl std::future::Future<Output = Result<Claim, StorageError>> + Send;
 
     /// Ends `node`'s lease at once (a clean stop), so another node can take

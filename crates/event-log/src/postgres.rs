@@ -632,15 +632,23 @@ impl PgStore {
 }
 
 impl Leases for PgStore {
-    async fn claim(&self, node: &str, address: &str, ttl: Duration) -> Result<Claim, StorageError> {
+    async fn claim(
+        &self,
+        node: &str,
+        address: &str,
+        ttl: Duration,
+        held: Option<u64>,
+    ) -> Result<Claim, StorageError> {
         let mut tx = self.shared.pool.begin().await.map_err(engine)?;
-        // Taken when vacant or lapsed (a new epoch), renewed by its holder
-        // (the same epoch); left alone while another node's is live.
+        // Taken when vacant or lapsed (a new epoch), renewed by the process
+        // that holds it (the same epoch), taken back by a restarted holder
+        // (a new epoch); left alone while another node's is live.
         sqlx::query(
             "INSERT INTO event_log_leases AS l (shard, node, epoch, expires_at, address) \
              VALUES ($1, $2, 1, clock_timestamp() + make_interval(secs => $3), $4) \
              ON CONFLICT (shard) DO UPDATE \
-                SET epoch = CASE WHEN l.node = EXCLUDED.node THEN l.epoch ELSE l.epoch + 1 END, \
+                SET epoch = CASE WHEN l.node = EXCLUDED.node AND l.epoch = $5 \
+                                 THEN l.epoch ELSE l.epoch + 1 END, \
                     node = EXCLUDED.node, expires_at = EXCLUDED.expires_at, \
                     address = EXCLUDED.address \
               WHERE l.node = EXCLUDED.node OR l.expires_at <= clock_timestamp()",
@@ -649,6 +657,7 @@ impl Leases for PgStore {
         .bind(node)
         .bind(ttl.as_secs_f64())
         .bind(address)
+        .bind(held.map(to_i64))
         .execute(&mut *tx)
         .await
         .map_err(engine)?;

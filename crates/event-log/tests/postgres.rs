@@ -515,9 +515,9 @@ async fn the_database_refuses_a_stale_owners_writes_and_a_follower_records() {
     let b = PgStore::connect(config).await.unwrap();
 
     // A takes the vacant lease; B finds A's, and where to route to.
-    let claim = a.claim("node-a", "http://a:1", TTL).await.unwrap();
+    let claim = a.claim("node-a", "http://a:1", TTL, None).await.unwrap();
     assert!(claim.mine && claim.epoch == 1 && claim.remaining > Duration::ZERO);
-    let seen = b.claim("node-b", "http://b:1", TTL).await.unwrap();
+    let seen = b.claim("node-b", "http://b:1", TTL, None).await.unwrap();
     assert!(!seen.mine);
     assert_eq!(
         (seen.holder.as_str(), seen.epoch, seen.address.as_str()),
@@ -528,7 +528,13 @@ async fn the_database_refuses_a_stale_owners_writes_and_a_follower_records() {
     // A follower's appends carry no epoch: it records webhooks.
     b.append(vec![rec("t/1", "webhook via b")]).await.unwrap();
     // Renewed by its holder: the same epoch.
-    assert_eq!(a.claim("node-a", "http://a:1", TTL).await.unwrap().epoch, 1);
+    assert_eq!(
+        a.claim("node-a", "http://a:1", TTL, Some(1))
+            .await
+            .unwrap()
+            .epoch,
+        1
+    );
 
     // A's lease lapses (A was frozen): its next write is refused by the
     // database, nothing of it is written, and its fence closes.
@@ -554,7 +560,7 @@ async fn the_database_refuses_a_stale_owners_writes_and_a_follower_records() {
     assert_eq!(a.fenced_appends(), 1);
 
     // B takes over under a new epoch and decides.
-    let claim = b.claim("node-b", "http://b:1", TTL).await.unwrap();
+    let claim = b.claim("node-b", "http://b:1", TTL, None).await.unwrap();
     assert!(claim.mine);
     assert_eq!(claim.epoch, 2);
     b.set_fence(Fence::Owner(2));
@@ -575,7 +581,7 @@ async fn the_database_refuses_a_stale_owners_writes_and_a_follower_records() {
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(a.fenced_appends(), 3);
-    let claim = a.claim("node-a", "http://a:1", TTL).await.unwrap();
+    let claim = a.claim("node-a", "http://a:1", TTL, Some(1)).await.unwrap();
     assert!(!claim.mine);
     assert_eq!((claim.holder.as_str(), claim.epoch), ("node-b", 2));
     // As a follower, A records again; the owner's cursor stands.
@@ -590,9 +596,24 @@ async fn the_database_refuses_a_stale_owners_writes_and_a_follower_records() {
 
     // A clean stop releases the lease: A takes it at once, epoch 3.
     b.release("node-b").await.unwrap();
-    let claim = a.claim("node-a", "http://a:1", TTL).await.unwrap();
+    let claim = a.claim("node-a", "http://a:1", TTL, None).await.unwrap();
     assert!(claim.mine);
     assert_eq!(claim.epoch, 3);
+    a.set_fence(Fence::Owner(3));
+    a.append(vec![rec("t/1", "decided by a again")])
+        .await
+        .unwrap();
+
+    // A restarted under the same id takes its live lease back at once, under
+    // a new epoch, which fences the process it replaced.
+    // (B's connection stands in for the restarted process's.)
+    let claim = b.claim("node-a", "http://a:2", TTL, None).await.unwrap();
+    assert!(claim.mine);
+    assert_eq!((claim.epoch, claim.address.as_str()), (4, "http://a:2"));
+    match a.append(vec![rec("t/1", "the old process")]).await {
+        Err(AppendError::Fenced { epoch: Some(3) }) => {}
+        other => panic!("unexpected {other:?}"),
+    }
 
     let payloads: Vec<String> = assert_one_gapless_chain(&a)
         .await
@@ -605,7 +626,8 @@ async fn the_database_refuses_a_stale_owners_writes_and_a_follower_records() {
             "decided by a",
             "webhook via b",
             "decided by b",
-            "webhook via a"
+            "webhook via a",
+            "decided by a again",
         ]
     );
     a.close().await;

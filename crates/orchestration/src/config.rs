@@ -135,6 +135,18 @@ struct RawPostgres {
     url: SecretSource,
     #[serde(default)]
     shard: i32,
+    #[serde(default = "default_lease_ms")]
+    lease_ms: u64,
+    #[serde(default)]
+    advertise_url: Option<String>,
+    #[serde(default)]
+    node_id: Option<String>,
+}
+
+/// How long a claim on a shard's lease holds: a dead owner's pages wait at
+/// most this long for another node to take over.
+fn default_lease_ms() -> u64 {
+    10_000
 }
 
 /// Where the event log lives.
@@ -158,6 +170,25 @@ pub struct PostgresSetting {
     pub url_env: String,
     /// The shard of the log this node appends to (default 0).
     pub shard: i32,
+    /// How long a claim on the shard's lease holds (renewed every third).
+    pub lease_ms: u64,
+    /// Where the other nodes route calls to this one; by default `http://`
+    /// and the address it listens on.
+    pub advertise_url: Option<String>,
+    /// This node's id in the lease table (a new one per start by default).
+    /// Set it to a name unique to the machine, and a node restarted after a
+    /// crash takes its lease back at once instead of waiting for it to lapse.
+    /// Two running nodes must never share one.
+    pub node_id: Option<String>,
+}
+
+impl PostgresSetting {
+    /// How to open the store: the URL and shard, the content-key vault in
+    /// `<data_dir>/vault`.
+    pub fn store_config(&self, data_dir: &Path) -> event_log::PgStoreConfig {
+        event_log::PgStoreConfig::new(self.url.expose(), data_dir.join("vault"))
+            .with_shard(self.shard)
+    }
 }
 
 /// How long a page keeps what people wrote and were sent, unless it says
@@ -659,6 +690,17 @@ impl Config {
             RawStore::Sled => StoreSetting::Sled,
             RawStore::Postgres(pg) => StoreSetting::Postgres(postgres_setting(pg, &env)?),
         };
+        if let StoreSetting::Postgres(pg) = &store {
+            if pg.advertise_url.is_none() && listen.ip().is_unspecified() {
+                return Err(invalid(
+                    "store.postgres.advertise_url",
+                    format!(
+                        "is required when listen ({listen}) is a wildcard address: \
+                         the other nodes route calls to this URL"
+                    ),
+                ));
+            }
+        }
         Ok(Config {
             listen,
             send_rate_per_second: raw.send_rate_per_second,
@@ -705,10 +747,7 @@ impl Config {
         let StoreSetting::Postgres(pg) = &self.store else {
             return None;
         };
-        Some(
-            event_log::PgStoreConfig::new(pg.url.expose(), self.data_dir.join("vault"))
-                .with_shard(pg.shard),
-        )
+        Some(pg.store_config(&self.data_dir))
     }
 
     pub fn managed(&self, app: &AppId) -> Option<(&AppConfig, &ManagedApp)> {
@@ -759,10 +798,30 @@ fn postgres_setting(
     if raw.shard < 0 {
         return Err(invalid("store.postgres.shard", "must be 0 or more"));
     }
+    if !(300..=600_000).contains(&raw.lease_ms) {
+        return Err(invalid(
+            "store.postgres.lease_ms",
+            "must be between 300 (0.3 s) and 600000 (10 min)",
+        ));
+    }
+    if let Some(advertise) = &raw.advertise_url {
+        check_url("store.postgres.advertise_url", advertise)?;
+    }
     Ok(PostgresSetting {
         url: Secret::new(url),
         url_env: name.clone(),
         shard: raw.shard,
+        lease_ms: raw.lease_ms,
+        advertise_url: raw.advertise_url.clone(),
+        node_id: match &raw.node_id {
+            Some(id) if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) => {
+                return Err(invalid(
+                    "store.postgres.node_id",
+                    "must be 1 to 200 printable characters",
+                ))
+            }
+            other => other.clone(),
+        },
     })
 }
 

@@ -24,6 +24,7 @@ pub mod control;
 pub mod graph_client;
 pub mod health;
 pub mod ingest;
+pub mod leadership;
 pub mod metrics;
 pub mod outbox;
 pub mod page_api;
@@ -39,11 +40,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::{AppId, PageId};
-use event_log::{EventStore, StorageError};
+use event_log::{EventStore, Leases, StorageError};
 use tokio::task::JoinHandle;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, ConfigError, LogFormat, Secret};
+pub use leadership::{LeaseSettings, Role};
 pub use metrics::Metrics;
 pub use projections::{Projections, State};
 pub use record::{encode, OnBusy, RecordError, Recorder};
@@ -87,13 +89,20 @@ pub struct Baton<S> {
     /// Page health: the watchdog's last checks and each page token's last
     /// answer (in memory), and the locks that keep their facts single.
     health: health::HealthState,
+    /// Whether this node decides for the shard (see [`leadership`]).
+    leadership: leadership::Leadership,
 }
+
+/// One owner's task, boxed so that every kind fits [`leadership::each_term`].
+type Work = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// The background tasks of a started [`Baton`], stopped with
 /// [`Tasks::shutdown`].
 #[derive(Debug)]
 pub struct Tasks {
     workers: Trigger,
+    /// Keeps the shard's lease, on a shared store.
+    lease: Option<JoinHandle<()>>,
     follower_stop: Trigger,
     outbox: JoinHandle<()>,
     timers: JoinHandle<()>,
@@ -135,6 +144,11 @@ impl Tasks {
         if let Err(e) = self.watchdog.await {
             tracing::error!(error = %e, "the subscription watchdog stopped abnormally");
         }
+        if let Some(lease) = self.lease {
+            if let Err(e) = lease.await {
+                tracing::error!(error = %e, "the lease keeper stopped abnormally");
+            }
+        }
         self.follower_stop.fire();
         if let Err(e) = self.follower.await {
             tracing::error!(error = %e, "the projection follower stopped abnormally");
@@ -147,7 +161,7 @@ impl Tasks {
     /// in flight lose their answers, nothing more is recorded or folded.
     /// For crash tests; a real stop is [`Tasks::shutdown`].
     pub async fn abort(self) {
-        for task in [
+        for task in self.lease.into_iter().chain([
             self.outbox,
             self.timers,
             self.reconciler,
@@ -155,7 +169,7 @@ impl Tasks {
             self.retention,
             self.watchdog,
             self.follower,
-        ] {
+        ]) {
             task.abort();
             let _ = task.await;
         }
@@ -179,12 +193,24 @@ impl<S> Baton<S> {
 impl<S: EventStore + 'static> Baton<S> {
     /// Replays the log into the projections, then starts the projection
     /// follower, the outbox worker (which resumes whatever sends the last
-    /// stop left pending) and the expiry timer.
+    /// stop left pending), the expiry timer and the other owner's tasks: on
+    /// a store of its own, a node always decides.
     pub async fn start(
         config: Config,
         store: Arc<S>,
         clock: Arc<dyn Clock>,
     ) -> Result<(Arc<Self>, Tasks), StorageError> {
+        let (baton, reconcile_queue) =
+            Self::build(config, store, clock, Role::Owner { epoch: None }).await?;
+        Ok(Self::spawn_tasks(baton, reconcile_queue, |_, _| None))
+    }
+
+    async fn build(
+        config: Config,
+        store: Arc<S>,
+        clock: Arc<dyn Clock>,
+        role: Role,
+    ) -> Result<(Arc<Self>, tokio::sync::mpsc::Receiver<domain::ThreadKey>), StorageError> {
         let config = Arc::new(config);
         let projections =
             Projections::new(State::new(config.pages.values().map(|(_, p)| p.clone())));
@@ -207,8 +233,8 @@ impl<S: EventStore + 'static> Baton<S> {
             ),
             outbox: outbox::OutboxState::new(&config),
             config,
-            store: store.clone(),
-            projections: projections.clone(),
+            store,
+            projections,
             metrics,
             clock,
             graph: graph_client::GraphClient::new(timeout, 2),
@@ -218,24 +244,54 @@ impl<S: EventStore + 'static> Baton<S> {
             reconcile_budget,
             reconcile_round: tokio::sync::Mutex::new(()),
             health: health::HealthState::new(),
+            leadership: leadership::Leadership::new(role),
         });
+        Ok((baton, reconcile_queue))
+    }
+
+    /// The projection follower, always, and the owner's tasks, each once
+    /// per term of ownership (see [`leadership::each_term`]).
+    fn spawn_tasks(
+        baton: Arc<Self>,
+        reconcile_queue: tokio::sync::mpsc::Receiver<domain::ThreadKey>,
+        lease: impl FnOnce(&Arc<Self>, &Trigger) -> Option<JoinHandle<()>>,
+    ) -> (Arc<Self>, Tasks) {
         let workers = Trigger::new();
         let follower_stop = Trigger::new();
-        let follower = tokio::spawn(projections.follow(store, follower_stop.subscribe()));
-        let outbox = tokio::spawn(outbox::run(baton.clone(), workers.subscribe()));
-        let timers = tokio::spawn(timers::run(baton.clone(), workers.subscribe()));
-        let checkpointer = tokio::spawn(checkpoints::run(baton.clone(), workers.subscribe()));
-        let retention = tokio::spawn(privacy::run(baton.clone(), workers.subscribe()));
-        let watchdog = tokio::spawn(health::run(baton.clone(), workers.subscribe()));
-        let reconciler = tokio::spawn(reconcile::run(
-            baton.clone(),
-            reconcile_queue,
-            workers.subscribe(),
-        ));
-        Ok((
+        let follower = tokio::spawn(
+            baton
+                .projections
+                .clone()
+                .follow(baton.store.clone(), follower_stop.subscribe()),
+        );
+        let owner = |work: fn(Arc<Self>, Shutdown) -> Work| {
+            let b = baton.clone();
+            tokio::spawn(leadership::each_term(
+                baton.clone(),
+                workers.subscribe(),
+                move |stop| work(b.clone(), stop),
+            ))
+        };
+        let outbox = owner(|b, stop| Box::pin(outbox::run(b, stop)));
+        let timers = owner(|b, stop| Box::pin(timers::run(b, stop)));
+        let checkpointer = owner(|b, stop| Box::pin(checkpoints::run(b, stop)));
+        let retention = owner(|b, stop| Box::pin(privacy::run(b, stop)));
+        let watchdog = owner(|b, stop| Box::pin(health::run(b, stop)));
+        let queue = Arc::new(tokio::sync::Mutex::new(reconcile_queue));
+        let reconciler = {
+            let b = baton.clone();
+            tokio::spawn(leadership::each_term(
+                baton.clone(),
+                workers.subscribe(),
+                move |stop| reconcile::run(b.clone(), queue.clone(), stop),
+            ))
+        };
+        let lease = lease(&baton, &workers);
+        (
             baton,
             Tasks {
                 workers,
+                lease,
                 follower_stop,
                 outbox,
                 timers,
@@ -245,6 +301,34 @@ impl<S: EventStore + 'static> Baton<S> {
                 watchdog,
                 follower,
             },
-        ))
+        )
+    }
+}
+
+impl<S: EventStore + Leases> Baton<S> {
+    /// Starts like [`Baton::start`] on a store that several nodes share:
+    /// the node claims the shard's lease at once and runs the owner's tasks
+    /// only while it holds it (see [`leadership`]); meanwhile it is a
+    /// follower, which records webhooks and leaves the rest to the owner.
+    pub async fn start_leased(
+        config: Config,
+        store: Arc<S>,
+        clock: Arc<dyn Clock>,
+        lease: LeaseSettings,
+    ) -> Result<(Arc<Self>, Tasks), StorageError> {
+        store.set_fence(event_log::Fence::Follower);
+        let (baton, reconcile_queue) =
+            Self::build(config, store, clock, Role::Follower { owner: None }).await?;
+        let keeper = lease.clone();
+        let (baton, tasks) = Self::spawn_tasks(baton, reconcile_queue, |baton, workers| {
+            Some(tokio::spawn(leadership::lead(
+                baton.clone(),
+                keeper,
+                workers.subscribe(),
+            )))
+        });
+        // The first claim before the node serves: alone, it owns at once.
+        leadership::claim(&baton, &lease).await;
+        Ok((baton, tasks))
     }
 }

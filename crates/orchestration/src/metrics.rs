@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,6 +21,12 @@ pub struct Metrics {
     append_sum_micros: AtomicU64,
     appends_in_flight: AtomicI64,
     facts_recorded: AtomicU64,
+    /// Whether this node takes part in a shard's lease (shown only then).
+    leased: AtomicBool,
+    lease_owner: AtomicBool,
+    lease_epoch: AtomicU64,
+    lease_terms: AtomicU64,
+    fenced_appends: AtomicU64,
 }
 
 impl Metrics {
@@ -54,6 +60,20 @@ impl Metrics {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         self.facts_recorded
             .fetch_add(records as u64, Ordering::Relaxed);
+    }
+
+    /// A term of ownership began.
+    pub fn lease_terms_started(&self) {
+        self.lease_terms.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The lease as this node last saw it, and the appends the store has
+    /// refused as stale so far.
+    pub fn lease_state(&self, owner: bool, epoch: u64, fenced: u64) {
+        self.leased.store(true, Ordering::Relaxed);
+        self.lease_owner.store(owner, Ordering::Relaxed);
+        self.lease_epoch.store(epoch, Ordering::Relaxed);
+        self.fenced_appends.store(fenced, Ordering::Relaxed);
     }
 
     pub fn deliveries_of(&self, app: &str, outcome: &str) -> u64 {
@@ -126,6 +146,32 @@ impl Metrics {
         let _ = writeln!(out, "baton_log_head_position {log_head}");
         out.push_str("# HELP baton_projection_position Last log position folded into projections.\n# TYPE baton_projection_position gauge\n");
         let _ = writeln!(out, "baton_projection_position {projected}");
+        if self.leased.load(Ordering::Relaxed) {
+            out.push_str("# HELP baton_lease_owner 1 while this node owns its shard's lease.\n# TYPE baton_lease_owner gauge\n");
+            let _ = writeln!(
+                out,
+                "baton_lease_owner {}",
+                u8::from(self.lease_owner.load(Ordering::Relaxed))
+            );
+            out.push_str("# HELP baton_lease_epoch The shard lease's epoch as this node last saw it.\n# TYPE baton_lease_epoch gauge\n");
+            let _ = writeln!(
+                out,
+                "baton_lease_epoch {}",
+                self.lease_epoch.load(Ordering::Relaxed)
+            );
+            out.push_str("# HELP baton_lease_terms_total Terms of ownership this node began.\n# TYPE baton_lease_terms_total counter\n");
+            let _ = writeln!(
+                out,
+                "baton_lease_terms_total {}",
+                self.lease_terms.load(Ordering::Relaxed)
+            );
+            out.push_str("# HELP baton_fenced_appends_total Appends the store refused because this node's lease had moved on or lapsed.\n# TYPE baton_fenced_appends_total counter\n");
+            let _ = writeln!(
+                out,
+                "baton_fenced_appends_total {}",
+                self.fenced_appends.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }

@@ -154,9 +154,11 @@ pub(crate) fn budget(per_hour: u32) -> RateLimiter<PageId, Timestamp> {
 /// Reconciles the threads asked for, one at a time, until `shutdown`.
 pub async fn run<S: EventStore + 'static>(
     baton: Arc<Baton<S>>,
-    mut queue: mpsc::Receiver<ThreadKey>,
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<ThreadKey>>>,
     mut shutdown: Shutdown,
 ) {
+    // One term at a time holds the queue; the next owner's term takes it over.
+    let mut queue = queue.lock().await;
     loop {
         let first = tokio::select! {
             next = queue.recv() => match next {

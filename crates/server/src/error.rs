@@ -35,6 +35,9 @@ pub enum ApiError {
     BodyTimeout(u64),
     #[error("Baton is stopping; retry shortly")]
     Stopping,
+    /// A node that does not own the shard could not route the request.
+    #[error("{0}; retry shortly")]
+    NoOwner(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -66,6 +69,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+            ApiError::NoOwner(_) => (StatusCode::SERVICE_UNAVAILABLE, "owner_unavailable"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::TooManyItems(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_items"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),

@@ -551,7 +551,12 @@ pub async fn graph_body_within<S>(
     let timeout = std::time::Duration::from_millis(state.config.body_timeout_ms);
     crate::body::read(req, payload, limit, timeout)
         .await
-        .map_err(|e| match e {
+        .map_err(GraphFailure::from)
+}
+
+impl From<BodyError> for GraphFailure {
+    fn from(e: BodyError) -> GraphFailure {
+        match e {
             BodyError::TooLarge { limit } => GraphFailure::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 code::INVALID_PARAMETER,
@@ -565,7 +570,8 @@ pub async fn graph_body_within<S>(
                 format!("(#2) the request body did not arrive within {ms} ms"),
             ),
             BodyError::Broken(e) => bad_param(format!("the request body could not be read: {e}")),
-        })
+        }
+    }
 }
 
 fn invalid_token() -> GraphFailure {

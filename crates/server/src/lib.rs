@@ -15,6 +15,7 @@ pub mod health_api;
 pub mod ingress;
 pub mod privacy;
 pub mod read_api;
+pub mod routing;
 pub mod sends;
 
 use std::net::{SocketAddr, TcpListener};
@@ -22,8 +23,8 @@ use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpResponse, HttpServer};
-use event_log::{EventStore, StorageError};
-use orchestration::{Baton, Tasks};
+use event_log::{EventStore, Leases, StorageError};
+use orchestration::{Baton, LeaseSettings, Tasks};
 
 pub use orchestration::{config, metrics, projections, record};
 pub use orchestration::{Clock, Config, ConfigError, LogFormat, ManualClock, Secret, SystemClock};
@@ -35,8 +36,12 @@ pub struct AppState<S> {
     pub baton: Arc<Baton<S>>,
     /// Requests per app on Baton's API (`app_requests_per_second`).
     pub app_limiter: std::sync::Mutex<orchestration::outbox::limiter::RateLimiter<domain::AppId>>,
-    /// Forwards each app's events to its backend; `None` when no app has a `backend_url`.
+    /// Forwards each app's events to its backend; `None` when no app has a
+    /// `backend_url`. It runs while this node owns the shard.
     pub dispatcher: Option<Arc<dispatch::Dispatcher<S>>>,
+    /// On a shared store: forwards what this node does not decide to the
+    /// shard's owner (see [`routing`]).
+    pub router: Option<routing::Router>,
     /// The console's signed-in sessions.
     pub console: console::Sessions,
     /// The console's metrics samples (and ingress's acknowledgement times).
@@ -242,6 +247,65 @@ pub async fn start<S: EventStore + 'static>(
     store: Arc<S>,
     clock: Arc<dyn Clock>,
 ) -> Result<Running<S>, StartError> {
+    let (listener, addr) = bind(&config)?;
+    let (baton, tasks) = Baton::start(config, store.clone(), clock.clone()).await?;
+    serve(listener, addr, baton, tasks, clock, None, None).await
+}
+
+/// How a node takes part in a shared store's lease (see [`start_leased`]).
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// How long a claim on the lease holds.
+    pub lease: std::time::Duration,
+    /// Where other nodes route calls to this one; `http://` and the bound
+    /// address when `None` (which then must not be a wildcard address).
+    pub advertise_url: Option<String>,
+    /// This node's id in the lease table; a new one per start when `None`.
+    /// With an id, a restarted node takes its own lease back at once.
+    pub node_id: Option<String>,
+}
+
+/// Starts like [`start`] on a store that several nodes share: the node
+/// decides for the shard (and dispatches) only while it holds the shard's
+/// lease, and otherwise records webhooks and routes every other request to
+/// the owner (`docs/scale-out.md`). Dispatch cursors live in the store.
+pub async fn start_leased<S: EventStore + Leases + dispatch::SharedCursors>(
+    config: Config,
+    store: Arc<S>,
+    clock: Arc<dyn Clock>,
+    cluster: Cluster,
+) -> Result<Running<S>, StartError> {
+    let (listener, addr) = bind(&config)?;
+    let node = cluster
+        .node_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let lease = LeaseSettings {
+        node: node.clone(),
+        address: cluster
+            .advertise_url
+            .unwrap_or_else(|| format!("http://{addr}")),
+        ttl: cluster.lease,
+    };
+    tracing::info!(node, address = lease.address, "claiming the shard's lease");
+    let (baton, tasks) = Baton::start_leased(config, store.clone(), clock.clone(), lease).await?;
+    // A routed send may wait for its outcome at the owner.
+    let wait =
+        baton.outcome_wait() + std::time::Duration::from_millis(baton.config.graph_timeout_ms);
+    let router = routing::Router::new(node, wait + std::time::Duration::from_secs(5));
+    let cursors: Arc<dyn dispatch::SharedCursors> = store;
+    serve(
+        listener,
+        addr,
+        baton,
+        tasks,
+        clock,
+        Some(router),
+        Some(cursors),
+    )
+    .await
+}
+
+fn bind(config: &Config) -> Result<(TcpListener, SocketAddr), StartError> {
     let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Bind {
         addr: config.listen,
         source,
@@ -250,8 +314,20 @@ pub async fn start<S: EventStore + 'static>(
         addr: config.listen,
         source,
     })?;
-    let (baton, tasks) = Baton::start(config, store.clone(), clock.clone()).await?;
+    Ok((listener, addr))
+}
+
+async fn serve<S: EventStore + 'static>(
+    listener: TcpListener,
+    addr: SocketAddr,
+    baton: Arc<Baton<S>>,
+    tasks: Tasks,
+    clock: Arc<dyn Clock>,
+    router: Option<routing::Router>,
+    shared_cursors: Option<Arc<dyn dispatch::SharedCursors>>,
+) -> Result<Running<S>, StartError> {
     let config = baton.config.clone();
+    let store = baton.store.clone();
 
     let backends: Vec<dispatch::BackendConfig> = config
         .apps
@@ -273,6 +349,7 @@ pub async fn start<S: EventStore + 'static>(
         let mut dc = dispatch::DispatchConfig::new(backends, config.data_dir.join("dispatch"));
         dc.dead_letter_age = domain::Span::seconds(config.dispatch_dead_letter_after_secs as i64);
         dc.clock = clock;
+        dc.shared_cursors = shared_cursors;
         match dispatch::Dispatcher::new(store, dc).await {
             Ok(d) => Some(Arc::new(d)),
             Err(e) => {
@@ -281,13 +358,21 @@ pub async fn start<S: EventStore + 'static>(
             }
         }
     };
+    // Dispatch decides what was delivered: it runs once per term of
+    // ownership (always, on a store of its own).
     let dispatch = dispatcher.clone().map(|d| {
-        let shutdown = tasks.signal();
-        tokio::spawn(async move {
-            if let Err(e) = d.run_until(shutdown).await {
-                tracing::error!(error = %e, "dispatch stopped");
-            }
-        })
+        tokio::spawn(orchestration::leadership::each_term(
+            baton.clone(),
+            tasks.signal(),
+            move |stop| {
+                let d = d.clone();
+                async move {
+                    if let Err(e) = d.run_until(stop).await {
+                        tracing::error!(error = %e, "dispatch stopped");
+                    }
+                }
+            },
+        ))
     });
     let app_limiter = std::sync::Mutex::new(orchestration::outbox::limiter::RateLimiter::new(
         config.app_requests_per_second,
@@ -297,6 +382,7 @@ pub async fn start<S: EventStore + 'static>(
         baton,
         app_limiter,
         dispatcher,
+        router,
         console: console::Sessions::default(),
         samples: console::Samples::default(),
     });
@@ -317,6 +403,7 @@ pub async fn start<S: EventStore + 'static>(
     let server = HttpServer::new(move || {
         let mut app = App::new()
             .app_data(data.clone())
+            .wrap(actix_web::middleware::from_fn(routing::route_to_owner::<S>))
             .wrap(actix_web::middleware::from_fn(refuse_while_stopping::<S>));
         for path in &webhook_paths {
             app = app.service(

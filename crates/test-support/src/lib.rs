@@ -450,11 +450,29 @@ impl TestBaton {
                     url: server::Secret::new(postgres_config(dir.path()).url),
                     url_env: "BATON_DATABASE_URL".to_owned(),
                     shard: pg.shard(),
+                    lease_ms: 10_000,
+                    advertise_url: None,
+                    node_id: None,
                 });
         }
+        let leased = matches!(store, AnyStore::Postgres(_));
         let store = Arc::new(store);
         let clock = Arc::new(ManualClock::new(now));
-        let running = server::start(config, store, clock.clone()).await.unwrap();
+        // On PostgreSQL, as `baton serve` runs there: under the shard's
+        // lease, which a lone node takes at once.
+        let running = if leased {
+            let cluster = server::Cluster {
+                lease: std::time::Duration::from_secs(10),
+                advertise_url: None,
+                // One node per directory: restarted (after a crash too), it
+                // takes its lease back at once, as a configured id does.
+                node_id: Some(format!("test-node-{}", dir.path().display())),
+            };
+            server::start_leased(config, store, clock.clone(), cluster).await
+        } else {
+            server::start(config, store, clock.clone()).await
+        }
+        .unwrap();
         TestBaton {
             running,
             clock,
