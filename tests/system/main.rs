@@ -8,6 +8,7 @@
 //! on PostgreSQL through `test_support::sled_only`, which says why.
 
 mod backend;
+mod cluster;
 mod console;
 mod differential;
 mod disorder;

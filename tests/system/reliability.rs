@@ -39,16 +39,16 @@ fn store_line(dir: &std::path::Path) -> String {
 }
 
 /// The bot's backend: records (thread, mid) in arrival order, for the whole test.
-struct Backend {
-    url: String,
-    seen: Arc<Mutex<Vec<(String, String)>>>,
+pub(crate) struct Backend {
+    pub(crate) url: String,
+    pub(crate) seen: Arc<Mutex<Vec<(String, String)>>>,
     arrived: Arc<tokio::sync::Notify>,
     /// Items of this thread are answered 503 (its handler is down).
     refuse: Arc<Mutex<Option<String>>>,
 }
 
 impl Backend {
-    fn start() -> Backend {
+    pub(crate) fn start() -> Backend {
         use actix_web::{web, App, HttpResponse, HttpServer};
         let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
         let arrived = Arc::new(tokio::sync::Notify::new());
@@ -94,7 +94,7 @@ impl Backend {
     }
 
     /// Waits until `n` distinct items have arrived.
-    async fn wait_for_distinct(&self, n: usize) {
+    pub(crate) async fn wait_for_distinct(&self, n: usize) {
         loop {
             let notified = self.arrived.notified();
             if self
@@ -114,7 +114,7 @@ impl Backend {
     }
 
     /// Each thread's mids in the order of their first arrival.
-    fn per_thread(&self) -> BTreeMap<String, Vec<String>> {
+    pub(crate) fn per_thread(&self) -> BTreeMap<String, Vec<String>> {
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut first = BTreeSet::new();
         for (psid, mid) in self.seen.lock().unwrap().iter() {

@@ -327,19 +327,14 @@ async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
             serve_on(config, store).await
         }
         server::config::StoreSetting::Postgres(setting) => {
-            let store = event_log::PgStore::connect(setting.store_config(&config.data_dir))
+            let store = event_log::PgStore::connect(setting.store_config())
                 .await
                 .context("opening the event log in PostgreSQL")?;
-            let cluster = server::Cluster {
-                lease: std::time::Duration::from_millis(setting.lease_ms),
-                advertise_url: setting.advertise_url.clone(),
-                node_id: setting.node_id.clone(),
-            };
             let running = server::start_leased(
                 config,
                 Arc::new(store),
                 Arc::new(server::SystemClock),
-                cluster,
+                server::Cluster::from_setting(&setting),
             )
             .await?;
             serve_running(running).await

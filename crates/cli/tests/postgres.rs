@@ -88,7 +88,7 @@ fn migrate_applies_the_schema_once_and_says_so() {
     assert_eq!(code(&out), 0, "{}", all(&out));
     assert!(
         stdout(&out)
-            .contains("applied 2 migration(s) to the PostgreSQL database of $BATON_DATABASE_URL"),
+            .contains("applied 3 migration(s) to the PostgreSQL database of $BATON_DATABASE_URL"),
         "{}",
         all(&out)
     );
@@ -101,7 +101,7 @@ fn migrate_applies_the_schema_once_and_says_so() {
             "SELECT count(*) FROM event_log_migrations",
         )
         .unwrap();
-    assert_eq!(tables.trim(), "2");
+    assert_eq!(tables.trim(), "3");
 
     // The URL comes from the environment: without it, a usage error naming it.
     let out = baton(None, &["migrate", "--config", config]);
@@ -134,7 +134,7 @@ fn migrate_applies_the_schema_once_and_says_so() {
 
 #[test]
 fn serve_runs_on_postgres_and_the_offline_commands_read_it() {
-    let (_, url, dir, config) = a_node_on_a_new_database();
+    let (server, url, dir, config) = a_node_on_a_new_database();
     let config = config.to_str().unwrap();
 
     let mut serve = Command::new(env!("CARGO_BIN_EXE_baton"))
@@ -206,8 +206,15 @@ fn serve_runs_on_postgres_and_the_offline_commands_read_it() {
     assert_eq!(code(&out), 0, "{}", all(&out));
     let replay: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(replay["digest"], live["digest"], "replay equals live");
-    // The vault is `<data_dir>/vault` on PostgreSQL.
-    assert!(dir.path().join("vault").is_dir());
+    // The content keys are in the database, not in `data_dir`.
+    assert!(!dir.path().join("vault").exists());
+    let keys = server
+        .psql(
+            url.rsplit('/').next().unwrap(),
+            "SELECT count(*) FROM event_log_keys",
+        )
+        .unwrap();
+    assert!(keys.trim().parse::<u32>().unwrap() > 0, "keys: {keys}");
 }
 
 /// The same log on sled and on PostgreSQL (the demo's, imported record for
@@ -223,9 +230,10 @@ fn the_read_commands_answer_alike_on_sled_and_on_postgres() {
     assert_eq!(code(&out), 0, "{}", all(&out));
     let sled_config = sled_dir.join("baton.toml");
 
-    // Import the demo's log into PostgreSQL and copy its keys to where a
-    // PostgreSQL node keeps them.
+    // Import the demo's log into PostgreSQL, and its keys into the
+    // database's keys table.
     let pg_dir = dir.path().join("pg");
+    std::fs::create_dir_all(&pg_dir).unwrap();
     let export = dir.path().join("demo.ndjson");
     let out = baton(
         None,
@@ -238,21 +246,15 @@ fn the_read_commands_answer_alike_on_sled_and_on_postgres() {
         ],
     );
     assert_eq!(code(&out), 0, "{}", all(&out));
-    std::fs::create_dir_all(pg_dir.join("vault")).unwrap();
-    for entry in std::fs::read_dir(sled_dir.join("log").join("vault")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), pg_dir.join("vault").join(entry.file_name())).unwrap();
-    }
     let rt = test_support::runtime();
     rt.block_on(async {
-        let store = PgStore::connect(event_log::PgStoreConfig::new(
-            url.clone(),
-            pg_dir.join("vault"),
-        ))
-        .await
-        .unwrap();
+        let store = PgStore::connect(event_log::PgStoreConfig::new(url.clone()))
+            .await
+            .unwrap();
         let file = std::io::BufReader::new(std::fs::File::open(&export).unwrap());
         event_log::import_ndjson(&store, file).await.unwrap();
+        let keys = event_log::KeyVault::open(&sled_dir.join("log").join("vault")).unwrap();
+        assert!(store.import_keys(&keys).await.unwrap() > 0);
         assert!(store.head().await.unwrap().position > 0);
         store.close().await;
     });

@@ -21,6 +21,10 @@ CREATE TABLE event_log_leases (
 -- checked when the head moves (below) and kept beside the head; it is not
 -- part of the hash chain.
 ALTER TABLE event_log_heads ADD COLUMN epoch bigint;
+-- Each record keeps the epoch it was written under too, so an audit can
+-- show that no owner wrote after its lease moved on: every epoch's records
+-- come before the next epoch's.
+ALTER TABLE event_log_records ADD COLUMN epoch bigint;
 
 -- Refuses moving a shard's head under an epoch that is not the live
 -- lease's. The lease row is read FOR SHARE, so a takeover (which updates

@@ -15,14 +15,14 @@
 //! The store also holds the shard's lease ([`Leases`]): the owner's appends
 //! carry its epoch, and a trigger on the head row refuses one whose epoch is
 //! not the live lease's, so a node that was paused past its lease cannot
-//! write once another has taken over. It keeps the content-key vault on
-//! local disk (a known gap, `docs/scale-out.md`).
+//! write once another has taken over. The content keys live in the database
+//! too (`event_log_keys`), written with the first group whose records they
+//! seal, so every node of the shard opens what any node sealed.
 
 #[cfg(feature = "pg-testing")]
 pub mod testing;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,7 +36,7 @@ use crate::error::{corrupt, AppendError, StorageError};
 use crate::lease::{Claim, Fence, Leases};
 use crate::record::{Appended, ChainHash, Head, NewRecord, Record};
 use crate::store::{EventStore, StoreConfig};
-use crate::vault::KeyVault;
+use crate::vault::{Entry, Erasure, KeyId, KeyVault};
 use crate::writer::{
     AppendAnswer, AppendReply, Committed, Request, Stage, StageError, Stopped, WriterPause,
 };
@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/0001_event_log.sql"),
     ),
     (2, "leases", include_str!("../migrations/0002_leases.sql")),
+    (3, "keys", include_str!("../migrations/0003_keys.sql")),
 ];
 
 /// The SQLSTATE the fence trigger raises (`0002_leases.sql`).
@@ -78,10 +79,6 @@ pub struct PgStoreConfig {
     pub url: String,
     /// The shard this store appends to and reads from.
     pub shard: i32,
-    /// Local directory of the content-key vault (see [`KeyVault`]). Every
-    /// node serving the shard would need the same keys: moving them into
-    /// the database is a known next step (`docs/scale-out.md`).
-    pub key_dir: PathBuf,
     /// Grouping and queueing, as for the other stores
     /// (`cache_capacity_bytes` does not apply).
     pub store: StoreConfig,
@@ -101,13 +98,11 @@ pub struct PgStoreConfig {
 }
 
 impl PgStoreConfig {
-    /// Shard 0 of the database at `url`, keys in `key_dir`, defaults
-    /// otherwise.
-    pub fn new(url: impl Into<String>, key_dir: impl Into<PathBuf>) -> PgStoreConfig {
+    /// Shard 0 of the database at `url`, defaults otherwise.
+    pub fn new(url: impl Into<String>) -> PgStoreConfig {
         PgStoreConfig {
             url: url.into(),
             shard: 0,
-            key_dir: key_dir.into(),
             store: StoreConfig::default(),
             max_connections: 4,
             connect_timeout: Duration::from_secs(10),
@@ -128,7 +123,6 @@ impl std::fmt::Debug for PgStoreConfig {
         f.debug_struct("PgStoreConfig")
             .field("url", &redacted(&self.url))
             .field("shard", &self.shard)
-            .field("key_dir", &self.key_dir)
             .field("store", &self.store)
             .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)
@@ -186,15 +180,6 @@ pub enum PgError {
         found: i32,
         /// The last version this build knows.
         known: i32,
-    },
-    /// The content-key vault directory could not be opened.
-    #[error("could not open the key vault in {path:?}: {source}")]
-    Vault {
-        /// The directory.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
     },
     /// The store's state could not be read.
     #[error(transparent)]
@@ -301,12 +286,18 @@ fn channel(shard: i32) -> String {
 /// What the store's tasks and its handle share.
 struct Shared {
     pool: PgPool,
+    /// One connection of its own for the lease, so that a claim never
+    /// waits behind the store's reads and appends for a connection.
+    lease_pool: PgPool,
     shard: i32,
     /// The highest head position known to be committed.
     durable: watch::Sender<u64>,
     stopped: Stopped,
     groups: AtomicU64,
     vault: Arc<KeyVault>,
+    /// The last key and erasure (`seq`) of the database this node's vault
+    /// holds, and the last position read after they were loaded.
+    keys_seen: std::sync::Mutex<KeysSeen>,
     /// What this node's appends carry (see [`Fence`]).
     fence: watch::Sender<Fence>,
     /// Appends the database refused as stale.
@@ -454,20 +445,21 @@ impl PgStore {
         .execute(&pool)
         .await
         .map_err(engine)?;
-        let vault = Arc::new(
-            KeyVault::open(&config.key_dir).map_err(|source| PgError::Vault {
-                path: config.key_dir.clone(),
-                source,
-            })?,
-        );
+        let vault = Arc::new(KeyVault::kept_by_store());
         let (durable, _) = watch::channel(0);
+        let lease_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(config.connect_timeout)
+            .connect_lazy_with(options.clone());
         let shared = Arc::new(Shared {
             pool,
+            lease_pool,
             shard: config.shard,
             durable,
             stopped: Stopped::default(),
             groups: AtomicU64::new(0),
             vault: vault.clone(),
+            keys_seen: std::sync::Mutex::new(KeysSeen::default()),
             fence: watch::Sender::new(Fence::Follower),
             fenced: AtomicU64::new(0),
         });
@@ -496,6 +488,7 @@ impl PgStore {
             None
         };
         shared.publish(shared.head().await?.position);
+        shared.load_keys(u64::MAX).await?;
 
         let (tx, rx) = mpsc::channel(config.store.queue_capacity.max(1));
         let writer = tokio::spawn(run_writer(shared.clone(), rx, config.store.clone()));
@@ -555,6 +548,7 @@ impl PgStore {
         let _ = writer.await;
         let _ = follower.await;
         shared.pool.close().await;
+        shared.lease_pool.close().await;
     }
 
     fn send(&self, request: Request) -> Result<(), AppendError> {
@@ -631,6 +625,31 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// Copies every key of `vault` (a sled log's, moving to PostgreSQL)
+    /// into the shard's keys table, beside an import of its records;
+    /// returns how many keys were new.
+    pub async fn import_keys(&self, vault: &KeyVault) -> Result<usize, StorageError> {
+        let keys = vault.entries();
+        let mut tx = self.shared.pool.begin().await.map_err(engine)?;
+        let before: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM event_log_keys WHERE shard = $1")
+                .bind(self.shared.shard)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(engine)?;
+        insert_keys(&mut tx, self.shared.shard, &keys).await?;
+        let after: i64 = sqlx::query_scalar("SELECT count(*) FROM event_log_keys WHERE shard = $1")
+            .bind(self.shared.shard)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(engine)?;
+        tx.commit().await.map_err(engine)?;
+        self.shared.vault.absorb(keys);
+        Ok(usize::try_from(after - before).unwrap_or(0))
+    }
+}
+
 impl Leases for PgStore {
     async fn claim(
         &self,
@@ -639,7 +658,7 @@ impl Leases for PgStore {
         ttl: Duration,
         held: Option<u64>,
     ) -> Result<Claim, StorageError> {
-        let mut tx = self.shared.pool.begin().await.map_err(engine)?;
+        let mut tx = self.shared.lease_pool.begin().await.map_err(engine)?;
         // Taken when vacant or lapsed (a new epoch), renewed by the process
         // that holds it (the same epoch), taken back by a restarted holder
         // (a new epoch); left alone while another node's is live.
@@ -693,7 +712,7 @@ impl Leases for PgStore {
         )
         .bind(self.shared.shard)
         .bind(node)
-        .execute(&self.shared.pool)
+        .execute(&self.shared.lease_pool)
         .await
         .map_err(engine)?;
         Ok(())
@@ -754,7 +773,11 @@ impl EventStore for PgStore {
         .fetch_all(&self.shared.pool)
         .await
         .map_err(engine)?;
-        rows.iter().map(decode).collect()
+        let records: Vec<Record> = rows.iter().map(decode).collect::<Result<_, _>>()?;
+        if let Some(last) = records.last() {
+            self.shared.load_keys(last.position).await?;
+        }
+        Ok(records)
     }
 
     async fn read_stream(
@@ -778,7 +801,11 @@ impl EventStore for PgStore {
         .fetch_all(&self.shared.pool)
         .await
         .map_err(engine)?;
-        rows.iter().map(decode).collect()
+        let records: Vec<Record> = rows.iter().map(decode).collect::<Result<_, _>>()?;
+        if let Some(last) = records.iter().map(|r| r.position).max() {
+            self.shared.load_keys(last).await?;
+        }
+        Ok(records)
     }
 
     async fn head(&self) -> Result<Head, StorageError> {
@@ -1048,14 +1075,22 @@ async fn write_group(
         let _ = tx.rollback().await;
         return Ok((answers, head));
     }
+    // Keys made for these records (and erasures asked) commit with them.
+    let (keys, erasures) = shared.vault.unsaved();
     let written = async {
-        insert_records(&mut tx, shared.shard, &stage.records).await?;
+        insert_keys(&mut tx, shared.shard, &keys).await?;
+        let erased = erase_keys(&mut tx, shared.shard, &erasures).await?;
+        insert_records(&mut tx, shared.shard, &stage.records, epoch).await?;
         move_head(&mut tx, shared.shard, stage.head, epoch).await?;
-        sync_vault(&shared.vault).await?;
-        tx.commit().await.map_err(engine)
+        tx.commit().await.map_err(engine)?;
+        Ok::<_, StorageError>(erased)
     };
     match written.await {
-        Ok(()) => {
+        Ok(erased) => {
+            shared.vault.saved(&keys, &erasures);
+            if erased {
+                vacuum_keys(shared.pool.clone());
+            }
             shared.groups.fetch_add(1, Ordering::Relaxed);
             Ok((answers, stage.head))
         }
@@ -1153,6 +1188,7 @@ async fn insert_records(
     tx: &mut Transaction<'_, Postgres>,
     shard: i32,
     records: &[Record],
+    epoch: Option<u64>,
 ) -> Result<(), StorageError> {
     let n = records.len();
     let mut position = Vec::with_capacity(n);
@@ -1194,8 +1230,8 @@ async fn insert_records(
     sqlx::query(
         "INSERT INTO event_log_records (shard, position, stream, stream_version, event_id, \
              recorded_at_ms, type_name, schema_version, causation_id, correlation_id, \
-             idempotency_key, payload, prev_hash, hash) \
-         SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::uuid[], \
+             idempotency_key, payload, prev_hash, hash, epoch) \
+         SELECT $1, *, $15 FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::uuid[], \
              $6::bigint[], $7::text[], $8::integer[], $9::uuid[], $10::uuid[], $11::text[], \
              $12::bytea[], $13::bytea[], $14::bytea[])",
     )
@@ -1213,6 +1249,7 @@ async fn insert_records(
     .bind(payload)
     .bind(prev_hash)
     .bind(hash)
+    .bind(epoch.map(to_i64))
     .execute(&mut **tx)
     .await
     .map_err(engine)?;
@@ -1245,18 +1282,162 @@ async fn move_head(
     Ok(())
 }
 
-/// Writes and syncs the content keys made since the last group, before the
-/// COMMIT of records that may name them.
-async fn sync_vault(vault: &Arc<KeyVault>) -> Result<(), StorageError> {
-    let io = |e: std::io::Error| StorageError::Engine(Box::new(e));
-    if !vault.write_pending().map_err(io)? {
+/// Inserts the content keys made since the last group, in the transaction
+/// of the records that may name them.
+async fn insert_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    shard: i32,
+    keys: &[Entry],
+) -> Result<(), StorageError> {
+    if keys.is_empty() {
         return Ok(());
     }
-    let vault = vault.clone();
-    tokio::task::spawn_blocking(move || vault.sync_file())
+    let ids: Vec<&[u8]> = keys.iter().map(|k| &k.id.0[..]).collect();
+    let subjects: Vec<&str> = keys.iter().map(|k| k.subject.as_str()).collect();
+    let days: Vec<i32> = keys
+        .iter()
+        .map(|k| i32::try_from(k.day).unwrap_or(i32::MAX))
+        .collect();
+    let material: Vec<&[u8]> = keys.iter().map(|k| &k.key[..]).collect();
+    sqlx::query(
+        "INSERT INTO event_log_keys (shard, key_id, subject, day, material) \
+         SELECT $1, * FROM UNNEST($2::bytea[], $3::text[], $4::integer[], $5::bytea[]) \
+         ON CONFLICT (shard, key_id) DO NOTHING",
+    )
+    .bind(shard)
+    .bind(ids)
+    .bind(subjects)
+    .bind(days)
+    .bind(material)
+    .execute(&mut **tx)
+    .await
+    .map_err(engine)?;
+    Ok(())
+}
+
+/// Deletes the keys the erasures name, whichever node made them, and notes
+/// their ids for the other nodes. Whether any key was deleted.
+async fn erase_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    shard: i32,
+    erasures: &[Erasure],
+) -> Result<bool, StorageError> {
+    let mut any = false;
+    for erasure in erasures {
+        let (query, prefix, day) = match erasure {
+            Erasure::Subject(subject) => ("subject = $2", subject.as_str(), 0),
+            Erasure::Before { prefix, day } => (
+                "starts_with(subject, $2) AND day < $3",
+                prefix.as_str(),
+                i32::try_from(*day).unwrap_or(i32::MAX),
+            ),
+        };
+        let deleted = sqlx::query(&format!(
+            "WITH gone AS (DELETE FROM event_log_keys WHERE shard = $1 AND {query} \
+                           AND $3 = $3 RETURNING key_id) \
+             INSERT INTO event_log_key_erasures (shard, key_id) SELECT $1, key_id FROM gone"
+        ))
+        .bind(shard)
+        .bind(prefix)
+        .bind(day)
+        .execute(&mut **tx)
         .await
-        .map_err(|e| StorageError::Engine(Box::new(e)))?
-        .map_err(io)
+        .map_err(engine)?;
+        any |= deleted.rows_affected() > 0;
+    }
+    Ok(any)
+}
+
+/// Rewrites the keys table after an erasure, so that no page of it keeps
+/// the deleted keys (a DELETE only marks rows dead). In the background: a
+/// failure is logged, and the next erasure tries again.
+fn vacuum_keys(pool: PgPool) {
+    tokio::spawn(async move {
+        if let Err(e) = sqlx::query("VACUUM FULL event_log_keys")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %e, "could not VACUUM the keys table after an erasure");
+        }
+    });
+}
+
+/// How far this node's vault follows the database's keys.
+#[derive(Debug, Default)]
+struct KeysSeen {
+    key: i64,
+    erasure: i64,
+    /// Records up to here were read after their keys were loaded.
+    position: u64,
+}
+
+impl Shared {
+    /// Loads the keys and erasures other nodes wrote since the last load,
+    /// unless the records just read (up to `read_to`) are covered already.
+    /// Keys commit with the records they seal, so loading after a read
+    /// covers everything that read returned.
+    async fn load_keys(&self, read_to: u64) -> Result<(), StorageError> {
+        let (key, erasure) = {
+            let seen = self.keys_seen.lock().unwrap_or_else(|p| p.into_inner());
+            if read_to != u64::MAX && read_to <= seen.position {
+                return Ok(());
+            }
+            (seen.key, seen.erasure)
+        };
+        let rows = sqlx::query(
+            "SELECT key_id, subject, day, material, seq FROM event_log_keys \
+             WHERE shard = $1 AND seq > $2 ORDER BY seq",
+        )
+        .bind(self.shard)
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(engine)?;
+        let mut last_key = key;
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let bad = || corrupt("the keys table".to_owned(), "a malformed key row", None);
+            let id: Vec<u8> = row.try_get("key_id").map_err(engine)?;
+            let material: Vec<u8> = row.try_get("material").map_err(engine)?;
+            let day: i32 = row.try_get("day").map_err(engine)?;
+            entries.push(Entry {
+                subject: row.try_get("subject").map_err(engine)?,
+                day: u32::try_from(day).map_err(|_| bad())?,
+                id: KeyId(id.try_into().map_err(|_| bad())?),
+                key: material.try_into().map_err(|_| bad())?,
+            });
+            last_key = row.try_get("seq").map_err(engine)?;
+        }
+        let rows = sqlx::query(
+            "SELECT key_id, seq FROM event_log_key_erasures \
+             WHERE shard = $1 AND seq > $2 ORDER BY seq",
+        )
+        .bind(self.shard)
+        .bind(erasure)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(engine)?;
+        let mut last_erasure = erasure;
+        let mut forgotten = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: Vec<u8> = row.try_get("key_id").map_err(engine)?;
+            if let Ok(id) = id.try_into() {
+                forgotten.push(KeyId(id));
+            }
+            last_erasure = row.try_get("seq").map_err(engine)?;
+        }
+        // Erased keys are dropped from what was loaded too: a key read
+        // before its erasure committed must not come back.
+        self.vault.absorb(entries);
+        self.vault.forget(&forgotten);
+        let mut seen = self.keys_seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.key = seen.key.max(last_key);
+        seen.erasure = seen.erasure.max(last_erasure);
+        if read_to != u64::MAX {
+            seen.position = seen.position.max(read_to);
+        }
+        Ok(())
+    }
 }
 
 /// Writes records that already carry positions and hashes (an import),
@@ -1289,7 +1470,7 @@ async fn restore(shared: &Shared, records: Vec<Record>) -> Result<Head, AppendEr
         };
     }
     let written = async {
-        insert_records(&mut tx, shared.shard, &records).await?;
+        insert_records(&mut tx, shared.shard, &records, None).await?;
         move_head(&mut tx, shared.shard, head, None).await?;
         tx.commit().await.map_err(engine)
     };

@@ -75,13 +75,23 @@ pub enum VaultError {
     NoSubject,
 }
 
-/// One key as the vault file stores it.
+/// One key as the vault file (or a store's keys table) holds it.
 #[derive(Clone)]
-struct Entry {
-    subject: String,
-    day: u32,
-    id: KeyId,
-    key: [u8; 32],
+pub(crate) struct Entry {
+    pub(crate) subject: String,
+    pub(crate) day: u32,
+    pub(crate) id: KeyId,
+    pub(crate) key: [u8; 32],
+}
+
+/// An erasure a store that keeps the keys must carry out where it keeps
+/// them (every node's keys, not only those this one knows).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Erasure {
+    /// Every key of a subject.
+    Subject(String),
+    /// The keys of subjects starting with the prefix, for days before `day`.
+    Before { prefix: String, day: u32 },
 }
 
 impl Entry {
@@ -133,6 +143,8 @@ struct Keys {
     current: HashMap<(String, u32), KeyId>,
     /// Keys made since the last sync, in order.
     pending: Vec<KeyId>,
+    /// Erasures not yet carried out by the store that keeps the keys.
+    erasures: Vec<Erasure>,
 }
 
 /// Per-person content keys; see the module docs.
@@ -144,6 +156,9 @@ pub struct KeyVault {
     file: Mutex<Option<File>>,
     /// `<log>/vault`, or `None` for a vault that lives in memory.
     dir: Option<PathBuf>,
+    /// Kept by its store (PostgreSQL's keys table): new keys and erasures
+    /// are queued for the store to write with its next group.
+    kept_by_store: bool,
     /// Distinguishes nonces made in the same instant by this process.
     counter: AtomicU64,
     syncs: AtomicU64,
@@ -171,6 +186,7 @@ impl KeyVault {
             keys: Mutex::new(Keys::default()),
             file: Mutex::new(None),
             dir: None,
+            kept_by_store: false,
             counter: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             entropy: Mutex::new(Vec::new()),
@@ -209,6 +225,7 @@ impl KeyVault {
             keys: Mutex::new(keys),
             file: Mutex::new(Some(file)),
             dir: Some(dir.to_path_buf()),
+            kept_by_store: false,
             counter: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             entropy: Mutex::new(Vec::new()),
@@ -264,8 +281,8 @@ impl KeyVault {
                         let id = entry.id;
                         keys.current.insert((entry.subject.clone(), day), id);
                         keys.by_id.insert(id, entry);
-                        // Only a vault with a file has keys to sync.
-                        if self.dir.is_some() {
+                        // Only a vault with a file or a store has keys to sync.
+                        if self.dir.is_some() || self.kept_by_store {
                             keys.pending.push(id);
                         }
                         id
@@ -416,13 +433,84 @@ impl KeyVault {
     /// Destroys every key of `subject`: all content sealed for that person
     /// is unreadable from now on. Returns how many keys were destroyed.
     pub fn erase_subject(&self, subject: &str) -> std::io::Result<usize> {
+        self.queue_erasure(Erasure::Subject(subject.to_owned()));
         self.destroy(|e| e.subject == subject)
     }
 
     /// Destroys the keys of every subject starting with `prefix` (a page:
     /// `"<page>/"`) made for a day before `day`. Returns how many.
     pub fn erase_before(&self, prefix: &str, day: u32) -> std::io::Result<usize> {
+        self.queue_erasure(Erasure::Before {
+            prefix: prefix.to_owned(),
+            day,
+        });
         self.destroy(|e| e.day < day && e.subject.starts_with(prefix))
+    }
+
+    fn queue_erasure(&self, erasure: Erasure) {
+        if self.kept_by_store {
+            self.lock().erasures.push(erasure);
+        }
+    }
+
+    /// A vault whose keys its store keeps (PostgreSQL's keys table, shared
+    /// by every node of a shard): in memory here; new keys and erasures wait
+    /// in [`KeyVault::unsaved`] until the store writes them with a group.
+    pub(crate) fn kept_by_store() -> KeyVault {
+        KeyVault {
+            kept_by_store: true,
+            ..KeyVault::in_memory()
+        }
+    }
+
+    /// What the store must write: keys made and erasures asked since the
+    /// last [`KeyVault::saved`].
+    pub(crate) fn unsaved(&self) -> (Vec<Entry>, Vec<Erasure>) {
+        let keys = self.lock();
+        let entries = keys
+            .pending
+            .iter()
+            .filter_map(|id| keys.by_id.get(id).cloned())
+            .collect();
+        (entries, keys.erasures.clone())
+    }
+
+    /// The store wrote these (its transaction committed).
+    pub(crate) fn saved(&self, entries: &[Entry], erasures: &[Erasure]) {
+        let mut keys = self.lock();
+        keys.pending
+            .retain(|id| !entries.iter().any(|e| e.id == *id));
+        keys.erasures.retain(|e| !erasures.contains(e));
+    }
+
+    /// Every live key (to copy a vault into a store that keeps its keys).
+    pub(crate) fn entries(&self) -> Vec<Entry> {
+        self.lock().by_id.values().cloned().collect()
+    }
+
+    /// Keys other nodes made, as the store read them.
+    pub(crate) fn absorb(&self, entries: Vec<Entry>) {
+        let mut keys = self.lock();
+        for entry in entries {
+            keys.current
+                .entry((entry.subject.clone(), entry.day))
+                .or_insert(entry.id);
+            keys.by_id.entry(entry.id).or_insert(entry);
+        }
+    }
+
+    /// Keys destroyed by another node's erasure.
+    pub(crate) fn forget(&self, ids: &[KeyId]) {
+        let mut keys = self.lock();
+        for id in ids {
+            if let Some(entry) = keys.by_id.remove(id) {
+                let slot = (entry.subject, entry.day);
+                if keys.current.get(&slot) == Some(id) {
+                    keys.current.remove(&slot);
+                }
+            }
+        }
+        keys.pending.retain(|id| !ids.contains(id));
     }
 
     /// The days for which `subject` has keys (for reports and tests).

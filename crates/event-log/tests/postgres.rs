@@ -392,7 +392,7 @@ async fn migrate_is_idempotent_and_refuses_a_newer_schema() {
     // Run together, under the advisory lock: one applies, one finds it done.
     let mut applied = [first.unwrap(), second.unwrap()];
     applied.sort();
-    assert_eq!(applied, [0, 2]);
+    assert_eq!(applied, [0, 3]);
     assert_eq!(event_log::postgres::migrate(&url).await.unwrap(), 0);
     let name = url.rsplit('/').next().unwrap();
     let versions = server
@@ -401,7 +401,7 @@ async fn migrate_is_idempotent_and_refuses_a_newer_schema() {
             "SELECT version, name FROM event_log_migrations ORDER BY version",
         )
         .unwrap();
-    assert_eq!(versions.trim(), "1|event_log\n2|leases");
+    assert_eq!(versions.trim(), "1|event_log\n2|leases\n3|keys");
 
     // A store connecting migrates too, and finds nothing to do.
     let mut config = server.store_config().unwrap();
@@ -419,7 +419,7 @@ async fn migrate_is_idempotent_and_refuses_a_newer_schema() {
     match PgStore::connect(config).await {
         Err(PgError::SchemaTooNew {
             found: 999,
-            known: 2,
+            known: 3,
         }) => {}
         other => panic!("unexpected {other:?}"),
     }
@@ -433,11 +433,7 @@ async fn connection_failures_are_typed_errors() {
         .local_addr()
         .unwrap()
         .port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = PgStoreConfig::new(
-        format!("postgres://baton:secret@127.0.0.1:{port}/none"),
-        dir.path(),
-    );
+    let mut config = PgStoreConfig::new(format!("postgres://baton:secret@127.0.0.1:{port}/none"));
     config.connect_timeout = Duration::from_secs(2);
     let err = PgStore::connect(config.clone()).await.unwrap_err();
     assert!(matches!(err, PgError::Connect { .. }), "{err:?}");

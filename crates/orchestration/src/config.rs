@@ -183,11 +183,9 @@ pub struct PostgresSetting {
 }
 
 impl PostgresSetting {
-    /// How to open the store: the URL and shard, the content-key vault in
-    /// `<data_dir>/vault`.
-    pub fn store_config(&self, data_dir: &Path) -> event_log::PgStoreConfig {
-        event_log::PgStoreConfig::new(self.url.expose(), data_dir.join("vault"))
-            .with_shard(self.shard)
+    /// How to open the store: the URL and shard.
+    pub fn store_config(&self) -> event_log::PgStoreConfig {
+        event_log::PgStoreConfig::new(self.url.expose()).with_shard(self.shard)
     }
 }
 
@@ -747,7 +745,7 @@ impl Config {
         let StoreSetting::Postgres(pg) = &self.store else {
             return None;
         };
-        Some(pg.store_config(&self.data_dir))
+        Some(pg.store_config())
     }
 
     pub fn managed(&self, app: &AppId) -> Option<(&AppConfig, &ManagedApp)> {

@@ -201,6 +201,7 @@ pub(crate) async fn claim<S: EventStore + Leases>(baton: &Baton<S>, lease: &Leas
 /// catch up with everything the last owner wrote, then the work starts.
 async fn step_up<S: EventStore + Leases>(baton: &Baton<S>, epoch: u64) {
     baton.store.set_fence(Fence::Owner(epoch));
+    tracing::info!(epoch, "won the shard's lease; catching up with the log");
     match baton.store.head().await {
         Ok(head) => baton.projections.wait_for(head.position).await,
         Err(e) => {

@@ -265,6 +265,17 @@ pub struct Cluster {
     pub node_id: Option<String>,
 }
 
+impl Cluster {
+    /// As `store = { postgres = … }` configures it.
+    pub fn from_setting(setting: &config::PostgresSetting) -> Cluster {
+        Cluster {
+            lease: std::time::Duration::from_millis(setting.lease_ms),
+            advertise_url: setting.advertise_url.clone(),
+            node_id: setting.node_id.clone(),
+        }
+    }
+}
+
 /// Starts like [`start`] on a store that several nodes share: the node
 /// decides for the shard (and dispatches) only while it holds the shard's
 /// lease, and otherwise records webhooks and routes every other request to

@@ -365,7 +365,7 @@ pub fn postgres_config(dir: &Path) -> event_log::PgStoreConfig {
             url
         }
     };
-    let mut config = event_log::PgStoreConfig::new(url, dir.join("vault"));
+    let mut config = event_log::PgStoreConfig::new(url);
     // Fail fast in tests rather than wait for a server that is gone.
     config.connect_timeout = std::time::Duration::from_secs(5);
     config
@@ -407,7 +407,10 @@ pub fn store_setting(dir: &Path) -> (String, Vec<(String, String)>) {
     match store_under_test() {
         StoreKind::Sled => ("store = \"sled\"".to_owned(), Vec::new()),
         StoreKind::Postgres => (
-            r#"store = { postgres = { url = { env = "BATON_DATABASE_URL" } } }"#.to_owned(),
+            // One node per database: restarted (after a kill too), it takes
+            // its lease back at once.
+            r#"store = { postgres = { url = { env = "BATON_DATABASE_URL" }, node_id = "test-node" } }"#
+                .to_owned(),
             vec![(
                 "BATON_DATABASE_URL".to_owned(),
                 postgres_config(dir).url.clone(),

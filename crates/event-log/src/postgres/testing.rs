@@ -142,14 +142,10 @@ impl TestServer {
         Ok(self.url(&name))
     }
 
-    /// A [`PgStoreConfig`] for shard 0 of a new database, with a key
-    /// directory of its own inside the server's directory.
+    /// A [`PgStoreConfig`] for shard 0 of a new database.
     pub fn store_config(&self) -> Result<PgStoreConfig, TestServerError> {
         let url = self.create_database()?;
-        let name = url.rsplit('/').next().unwrap_or("t");
-        let key_dir = self.dir.path().join("keys").join(name);
-        std::fs::create_dir_all(&key_dir)?;
-        let mut config = PgStoreConfig::new(url, key_dir);
+        let mut config = PgStoreConfig::new(url);
         // Fail fast in tests rather than wait for a server that is gone.
         config.connect_timeout = Duration::from_secs(5);
         Ok(config)
