@@ -156,6 +156,25 @@ fn spawn(config: &std::path::Path) -> Server {
     Server { child, url }
 }
 
+/// The bot's dispatch cursor as the server stored it for the data directory
+/// `data`: a file there on sled, a row of the database on PostgreSQL.
+async fn stored_cursor(data: &std::path::Path) -> Option<dispatch::CursorState> {
+    let bot = domain::AppId::parse(BOT).unwrap();
+    match store_under_test() {
+        StoreKind::Sled => dispatch::CursorFile::new(&data.join("dispatch"), &bot)
+            .load()
+            .unwrap(),
+        StoreKind::Postgres => {
+            let store = event_log::PgStore::connect(postgres_config(data))
+                .await
+                .unwrap();
+            let cursor = dispatch::SharedCursors::load(&store, &bot).await.unwrap();
+            store.close().await;
+            cursor
+        }
+    }
+}
+
 fn body(mid: &str, psid: &str) -> Vec<u8> {
     envelope(
         json!([{"id": PAGE, "time": T0.millis(), "messaging": [message_item(psid, mid, T0.millis())]}]),
@@ -544,13 +563,9 @@ async fn sigterm_under_load_answers_every_request_and_loses_nothing() {
         .map(|(_, m)| m.clone())
         .collect();
     // The cursor written at the stop covers everything acknowledged.
-    let cursor = dispatch::CursorFile::new(
-        &dir.path().join("data").join("dispatch"),
-        &domain::AppId::parse(BOT).unwrap(),
-    )
-    .load()
-    .unwrap()
-    .expect("the stop wrote the bot's cursor");
+    let cursor = stored_cursor(&dir.path().join("data"))
+        .await
+        .expect("the stop wrote the bot's cursor");
 
     // Restart with the backend whole again: dispatch resumes where its
     // cursor was written at the stop.

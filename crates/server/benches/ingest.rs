@@ -5,8 +5,11 @@
 //! the ratios; for bodies of 1, 4 and 10 items. The same load then runs on
 //! PostgreSQL (a local server the benchmark starts, as the tests do; durable
 //! at COMMIT) for the PostgreSQL/sled ratio (`BATON_BENCH_POSTGRES=0` skips
-//! it). After each durable run it reads the log back and checks that every
-//! acknowledged item is stored exactly once.
+//! it), as `baton serve` runs there (under the shard's lease), and then on
+//! three nodes sharing the database, the load spread over them in turn (a
+//! load balancer's round robin), for the 3-node/1-node ratio. After each
+//! durable run it reads the log back and checks that every acknowledged item
+//! is stored exactly once.
 //! Run: `cargo bench -p server --bench ingest`
 //! (`BATON_BENCH_DELIVERIES=20000` for a longer run).
 
@@ -62,7 +65,47 @@ async fn run<S: EventStore + 'static>(store: Arc<S>, deliveries: usize, items: u
     let running = server::start(config(), store, clock)
         .await
         .expect("server starts");
-    let url = running.base_url();
+    let outcome = load(&[running.base_url()], deliveries, items).await;
+    running.stop().await;
+    outcome
+}
+
+/// `nodes` Baton nodes on one PostgreSQL database, each under the shard's
+/// lease as `baton serve` runs there; the load goes to them in turn.
+async fn run_nodes(
+    server: &TestServer,
+    nodes: usize,
+    deliveries: usize,
+    items: usize,
+) -> (Outcome, PgStore) {
+    let config = server.store_config().expect("a database");
+    let mut running = Vec::new();
+    for n in 0..nodes {
+        let store = Arc::new(PgStore::connect(config.clone()).await.expect("PostgreSQL"));
+        let cluster = server::Cluster {
+            lease: Duration::from_secs(10),
+            advertise_url: None,
+            node_id: Some(format!("bench-{n}")),
+        };
+        let clock = Arc::new(ManualClock::new(test_support::T0));
+        running.push(
+            server::start_leased(config(), store, clock, cluster)
+                .await
+                .expect("node starts"),
+        );
+    }
+    let urls: Vec<String> = running.iter().map(|r| r.base_url()).collect();
+    let outcome = load(&urls, deliveries, items).await;
+    for node in running {
+        node.stop().await;
+    }
+    let reader = PgStore::connect(config).await.expect("PostgreSQL");
+    (outcome, reader)
+}
+
+/// Fires the signed deliveries at `urls` (in turn) over the connections.
+async fn load(urls: &[String], deliveries: usize, items: usize) -> Outcome {
+    let urls: Arc<Vec<String>> = Arc::new(urls.to_vec());
     // Signed before the clock starts: the load generator only sends.
     let bodies: Arc<Vec<(String, Vec<u8>, String)>> = Arc::new(
         (0..deliveries)
@@ -82,7 +125,7 @@ async fn run<S: EventStore + 'static>(store: Arc<S>, deliveries: usize, items: u
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CONNECTIONS {
-        let (bodies, next, url) = (bodies.clone(), next.clone(), url.clone());
+        let (bodies, next, urls) = (bodies.clone(), next.clone(), urls.clone());
         tasks.push(tokio::spawn(async move {
             let http = reqwest::Client::builder()
                 .pool_max_idle_per_host(1)
@@ -95,6 +138,7 @@ async fn run<S: EventStore + 'static>(store: Arc<S>, deliveries: usize, items: u
                     return latencies;
                 }
                 let (app, body, sig) = &bodies[n];
+                let url = &urls[n % urls.len()];
                 let t = Instant::now();
                 let res = http
                     .post(format!("{url}/webhooks/{app}"))
@@ -114,7 +158,6 @@ async fn run<S: EventStore + 'static>(store: Arc<S>, deliveries: usize, items: u
         latencies.extend(t.await.unwrap());
     }
     let elapsed = started.elapsed();
-    running.stop().await;
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     let events = deliveries * items;
@@ -171,17 +214,19 @@ fn main() {
             let durable = run(sled.clone(), deliveries, items).await;
             stored_exactly_once(sled.as_ref(), deliveries, items).await;
             let memory = run(Arc::new(MemoryStore::new()), deliveries, items).await;
-            let postgres = match &pg {
+            let (postgres, three) = match &pg {
                 Some(server) => {
-                    let config = server.store_config().expect("a database");
-                    let store = Arc::new(PgStore::connect(config).await.expect("PostgreSQL"));
-                    let o = run(store.clone(), deliveries, items).await;
-                    stored_exactly_once(store.as_ref(), deliveries, items).await;
-                    Some(o)
+                    let (one, store) = run_nodes(server, 1, deliveries, items).await;
+                    stored_exactly_once(&store, deliveries, items).await;
+                    store.close().await;
+                    let (three, store) = run_nodes(server, 3, deliveries, items).await;
+                    stored_exactly_once(&store, deliveries, items).await;
+                    store.close().await;
+                    (Some(one), Some(three))
                 }
-                None => None,
+                None => (None, None),
             };
-            let rows = [("sled (durable, fdatasync)", Some(&durable)), ("memory (persistence off)", Some(&memory)), ("postgres (durable, COMMIT)", postgres.as_ref())];
+            let rows = [("sled (durable, fdatasync)", Some(&durable)), ("memory (persistence off)", Some(&memory)), ("postgres (1 node, COMMIT)", postgres.as_ref()), ("postgres (3 nodes, COMMIT)", three.as_ref())];
             for (name, o) in rows {
                 let Some(o) = o else { continue };
                 println!("{items:<8} {name:<28} {:>12.0} {:>10.2?} {:>10.2?} {:>10.2?}", o.events_per_sec, o.p50, o.p99, o.p999);
@@ -191,11 +236,13 @@ fn main() {
                 durable.events_per_sec / memory.events_per_sec,
                 durable.p99.as_secs_f64() / memory.p99.as_secs_f64()
             );
-            if let Some(p) = &postgres {
+            if let (Some(p), Some(t)) = (&postgres, &three) {
                 println!(
-                    "{items:<8} postgres/sled throughput: {:.2}; p99 postgres/sled: {:.2}",
+                    "{items:<8} postgres/sled throughput: {:.2}; p99 postgres/sled: {:.2}; 3 nodes/1 node throughput: {:.2}; p99 3 nodes/1 node: {:.2}",
                     p.events_per_sec / durable.events_per_sec,
-                    p.p99.as_secs_f64() / durable.p99.as_secs_f64()
+                    p.p99.as_secs_f64() / durable.p99.as_secs_f64(),
+                    t.events_per_sec / p.events_per_sec,
+                    t.p99.as_secs_f64() / p.p99.as_secs_f64()
                 );
             }
         }

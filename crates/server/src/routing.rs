@@ -68,12 +68,15 @@ pub async fn route_to_owner<S: 'static>(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody, BoxBody>>, actix_web::Error> {
-    let Some(state) = req.app_data::<web::Data<AppState<S>>>().cloned() else {
+    // On a store of its own (no router), every request is this node's.
+    let state = match req.app_data::<web::Data<AppState<S>>>() {
+        Some(state) if state.router.is_some() => state.clone(),
+        _ => return Ok(next.call(req).await?.map_into_left_body()),
+    };
+    let Some(router) = &state.router else {
         return Ok(next.call(req).await?.map_into_left_body());
     };
-    let (Some(router), role) = (&state.router, state.baton.role().borrow().clone()) else {
-        return Ok(next.call(req).await?.map_into_left_body());
-    };
+    let role = state.baton.role().borrow().clone();
     let owner = match role {
         Role::Owner { .. } => return Ok(next.call(req).await?.map_into_left_body()),
         _ if served_here(req.path()) => return Ok(next.call(req).await?.map_into_left_body()),

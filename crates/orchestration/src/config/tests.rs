@@ -239,4 +239,58 @@ fn bad_store_settings_fail_naming_the_field_without_the_url() {
     );
     fails(r#"{ postgres = { } }"#, "bad.toml", "url");
     fails(r#""mysql""#, "bad.toml", "mysql");
+    fails(
+        r#"{ postgres = { url = { env = "BATON_DATABASE_URL" }, lease_ms = 100 } }"#,
+        "store.postgres.lease_ms",
+        "between 300",
+    );
+    fails(
+        r#"{ postgres = { url = { env = "BATON_DATABASE_URL" }, node_id = "" } }"#,
+        "store.postgres.node_id",
+        "printable",
+    );
+    fails(
+        r#"{ postgres = { url = { env = "BATON_DATABASE_URL" }, advertise_url = "10.0.0.1:8080" } }"#,
+        "store.postgres.advertise_url",
+        "http://",
+    );
+}
+
+#[test]
+fn a_cluster_node_is_configured_with_its_id_address_and_lease() {
+    let text = with_store(
+        r#"{ postgres = { url = { env = "BATON_DATABASE_URL" }, node_id = "baton-a", advertise_url = "http://10.0.0.11:8080", lease_ms = 5000 } }"#,
+    );
+    let c = Config::parse(&text, "node.toml", pg_env).unwrap();
+    let StoreSetting::Postgres(pg) = &c.store else {
+        panic!("expected postgres, got {:?}", c.store)
+    };
+    assert_eq!(pg.node_id.as_deref(), Some("baton-a"));
+    assert_eq!(pg.advertise_url.as_deref(), Some("http://10.0.0.11:8080"));
+    assert_eq!(pg.lease_ms, 5000);
+    let defaults = with_store(r#"{ postgres = { url = { env = "BATON_DATABASE_URL" } } }"#);
+    let c = Config::parse(&defaults, "node.toml", pg_env).unwrap();
+    assert!(matches!(
+        c.store,
+        StoreSetting::Postgres(PostgresSetting {
+            lease_ms: 10_000,
+            node_id: None,
+            advertise_url: None,
+            ..
+        })
+    ));
+
+    // Listening on every address, the node cannot know which one the others
+    // reach it at: it must say.
+    let wildcard = defaults.replacen("listen = \"127.0.0.1:", "listen = \"0.0.0.0:", 1);
+    assert_ne!(wildcard, defaults, "GOOD listens on 127.0.0.1");
+    let err = Config::parse(&wildcard, "node.toml", pg_env)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("store.postgres.advertise_url"), "{err}");
+    let advertised = wildcard.replace(
+        "env = \"BATON_DATABASE_URL\" }",
+        "env = \"BATON_DATABASE_URL\" }, advertise_url = \"http://10.0.0.11:8080\"",
+    );
+    Config::parse(&advertised, "node.toml", pg_env).unwrap();
 }
