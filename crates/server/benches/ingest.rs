@@ -78,10 +78,14 @@ async fn run_nodes(
     deliveries: usize,
     items: usize,
 ) -> (Outcome, PgStore) {
-    let config = server.store_config().expect("a database");
+    let database = server.store_config().expect("a database");
     let mut running = Vec::new();
     for n in 0..nodes {
-        let store = Arc::new(PgStore::connect(config.clone()).await.expect("PostgreSQL"));
+        let store = Arc::new(
+            PgStore::connect(database.clone())
+                .await
+                .expect("PostgreSQL"),
+        );
         let cluster = server::Cluster {
             lease: Duration::from_secs(10),
             advertise_url: None,
@@ -99,7 +103,7 @@ async fn run_nodes(
     for node in running {
         node.stop().await;
     }
-    let reader = PgStore::connect(config).await.expect("PostgreSQL");
+    let reader = PgStore::connect(database).await.expect("PostgreSQL");
     (outcome, reader)
 }
 
