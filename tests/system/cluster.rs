@@ -17,18 +17,15 @@
 //! It needs a store the nodes share, so it runs in `system-postgres` only.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use domain::Event;
 use emulator::{AppConfig, Emulator, PageConfig, World};
-use event_log::EventStore;
 use serde_json::json;
 
-use crate::reliability::Backend;
+use crate::reliability::{spawn_server, verified_message_facts, Backend};
 use crate::support::*;
 
 const PAGES: [&str; 3] = ["5550011", "5550012", "5550013"];
@@ -95,24 +92,13 @@ backend_url = "{backend}"
 }
 
 fn spawn(name: &str, config: &Path, database: &str) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reliability-server"))
-        .arg(config)
-        .env("BATON_DATABASE_URL", database)
-        .env("RUST_LOG", "warn,orchestration::leadership=info")
-        .stdout(Stdio::piped())
+    let (child, url) = spawn_server(
+        config,
+        vec![("BATON_DATABASE_URL".to_owned(), database.to_owned())],
+        "warn,orchestration::leadership=info",
         // Each node's warnings (lease changes among them), for a failure's reader.
-        .stderr(std::fs::File::create(config.with_extension("log")).unwrap())
-        .spawn()
-        .expect("the node starts");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{name} says where it listens: {line:?}"))
-        .to_owned();
+        Stdio::from(std::fs::File::create(config.with_extension("log")).unwrap()),
+    );
     Node {
         name: name.to_owned(),
         child,
@@ -354,14 +340,7 @@ async fn three_nodes_survive_a_kill_and_a_freeze_without_losing_or_repeating_any
             "messaging": [message_item(&psid, "m.frozen", now_ms)]
         }]));
         tokio::spawn(async move {
-            http.post(format!("{url}/webhooks/{BOT}"))
-                .header("content-type", "application/json")
-                .header(
-                    "x-hub-signature-256",
-                    wire::signature::sign_sha256(BOT_SECRET.as_bytes(), &body),
-                )
-                .body(body)
-                .send()
+            post_signed(&http, &url, BOT, BOT_SECRET, &body)
                 .await
                 .map(|r| r.status().as_u16())
         })
@@ -410,21 +389,7 @@ async fn three_nodes_survive_a_kill_and_a_freeze_without_losing_or_repeating_any
     let store = event_log::PgStore::connect(event_log::PgStoreConfig::new(database.clone()))
         .await
         .unwrap();
-    let verified = event_log::verify(&store).await.unwrap();
-    let records = store.read_all(1, usize::MAX).await.unwrap();
-    assert_eq!(
-        records.len() as u64,
-        verified.records,
-        "positions have no gap"
-    );
-    let mut facts: BTreeMap<String, usize> = BTreeMap::new();
-    for r in &records {
-        if let Ok(Event::MessagingEventReceived(m)) =
-            Event::decode(&r.type_name, r.schema_version, &r.payload)
-        {
-            *facts.entry(m.dedupe_key).or_default() += 1;
-        }
-    }
+    let (records, facts) = verified_message_facts(&store).await;
     for (page, _, mid) in &acked {
         assert_eq!(
             facts.get(&format!("{page}:mid:{mid}")),

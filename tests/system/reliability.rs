@@ -136,12 +136,24 @@ struct Server {
 fn spawn(config: &std::path::Path) -> Server {
     let data = config.with_file_name("data");
     let (_, env) = test_support::store_setting(&data);
+    let (child, url) = spawn_server(config, env, "error", Stdio::null());
+    Server { child, url }
+}
+
+/// Starts `reliability-server` on `config` with `env` and `RUST_LOG=log`,
+/// its log to `stderr`; answers the process and the URL it listens on.
+pub(crate) fn spawn_server(
+    config: &std::path::Path,
+    env: Vec<(String, String)>,
+    log: &str,
+    stderr: Stdio,
+) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_reliability-server"))
         .arg(config)
         .envs(env)
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", log)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("the server starts");
     let mut line = String::new();
@@ -151,9 +163,32 @@ fn spawn(config: &std::path::Path) -> Server {
     let url = line
         .trim()
         .strip_prefix("listening on ")
-        .expect("the server says where it listens")
+        .unwrap_or_else(|| panic!("{} says where it listens: {line:?}", config.display()))
         .to_owned();
-    Server { child, url }
+    (child, url)
+}
+
+/// Verifies the chain (and that positions have no gap) and counts the
+/// message facts by dedupe key (`<page>:mid:<mid>`).
+pub(crate) async fn verified_message_facts<S: EventStore>(
+    store: &S,
+) -> (Vec<event_log::Record>, BTreeMap<String, usize>) {
+    let report = event_log::verify(store).await.unwrap();
+    let records = store.read_all(1, usize::MAX).await.unwrap();
+    assert_eq!(
+        records.len() as u64,
+        report.records,
+        "positions have no gap"
+    );
+    let mut facts: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &records {
+        if let Ok(Event::MessagingEventReceived(m)) =
+            Event::decode(&r.type_name, r.schema_version, &r.payload)
+        {
+            *facts.entry(m.dedupe_key).or_default() += 1;
+        }
+    }
+    (records, facts)
 }
 
 /// The bot's dispatch cursor as the server stored it for the data directory
@@ -246,21 +281,7 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook() {
 
     // Every acknowledged webhook is in the log exactly once; the chain verifies.
     let store = open_store(&dir.path().join("data")).await;
-    let report = event_log::verify(&store).await.unwrap();
-    let records = store.read_all(1, usize::MAX).await.unwrap();
-    assert_eq!(
-        records.len() as u64,
-        report.records,
-        "positions have no gap"
-    );
-    let mut facts: BTreeMap<String, usize> = BTreeMap::new();
-    for r in &records {
-        if let Ok(Event::MessagingEventReceived(m)) =
-            Event::decode(&r.type_name, r.schema_version, &r.payload)
-        {
-            *facts.entry(m.dedupe_key).or_default() += 1;
-        }
-    }
+    let (_, facts) = verified_message_facts(&store).await;
     let acked = acked.lock().unwrap().clone();
     assert!(
         acked.len() >= cycles * 3,

@@ -739,8 +739,7 @@ impl Config {
     }
 
     /// How to open the PostgreSQL store, when `store` names it: the URL
-    /// and shard from the setting, the content-key vault in
-    /// `<data_dir>/vault`.
+    /// and shard from the setting (the content keys are in the database).
     pub fn postgres_store_config(&self) -> Option<event_log::PgStoreConfig> {
         let StoreSetting::Postgres(pg) = &self.store else {
             return None;

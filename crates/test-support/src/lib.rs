@@ -232,7 +232,6 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
-/// A count from the environment (`BATON_BENCH_…`), or `default`.
 /// Prints a figure a test measured so that it shows in CI's log even when
 /// the test passes (the test harness captures `println!`, not the stream).
 pub fn report(line: &str) {
@@ -252,6 +251,7 @@ pub fn resident_bytes() -> usize {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// A count from the environment (`BATON_BENCH_…`), or `default`.
 pub fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -491,19 +491,7 @@ impl TestBaton {
 
     /// Posts a body signed with `secret` in both schemes.
     pub async fn post_signed(&self, app: &str, secret: &str, body: &[u8]) -> reqwest::Response {
-        self.http
-            .post(self.url(&format!("/webhooks/{app}")))
-            .header("content-type", "application/json")
-            .header(
-                "x-hub-signature-256",
-                wire::signature::sign_sha256(secret.as_bytes(), body),
-            )
-            .header(
-                "x-hub-signature",
-                wire::signature::sign_sha1(secret.as_bytes(), body),
-            )
-            .body(body.to_vec())
-            .send()
+        post_signed(&self.http, &self.running.base_url(), app, secret, body)
             .await
             .unwrap()
     }
@@ -586,4 +574,28 @@ pub async fn open_log(path: &std::path::Path) -> SledStore {
             Err(e) => panic!("cannot open the log at {}: {e}", path.display()),
         }
     }
+}
+
+/// Posts `body` to `base`'s webhook path for `app`, signed with `secret`
+/// both ways, as Meta does.
+pub async fn post_signed(
+    http: &reqwest::Client,
+    base: &str,
+    app: &str,
+    secret: &str,
+    body: &[u8],
+) -> reqwest::Result<reqwest::Response> {
+    http.post(format!("{base}/webhooks/{app}"))
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature-256",
+            wire::signature::sign_sha256(secret.as_bytes(), body),
+        )
+        .header(
+            "x-hub-signature",
+            wire::signature::sign_sha1(secret.as_bytes(), body),
+        )
+        .body(body.to_vec())
+        .send()
+        .await
 }
