@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use emulator::{AppConfig, Emulator, PageConfig, World};
+use event_log::EventStore;
 use serde_json::json;
+use server::{Config, ManualClock};
 
 use crate::reliability::{spawn_server, verified_message_facts, Backend};
 use crate::support::*;
@@ -493,4 +495,135 @@ async fn three_nodes_survive_a_kill_and_a_freeze_without_losing_or_repeating_any
     }
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A node of a two-node cluster on the database of `dir`, in this process.
+async fn node_in_process(dir: &Path, name: &str) -> server::Running<event_log::PgStore> {
+    let store = event_log::PgStore::connect(postgres_config(dir))
+        .await
+        .unwrap();
+    let config = Config::parse(
+        &config_toml("http://127.0.0.1:9", &cr_mode()),
+        "node.toml",
+        |_| None,
+    )
+    .unwrap();
+    let cluster = server::Cluster {
+        // Long: while the owner is down, its lease stays live for the test.
+        lease: Duration::from_secs(60),
+        advertise_url: None,
+        node_id: Some(name.to_owned()),
+    };
+    let clock = Arc::new(ManualClock::new(T0));
+    server::start_leased(config, Arc::new(store), clock, cluster)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_routes_to_the_owner_and_refuses_in_the_callers_shape_when_it_cannot() {
+    if store_under_test() != StoreKind::Postgres {
+        report("cluster: needs a store the nodes share; it runs in system-postgres");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let owner = node_in_process(dir.path(), "node-a").await;
+    let follower = node_in_process(dir.path(), "node-b").await;
+    assert!(owner.state.baton.is_owner());
+    assert!(!follower.state.baton.is_owner());
+    let http = reqwest::Client::new();
+    let (a, b) = (owner.base_url(), follower.base_url());
+
+    // A webhook is recorded by whichever node Meta reaches.
+    let body = envelope(json!([{"id": PAGE, "time": T0.millis(),
+        "messaging": [message_item("u1", "m.1", T0.millis())]}]));
+    let res = post_signed(&http, &b, BOT, BOT_SECRET, &body)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    // Baton's API, asked of the follower, is the owner's answer, once the
+    // owner has folded the follower's record.
+    let head = owner.state.baton.store.head().await.unwrap().position;
+    owner.state.baton.projections.wait_for(head).await;
+    let projections = |base: String| {
+        let http = http.clone();
+        async move {
+            let res = http
+                .get(format!("{base}/api/admin/projections"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            res.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    assert_eq!(projections(b.clone()).await, projections(a.clone()).await);
+    // A bad token is refused by the owner, in Meta's shape, through the follower.
+    let res = http
+        .post(format!("{b}/v21.0/me/messages"))
+        .bearer_auth("not-a-token")
+        .json(&json!({"recipient": {"id": "u1"}, "message": {"text": "hi"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let error: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(error["error"]["code"], 190, "{error}");
+
+    // A request already routed once is not routed again.
+    let res = http
+        .get(format!("{b}/api/admin/projections"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header(server::routing::ROUTED, "node-x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let error: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(error["error"], "owner_unavailable", "{error}");
+
+    // The owner dies; its lease is still live. The follower still records
+    // webhooks, and answers everything else 503 in the caller's shape.
+    owner.crash().await;
+    let body = envelope(json!([{"id": PAGE, "time": T0.millis(),
+        "messaging": [message_item("u1", "m.2", T0.millis())]}]));
+    let res = post_signed(&http, &b, BOT, BOT_SECRET, &body)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = http
+        .post(format!("{b}/v21.0/me/messages"))
+        .bearer_auth("baton-bot")
+        .json(&json!({"recipient": {"id": "u1"}, "message": {"text": "hi"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let error: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(error["error"]["code"], 2, "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not be reached"),
+        "{error}"
+    );
+    let res = http
+        .get(format!("{b}/api/threads/{PAGE}/u1"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    let error: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(error["error"], "owner_unavailable", "{error}");
+    // Its own health and metrics are its own.
+    let res = http.get(format!("{b}/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("baton_lease_owner 0"));
+    follower.stop().await;
 }

@@ -5,7 +5,7 @@
 //! and its appends carry the lease's epoch, which the database checks. The
 //! others record webhooks and route the rest to it.
 //!
-//! [`lead`] keeps the lease: it claims it every third of its length, and
+//! `lead` keeps the lease: it claims it every third of its length, and
 //! when it wins, catches the projections up to the log's head (the old
 //! owner's last decisions) before it starts a term; when it loses it, or
 //! the store refuses an append as stale, it closes the fence (every append
@@ -109,10 +109,13 @@ where
         }
         baton.leadership.running.send_modify(|n| *n -= 1);
         match stop {
-            // The work ended by itself (its store closed): nothing to rerun.
+            // The work ended by itself (its store closed, or it could not
+            // start): it runs again in the next term, if there is one.
             None => {
-                shutdown.recv().await;
-                return;
+                tokio::select! {
+                    _ = shutdown.recv() => return,
+                    _ = role.wait_for(|r| !r.is_owner()) => {}
+                }
             }
             Some(true) => return,
             Some(false) => {}
