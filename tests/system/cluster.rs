@@ -497,6 +497,22 @@ async fn three_nodes_survive_a_kill_and_a_freeze_without_losing_or_repeating_any
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A text send's body.
+fn hi() -> serde_json::Value {
+    json!({"recipient": {"id": "u1"}, "message": {"text": "hi"}})
+}
+
+/// Sends `request` and answers its status and JSON body; a 503 must carry
+/// `Retry-After: 1`.
+async fn answer(request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let res = request.send().await.unwrap();
+    let status = res.status().as_u16();
+    if status == 503 {
+        assert_eq!(res.headers()["retry-after"], "1");
+    }
+    (status, res.json().await.unwrap())
+}
+
 /// A node of a two-node cluster on the database of `dir`, in this process.
 async fn node_in_process(dir: &Path, name: &str) -> server::Running<event_log::PgStore> {
     let store = event_log::PgStore::connect(postgres_config(dir))
@@ -561,28 +577,22 @@ async fn a_follower_routes_to_the_owner_and_refuses_in_the_callers_shape_when_it
     };
     assert_eq!(projections(b.clone()).await, projections(a.clone()).await);
     // A bad token is refused by the owner, in Meta's shape, through the follower.
-    let res = http
-        .post(format!("{b}/v21.0/me/messages"))
-        .bearer_auth("not-a-token")
-        .json(&json!({"recipient": {"id": "u1"}, "message": {"text": "hi"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 400);
-    let error: serde_json::Value = res.json().await.unwrap();
+    let (status, error) = answer(
+        http.post(format!("{b}/v21.0/me/messages"))
+            .bearer_auth("not-a-token")
+            .json(&hi()),
+    )
+    .await;
+    assert_eq!(status, 400);
     assert_eq!(error["error"]["code"], 190, "{error}");
 
     // A request already routed once is not routed again.
-    let res = http
+    let request = http
         .get(format!("{b}/api/admin/projections"))
         .bearer_auth(ADMIN_TOKEN)
-        .header(server::routing::ROUTED, "node-x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 503);
-    assert_eq!(res.headers()["retry-after"], "1");
-    let error: serde_json::Value = res.json().await.unwrap();
+        .header(server::routing::ROUTED, "node-x");
+    let (status, error) = answer(request).await;
+    assert_eq!(status, 503);
     assert_eq!(error["error"], "owner_unavailable", "{error}");
 
     // The owner dies; its lease is still live. The follower still records
@@ -594,16 +604,13 @@ async fn a_follower_routes_to_the_owner_and_refuses_in_the_callers_shape_when_it
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let res = http
-        .post(format!("{b}/v21.0/me/messages"))
-        .bearer_auth("baton-bot")
-        .json(&json!({"recipient": {"id": "u1"}, "message": {"text": "hi"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 503);
-    assert_eq!(res.headers()["retry-after"], "1");
-    let error: serde_json::Value = res.json().await.unwrap();
+    let (status, error) = answer(
+        http.post(format!("{b}/v21.0/me/messages"))
+            .bearer_auth("baton-bot")
+            .json(&hi()),
+    )
+    .await;
+    assert_eq!(status, 503);
     assert_eq!(error["error"]["code"], 2, "{error}");
     assert!(
         error["error"]["message"]
@@ -612,14 +619,12 @@ async fn a_follower_routes_to_the_owner_and_refuses_in_the_callers_shape_when_it
             .contains("could not be reached"),
         "{error}"
     );
-    let res = http
-        .get(format!("{b}/api/threads/{PAGE}/u1"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 503);
-    let error: serde_json::Value = res.json().await.unwrap();
+    let (status, error) = answer(
+        http.get(format!("{b}/api/threads/{PAGE}/u1"))
+            .bearer_auth(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 503);
     assert_eq!(error["error"], "owner_unavailable", "{error}");
     // Its own health and metrics are its own.
     let res = http.get(format!("{b}/metrics")).send().await.unwrap();
