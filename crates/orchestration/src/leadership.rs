@@ -74,6 +74,11 @@ impl<S> Baton<S> {
         self.leadership.role.subscribe()
     }
 
+    /// This node's role at this moment.
+    pub fn role_now(&self) -> Role {
+        self.leadership.role.borrow().clone()
+    }
+
     /// Whether this node decides for the shard now.
     pub fn is_owner(&self) -> bool {
         self.leadership.role.borrow().is_owner()

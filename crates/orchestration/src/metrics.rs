@@ -130,48 +130,72 @@ impl Metrics {
             self.append_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "baton_append_latency_seconds_count {count}");
-        out.push_str("# HELP baton_append_queue_depth Appends waiting for durability.\n# TYPE baton_append_queue_depth gauge\n");
-        let _ = writeln!(
-            out,
-            "baton_append_queue_depth {}",
-            self.appends_in_flight.load(Ordering::Relaxed).max(0)
+        scalar(
+            &mut out,
+            "baton_append_queue_depth",
+            "gauge",
+            "Appends waiting for durability.",
+            self.appends_in_flight.load(Ordering::Relaxed).max(0),
         );
-        out.push_str("# HELP baton_records_appended_total Records written by ingress.\n# TYPE baton_records_appended_total counter\n");
-        let _ = writeln!(
-            out,
-            "baton_records_appended_total {}",
-            self.facts_recorded.load(Ordering::Relaxed)
+        scalar(
+            &mut out,
+            "baton_records_appended_total",
+            "counter",
+            "Records written by ingress.",
+            self.facts_recorded.load(Ordering::Relaxed),
         );
-        out.push_str("# HELP baton_log_head_position Last durable log position.\n# TYPE baton_log_head_position gauge\n");
-        let _ = writeln!(out, "baton_log_head_position {log_head}");
-        out.push_str("# HELP baton_projection_position Last log position folded into projections.\n# TYPE baton_projection_position gauge\n");
-        let _ = writeln!(out, "baton_projection_position {projected}");
+        scalar(
+            &mut out,
+            "baton_log_head_position",
+            "gauge",
+            "Last durable log position.",
+            log_head,
+        );
+        scalar(
+            &mut out,
+            "baton_projection_position",
+            "gauge",
+            "Last log position folded into projections.",
+            projected,
+        );
         if self.leased.load(Ordering::Relaxed) {
-            out.push_str("# HELP baton_lease_owner 1 while this node owns its shard's lease.\n# TYPE baton_lease_owner gauge\n");
-            let _ = writeln!(
-                out,
-                "baton_lease_owner {}",
-                u8::from(self.lease_owner.load(Ordering::Relaxed))
+            scalar(
+                &mut out,
+                "baton_lease_owner",
+                "gauge",
+                "1 while this node owns its shard's lease.",
+                u8::from(self.lease_owner.load(Ordering::Relaxed)),
             );
-            out.push_str("# HELP baton_lease_epoch The shard lease's epoch as this node last saw it.\n# TYPE baton_lease_epoch gauge\n");
-            let _ = writeln!(
-                out,
-                "baton_lease_epoch {}",
-                self.lease_epoch.load(Ordering::Relaxed)
+            scalar(
+                &mut out,
+                "baton_lease_epoch",
+                "gauge",
+                "The shard lease's epoch as this node last saw it.",
+                self.lease_epoch.load(Ordering::Relaxed),
             );
-            out.push_str("# HELP baton_lease_terms_total Terms of ownership this node began.\n# TYPE baton_lease_terms_total counter\n");
-            let _ = writeln!(
-                out,
-                "baton_lease_terms_total {}",
-                self.lease_terms.load(Ordering::Relaxed)
+            scalar(
+                &mut out,
+                "baton_lease_terms_total",
+                "counter",
+                "Terms of ownership this node began.",
+                self.lease_terms.load(Ordering::Relaxed),
             );
-            out.push_str("# HELP baton_fenced_appends_total Appends the store refused because this node's lease had moved on or lapsed.\n# TYPE baton_fenced_appends_total counter\n");
-            let _ = writeln!(
-                out,
-                "baton_fenced_appends_total {}",
-                self.fenced_appends.load(Ordering::Relaxed)
+            scalar(
+                &mut out,
+                "baton_fenced_appends_total",
+                "counter",
+                "Appends the store refused because this node's lease had moved on or lapsed.",
+                self.fenced_appends.load(Ordering::Relaxed),
             );
         }
         out
     }
+}
+
+/// One metric with one value: its `HELP` and `TYPE` lines, then the value.
+fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
 }

@@ -69,15 +69,13 @@ pub async fn route_to_owner<S: 'static>(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody, BoxBody>>, actix_web::Error> {
     // On a store of its own (no router), every request is this node's.
-    let state = match req.app_data::<web::Data<AppState<S>>>() {
-        Some(state) if state.router.is_some() => state.clone(),
-        _ => return Ok(next.call(req).await?.map_into_left_body()),
+    let Some(state) = req.app_data::<web::Data<AppState<S>>>().cloned() else {
+        return Ok(next.call(req).await?.map_into_left_body());
     };
     let Some(router) = &state.router else {
         return Ok(next.call(req).await?.map_into_left_body());
     };
-    let role = state.baton.role().borrow().clone();
-    let owner = match role {
+    let owner = match state.baton.role_now() {
         Role::Owner { .. } => return Ok(next.call(req).await?.map_into_left_body()),
         _ if served_here(req.path()) => return Ok(next.call(req).await?.map_into_left_body()),
         Role::Follower { owner } => owner,
