@@ -3,13 +3,16 @@
 //! and delivers each webhook to the next live node in turn (a load balancer
 //! that drops a node it cannot reach); the bot sends through the nodes in
 //! turn too, retrying with its `Idempotency-Key` when a node is gone or the
-//! lease is moving. Under that load, the owner is killed with SIGKILL; the
+//! lease is moving, and passes threads to the Page Inbox and takes them back
+//! the same way. Under that load, the owner is killed with SIGKILL; the
 //! next owner is frozen with SIGSTOP until its lease lapses and another node
 //! takes over, then thawed with SIGCONT.
 //!
 //! Afterwards: every webhook a node acknowledged is in the log exactly once;
 //! the bot's backend got every item, in order per thread; no send reached
-//! Meta twice and every acknowledged send reached it; the frozen node came
+//! Meta twice and every acknowledged send reached it; every control call
+//! answered 200 reached Meta, and Baton's ledger agrees with Meta on who
+//! owns each thread whose control moved; the frozen node came
 //! back as a follower (whatever it tried to write under its old epoch was
 //! refused by the database); and the shard's chain verifies. The counts and
 //! the takeover times are printed.
@@ -33,7 +36,8 @@ use crate::support::*;
 const PAGES: [&str; 3] = ["5550011", "5550012", "5550013"];
 const THREADS_PER_PAGE: usize = 3;
 const MESSAGES: usize = 72;
-/// A send every this many messages.
+/// A send every this many messages; a pass to the Page Inbox and a take
+/// back as many messages later.
 const SEND_EVERY: usize = 4;
 /// Short, so that the test waits little for a lease to lapse.
 const LEASE_MS: u64 = 1_000;
@@ -52,7 +56,7 @@ fn node_config(dir: &Path, name: &str, graph: &str, backend: &str) -> PathBuf {
         .iter()
         .map(|page| {
             format!(
-                "[[pages]]\nid = \"{page}\"\nname = \"Page {page}\"\nrouting = {routing}\napps = [\"{BOT}\"]\n\n"
+                "[[pages]]\nid = \"{page}\"\nname = \"Page {page}\"\nrouting = {routing}\napps = [\"{BOT}\", \"{PAGE_INBOX}\"]\n\n"
             )
         })
         .collect();
@@ -86,6 +90,12 @@ api_token = "baton-bot"
 graph_base_url = "{graph}"
 page_tokens = {{ {tokens} }}
 backend_url = "{backend}"
+may_take_control = true
+
+[[apps]]
+id = "{PAGE_INBOX}"
+kind = "human"
+management = "external"
 "#
     );
     let path = dir.join(format!("{name}.toml"));
@@ -186,6 +196,12 @@ struct Seen {
     acked: Vec<(String, String, String)>,
     sent: BTreeMap<String, String>,
     refused_or_gone: usize,
+    /// Control calls answered 200, and refused after a retry (an earlier
+    /// attempt whose answer was lost had taken effect).
+    controlled: usize,
+    control_refused: usize,
+    /// The threads whose control moved.
+    control_threads: BTreeSet<(String, String)>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,6 +268,52 @@ async fn three_nodes_survive_a_kill_and_a_freeze_without_losing_or_repeating_any
                     seen.acked.push((page.to_owned(), psid.clone(), mid));
                 } else {
                     seen.lock().unwrap().refused_or_gone += 1;
+                }
+                if n % SEND_EVERY == 1 {
+                    // The bot hands the thread to the Page Inbox and takes
+                    // it back, through the live nodes in turn.
+                    for (edge, body) in [
+                        (
+                            "pass_thread_control",
+                            json!({"recipient": {"id": psid}, "target_app_id": PAGE_INBOX}),
+                        ),
+                        ("take_thread_control", json!({"recipient": {"id": psid}})),
+                    ] {
+                        let mut attempt = 0;
+                        let status = until(&format!("{edge} on m{n} is answered"), || {
+                            attempt += 1;
+                            let url = {
+                                let live = live.lock().unwrap();
+                                live[(n + attempt) % live.len()].clone()
+                            };
+                            let (http, body, retries) =
+                                (http.clone(), body.clone(), retries.clone());
+                            async move {
+                                let res = http
+                                    .post(format!("{url}/v21.0/{page}/{edge}"))
+                                    .bearer_auth("baton-bot")
+                                    .json(&body)
+                                    .timeout(Duration::from_secs(20))
+                                    .send()
+                                    .await
+                                    .ok()?;
+                                if res.status() == 503 {
+                                    retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    return None;
+                                }
+                                Some((res.status().as_u16(), attempt))
+                            }
+                        })
+                        .await;
+                        let mut seen = seen.lock().unwrap();
+                        match status {
+                            (200, _) => seen.controlled += 1,
+                            // Only a retry may find its call already done.
+                            (_, attempts) if attempts > 1 => seen.control_refused += 1,
+                            (other, _) => panic!("{edge} on m{n}: {other} at the first attempt"),
+                        }
+                        seen.control_threads.insert((page.to_owned(), psid.clone()));
+                    }
                 }
                 if n % SEND_EVERY == SEND_EVERY - 1 {
                     let key = format!("reply-{n}");
@@ -384,6 +446,9 @@ async fn three_nodes_survive_a_kill_and_a_freeze_without_losing_or_repeating_any
         acked,
         sent,
         refused_or_gone,
+        controlled,
+        control_refused,
+        control_threads,
     } = std::mem::take(&mut *seen.lock().unwrap());
     backend.wait_for_distinct(acked.len()).await;
 
@@ -471,11 +536,49 @@ async fn three_nodes_survive_a_kill_and_a_freeze_without_losing_or_repeating_any
         "no send reached Meta twice: {texts:?}"
     );
 
+    // The control calls under load left Baton's ledger where Meta is:
+    // every thread the bot passed and took back is the bot's at both.
+    for (page, psid) in &control_threads {
+        let at_meta = ctl.thread(page, psid).await.unwrap().owner;
+        assert_eq!(at_meta.as_deref(), Some(BOT), "{page}/{psid} at Meta");
+        let url = live.lock().unwrap()[0].clone();
+        until(
+            &format!("Baton's ledger of {page}/{psid} says the bot owns it"),
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let thread: serde_json::Value = http
+                        .get(format!("{url}/api/threads/{page}/{psid}"))
+                        .bearer_auth(ADMIN_TOKEN)
+                        .send()
+                        .await
+                        .ok()?
+                        .json()
+                        .await
+                        .ok()?;
+                    (thread["owner"] == BOT).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    let control_at_meta = calls
+        .iter()
+        .filter(|c| c.endpoint.ends_with("_thread_control") && c.status == 200)
+        .count();
+    assert!(
+        control_at_meta >= controlled,
+        "every control call answered 200 was Meta's: {control_at_meta} < {controlled}"
+    );
+
     let distinct: BTreeSet<&String> = acked.iter().map(|(_, _, m)| m).collect();
     report(&format!(
         "cluster: 3 nodes, {} pages, {MESSAGES} messages: {} acknowledged (each recorded once), \
          {refused_or_gone} not acknowledged (node gone or lease moving), {} records, chain verified; \
-         backend got {} distinct items in order per thread; {} sends answered, each at Meta once ({} answers 503 on the way, retried with the same key); \
+         backend got {} distinct items in order per thread; {} sends answered, each at Meta once; \
+         {controlled} control calls answered 200 ({control_refused} refused on a retry, their first attempt done), \
+         {control_at_meta} at Meta, {} threads' owner the same at Meta and in Baton's ledger; \
+         {} answers 503 on the way, retried (sends with the same key); \
          lease {LEASE_MS} ms: new owner {:.2} s after kill -9, {:.2} s after SIGSTOP; \
          the thawed node's appends refused as stale: {fenced}, its late webhook answered {late}; \
          records per epoch (epoch, first, last position): {epochs:?}",
@@ -484,6 +587,7 @@ async fn three_nodes_survive_a_kill_and_a_freeze_without_losing_or_repeating_any
         records.len(),
         distinct.len(),
         sent.len(),
+        control_threads.len(),
         retries.load(std::sync::atomic::Ordering::Relaxed),
         after_kill.as_secs_f64(),
         after_freeze.as_secs_f64(),
@@ -504,7 +608,7 @@ fn hi() -> serde_json::Value {
 
 /// Sends `request` and answers its status and JSON body; a 503 must carry
 /// `Retry-After: 1`.
-async fn answer(request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+pub(crate) async fn answer(request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
     let res = request.send().await.unwrap();
     let status = res.status().as_u16();
     if status == 503 {

@@ -26,6 +26,7 @@ mod reconcile;
 mod reliability;
 mod sdk;
 mod sends;
+mod shards;
 mod stack;
 mod support;
 mod watchdog;

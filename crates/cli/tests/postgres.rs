@@ -88,7 +88,7 @@ fn migrate_applies_the_schema_once_and_says_so() {
     assert_eq!(code(&out), 0, "{}", all(&out));
     assert!(
         stdout(&out)
-            .contains("applied 3 migration(s) to the PostgreSQL database of $BATON_DATABASE_URL"),
+            .contains("applied 4 migration(s) to the PostgreSQL database of $BATON_DATABASE_URL"),
         "{}",
         all(&out)
     );
@@ -101,7 +101,7 @@ fn migrate_applies_the_schema_once_and_says_so() {
             "SELECT count(*) FROM event_log_migrations",
         )
         .unwrap();
-    assert_eq!(tables.trim(), "3");
+    assert_eq!(tables.trim(), "4");
 
     // The URL comes from the environment: without it, a usage error naming it.
     let out = baton(None, &["migrate", "--config", config]);

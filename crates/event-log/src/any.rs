@@ -209,6 +209,13 @@ impl Leases for AnyStore {
         }
     }
 
+    async fn lease_of(&self, shard: i32) -> Result<Option<Claim>, StorageError> {
+        match self {
+            AnyStore::Sled(_) => Err(no_leases()),
+            AnyStore::Postgres(pg) => pg.lease_of(shard).await,
+        }
+    }
+
     fn set_fence(&self, fence: Fence) {
         if let AnyStore::Postgres(pg) = self {
             pg.set_fence(fence);

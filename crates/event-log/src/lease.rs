@@ -65,6 +65,15 @@ pub trait Leases: Send + Sync + 'static {
         node: &str,
     ) -> impl std::future::Future<Output = Result<(), StorageError>> + Send;
 
+    /// The live lease of `shard`, any shard of the store (not only the one
+    /// this store appends to), or `None` while it is vacant or lapsed: where
+    /// to route a call about a page another shard decides for. `mine` is
+    /// always false.
+    fn lease_of(
+        &self,
+        shard: i32,
+    ) -> impl std::future::Future<Output = Result<Option<Claim>, StorageError>> + Send;
+
     /// Sets what this node's appends carry from now on.
     fn set_fence(&self, fence: Fence);
 

@@ -51,6 +51,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (2, "leases", include_str!("../migrations/0002_leases.sql")),
     (3, "keys", include_str!("../migrations/0003_keys.sql")),
+    (
+        4,
+        "keys_by_subject",
+        include_str!("../migrations/0004_keys_by_subject.sql"),
+    ),
 ];
 
 /// The SQLSTATE the fence trigger raises (`0002_leases.sql`).
@@ -680,29 +685,29 @@ impl Leases for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(engine)?;
-        let row = sqlx::query(
-            "SELECT node, epoch, address, \
-                    GREATEST(0, (extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint) \
-                        AS remaining_ms \
-             FROM event_log_leases WHERE shard = $1",
-        )
-        .bind(self.shared.shard)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(engine)?;
+        let row = sqlx::query(LEASE_ROW)
+            .bind(self.shared.shard)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(engine)?;
         tx.commit().await.map_err(engine)?;
-        let holder: String = row.try_get("node").map_err(engine)?;
-        let epoch: i64 = row.try_get("epoch").map_err(engine)?;
-        let remaining: i64 = row.try_get("remaining_ms").map_err(engine)?;
-        let remaining = Duration::from_millis(u64::try_from(remaining).unwrap_or(0));
+        let claim = lease_from_row(&row)?;
         Ok(Claim {
-            mine: holder == node && !remaining.is_zero(),
-            holder,
-            epoch: u64::try_from(epoch)
-                .map_err(|_| corrupt("lease".to_owned(), "negative epoch", None))?,
-            address: row.try_get("address").map_err(engine)?,
-            remaining,
+            mine: claim.holder == node && !claim.remaining.is_zero(),
+            ..claim
         })
+    }
+
+    async fn lease_of(&self, shard: i32) -> Result<Option<Claim>, StorageError> {
+        // On the store's pool: routed calls must not queue ahead of a claim.
+        let row = sqlx::query(LEASE_ROW)
+            .bind(shard)
+            .fetch_optional(&self.shared.pool)
+            .await
+            .map_err(engine)?;
+        let Some(row) = row else { return Ok(None) };
+        let claim = lease_from_row(&row)?;
+        Ok((!claim.remaining.is_zero()).then_some(claim))
     }
 
     async fn release(&self, node: &str) -> Result<(), StorageError> {
@@ -729,6 +734,26 @@ impl Leases for PgStore {
     fn fenced_appends(&self) -> u64 {
         self.shared.fenced.load(Ordering::Relaxed)
     }
+}
+
+/// A shard's lease row, with how long it still runs by the database's clock.
+const LEASE_ROW: &str = "SELECT node, epoch, address, \
+        GREATEST(0, (extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint) \
+            AS remaining_ms \
+     FROM event_log_leases WHERE shard = $1";
+
+/// The lease as [`LEASE_ROW`] reads it, claimed by nobody.
+fn lease_from_row(row: &sqlx::postgres::PgRow) -> Result<Claim, StorageError> {
+    let epoch: i64 = row.try_get("epoch").map_err(engine)?;
+    let remaining: i64 = row.try_get("remaining_ms").map_err(engine)?;
+    Ok(Claim {
+        holder: row.try_get("node").map_err(engine)?,
+        epoch: u64::try_from(epoch)
+            .map_err(|_| corrupt("lease".to_owned(), "negative epoch", None))?,
+        address: row.try_get("address").map_err(engine)?,
+        mine: false,
+        remaining: Duration::from_millis(u64::try_from(remaining).unwrap_or(0)),
+    })
 }
 
 /// PostgreSQL's `text` cannot hold a NUL character, which the other stores
@@ -1079,7 +1104,7 @@ async fn write_group(
     let (keys, erasures) = shared.vault.unsaved();
     let written = async {
         insert_keys(&mut tx, shared.shard, &keys).await?;
-        let erased = erase_keys(&mut tx, shared.shard, &erasures).await?;
+        let erased = erase_keys(&mut tx, &erasures).await?;
         insert_records(&mut tx, shared.shard, &stage.records, epoch).await?;
         move_head(&mut tx, shared.shard, stage.head, epoch).await?;
         tx.commit().await.map_err(engine)?;
@@ -1315,29 +1340,29 @@ async fn insert_keys(
     Ok(())
 }
 
-/// Deletes the keys the erasures name, whichever node made them, and notes
-/// their ids for the other nodes. Whether any key was deleted.
+/// Deletes the keys the erasures name, whichever node made them and in
+/// whichever shard (a delivery carrying several shards' pages is sealed in
+/// each for every person in it), and notes their ids, under the key's own
+/// shard, for the nodes that hold copies. Whether any key was deleted.
 async fn erase_keys(
     tx: &mut Transaction<'_, Postgres>,
-    shard: i32,
     erasures: &[Erasure],
 ) -> Result<bool, StorageError> {
     let mut any = false;
     for erasure in erasures {
         let (query, prefix, day) = match erasure {
-            Erasure::Subject(subject) => ("subject = $2", subject.as_str(), 0),
+            Erasure::Subject(subject) => ("subject = $1", subject.as_str(), 0),
             Erasure::Before { prefix, day } => (
-                "starts_with(subject, $2) AND day < $3",
+                "starts_with(subject, $1) AND day < $2",
                 prefix.as_str(),
                 i32::try_from(*day).unwrap_or(i32::MAX),
             ),
         };
         let deleted = sqlx::query(&format!(
-            "WITH gone AS (DELETE FROM event_log_keys WHERE shard = $1 AND {query} \
-                           AND $3 = $3 RETURNING key_id) \
-             INSERT INTO event_log_key_erasures (shard, key_id) SELECT $1, key_id FROM gone"
+            "WITH gone AS (DELETE FROM event_log_keys WHERE {query} \
+                           AND $2 = $2 RETURNING shard, key_id) \
+             INSERT INTO event_log_key_erasures (shard, key_id) SELECT shard, key_id FROM gone"
         ))
-        .bind(shard)
         .bind(prefix)
         .bind(day)
         .execute(&mut **tx)

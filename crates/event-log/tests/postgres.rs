@@ -392,7 +392,7 @@ async fn migrate_is_idempotent_and_refuses_a_newer_schema() {
     // Run together, under the advisory lock: one applies, one finds it done.
     let mut applied = [first.unwrap(), second.unwrap()];
     applied.sort();
-    assert_eq!(applied, [0, 3]);
+    assert_eq!(applied, [0, 4]);
     assert_eq!(event_log::postgres::migrate(&url).await.unwrap(), 0);
     let name = url.rsplit('/').next().unwrap();
     let versions = server
@@ -401,7 +401,10 @@ async fn migrate_is_idempotent_and_refuses_a_newer_schema() {
             "SELECT version, name FROM event_log_migrations ORDER BY version",
         )
         .unwrap();
-    assert_eq!(versions.trim(), "1|event_log\n2|leases\n3|keys");
+    assert_eq!(
+        versions.trim(),
+        "1|event_log\n2|leases\n3|keys\n4|keys_by_subject"
+    );
 
     // A store connecting migrates too, and finds nothing to do.
     let mut config = server.store_config().unwrap();
@@ -419,7 +422,7 @@ async fn migrate_is_idempotent_and_refuses_a_newer_schema() {
     match PgStore::connect(config).await {
         Err(PgError::SchemaTooNew {
             found: 999,
-            known: 3,
+            known: 4,
         }) => {}
         other => panic!("unexpected {other:?}"),
     }
@@ -515,6 +518,11 @@ async fn the_database_refuses_a_stale_owners_writes_and_a_follower_records() {
     assert!(claim.mine && claim.epoch == 1 && claim.remaining > Duration::ZERO);
     let seen = b.claim("node-b", "http://b:1", TTL, None).await.unwrap();
     assert!(!seen.mine);
+    // Any store of the database finds the lease of any shard.
+    let of_zero = b.lease_of(0).await.unwrap().unwrap();
+    assert_eq!((of_zero.holder.as_str(), of_zero.epoch), ("node-a", 1));
+    assert!(!of_zero.mine && of_zero.remaining > Duration::ZERO);
+    assert_eq!(b.lease_of(7).await.unwrap(), None);
     assert_eq!(
         (seen.holder.as_str(), seen.epoch, seen.address.as_str()),
         ("node-a", 1, "http://a:1")
@@ -540,6 +548,11 @@ async fn the_database_refuses_a_stale_owners_writes_and_a_follower_records() {
             "UPDATE event_log_leases SET expires_at = clock_timestamp() - interval '1 second'",
         )
         .unwrap();
+    assert_eq!(
+        b.lease_of(0).await.unwrap(),
+        None,
+        "a lapsed lease routes nowhere"
+    );
     let head = a.head().await.unwrap();
     match a.append(vec![rec("t/1", "too late")]).await {
         Err(AppendError::Fenced { epoch: Some(1) }) => {}
@@ -628,4 +641,65 @@ async fn the_database_refuses_a_stale_owners_writes_and_a_follower_records() {
     );
     a.close().await;
     b.close().await;
+}
+
+/// A delivery carrying two shards' pages is sealed in each shard for every
+/// person in it, so a person's keys may be in a shard other than their
+/// page's: erasure in one shard destroys them in all, and the other shard's
+/// nodes forget their copies.
+#[tokio::test]
+async fn erasure_destroys_a_persons_keys_in_every_shard() {
+    let server = shared();
+    let config = server.store_config().unwrap();
+    let database = config.url.rsplit('/').next().unwrap().to_owned();
+    let zero = PgStore::connect(config.clone()).await.unwrap();
+    let zero_again = PgStore::connect(config.clone()).await.unwrap();
+    let one = PgStore::connect(config.with_shard(1)).await.unwrap();
+    let keys_of = |subject: &str| {
+        server
+            .psql(
+                &database,
+                &format!(
+                    "SELECT shard FROM event_log_keys WHERE subject = '{subject}' ORDER BY shard"
+                ),
+            )
+            .unwrap()
+    };
+
+    // Shard 0 seals Alice's words (page 2, decided by shard 1) and Bob's.
+    let alice = zero
+        .vault()
+        .seal(&["2/alice"], 20_000, b"alice said")
+        .unwrap();
+    let bob = zero.vault().seal(&["1/bob"], 20_000, b"bob said").unwrap();
+    zero.append(vec![rec("d", "delivery")]).await.unwrap();
+    assert_eq!(keys_of("2/alice").trim(), "0");
+    // Another node of shard 0 loads the key after its next read.
+    all_records(&zero_again).await;
+    assert!(zero_again.vault().open_sealed(&alice).unwrap().is_some());
+
+    // Shard 1's owner erases Alice: her key in shard 0 goes too, Bob's stays.
+    one.vault().erase_subject("2/alice").unwrap();
+    one.append(vec![rec("e", "erased")]).await.unwrap();
+    assert_eq!(keys_of("2/alice").trim(), "");
+    assert_eq!(keys_of("1/bob").trim(), "0");
+    let noted = server
+        .psql(&database, "SELECT shard FROM event_log_key_erasures")
+        .unwrap();
+    assert_eq!(noted.trim(), "0", "noted for shard 0's nodes");
+
+    // Shard 0's nodes forget their copies at their next read of new records.
+    zero_again.append(vec![rec("d", "later")]).await.unwrap();
+    all_records(&zero).await;
+    all_records(&zero_again).await;
+    for node in [&zero, &zero_again] {
+        assert_eq!(node.vault().open_sealed(&alice).unwrap(), None);
+        assert_eq!(
+            node.vault().open_sealed(&bob).unwrap().as_deref(),
+            Some(&b"bob said"[..])
+        );
+    }
+    zero.close().await;
+    zero_again.close().await;
+    one.close().await;
 }

@@ -160,6 +160,14 @@ pub enum StoreSetting {
     Postgres(PostgresSetting),
 }
 
+/// A page that another shard decides for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Elsewhere {
+    pub shard: i32,
+    /// The apps on the page.
+    pub apps: Vec<AppId>,
+}
+
 /// `store = { postgres = { url = { env = "NAME" }, shard = N } }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresSetting {
@@ -300,6 +308,8 @@ struct RawPage {
     apps: Vec<String>,
     /// Overrides the global `content_retention_days` (0: keep forever).
     content_retention_days: Option<u32>,
+    /// The shard of the PostgreSQL log that decides for this page.
+    shard: Option<i32>,
 }
 
 #[derive(Deserialize)]
@@ -425,7 +435,13 @@ pub struct Config {
     /// Where the event log lives: sled in `data_dir` (the default) or
     /// PostgreSQL.
     pub store: StoreSetting,
+    /// The pages this node's shard decides for (every page, on sled or
+    /// when no page names a shard).
     pub pages: BTreeMap<PageId, (String, Page)>,
+    /// Pages configured with another shard: this node records nothing of
+    /// theirs and routes their calls and webhooks to that shard's owner
+    /// (`docs/scale-out.md`).
+    pub elsewhere: BTreeMap<PageId, Elsewhere>,
     pub apps: BTreeMap<AppId, AppConfig>,
     /// Days each page keeps personal content (0: forever); see
     /// `docs/privacy.md`.
@@ -559,6 +575,7 @@ impl Config {
 
         let mut pages = BTreeMap::new();
         let mut retention = BTreeMap::new();
+        let mut shards = BTreeMap::new();
         for (i, p) in raw.pages.iter().enumerate() {
             let f = |name: &str| format!("pages[{i}].{name}");
             let id = PageId::parse(p.id.clone()).map_err(|e| invalid(f("id"), e.to_string()))?;
@@ -621,6 +638,9 @@ impl Config {
                 p.content_retention_days
                     .unwrap_or(raw.content_retention_days),
             );
+            if let Some(shard) = p.shard {
+                shards.insert(id.clone(), (f("shard"), shard));
+            }
             pages.insert(id.clone(), (p.name.clone(), Page::new(id, mode, profiles)));
         }
         // Tokens identify callers: two apps (or an app and the admin) must never share one.
@@ -699,6 +719,8 @@ impl Config {
                 ));
             }
         }
+        let elsewhere = split_by_shard(&store, shards, &mut pages, &mut apps)?;
+        retention.retain(|page, _| !elsewhere.contains_key(page));
         Ok(Config {
             listen,
             send_rate_per_second: raw.send_rate_per_second,
@@ -728,6 +750,7 @@ impl Config {
             dispatch_dead_letter_after_secs: raw.dispatch_dead_letter_after_secs.max(1),
             store,
             pages,
+            elsewhere,
             apps,
             content_retention_days: retention,
         })
@@ -755,6 +778,62 @@ impl Config {
     pub fn page(&self, id: &PageId) -> Option<&Page> {
         self.pages.get(id).map(|(_, p)| p)
     }
+}
+
+/// Takes the pages another shard decides for out of `pages` (and their
+/// tokens out of the apps), as the pages' `shard` settings say. A page names
+/// its shard only on PostgreSQL, and then every page must: a page without
+/// one would be decided in every shard.
+fn split_by_shard(
+    store: &StoreSetting,
+    shards: BTreeMap<PageId, (String, i32)>,
+    pages: &mut BTreeMap<PageId, (String, Page)>,
+    apps: &mut BTreeMap<AppId, AppConfig>,
+) -> Result<BTreeMap<PageId, Elsewhere>, ConfigError> {
+    let Some((field, _)) = shards.values().next() else {
+        return Ok(BTreeMap::new());
+    };
+    let StoreSetting::Postgres(pg) = store else {
+        return Err(invalid(
+            field.clone(),
+            "pages are spread over shards only on store = { postgres = … }: \
+             the embedded log serves one node",
+        ));
+    };
+    if let Some((_, (field, _))) = shards.iter().find(|(_, (_, shard))| *shard < 0) {
+        return Err(invalid(field.clone(), "must be 0 or more"));
+    }
+    if let Some(page) = pages.keys().find(|id| !shards.contains_key(*id)) {
+        return Err(invalid(
+            format!("pages.{page}.shard"),
+            "is missing: other pages name their shard, so every page must \
+             (a page without one would be decided in every shard)",
+        ));
+    }
+    let mut elsewhere = BTreeMap::new();
+    for (id, (_, shard)) in shards {
+        if shard == pg.shard {
+            continue;
+        }
+        let Some((_, page)) = pages.remove(&id) else {
+            continue;
+        };
+        elsewhere.insert(
+            id,
+            Elsewhere {
+                shard,
+                apps: page.apps.keys().cloned().collect(),
+            },
+        );
+    }
+    for app in apps.values_mut() {
+        if let Some(managed) = &mut app.managed {
+            managed
+                .page_tokens
+                .retain(|page, _| !elsewhere.contains_key(page));
+        }
+    }
+    Ok(elsewhere)
 }
 
 /// The PostgreSQL setting, its URL read from the environment. The URL is

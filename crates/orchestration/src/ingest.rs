@@ -5,7 +5,7 @@
 //! another app or channel is attached to it), in one batch. It returns once
 //! all of it is durable and folded. It forwards nothing: dispatch reads the log.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine;
 use domain::events::{
@@ -13,13 +13,14 @@ use domain::events::{
     SignatureCheck, UnattributedItemReceived, WebhookDeliveryReceived,
 };
 use domain::rules::{self, Observation};
-use domain::{AppId, Event, ThreadKey, ThreadLedger, Timestamp};
+use domain::{AppId, Event, PageId, ThreadKey, ThreadLedger, Timestamp};
 use event_log::EventStore;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use uuid::Uuid;
 use wire::webhook::{self, Entry, Item, ItemKind};
 
+use crate::config::Elsewhere;
 use crate::projections::{Copies, State};
 use crate::record::{on_thread, OnBusy, Planned, RecordError};
 use crate::Baton;
@@ -76,24 +77,8 @@ impl<S: EventStore + 'static> Baton<S> {
         signature_256: Option<&str>,
         signature_1: Option<&str>,
     ) -> Result<Intake, IngestError> {
-        let Some((_, managed)) = self.config.managed(app) else {
-            return Err(IngestError::UnknownApp(app.to_string()));
-        };
+        let check = self.check_signature(app, body, signature_256, signature_1)?;
         let label = app.as_str();
-        let check = wire::signature::check_signatures(
-            managed.app_secret.expose().as_bytes(),
-            body,
-            signature_256,
-            signature_1,
-        );
-        if !wire::signature::accepted(&check) {
-            self.metrics.delivery(label, "bad_signature");
-            self.metrics.signature_failure(label);
-            tracing::warn!(%app, sha256 = ?check.sha256, sha1 = ?check.sha1, "webhook signature refused");
-            return Err(IngestError::BadSignature(wire::signature::refusal_reason(
-                &check,
-            )));
-        }
         let delivery_id = Uuid::now_v7();
         // A span per delivery only when debugging: at the default level it
         // is neither built nor formatted.
@@ -113,6 +98,37 @@ impl<S: EventStore + 'static> Baton<S> {
             }
         }
         result
+    }
+
+    /// Checks a delivery's signature with `app`'s secret, as [`Baton::ingest`]
+    /// does before recording anything (also before a node hands a delivery
+    /// on to other shards).
+    pub fn check_signature(
+        &self,
+        app: &AppId,
+        body: &[u8],
+        signature_256: Option<&str>,
+        signature_1: Option<&str>,
+    ) -> Result<SignatureCheck, IngestError> {
+        let Some((_, managed)) = self.config.managed(app) else {
+            return Err(IngestError::UnknownApp(app.to_string()));
+        };
+        let check = wire::signature::check_signatures(
+            managed.app_secret.expose().as_bytes(),
+            body,
+            signature_256,
+            signature_1,
+        );
+        if !wire::signature::accepted(&check) {
+            let label = app.as_str();
+            self.metrics.delivery(label, "bad_signature");
+            self.metrics.signature_failure(label);
+            tracing::warn!(%app, sha256 = ?check.sha256, sha1 = ?check.sha1, "webhook signature refused");
+            return Err(IngestError::BadSignature(wire::signature::refusal_reason(
+                &check,
+            )));
+        }
+        Ok(check)
     }
 
     async fn record_delivery(
@@ -198,7 +214,7 @@ impl<S: EventStore + 'static> Baton<S> {
                         });
                     }
                     plan.extend(
-                        plan_records(snapshot, app, chunk, now)
+                        plan_records(snapshot, &self.config.elsewhere, app, chunk, now)
                             .into_iter()
                             .map(|p| {
                                 let late = match &p.event {
@@ -271,9 +287,11 @@ fn delivery_people(items: &[(&Entry, &Item)]) -> Vec<ThreadKey> {
 
 /// The facts a delivery adds, given the projections now: the domain observes
 /// each item against the thread's ledger (kept current across the items of
-/// this delivery), skipping copies already recorded.
+/// this delivery), skipping copies already recorded, and the items of pages
+/// another shard decides for (that shard records them).
 fn plan_records(
     state: &State,
+    elsewhere: &BTreeMap<PageId, Elsewhere>,
     app: &AppId,
     items: &[(&Entry, &Item)],
     now: Timestamp,
@@ -300,6 +318,9 @@ fn plan_records(
                 ItemKind::Thread { thread, .. } => &thread.page,
                 _ => &entry.page,
             };
+            if elsewhere.contains_key(item_page) {
+                continue;
+            }
             if !state
                 .pages
                 .get(item_page)

@@ -61,6 +61,22 @@ pub struct Deletion {
     pub erasures: Vec<Erasure>,
 }
 
+/// The confirmation code of Meta's data-deletion request: derived from the
+/// signed request, so that every shard the request is handed to records its
+/// erasures under the same code, and Meta's retry of it gets the same
+/// answer. Only a holder of the signed request (Meta, the person, Baton)
+/// can work it out; it names no person.
+pub fn confirmation_code(app: &AppId, signed_request: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"baton data-deletion code\0")
+        .chain_update(app.as_str().as_bytes())
+        .chain_update(b"\0")
+        .chain_update(signed_request.as_bytes())
+        .finalize();
+    hex::encode(&digest[..16])
+}
+
 /// How often the retention schedule looks at Baton's clock.
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
 
@@ -172,10 +188,19 @@ impl<S: EventStore + 'static> Baton<S> {
                 on_page.then(|| ThreadKey::new(page, psid))
             })
             .collect();
-        let confirmation_code = uuid::Uuid::new_v4().simple().to_string();
+        let confirmation_code = confirmation_code(app, signed_request);
+        // Meta's retry of the request: what it erased stays erased, and is
+        // not listed twice under its code.
+        let done: Vec<ThreadKey> = self
+            .projections
+            .read()
+            .erasures
+            .get(&confirmation_code)
+            .map(|list| list.iter().map(|(t, _)| t.clone()).collect())
+            .unwrap_or_default();
         let by = format!("meta:{app}");
         let mut erasures = Vec::with_capacity(threads.len());
-        for thread in &threads {
+        for thread in threads.iter().filter(|t| !done.contains(t)) {
             erasures.push(self.erase(thread, &by, &confirmation_code).await?);
         }
         tracing::info!(%app, people = erasures.len(), code = %confirmation_code, "Meta's data-deletion request honoured");

@@ -103,27 +103,57 @@ pub async fn receive<S: EventStore + 'static>(
         }
     };
 
-    match state
-        .baton
-        .ingest(
-            &app_id,
-            &body,
-            signature_header(&req, "x-hub-signature-256"),
-            signature_header(&req, "x-hub-signature"),
-        )
-        .await
-    {
-        Ok(_) => {
-            state.samples.ack(started.elapsed());
-            Ok(HttpResponse::Ok()
-                .content_type("text/plain")
-                .body("EVENT_RECEIVED"))
+    let signature_256 = signature_header(&req, "x-hub-signature-256");
+    let signature_1 = signature_header(&req, "x-hub-signature");
+    // Pages another shard decides for are recorded there (a delivery handed
+    // on here is recorded here only, so it never circles).
+    let (here, elsewhere) = if crate::routing::handed_on(&req) {
+        (true, Default::default())
+    } else {
+        crate::routing::shards_of_delivery(&state, &body)
+    };
+    // Checked before anything is handed on: a forged delivery costs the
+    // other shards nothing.
+    if !elsewhere.is_empty() {
+        state
+            .baton
+            .check_signature(&app_id, &body, signature_256, signature_1)
+            .map_err(refused)?;
+    }
+    let local = async {
+        if !here {
+            return Ok(());
         }
-        Err(IngestError::UnknownApp(app)) => Err(ApiError::UnknownApp(app)),
-        Err(e @ IngestError::TooManyItems { .. }) => Err(ApiError::TooManyItems(e.to_string())),
-        Err(IngestError::BadSignature(reason)) => Err(ApiError::BadSignature(reason)),
-        Err(IngestError::NotRecorded(RecordError::Busy)) => Err(ApiError::Busy),
-        Err(IngestError::NotRecorded(e)) => Err(ApiError::Unavailable(error_chain(&e))),
+        state
+            .baton
+            .ingest(&app_id, &body, signature_256, signature_1)
+            .await
+            .map(drop)
+            .map_err(refused)
+    };
+    let other_shards = async {
+        if elsewhere.is_empty() {
+            return Ok(());
+        }
+        crate::routing::done_elsewhere(&state, &req, &body, &elsewhere).await
+    };
+    let (local, other_shards) = futures_util::future::join(local, other_shards).await;
+    local?;
+    other_shards?;
+    state.samples.ack(started.elapsed());
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain")
+        .body("EVENT_RECEIVED"))
+}
+
+/// Why a delivery was not recorded, as Baton's API says it.
+fn refused(e: IngestError) -> ApiError {
+    match e {
+        IngestError::UnknownApp(app) => ApiError::UnknownApp(app),
+        e @ IngestError::TooManyItems { .. } => ApiError::TooManyItems(e.to_string()),
+        IngestError::BadSignature(reason) => ApiError::BadSignature(reason),
+        IngestError::NotRecorded(RecordError::Busy) => ApiError::Busy,
+        IngestError::NotRecorded(e) => ApiError::Unavailable(error_chain(&e)),
     }
 }
 

@@ -302,7 +302,11 @@ pub async fn start_leased<S: EventStore + Leases + dispatch::SharedCursors>(
     // A routed send may wait for its outcome at the owner.
     let wait =
         baton.outcome_wait() + std::time::Duration::from_millis(baton.config.graph_timeout_ms);
-    let router = routing::Router::new(node, wait + std::time::Duration::from_secs(5));
+    let router = routing::Router::new(
+        node,
+        wait + std::time::Duration::from_secs(5),
+        store.clone(),
+    );
     let cursors: Arc<dyn dispatch::SharedCursors> = store;
     serve(
         listener,

@@ -124,6 +124,14 @@ pub async fn data_deletion<S: EventStore + 'static>(
         Err(DeletionError::Mapping(why)) => return Err(ApiError::Unavailable(why)),
         Err(DeletionError::Erase(e)) => return Err(erase_error(e)),
     };
+    // The app's pages in other shards: each shard erases its own threads of
+    // the person, under the same code (it derives from the request).
+    if !crate::routing::handed_on(&req) {
+        let shards = crate::routing::shards_of_app(&state, &app);
+        if !shards.is_empty() {
+            crate::routing::done_elsewhere(&state, &req, &body, &shards).await?;
+        }
+    }
     let info = req.connection_info();
     let url = format!(
         "{}://{}/privacy/deletions/{}",
@@ -142,17 +150,52 @@ pub async fn data_deletion<S: EventStore + 'static>(
 pub async fn deletion_status<S: EventStore + 'static>(
     state: web::Data<AppState<S>>,
     path: web::Path<String>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let code = path.into_inner();
-    let erasures = state.projections.read().erasures.get(&code).cloned();
-    match erasures {
-        Some(list) => Ok(HttpResponse::Ok().json(json!({
-            "confirmation_code": code,
-            "status": "complete",
-            "erased": list.iter().map(|(t, at)| json!({"page_id": t.page.as_str(), "at": at.millis()})).collect::<Vec<_>>(),
-        }))),
-        None => Err(ApiError::NotFound(format!(
-            "no erasure was recorded under confirmation code {code}"
-        ))),
+    let mut erased: Vec<serde_json::Value> = state
+        .projections
+        .read()
+        .erasures
+        .get(&code)
+        .map(|list| {
+            list.iter()
+                .map(|(t, at)| json!({"page_id": t.page.as_str(), "at": at.millis()}))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found = !erased.is_empty();
+    // The other shards erased their pages' threads under the same code.
+    if !crate::routing::handed_on(&req) {
+        let shards = crate::routing::other_shards(&state);
+        let body = web::Bytes::new();
+        for (shard, answer) in crate::routing::hand_on(&state, &req, &body, &shards).await {
+            match answer {
+                Ok((status, _)) if status == actix_web::http::StatusCode::NOT_FOUND => {}
+                Ok((status, body)) if status.is_success() => {
+                    let theirs: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+                        ApiError::Unavailable(format!("shard {shard}'s answer: {e}"))
+                    })?;
+                    erased.extend(theirs["erased"].as_array().cloned().unwrap_or_default());
+                    found = true;
+                }
+                Ok((status, _)) => {
+                    return Err(ApiError::NoOwner(format!(
+                        "shard {shard}'s owner answered {status}"
+                    )))
+                }
+                Err(why) => return Err(ApiError::NoOwner(why)),
+            }
+        }
     }
+    if !found {
+        return Err(ApiError::NotFound(format!(
+            "no erasure was recorded under confirmation code {code}"
+        )));
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "confirmation_code": code,
+        "status": "complete",
+        "erased": erased,
+    })))
 }

@@ -294,3 +294,91 @@ fn a_cluster_node_is_configured_with_its_id_address_and_lease() {
     );
     Config::parse(&advertised, "node.toml", pg_env).unwrap();
 }
+
+/// `GOOD` with a second page, and a `shard` for each page when given.
+fn two_pages(store: &str, shards: [Option<i32>; 2]) -> String {
+    let second = r#"
+[[pages]]
+id = "5550002"
+routing = { mode = "conversation_routing", default_app = "1001" }
+apps = ["1001"]
+"#;
+    let mut text = with_store(store).replacen(
+        "apps = [\"1001\", \"1002\", \"263902037430900\"]\n",
+        &format!("apps = [\"1001\", \"1002\", \"263902037430900\"]\n{second}"),
+        1,
+    );
+    text = text.replace(
+        "page_tokens = { \"5550001\" = \"page-token-bot\" }",
+        "page_tokens = { \"5550001\" = \"page-token-bot\", \"5550002\" = \"page-token-bot-2\" }",
+    );
+    for (id, shard) in ["5550001", "5550002"].iter().zip(shards) {
+        if let Some(shard) = shard {
+            text = text.replacen(
+                &format!("id = \"{id}\"\n"),
+                &format!("id = \"{id}\"\nshard = {shard}\n"),
+                1,
+            );
+        }
+    }
+    text
+}
+
+#[test]
+fn pages_spread_over_shards_leave_a_node_only_its_own() {
+    let pg = |shard: i32| {
+        format!(r#"{{ postgres = {{ url = {{ env = "BATON_DATABASE_URL" }}, shard = {shard} }} }}"#)
+    };
+    let page = |id: &str| PageId::parse(id.to_owned()).unwrap();
+
+    // No page names a shard: the node's shard decides for every page.
+    let c = Config::parse(&two_pages(&pg(3), [None, None]), "n.toml", pg_env).unwrap();
+    assert_eq!(c.pages.len(), 2);
+    assert!(c.elsewhere.is_empty());
+
+    // Shard 1's node keeps page 2 and routes page 1 to shard 0, whose
+    // tokens and retention it does not hold.
+    let text = two_pages(&pg(1), [Some(0), Some(1)]);
+    let c = Config::parse(&text, "n.toml", pg_env).unwrap();
+    assert_eq!(c.pages.keys().collect::<Vec<_>>(), [&page("5550002")]);
+    let elsewhere = &c.elsewhere[&page("5550001")];
+    assert_eq!(elsewhere.shard, 0);
+    assert_eq!(elsewhere.apps.len(), 3);
+    let bot = c
+        .managed(&AppId::parse("1001".to_owned()).unwrap())
+        .unwrap()
+        .1;
+    assert_eq!(
+        bot.page_tokens.keys().collect::<Vec<_>>(),
+        [&page("5550002")]
+    );
+    assert!(!c.content_retention_days.contains_key(&page("5550001")));
+    // And shard 0's the other way round.
+    let c = Config::parse(&two_pages(&pg(0), [Some(0), Some(1)]), "n.toml", pg_env).unwrap();
+    assert_eq!(c.pages.keys().collect::<Vec<_>>(), [&page("5550001")]);
+    assert_eq!(c.elsewhere[&page("5550002")].shard, 1);
+
+    let refused = |text: &str, field: &str, why: &str| {
+        let err = Config::parse(text, "n.toml", pg_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(field) && err.contains(why), "{err}");
+    };
+    // One page naming its shard makes every page name one.
+    refused(
+        &two_pages(&pg(0), [Some(0), None]),
+        "pages.5550002.shard",
+        "every page must",
+    );
+    refused(
+        &two_pages(&pg(0), [Some(-1), Some(0)]),
+        "pages[0].shard",
+        "0 or more",
+    );
+    // The embedded log serves one node: it has no shards to spread pages over.
+    refused(
+        &two_pages("\"sled\"", [Some(0), Some(1)]),
+        "pages[0].shard",
+        "only on store = { postgres",
+    );
+}
