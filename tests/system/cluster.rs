@@ -689,6 +689,36 @@ async fn a_follower_routes_to_the_owner_and_refuses_in_the_callers_shape_when_it
     .await;
     assert_eq!(status, 400);
     assert_eq!(error["error"]["code"], 190, "{error}");
+    // A body the follower reads before routing it meets the handlers'
+    // limits: too large, the owner's 413 in Meta's shape; one that never
+    // comes, cut off by the follower in each surface's shape.
+    let (status, error) = answer(
+        http.post(format!("{b}/v21.0/me/messages"))
+            .bearer_auth("baton-bot")
+            .body(vec![b' '; 70_000]),
+    )
+    .await;
+    assert_eq!(
+        (status, &error["error"]["code"]),
+        (413, &json!(100)),
+        "{error}"
+    );
+    for (path, shape) in [
+        ("/v21.0/me/messages", "graph"),
+        ("/api/sends/check", "baton"),
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer baton-bot\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+        );
+        let (status, body) = crate::hostile::raw(follower.addr, head.as_bytes()).await;
+        assert_eq!(status, 408, "{path}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        match shape {
+            "graph" => assert_eq!(body["error"]["code"], 2, "{path}: {body}"),
+            _ => assert_eq!(body["error"], "body_timeout", "{path}: {body}"),
+        }
+    }
 
     // A request already routed once is not routed again.
     let request = http

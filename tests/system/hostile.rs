@@ -20,7 +20,7 @@ fn addr(baton: &TestBaton) -> SocketAddr {
 
 /// Writes raw bytes on a fresh connection and reads the answer until the
 /// server closes it (or answers and the body is complete).
-async fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+pub(crate) async fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     sock.write_all(request).await.unwrap();
     let mut buf = Vec::new();

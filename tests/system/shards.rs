@@ -42,6 +42,7 @@ listen = "127.0.0.1:0"
 data_dir = "unused"
 admin_token = "{ADMIN_TOKEN}"
 graph_timeout_ms = 2000
+body_timeout_ms = 300
 send_backoff_ms = 1
 stop_grace_ms = 0
 send_rate_per_second = 1000
@@ -369,6 +370,27 @@ async fn pages_spread_over_shards_are_each_decided_by_their_own_shards_owner() {
     )
     .await;
     assert_eq!(status, 200, "{erasure}");
+    // The page of an erasure is in its body: a body that never comes is
+    // cut off before any routing, in Baton's shape, and a body that names
+    // no page is this shard's to refuse.
+    let slow = format!(
+        "POST /api/admin/erasures HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    let (status, body) = crate::hostile::raw(zero.addr, slow.as_bytes()).await;
+    assert_eq!(status, 408, "{body}");
+    assert!(body.contains("body_timeout"), "{body}");
+    let (status, refused) = answer(
+        http.post(format!("{a}/api/admin/erasures"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"psid": "u1"})),
+    )
+    .await;
+    assert_eq!(
+        (status, &refused["error"]),
+        (400, &json!("bad_request")),
+        "{refused}"
+    );
     let by_admin = erased(shard_log(dir.path(), 1).await);
     assert_eq!(by_admin.len(), 2);
     assert_eq!((by_admin[1].0.as_str(), by_admin[1].1.as_str()), (p1, "u1"));

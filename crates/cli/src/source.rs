@@ -114,11 +114,12 @@ impl LogAt {
     }
 
     /// Opens the store (for sled, explaining the lock when a server still
-    /// runs).
+    /// runs). A PostgreSQL database is not migrated: one whose schema is
+    /// behind is refused, pointing at `baton migrate`.
     pub async fn open(&self) -> anyhow::Result<AnyStore> {
         match self {
             LogAt::Sled(path) => open_sled(path).map(AnyStore::Sled),
-            LogAt::Postgres { config, .. } => PgStore::connect(config.clone())
+            LogAt::Postgres { config, .. } => PgStore::connect(config.clone().without_migrating())
                 .await
                 .map(AnyStore::Postgres)
                 .with_context(|| format!("opening {}", self.describe())),

@@ -83,6 +83,25 @@ fn a_node_on_a_new_database() -> (
 fn migrate_applies_the_schema_once_and_says_so() {
     let (server, url, dir, config) = a_node_on_a_new_database();
     let config = config.to_str().unwrap();
+    let database = url.rsplit('/').next().unwrap().to_owned();
+
+    // An offline command pointed at a database without the schema refuses,
+    // naming `baton migrate`, and creates nothing there.
+    let out = baton(Some(&url), &["verify", "--config", config]);
+    assert_ne!(code(&out), 0, "{}", all(&out));
+    assert!(
+        all(&out).contains("version 0, older than this build needs")
+            && all(&out).contains("run `baton migrate` first"),
+        "{}",
+        all(&out)
+    );
+    let tables = server
+        .psql(
+            &database,
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+        )
+        .unwrap();
+    assert_eq!(tables.trim(), "0", "nothing created");
 
     let out = baton(Some(&url), &["migrate", "--config", config]);
     assert_eq!(code(&out), 0, "{}", all(&out));

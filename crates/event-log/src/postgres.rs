@@ -100,6 +100,11 @@ pub struct PgStoreConfig {
     /// behind a proxy that cannot LISTEN (PgBouncer's transaction pooling);
     /// polling alone then moves the head.
     pub listen: bool,
+    /// Whether [`PgStore::connect`] applies missing migrations (`baton
+    /// serve` does). Without, it refuses a database whose schema is behind
+    /// this build (`PgError::SchemaBehind`): the offline commands, which
+    /// must not change a database they were only pointed at.
+    pub migrate: bool,
 }
 
 impl PgStoreConfig {
@@ -113,12 +118,20 @@ impl PgStoreConfig {
             connect_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_millis(500),
             listen: true,
+            migrate: true,
         }
     }
 
     /// The same configuration for another shard.
     pub fn with_shard(mut self, shard: i32) -> PgStoreConfig {
         self.shard = shard;
+        self
+    }
+
+    /// The same configuration, connecting without migrating (see
+    /// [`PgStoreConfig::migrate`]).
+    pub fn without_migrating(mut self) -> PgStoreConfig {
+        self.migrate = false;
         self
     }
 }
@@ -133,6 +146,7 @@ impl std::fmt::Debug for PgStoreConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("poll_interval", &self.poll_interval)
             .field("listen", &self.listen)
+            .field("migrate", &self.migrate)
             .finish()
     }
 }
@@ -186,6 +200,18 @@ pub enum PgError {
         /// The last version this build knows.
         known: i32,
     },
+    /// The database lacks migrations this build needs, and the store was
+    /// asked not to apply them.
+    #[error(
+        "the database's event-log schema is at version {found}, older than this \
+         build needs (version {known}); run `baton migrate` first"
+    )]
+    SchemaBehind {
+        /// The version found in the database (0: no schema at all).
+        found: i32,
+        /// The last version this build knows.
+        known: i32,
+    },
     /// The store's state could not be read.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -219,6 +245,38 @@ fn connect_options(url: &str) -> Result<PgConnectOptions, PgError> {
 pub async fn migrate(url: &str) -> Result<usize, PgError> {
     let options = connect_options(url)?;
     migrate_with(&options, url).await
+}
+
+/// Refuses a database whose schema is not the one this build knows, without
+/// changing anything.
+async fn check_schema(options: &PgConnectOptions, url: &str) -> Result<(), PgError> {
+    let mut conn = PgConnection::connect_with(options)
+        .await
+        .map_err(|e| PgError::Connect {
+            url: redacted(url),
+            source: Box::new(e),
+        })?;
+    let found = async {
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('event_log_migrations') IS NOT NULL")
+                .fetch_one(&mut conn)
+                .await?;
+        if !exists {
+            return Ok(0);
+        }
+        sqlx::query_scalar::<_, i32>("SELECT COALESCE(max(version), 0) FROM event_log_migrations")
+            .fetch_one(&mut conn)
+            .await
+    }
+    .await;
+    let _ = conn.close().await;
+    let found = found.map_err(engine)?;
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    match found.cmp(&known) {
+        std::cmp::Ordering::Less => Err(PgError::SchemaBehind { found, known }),
+        std::cmp::Ordering::Greater => Err(PgError::SchemaTooNew { found, known }),
+        std::cmp::Ordering::Equal => Ok(()),
+    }
 }
 
 async fn migrate_with(options: &PgConnectOptions, url: &str) -> Result<usize, PgError> {
@@ -431,7 +489,11 @@ impl PgStore {
     /// row if needed and starts the writer and follower tasks.
     pub async fn connect(config: PgStoreConfig) -> Result<PgStore, PgError> {
         let options = connect_options(&config.url)?;
-        migrate_with(&options, &config.url).await?;
+        if config.migrate {
+            migrate_with(&options, &config.url).await?;
+        } else {
+            check_schema(&options, &config.url).await?;
+        }
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .acquire_timeout(config.connect_timeout)
