@@ -200,8 +200,9 @@ struct Seen {
     /// attempt whose answer was lost had taken effect).
     controlled: usize,
     control_refused: usize,
-    /// The threads whose control moved.
-    control_threads: BTreeSet<(String, String)>,
+    /// The threads whose control moved, and how many times the bot passed
+    /// each to the Page Inbox and took it back.
+    control_threads: BTreeMap<(String, String), usize>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,6 +273,12 @@ async fn three_nodes_survive_a_kill_and_a_freeze_without_losing_or_repeating_any
                 if n % SEND_EVERY == 1 {
                     // The bot hands the thread to the Page Inbox and takes
                     // it back, through the live nodes in turn.
+                    *seen
+                        .lock()
+                        .unwrap()
+                        .control_threads
+                        .entry((page.to_owned(), psid.clone()))
+                        .or_default() += 1;
                     for (edge, body) in [
                         (
                             "pass_thread_control",
@@ -308,11 +315,14 @@ async fn three_nodes_survive_a_kill_and_a_freeze_without_losing_or_repeating_any
                         let mut seen = seen.lock().unwrap();
                         match status {
                             (200, _) => seen.controlled += 1,
-                            // Only a retry may find its call already done.
-                            (_, attempts) if attempts > 1 => seen.control_refused += 1,
-                            (other, _) => panic!("{edge} on m{n}: {other} at the first attempt"),
+                            // Only a retry may find its call already done
+                            // (Meta's refusal: the bot no longer, or
+                            // already, controls the thread).
+                            (400, attempts) if attempts > 1 => seen.control_refused += 1,
+                            (other, attempts) => {
+                                panic!("{edge} on m{n}: {other} at attempt {attempts}")
+                            }
                         }
-                        seen.control_threads.insert((page.to_owned(), psid.clone()));
                     }
                 }
                 if n % SEND_EVERY == SEND_EVERY - 1 {
@@ -536,9 +546,34 @@ async fn three_nodes_survive_a_kill_and_a_freeze_without_losing_or_repeating_any
         "no send reached Meta twice: {texts:?}"
     );
 
-    // The control calls under load left Baton's ledger where Meta is:
-    // every thread the bot passed and took back is the bot's at both.
-    for (page, psid) in &control_threads {
+    // The control calls under load reached Meta exactly as made: on each
+    // thread, one pass and one take per step, in order, none lost and none
+    // twice; and they left Baton's ledger where Meta is: every thread the
+    // bot passed and took back is the bot's at both.
+    let mut at_meta: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
+    for call in calls.iter().filter(|c| c.status == 200) {
+        let edge = match call.endpoint.as_str() {
+            "pass_thread_control" => "pass",
+            "take_thread_control" => "take",
+            _ => continue,
+        };
+        let psid = call.params["recipient"]["id"].as_str().unwrap_or_default();
+        let page = call.page_id.clone().unwrap_or_default();
+        at_meta
+            .entry((page, psid.to_owned()))
+            .or_default()
+            .push(edge);
+    }
+    for (thread, steps) in &control_threads {
+        let want: Vec<&str> = ["pass", "take"].repeat(*steps);
+        assert_eq!(
+            at_meta.get(thread),
+            Some(&want),
+            "{thread:?}: control calls at Meta"
+        );
+    }
+    assert_eq!(at_meta.len(), control_threads.len());
+    for (page, psid) in control_threads.keys() {
         let at_meta = ctl.thread(page, psid).await.unwrap().owner;
         assert_eq!(at_meta.as_deref(), Some(BOT), "{page}/{psid} at Meta");
         let url = live.lock().unwrap()[0].clone();
@@ -577,7 +612,8 @@ async fn three_nodes_survive_a_kill_and_a_freeze_without_losing_or_repeating_any
          {refused_or_gone} not acknowledged (node gone or lease moving), {} records, chain verified; \
          backend got {} distinct items in order per thread; {} sends answered, each at Meta once; \
          {controlled} control calls answered 200 ({control_refused} refused on a retry, their first attempt done), \
-         {control_at_meta} at Meta, {} threads' owner the same at Meta and in Baton's ledger; \
+         {control_at_meta} at Meta (on each thread pass, take, … in order, none twice), \
+         {} threads' owner the same at Meta and in Baton's ledger; \
          {} answers 503 on the way, retried (sends with the same key); \
          lease {LEASE_MS} ms: new owner {:.2} s after kill -9, {:.2} s after SIGSTOP; \
          the thawed node's appends refused as stale: {fenced}, its late webhook answered {late}; \

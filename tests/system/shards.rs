@@ -36,10 +36,14 @@ const PAGES: [&str; 2] = ["5550031", "5550032"];
 fn config(shard: i32, database: &str, graph: &str, backend: &str) -> Config {
     let [p0, p1] = PAGES;
     let routing = cr_mode();
+    // Shard 0's nodes take larger bodies than shard 1's: a delivery one
+    // takes and the other refuses.
+    let max_body = if shard == 0 { 1 << 20 } else { 1 << 16 };
     let text = format!(
         r#"
 listen = "127.0.0.1:0"
 data_dir = "unused"
+max_body_bytes = {max_body}
 admin_token = "{ADMIN_TOKEN}"
 graph_timeout_ms = 2000
 body_timeout_ms = 300
@@ -90,8 +94,15 @@ page_tokens = {{ "{p1}" = "page-token-human" }}
     .unwrap()
 }
 
-/// The node that owns `shard`, in this process.
-async fn node(dir: &Path, shard: i32, graph: &str, backend: &str) -> server::Running<PgStore> {
+/// A node of `shard` named `name`, in this process: the first of a shard
+/// owns it.
+async fn node(
+    dir: &Path,
+    shard: i32,
+    name: &str,
+    graph: &str,
+    backend: &str,
+) -> server::Running<PgStore> {
     let store_config = postgres_config(dir);
     let config = config(shard, &store_config.url, graph, backend);
     let store = PgStore::connect(store_config.with_shard(shard))
@@ -101,14 +112,12 @@ async fn node(dir: &Path, shard: i32, graph: &str, backend: &str) -> server::Run
         // Long: a crashed owner's lease stays live for the test.
         lease: Duration::from_secs(60),
         advertise_url: None,
-        node_id: Some(format!("shard-{shard}")),
+        node_id: Some(name.to_owned()),
     };
     let clock = Arc::new(ManualClock::new(T0));
-    let node = server::start_leased(config, Arc::new(store), clock, cluster)
+    server::start_leased(config, Arc::new(store), clock, cluster)
         .await
-        .unwrap();
-    assert!(node.state.baton.is_owner());
-    node
+        .unwrap()
 }
 
 fn world() -> World {
@@ -134,8 +143,9 @@ fn item(page: &str, psid: &str, mid: &str) -> serde_json::Value {
 struct ShardLog {
     /// Its message facts' dedupe keys (each once).
     facts: Vec<String>,
-    /// The deliveries it keeps.
+    /// The deliveries it keeps, and those kept with their words (sealed).
     deliveries: usize,
+    sealed_deliveries: usize,
     /// Its erasures: page, psid, request.
     erasures: Vec<(String, String, String)>,
 }
@@ -147,9 +157,14 @@ async fn shard_log(dir: &Path, shard: i32) -> ShardLog {
     let (records, facts) = verified_message_facts(&store).await;
     store.close().await;
     assert!(facts.values().all(|n| *n == 1), "each item once: {facts:?}");
-    let deliveries = records
+    let deliveries: Vec<serde_json::Value> = records
         .iter()
         .filter(|r| r.type_name == "WebhookDeliveryReceived")
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .collect();
+    let sealed_deliveries = deliveries
+        .iter()
+        .filter(|d| d.get("sealed").is_some())
         .count();
     let erasures = records
         .iter()
@@ -166,7 +181,8 @@ async fn shard_log(dir: &Path, shard: i32) -> ShardLog {
         .collect();
     ShardLog {
         facts: facts.into_keys().collect(),
-        deliveries,
+        deliveries: deliveries.len(),
+        sealed_deliveries,
         erasures,
     }
 }
@@ -188,8 +204,14 @@ async fn pages_spread_over_shards_are_each_decided_by_their_own_shards_owner() {
     ctl.set_clock(T0.millis()).await.unwrap();
     let backend = Backend::start();
     let graph = emulator.base_url();
-    let zero = node(dir.path(), 0, &graph, &backend.url).await;
-    let one = node(dir.path(), 1, &graph, &backend.url).await;
+    let zero = node(dir.path(), 0, "shard-0-a", &graph, &backend.url).await;
+    let one = node(dir.path(), 1, "shard-1-a", &graph, &backend.url).await;
+    // A follower of shard 1: what it does not decide goes to shard 1's owner,
+    // or to shard 0's for page 0.
+    let one_b = node(dir.path(), 1, "shard-1-b", &graph, &backend.url).await;
+    assert!(zero.state.baton.is_owner() && one.state.baton.is_owner());
+    assert!(!one_b.state.baton.is_owner());
+    let c = one_b.base_url();
     let (a, b) = (zero.base_url(), one.base_url());
     let http = reqwest::Client::new();
 
@@ -249,6 +271,10 @@ async fn pages_spread_over_shards_are_each_decided_by_their_own_shards_owner() {
         ])
     );
     assert_eq!((deliveries0, deliveries1), (2, 2));
+    // The delivery with both pages is kept without its words in both: only
+    // page 1's shard knows whether its item came after an erasure there
+    // (each item's own raw copy is sealed with its fact, in its shard).
+    assert_eq!((log0.sealed_deliveries, log1.sealed_deliveries), (1, 1));
     // Each owner dispatched its own page's items to the bot's backend.
     backend.wait_for_distinct(4).await;
     let arrived = backend.per_thread();
@@ -295,6 +321,82 @@ async fn pages_spread_over_shards_are_each_decided_by_their_own_shards_owner() {
     let (through_a, through_b) = (answer(thread(&a)).await, answer(thread(&b)).await);
     assert_eq!(through_a.0, 200);
     assert_eq!(through_a, through_b);
+    // Shard 1's follower routes page 1 to its owner and page 0 to shard 0's,
+    // and records a page 0 webhook in shard 0 (handed on to its owner).
+    assert_eq!(answer(thread(&c)).await, through_a);
+    let page0 = |base: &str| {
+        http.get(format!("{base}/api/threads/{p0}/u0"))
+            .bearer_auth(ADMIN_TOKEN)
+    };
+    let (via_c, via_a) = (answer(page0(&c)).await, answer(page0(&a)).await);
+    assert_eq!(via_c.0, 200);
+    assert_eq!(via_c, via_a);
+    let res = post_signed(&http, &c, BOT, BOT_SECRET, &one_item(p0, "m.via.c"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(shard_log(dir.path(), 0)
+        .await
+        .facts
+        .contains(&format!("{p0}:mid:m.via.c")));
+    // `me` of an app on pages in both shards names no page: 400 on every
+    // node, as without shards.
+    for base in [&a, &b, &c] {
+        let (status, error) = answer(
+            http.post(format!("{base}/v21.0/me/messages"))
+                .bearer_auth("baton-bot")
+                .json(&text("u1", "which page?")),
+        )
+        .await;
+        assert_eq!(status, 400, "{error}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("serves several pages"),
+            "{error}"
+        );
+    }
+    // `me` of the human with its token in the query, and the dry run
+    // without a page: shard 1 decides; the dry run naming page 1: too.
+    let (status, error) = answer(
+        http.post(format!("{a}/v21.0/me/messages?access_token=baton-human"))
+            .json(&text("u1", "human again")),
+    )
+    .await;
+    assert_eq!(
+        (status, &error["error"]["code"]),
+        (400, &json!(10)),
+        "{error}"
+    );
+    let (status, check) = answer(
+        http.post(format!("{a}/api/sends/check"))
+            .bearer_auth("baton-human")
+            .json(&text("u1", "may I?")),
+    )
+    .await;
+    assert_eq!(
+        (status, &check["allowed"], &check["code"]),
+        (200, &json!(false), &json!(10)),
+        "{check}"
+    );
+    let mut with_page = text("u1", "may the bot?");
+    with_page["page_id"] = json!(p1);
+    let (status, check) = answer(
+        http.post(format!("{a}/api/sends/check"))
+            .bearer_auth("baton-bot")
+            .json(&with_page),
+    )
+    .await;
+    assert_eq!((status, &check["allowed"]), (200, &json!(true)), "{check}");
+    // The messageable list of page 1, asked of shard 0's node.
+    let (status, list) = answer(
+        http.get(format!("{a}/api/apps/{BOT}/messageable?page={p1}"))
+            .bearer_auth(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    assert!(list.to_string().contains("\"u1\""), "{list}");
     // Routed once already: not routed again.
     let (status, error) = answer(thread(&a).header(server::routing::ROUTED, "node-x")).await;
     assert_eq!(status, 503);
@@ -309,6 +411,22 @@ async fn pages_spread_over_shards_are_each_decided_by_their_own_shards_owner() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
+    assert_eq!(head(&one).await, before);
+
+    // Shard 1's refusal of its part is passed on as it is permanent: a
+    // delivery too large for shard 1's nodes, which shard 0's take.
+    let before = head(&one).await;
+    let mut big = item(p1, "u1", "m.big");
+    big["message"]["text"] = json!("x".repeat(100_000));
+    let big = envelope(json!([{"id": p1, "time": T0.millis(), "messaging": [big]}]));
+    let res = post_signed(&http, &a, BOT, BOT_SECRET, &big).await.unwrap();
+    assert_eq!(res.status(), 413);
+    let error: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(error["error"], "refused_by_other_shard", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("shard 1"),
+        "{error}"
+    );
     assert_eq!(head(&one).await, before);
 
     // Carol wrote on both pages. Her request to Meta to delete her data
@@ -400,6 +518,39 @@ async fn pages_spread_over_shards_are_each_decided_by_their_own_shards_owner() {
     // calls get 503, which Meta and the apps retry; page 0's go on, and
     // its half of a delivery with both pages is recorded.
     one.crash().await;
+    // An owner that takes connections and never answers (frozen, its lease
+    // still live) holds a webhook for 5 s at most, then 503.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let database = postgres_config(dir.path()).url;
+    event_log::postgres::testing::TestServer::shared()
+        .unwrap()
+        .psql(
+            database.rsplit('/').next().unwrap(),
+            &format!(
+                "UPDATE event_log_leases SET address = 'http://{}' WHERE shard = 1",
+                silent.local_addr().unwrap()
+            ),
+        )
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        // Until the node's 250 ms cache of shard 1's owner has turned over.
+        let res = post_signed(&http, &a, BOT, BOT_SECRET, &one_item(p1, "m.frozen.1"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 503);
+        let error: serde_json::Value = res.json().await.unwrap();
+        if error["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within 5s")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{error}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(silent);
     let res = post_signed(&http, &a, BOT, BOT_SECRET, &one_item(p1, "m.later.1"))
         .await
         .unwrap();
@@ -434,6 +585,7 @@ async fn pages_spread_over_shards_are_each_decided_by_their_own_shards_owner() {
     assert!(facts0.contains(&format!("{p0}:mid:m.half.0")));
     assert!(facts0.iter().all(|f| f.starts_with(p0)), "{facts0:?}");
     zero.stop().await;
+    one_b.stop().await;
 }
 
 /// A delivery of one item on `page`.

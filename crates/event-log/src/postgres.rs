@@ -1405,34 +1405,55 @@ async fn insert_keys(
 /// Deletes the keys the erasures name, whichever node made them and in
 /// whichever shard (a delivery carrying several shards' pages is sealed in
 /// each for every person in it), and notes their ids, under the key's own
-/// shard, for the nodes that hold copies. Whether any key was deleted.
+/// shard, for the nodes that hold copies; each such shard's nodes are told
+/// at COMMIT (a `keys` notification on its channel), and find the note at
+/// their next poll otherwise. Whether any key was deleted.
 async fn erase_keys(
     tx: &mut Transaction<'_, Postgres>,
     erasures: &[Erasure],
 ) -> Result<bool, StorageError> {
-    let mut any = false;
+    let mut shards: Vec<i32> = Vec::new();
     for erasure in erasures {
-        let (query, prefix, day) = match erasure {
-            Erasure::Subject(subject) => ("subject = $1", subject.as_str(), 0),
+        // A retention's prefix as a LIKE pattern, its wildcards escaped, so
+        // that the pattern index serves it.
+        let (query, pattern, day) = match erasure {
+            Erasure::Subject(subject) => ("subject = $1", subject.clone(), 0),
             Erasure::Before { prefix, day } => (
-                "starts_with(subject, $1) AND day < $2",
-                prefix.as_str(),
+                "subject LIKE $1 AND day < $2",
+                format!(
+                    "{}%",
+                    prefix
+                        .replace('\\', "\\\\")
+                        .replace('%', "\\%")
+                        .replace('_', "\\_")
+                ),
                 i32::try_from(*day).unwrap_or(i32::MAX),
             ),
         };
-        let deleted = sqlx::query(&format!(
+        let noted: Vec<i32> = sqlx::query_scalar(&format!(
             "WITH gone AS (DELETE FROM event_log_keys WHERE {query} \
-                           AND $2 = $2 RETURNING shard, key_id) \
-             INSERT INTO event_log_key_erasures (shard, key_id) SELECT shard, key_id FROM gone"
+                           AND $2 = $2 RETURNING shard, key_id), \
+                  noted AS (INSERT INTO event_log_key_erasures (shard, key_id) \
+                            SELECT shard, key_id FROM gone RETURNING shard) \
+             SELECT DISTINCT shard FROM noted"
         ))
-        .bind(prefix)
+        .bind(pattern)
         .bind(day)
-        .execute(&mut **tx)
+        .fetch_all(&mut **tx)
         .await
         .map_err(engine)?;
-        any |= deleted.rows_affected() > 0;
+        shards.extend(noted);
     }
-    Ok(any)
+    shards.sort_unstable();
+    shards.dedup();
+    for shard in &shards {
+        sqlx::query("SELECT pg_notify($1, 'keys')")
+            .bind(channel(*shard))
+            .execute(&mut **tx)
+            .await
+            .map_err(engine)?;
+    }
+    Ok(!shards.is_empty())
 }
 
 /// Rewrites the keys table after an erasure, so that no page of it keeps
@@ -1574,6 +1595,8 @@ enum Wake {
     Stop,
     Tick,
     Notified(Option<u64>),
+    /// Another node erased keys this shard's nodes may hold.
+    Keys,
     /// The listener's connection failed; notifications may have been lost.
     ListenerLost,
 }
@@ -1604,6 +1627,7 @@ async fn follow(
             _ = &mut stop => Wake::Stop,
             _ = tick.tick() => Wake::Tick,
             notified = next_notification(listener.as_mut()) => match notified {
+                Ok(Some(n)) if n.payload() == "keys" => Wake::Keys,
                 Ok(Some(n)) => Wake::Notified(n.payload().parse().ok()),
                 Ok(None) | Err(_) => Wake::ListenerLost,
             },
@@ -1611,7 +1635,18 @@ async fn follow(
         match wake {
             Wake::Stop => return,
             Wake::Notified(Some(position)) => shared.publish(position),
-            Wake::Notified(None) | Wake::Tick => refresh(&shared).await,
+            Wake::Keys => {
+                if let Err(e) = shared.load_keys(u64::MAX).await {
+                    tracing::warn!(error = %e, "could not load the keys another node erased");
+                }
+            }
+            Wake::Tick => {
+                refresh(&shared).await;
+                // Erasures made in another shard, if their notification
+                // was lost: a failure is left to the next poll.
+                let _ = shared.load_keys(u64::MAX).await;
+            }
+            Wake::Notified(None) => refresh(&shared).await,
             Wake::ListenerLost => {
                 // Start again on the next turn, after the next tick at the
                 // latest, so a dead server is not hammered.

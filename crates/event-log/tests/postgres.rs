@@ -645,8 +645,8 @@ async fn the_database_refuses_a_stale_owners_writes_and_a_follower_records() {
 
 /// A delivery carrying two shards' pages is sealed in each shard for every
 /// person in it, so a person's keys may be in a shard other than their
-/// page's: erasure in one shard destroys them in all, and the other shard's
-/// nodes forget their copies.
+/// page's: erasure (and retention) in one shard destroys them in all, and
+/// the other shard's nodes forget their copies at once.
 #[tokio::test]
 async fn erasure_destroys_a_persons_keys_in_every_shard() {
     let server = shared();
@@ -688,17 +688,34 @@ async fn erasure_destroys_a_persons_keys_in_every_shard() {
         .unwrap();
     assert_eq!(noted.trim(), "0", "noted for shard 0's nodes");
 
-    // Shard 0's nodes forget their copies at their next read of new records.
-    zero_again.append(vec![rec("d", "later")]).await.unwrap();
-    all_records(&zero).await;
-    all_records(&zero_again).await;
+    // Shard 0's nodes forget their copies without reading anything: the
+    // erasure notifies shard 0's channel (and their poll would find it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     for node in [&zero, &zero_again] {
-        assert_eq!(node.vault().open_sealed(&alice).unwrap(), None);
+        while node.vault().open_sealed(&alice).unwrap().is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Alice's key is forgotten"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert_eq!(
             node.vault().open_sealed(&bob).unwrap().as_deref(),
             Some(&b"bob said"[..])
         );
     }
+    // A page's retention reaches every shard too: Bob's old days, by prefix.
+    one.vault().erase_before("1/", 20_001).unwrap();
+    one.append(vec![rec("e", "expired")]).await.unwrap();
+    assert_eq!(keys_of("1/bob").trim(), "");
+    // A prefix's wildcards are taken literally: "%" erases nobody's key.
+    zero.vault()
+        .seal(&["3/carl"], 20_000, b"carl said")
+        .unwrap();
+    zero.append(vec![rec("d", "carl")]).await.unwrap();
+    one.vault().erase_before("%", u32::MAX).unwrap();
+    one.append(vec![rec("e", "nothing")]).await.unwrap();
+    assert_eq!(keys_of("3/carl").trim(), "0");
     zero.close().await;
     zero_again.close().await;
     one.close().await;

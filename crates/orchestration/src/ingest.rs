@@ -180,6 +180,17 @@ impl<S: EventStore + 'static> Baton<S> {
         }
         // The raw delivery is sealed for every person whose items it carries.
         let people = delivery_people(&items);
+        // Items of pages another shard decides for: whether they came after
+        // their person's erasure only that shard knows, so the raw delivery
+        // is kept without its words (each shard keeps its own items' raw
+        // copies, sealed, with its facts).
+        let elsewhere = &self.config.elsewhere;
+        let carries_elsewhere = items.iter().any(|(entry, item)| {
+            elsewhere.contains_key(match &item.kind {
+                ItemKind::Thread { thread, .. } => &thread.page,
+                _ => &entry.page,
+            })
+        });
         // Meta's retries carry the same bytes: the raw delivery is kept once.
         let delivery_key = format!("delivery:{app}:{}", hex::encode(Sha256::digest(body)));
         // The raw delivery with the first chunk of its facts, then the rest a
@@ -201,12 +212,13 @@ impl<S: EventStore + 'static> Baton<S> {
                             .idempotency_key(delivery_key.clone());
                         // Meta's late copy of something said before an
                         // erasure must not bring the words back.
-                        let late = items.iter().any(|(_, item)| match &item.kind {
-                            ItemKind::Thread { thread, at, .. } => {
-                                predates_erasure(snapshot, thread, *at)
-                            }
-                            _ => false,
-                        });
+                        let late = carries_elsewhere
+                            || items.iter().any(|(_, item)| match &item.kind {
+                                ItemKind::Thread { thread, at, .. } => {
+                                    predates_erasure(snapshot, thread, *at)
+                                }
+                                _ => false,
+                            });
                         plan.push(if late {
                             delivery.without_content()
                         } else {

@@ -38,6 +38,14 @@ pub enum ApiError {
     /// A node that does not own the shard could not route the request.
     #[error("{0}; retry shortly")]
     NoOwner(String),
+    /// Another shard's owner refused its part of the request (4xx): as
+    /// permanent as if this node had refused it.
+    #[error("shard {shard} refused its part: {message}")]
+    OtherShard {
+        shard: i32,
+        status: StatusCode,
+        message: String,
+    },
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -70,6 +78,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
             ApiError::NoOwner(_) => (StatusCode::SERVICE_UNAVAILABLE, "owner_unavailable"),
+            ApiError::OtherShard { status, .. } => (*status, "refused_by_other_shard"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::TooManyItems(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_items"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),

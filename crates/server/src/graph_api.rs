@@ -383,15 +383,21 @@ fn identify_app<S>(
     Ok((app.id.clone(), params))
 }
 
-/// The pages `app` is connected to.
+/// The pages `app` is connected to, this shard's and the others'.
 fn pages_of_app<'a, S>(state: &'a AppState<S>, app: &AppId) -> Vec<&'a PageId> {
-    state
+    let here = state
         .config
         .pages
         .iter()
         .filter(|(_, (_, p))| p.apps.contains_key(app))
-        .map(|(id, _)| id)
-        .collect()
+        .map(|(id, _)| id);
+    let elsewhere = state
+        .config
+        .elsewhere
+        .iter()
+        .filter(|(_, e)| e.apps.contains(app))
+        .map(|(id, _)| id);
+    here.chain(elsewhere).collect()
 }
 
 /// Whether `node` names a page (`me`, or a configured page's id) rather
@@ -410,6 +416,14 @@ fn page_of_node<S>(
     let pages_of_app = pages_of_app(state, app);
     if node == "me" {
         return match pages_of_app.as_slice() {
+            // Another shard's page: routed there, unless the request came
+            // routed already (the nodes disagree on the page's shard).
+            [one] if state.config.elsewhere.contains_key(*one) => Err(GraphFailure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::TEMPORARY,
+                None,
+                format!("(#2) page {one} is decided by another shard; retry shortly"),
+            )),
             [one] => Ok((*one).clone()),
             [] => Err(GraphFailure::new(
                 StatusCode::BAD_REQUEST,

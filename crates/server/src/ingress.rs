@@ -135,7 +135,8 @@ pub async fn receive<S: EventStore + 'static>(
         if elsewhere.is_empty() {
             return Ok(());
         }
-        crate::routing::done_elsewhere(&state, &req, &body, &elsewhere).await
+        let timeout = crate::routing::HAND_ON_TIMEOUT;
+        crate::routing::done_elsewhere(&state, &req, &body, &elsewhere, timeout).await
     };
     let (local, other_shards) = futures_util::future::join(local, other_shards).await;
     local?;

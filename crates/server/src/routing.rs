@@ -250,8 +250,9 @@ enum Decider {
 }
 
 /// The shard a request's page is decided by: the page in a thread or page
-/// health path, or the Graph API's node (a page id, or `me` of an app whose
-/// pages are all in one other shard). Anything else is this shard's.
+/// health path, in an erasure's or a dry run's body, in the messageable
+/// list's query, or the Graph API's node (a page id, or `me` of an app whose
+/// one page is in another shard). Anything else is this shard's.
 fn decider_of<S>(state: &AppState<S>, http: &HttpRequest, body: Option<&[u8]>) -> Decider {
     let elsewhere = &state.config.elsewhere;
     if elsewhere.is_empty() {
@@ -269,12 +270,37 @@ fn decider_of<S>(state: &AppState<S>, http: &HttpRequest, body: Option<&[u8]>) -
                 .and_then(|v| v.get("page_id")?.as_str().map(str::to_owned));
             return page.map_or(Decider::Here, |page| shard_of_page(elsewhere, &page));
         }
+        // The dry run names its page in the body, or means the app's one.
+        ["api", "sends", "check"] if http.method() == actix_web::http::Method::POST => {
+            let Some(body) = body else {
+                return Decider::Body;
+            };
+            let page = serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v.get("page_id")?.as_str().map(str::to_owned));
+            return match page {
+                Some(page) => shard_of_page(elsewhere, &page),
+                None => shard_of_me(state, http, Some(body)),
+            };
+        }
+        ["api", "apps", _, "messageable"] => {
+            let page = web::Query::<HashMap<String, String>>::from_query(http.query_string())
+                .ok()
+                .and_then(|q| q.get("page").cloned());
+            return page.map_or(Decider::Here, |page| shard_of_page(elsewhere, &page));
+        }
         [_, node, ..] if is_graph_path(http.path()) => *node,
         _ => return Decider::Here,
     };
     if node != "me" {
         return shard_of_page(elsewhere, node);
     }
+    shard_of_me(state, http, body)
+}
+
+/// The shard of `me`: the app's one page, the app named by the token in the
+/// query, the body or the `Authorization` header.
+fn shard_of_me<S>(state: &AppState<S>, http: &HttpRequest, body: Option<&[u8]>) -> Decider {
     let token = crate::graph_api::params(http, body.unwrap_or_default())
         .ok()
         .and_then(|mut p| p.remove("access_token"))
@@ -301,22 +327,24 @@ fn shard_of_page(elsewhere: &BTreeMap<PageId, Elsewhere>, id: &str) -> Decider {
         .map_or(Decider::Here, |e| Decider::Shard(e.shard))
 }
 
-/// `me`'s shard: another one only when every page of the app is there.
+/// `me`'s shard: another one only when the app's one page is there (an app
+/// on several pages must name the page, which this node answers).
 fn shard_of_app<S>(state: &AppState<S>, app: &AppId) -> Decider {
-    if state
+    let here = state
         .config
         .pages
         .values()
-        .any(|(_, p)| p.apps.contains_key(app))
-    {
-        return Decider::Here;
-    }
-    match shards_of_app(state, app)
-        .iter()
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        [one] => Decider::Shard(**one),
+        .filter(|(_, p)| p.apps.contains_key(app))
+        .count();
+    let elsewhere: Vec<i32> = state
+        .config
+        .elsewhere
+        .values()
+        .filter(|e| e.apps.contains(app))
+        .map(|e| e.shard)
+        .collect();
+    match (here, elsewhere.as_slice()) {
+        (0, [shard]) => Decider::Shard(*shard),
         _ => Decider::Here,
     }
 }
@@ -351,15 +379,21 @@ pub fn handed_on(http: &HttpRequest) -> bool {
     http.headers().contains_key(HANDED_ON)
 }
 
+/// How long a shard's owner may take to do its part of a webhook or to
+/// answer the data-deletion status page: a frozen owner whose lease is still
+/// live must not hold this node's connections for long.
+pub const HAND_ON_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What each of the other `shards` answered to `http` with `body`, handed on
-/// to its owner (marked [`HANDED_ON`]): the status and body, or why there
-/// was no answer. For requests every shard must act on: a webhook carrying
-/// several shards' pages, Meta's data-deletion callback.
+/// to its owner (marked [`HANDED_ON`]) within `timeout`: the status and
+/// body, or why there was no answer. For requests every shard must act on:
+/// a webhook carrying several shards' pages, Meta's data-deletion callback.
 pub async fn hand_on<S>(
     state: &AppState<S>,
     http: &HttpRequest,
     body: &web::Bytes,
     shards: &BTreeSet<i32>,
+    timeout: Duration,
 ) -> Vec<(i32, Result<(StatusCode, web::Bytes), String>)> {
     let Some(router) = &state.router else {
         let none = || Err("pages of other shards need a shared store".to_owned());
@@ -369,43 +403,67 @@ pub async fn hand_on<S>(
         let owner = match router.owner_of(shard).await {
             Ok(Some(owner)) => owner,
             Ok(None) => return Err(format!("no node owns shard {shard} right now")),
-            Err(e) => return Err(format!("shard {shard}'s lease could not be read: {e}")),
+            Err(e) => {
+                tracing::warn!(shard, error = %crate::error::error_chain(&e), "could not read a shard's lease");
+                return Err(format!("shard {shard}'s owner could not be found"));
+            }
         };
         let unreachable = |e: reqwest::Error| {
-            format!(
-                "shard {shard}'s owner could not be reached: {}",
-                crate::error::error_chain(&e)
-            )
+            tracing::warn!(shard, owner, error = %crate::error::error_chain(&e), "could not hand a request on to a shard's owner");
+            format!("shard {shard}'s owner could not be reached")
         };
-        let answer = send(router, &owner, http, body.clone(), HANDED_ON)
-            .await
-            .map_err(unreachable)?;
+        let answer =
+            tokio::time::timeout(timeout, send(router, &owner, http, body.clone(), HANDED_ON))
+                .await
+                .map_err(|_| format!("shard {shard}'s owner did not answer within {timeout:?}"))?
+                .map_err(unreachable)?;
         let status =
             StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        Ok((status, answer.bytes().await.map_err(unreachable)?))
+        let body = tokio::time::timeout(timeout, answer.bytes())
+            .await
+            .map_err(|_| format!("shard {shard}'s owner did not answer within {timeout:?}"))?
+            .map_err(unreachable)?;
+        Ok((status, body))
     };
     let answers = futures_util::future::join_all(shards.iter().map(|s| one(*s))).await;
     shards.iter().copied().zip(answers).collect()
 }
 
 /// Hands `http` on to the other `shards` ([`hand_on`]) and wants 2xx from
-/// each; otherwise the caller gets 503 naming the first that failed, and
-/// retries (what the shards that acted did is idempotent).
+/// each. A shard's refusal (4xx) is passed on as it is permanent; anything
+/// else is 503 naming the first shard that failed, and the caller retries
+/// (what the shards that acted did is idempotent).
 pub async fn done_elsewhere<S>(
     state: &AppState<S>,
     http: &HttpRequest,
     body: &web::Bytes,
     shards: &BTreeSet<i32>,
+    timeout: Duration,
 ) -> Result<(), ApiError> {
-    let failed = hand_on(state, http, body, shards)
-        .await
-        .into_iter()
-        .find_map(|(shard, answer)| match answer {
-            Ok((status, _)) if status.is_success() => None,
-            Ok((status, _)) => Some(format!("shard {shard}'s owner answered {status}")),
-            Err(why) => Some(why),
-        });
-    match failed {
+    let mut unavailable = None;
+    for (shard, answer) in hand_on(state, http, body, shards, timeout).await {
+        match answer {
+            Ok((status, _)) if status.is_success() => {}
+            Ok((status, body)) if status.is_client_error() => {
+                let message = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("message")?.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| status.to_string());
+                return Err(ApiError::OtherShard {
+                    shard,
+                    status,
+                    message,
+                });
+            }
+            Ok((status, _)) => {
+                unavailable.get_or_insert(format!("shard {shard}'s owner answered {status}"));
+            }
+            Err(why) => {
+                unavailable.get_or_insert(why);
+            }
+        }
+    }
+    match unavailable {
         None => Ok(()),
         Some(why) => {
             tracing::warn!(
