@@ -664,8 +664,18 @@ async fn node_in_process(dir: &Path, name: &str) -> server::Running<event_log::P
         |_| None,
     )
     .unwrap();
+    start_in_process(config, store, name).await
+}
+
+/// Starts `config` on `store` as the node `name`, in this process, on the
+/// test's clock.
+pub(crate) async fn start_in_process(
+    config: Config,
+    store: event_log::PgStore,
+    name: &str,
+) -> server::Running<event_log::PgStore> {
     let cluster = server::Cluster {
-        // Long: while the owner is down, its lease stays live for the test.
+        // Long: while an owner is down, its lease stays live for the test.
         lease: Duration::from_secs(60),
         advertise_url: None,
         node_id: Some(name.to_owned()),

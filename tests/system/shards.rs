@@ -17,16 +17,15 @@
 //! It needs a store the nodes share, so it runs in `system-postgres` only.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use domain::Event;
 use emulator::{AppConfig, Emulator, NewPerson, PageConfig, World};
 use event_log::{EventStore, PgStore};
 use serde_json::json;
-use server::{Config, ManualClock};
+use server::Config;
 
-use crate::cluster::answer;
+use crate::cluster::{answer, start_in_process};
 use crate::reliability::{verified_message_facts, Backend};
 use crate::support::*;
 
@@ -108,16 +107,7 @@ async fn node(
     let store = PgStore::connect(store_config.with_shard(shard))
         .await
         .unwrap();
-    let cluster = server::Cluster {
-        // Long: a crashed owner's lease stays live for the test.
-        lease: Duration::from_secs(60),
-        advertise_url: None,
-        node_id: Some(name.to_owned()),
-    };
-    let clock = Arc::new(ManualClock::new(T0));
-    server::start_leased(config, Arc::new(store), clock, cluster)
-        .await
-        .unwrap()
+    start_in_process(config, store, name).await
 }
 
 fn world() -> World {

@@ -250,12 +250,7 @@ pub async fn migrate(url: &str) -> Result<usize, PgError> {
 /// Refuses a database whose schema is not the one this build knows, without
 /// changing anything.
 async fn check_schema(options: &PgConnectOptions, url: &str) -> Result<(), PgError> {
-    let mut conn = PgConnection::connect_with(options)
-        .await
-        .map_err(|e| PgError::Connect {
-            url: redacted(url),
-            source: Box::new(e),
-        })?;
+    let mut conn = connection(options, url).await?;
     let found = async {
         let exists: bool =
             sqlx::query_scalar("SELECT to_regclass('event_log_migrations') IS NOT NULL")
@@ -279,13 +274,18 @@ async fn check_schema(options: &PgConnectOptions, url: &str) -> Result<(), PgErr
     }
 }
 
-async fn migrate_with(options: &PgConnectOptions, url: &str) -> Result<usize, PgError> {
-    let mut conn = PgConnection::connect_with(options)
+/// One connection of its own, outside the store's pools.
+async fn connection(options: &PgConnectOptions, url: &str) -> Result<PgConnection, PgError> {
+    PgConnection::connect_with(options)
         .await
         .map_err(|e| PgError::Connect {
             url: redacted(url),
             source: Box::new(e),
-        })?;
+        })
+}
+
+async fn migrate_with(options: &PgConnectOptions, url: &str) -> Result<usize, PgError> {
+    let mut conn = connection(options, url).await?;
     let applied = apply_migrations(&mut conn).await;
     // Closing politely is best effort: the outcome is decided already.
     let _ = conn.close().await;

@@ -265,20 +265,15 @@ fn decider_of<S>(state: &AppState<S>, http: &HttpRequest, body: Option<&[u8]>) -
             let Some(body) = body else {
                 return Decider::Body;
             };
-            let page = serde_json::from_slice::<serde_json::Value>(body)
-                .ok()
-                .and_then(|v| v.get("page_id")?.as_str().map(str::to_owned));
-            return page.map_or(Decider::Here, |page| shard_of_page(elsewhere, &page));
+            return page_in_body(body)
+                .map_or(Decider::Here, |page| shard_of_page(elsewhere, &page));
         }
         // The dry run names its page in the body, or means the app's one.
         ["api", "sends", "check"] if http.method() == actix_web::http::Method::POST => {
             let Some(body) = body else {
                 return Decider::Body;
             };
-            let page = serde_json::from_slice::<serde_json::Value>(body)
-                .ok()
-                .and_then(|v| v.get("page_id")?.as_str().map(str::to_owned));
-            return match page {
+            return match page_in_body(body) {
                 Some(page) => shard_of_page(elsewhere, &page),
                 None => shard_of_me(state, http, Some(body)),
             };
@@ -317,6 +312,13 @@ fn shard_of_me<S>(state: &AppState<S>, http: &HttpRequest, body: Option<&[u8]>) 
         None => return Decider::Here,
     };
     shard_of_app(state, &app)
+}
+
+/// The `page_id` of a JSON body.
+fn page_in_body(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("page_id")?.as_str().map(str::to_owned))
 }
 
 /// The shard that decides for the page `id` names.
