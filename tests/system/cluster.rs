@@ -601,10 +601,6 @@ async fn three_nodes_survive_a_kill_and_a_freeze_without_losing_or_repeating_any
         .iter()
         .filter(|c| c.endpoint.ends_with("_thread_control") && c.status == 200)
         .count();
-    assert!(
-        control_at_meta >= controlled,
-        "every control call answered 200 was Meta's: {control_at_meta} < {controlled}"
-    );
 
     let distinct: BTreeSet<&String> = acked.iter().map(|(_, _, m)| m).collect();
     report(&format!(

@@ -379,6 +379,25 @@ async fn pages_spread_over_shards_are_each_decided_by_their_own_shards_owner() {
     )
     .await;
     assert_eq!((status, &check["allowed"]), (200, &json!(true)), "{check}");
+    // The same with the page as a number, in the query: as the handler
+    // reads it.
+    let (status, check) = answer(
+        http.post(format!("{a}/api/sends/check?page_id={p1}"))
+            .bearer_auth("baton-bot")
+            .json(&text("u1", "may the bot?")),
+    )
+    .await;
+    assert_eq!((status, &check["allowed"]), (200, &json!(true)), "{check}");
+    // The human's messageable list (its one page is page 1) is shard 1's
+    // to answer: asked of shard 0's node as if routed there already, it
+    // is refused rather than answered from shard 0's empty view.
+    let human_list = |base: &str| {
+        http.get(format!("{base}/api/apps/{HUMAN}/messageable"))
+            .bearer_auth(ADMIN_TOKEN)
+    };
+    assert_eq!(answer(human_list(&a)).await, answer(human_list(&b)).await);
+    let routed_twice = human_list(&a).header(server::routing::ROUTED, "node-x");
+    assert_eq!(answer(routed_twice).await.0, 503);
     // The messageable list of page 1, asked of shard 0's node.
     let (status, list) = answer(
         http.get(format!("{a}/api/apps/{BOT}/messageable?page={p1}"))
@@ -401,6 +420,9 @@ async fn pages_spread_over_shards_are_each_decided_by_their_own_shards_owner() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
+    let error: serde_json::Value = res.json().await.unwrap();
+    // This node's refusal, not shard 1's passed on.
+    assert_eq!(error["error"], "invalid_signature", "{error}");
     assert_eq!(head(&one).await, before);
 
     // Shard 1's refusal of its part is passed on as it is permanent: a
@@ -465,10 +487,12 @@ async fn pages_spread_over_shards_are_each_decided_by_their_own_shards_owner() {
         pages.sort();
         assert_eq!(pages, [p0, p1], "{status}");
     }
-    let unknown = http.get(format!(
-        "{a}/privacy/deletions/0123456789abcdef0123456789abcdef"
-    ));
-    assert_eq!(answer(unknown).await.0, 404, "no shard knows the code");
+    for base in [&a, &b, &c] {
+        let unknown = http.get(format!(
+            "{base}/privacy/deletions/0123456789abcdef0123456789abcdef"
+        ));
+        assert_eq!(answer(unknown).await.0, 404, "no shard knows the code");
+    }
     // The admin's erasure of a page 1 person, asked of shard 0's node, is
     // recorded by shard 1 (the page is named in the body).
     let (status, erasure) = answer(

@@ -71,6 +71,9 @@ const IDLE_IN_TRANSACTION: &str = "5000";
 /// (`pg_advisory_xact_lock`), so nodes started together migrate once.
 /// Transaction-scoped, so it also holds behind a transaction-pooling proxy.
 const MIGRATION_LOCK: i64 = 0x6261_746f_6e5f_6d67;
+/// The advisory lock (with a shard) under which erasure notes for that
+/// shard are written.
+const ERASURE_NOTES_LOCK: i32 = 0x6274_6e65;
 
 /// Columns of `event_log_records` in the order [`decode`] reads them.
 const COLUMNS: &str = "position, stream, stream_version, event_id, recorded_at_ms, type_name, \
@@ -361,6 +364,9 @@ struct Shared {
     /// The last key and erasure (`seq`) of the database this node's vault
     /// holds, and the last position read after they were loaded.
     keys_seen: std::sync::Mutex<KeysSeen>,
+    /// Held across a load of keys and erasures: two loads at once could
+    /// absorb a key after the other forgot it.
+    keys_loading: tokio::sync::Mutex<()>,
     /// What this node's appends carry (see [`Fence`]).
     fence: watch::Sender<Fence>,
     /// Appends the database refused as stale.
@@ -424,9 +430,16 @@ impl Shared {
             .bind(self.shard)
             .fetch_optional(&self.pool)
             .await
-            .map_err(engine)?
-            .ok_or_else(|| corrupt(format!("head of shard {}", self.shard), "missing", None))?;
-        decode_head(&row)
+            .map_err(engine)?;
+        // A shard nobody has served yet (opened without migrating, which
+        // writes nothing): empty.
+        row.map_or(
+            Ok(Head {
+                position: 0,
+                hash: ChainHash::ZERO,
+            }),
+            |row| decode_head(&row),
+        )
     }
 }
 
@@ -503,15 +516,19 @@ impl PgStore {
                 url: redacted(&config.url),
                 source: Box::new(e),
             })?;
-        sqlx::query(
-            "INSERT INTO event_log_heads (shard, position, hash) VALUES ($1, 0, $2) \
-             ON CONFLICT (shard) DO NOTHING",
-        )
-        .bind(config.shard)
-        .bind(&ChainHash::ZERO.0[..])
-        .execute(&pool)
-        .await
-        .map_err(engine)?;
+        // The shard's head row, for appends; not by a store that must not
+        // change the database (an empty shard reads as empty without it).
+        if config.migrate {
+            sqlx::query(
+                "INSERT INTO event_log_heads (shard, position, hash) VALUES ($1, 0, $2) \
+                 ON CONFLICT (shard) DO NOTHING",
+            )
+            .bind(config.shard)
+            .bind(&ChainHash::ZERO.0[..])
+            .execute(&pool)
+            .await
+            .map_err(engine)?;
+        }
         let vault = Arc::new(KeyVault::kept_by_store());
         let (durable, _) = watch::channel(0);
         let lease_pool = PgPoolOptions::new()
@@ -527,6 +544,7 @@ impl PgStore {
             groups: AtomicU64::new(0),
             vault: vault.clone(),
             keys_seen: std::sync::Mutex::new(KeysSeen::default()),
+            keys_loading: tokio::sync::Mutex::new(()),
             fence: watch::Sender::new(Fence::Follower),
             fenced: AtomicU64::new(0),
         });
@@ -1403,8 +1421,8 @@ async fn insert_keys(
 }
 
 /// Deletes the keys the erasures name, whichever node made them and in
-/// whichever shard (a delivery carrying several shards' pages is sealed in
-/// each for every person in it), and notes their ids, under the key's own
+/// whichever shard (a shard seals only its own pages' people, but the
+/// erasure does not rely on it), and notes their ids, under the key's own
 /// shard, for the nodes that hold copies; each such shard's nodes are told
 /// at COMMIT (a `keys` notification on its channel), and find the note at
 /// their next poll otherwise. Whether any key was deleted.
@@ -1412,6 +1430,24 @@ async fn erase_keys(
     tx: &mut Transaction<'_, Postgres>,
     erasures: &[Erasure],
 ) -> Result<bool, StorageError> {
+    // Notes for a shard are written one transaction at a time (its readers
+    // take them in `seq` order, which must be commit order), and any shard
+    // may now write another's: every erasure locks every shard's notes, in
+    // one order, so no two wait on each other. Erasures are rare.
+    if !erasures.is_empty() {
+        let all: Vec<i32> = sqlx::query_scalar("SELECT shard FROM event_log_heads ORDER BY shard")
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(engine)?;
+        for shard in all {
+            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                .bind(ERASURE_NOTES_LOCK)
+                .bind(shard)
+                .execute(&mut **tx)
+                .await
+                .map_err(engine)?;
+        }
+    }
     let mut shards: Vec<i32> = Vec::new();
     for erasure in erasures {
         // A retention's prefix as a LIKE pattern, its wildcards escaped, so
@@ -1485,11 +1521,19 @@ impl Shared {
     /// Keys commit with the records they seal, so loading after a read
     /// covers everything that read returned.
     async fn load_keys(&self, read_to: u64) -> Result<(), StorageError> {
+        let covered = || {
+            let seen = self.keys_seen.lock().unwrap_or_else(|p| p.into_inner());
+            read_to != u64::MAX && read_to <= seen.position
+        };
+        if covered() {
+            return Ok(());
+        }
+        let _loading = self.keys_loading.lock().await;
+        if covered() {
+            return Ok(());
+        }
         let (key, erasure) = {
             let seen = self.keys_seen.lock().unwrap_or_else(|p| p.into_inner());
-            if read_to != u64::MAX && read_to <= seen.position {
-                return Ok(());
-            }
             (seen.key, seen.erasure)
         };
         let rows = sqlx::query(
@@ -1635,16 +1679,12 @@ async fn follow(
         match wake {
             Wake::Stop => return,
             Wake::Notified(Some(position)) => shared.publish(position),
-            Wake::Keys => {
-                if let Err(e) = shared.load_keys(u64::MAX).await {
-                    tracing::warn!(error = %e, "could not load the keys another node erased");
-                }
-            }
+            Wake::Keys => load_keys_aside(&shared),
             Wake::Tick => {
                 refresh(&shared).await;
                 // Erasures made in another shard, if their notification
-                // was lost: a failure is left to the next poll.
-                let _ = shared.load_keys(u64::MAX).await;
+                // was lost.
+                load_keys_aside(&shared);
             }
             Wake::Notified(None) => refresh(&shared).await,
             Wake::ListenerLost => {
@@ -1659,6 +1699,21 @@ async fn follow(
             }
         }
     }
+}
+
+/// Loads keys and erasures in a task of its own, unless a load runs already:
+/// a load may wait behind the `VACUUM FULL` that follows an erasure, and
+/// the head must not. A failure is left to the next poll.
+fn load_keys_aside(shared: &Arc<Shared>) {
+    if shared.keys_loading.try_lock().is_err() {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if let Err(e) = shared.load_keys(u64::MAX).await {
+            tracing::debug!(error = %e, "could not load keys and erasures; the next poll tries again");
+        }
+    });
 }
 
 async fn start_listener(pool: &PgPool, shard: i32) -> Result<PgListener, sqlx::Error> {

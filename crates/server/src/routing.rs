@@ -268,21 +268,30 @@ fn decider_of<S>(state: &AppState<S>, http: &HttpRequest, body: Option<&[u8]>) -
             return page_in_body(body)
                 .map_or(Decider::Here, |page| shard_of_page(elsewhere, &page));
         }
-        // The dry run names its page in the body, or means the app's one.
+        // The dry run names its page as a send's parameter (query, form or
+        // JSON, as its handler reads it), or means the app's one.
         ["api", "sends", "check"] if http.method() == actix_web::http::Method::POST => {
             let Some(body) = body else {
                 return Decider::Body;
             };
-            return match page_in_body(body) {
+            let page = crate::graph_api::params(http, body)
+                .ok()
+                .and_then(|p| p.get("page_id").and_then(wire::webhook::id_string));
+            return match page {
                 Some(page) => shard_of_page(elsewhere, &page),
                 None => shard_of_me(state, http, Some(body)),
             };
         }
-        ["api", "apps", _, "messageable"] => {
+        // The list of one page, or of the app's pages: its one page's shard.
+        ["api", "apps", app, "messageable"] => {
             let page = web::Query::<HashMap<String, String>>::from_query(http.query_string())
                 .ok()
                 .and_then(|q| q.get("page").cloned());
-            return page.map_or(Decider::Here, |page| shard_of_page(elsewhere, &page));
+            return match (page, AppId::parse(*app)) {
+                (Some(page), _) => shard_of_page(elsewhere, &page),
+                (None, Ok(app)) => shard_of_app(state, &app),
+                (None, Err(_)) => Decider::Here,
+            };
         }
         [_, node, ..] if is_graph_path(http.path()) => *node,
         _ => return Decider::Here,
@@ -414,18 +423,22 @@ pub async fn hand_on<S>(
             tracing::warn!(shard, owner, error = %crate::error::error_chain(&e), "could not hand a request on to a shard's owner");
             format!("shard {shard}'s owner could not be reached")
         };
-        let answer =
-            tokio::time::timeout(timeout, send(router, &owner, http, body.clone(), HANDED_ON))
-                .await
-                .map_err(|_| format!("shard {shard}'s owner did not answer within {timeout:?}"))?
-                .map_err(unreachable)?;
+        let answer = send(router, &owner, http, body.clone(), HANDED_ON)
+            .await
+            .map_err(unreachable)?;
         let status =
             StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let body = tokio::time::timeout(timeout, answer.bytes())
+        Ok((status, answer.bytes().await.map_err(unreachable)?))
+    };
+    // One deadline for each shard's whole part: the lease, the call, the answer.
+    let one = |shard: i32| async move {
+        tokio::time::timeout(timeout, one(shard))
             .await
-            .map_err(|_| format!("shard {shard}'s owner did not answer within {timeout:?}"))?
-            .map_err(unreachable)?;
-        Ok((status, body))
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "shard {shard}'s owner did not answer within {timeout:?}"
+                ))
+            })
     };
     let answers = futures_util::future::join_all(shards.iter().map(|s| one(*s))).await;
     shards.iter().copied().zip(answers).collect()
@@ -446,7 +459,14 @@ pub async fn done_elsewhere<S>(
     for (shard, answer) in hand_on(state, http, body, shards, timeout).await {
         match answer {
             Ok((status, _)) if status.is_success() => {}
-            Ok((status, body)) if status.is_client_error() => {
+            // Refusals that stand; a timeout or a rate limit is retried.
+            Ok((status, body))
+                if status.is_client_error()
+                    && !matches!(
+                        status,
+                        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
+                    ) =>
+            {
                 let message = serde_json::from_slice::<serde_json::Value>(&body)
                     .ok()
                     .and_then(|v| v.get("message")?.as_str().map(str::to_owned))
