@@ -308,19 +308,20 @@ async fn three_nodes_survive_a_kill_and_a_freeze_without_losing_or_repeating_any
                                     retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                     return None;
                                 }
-                                Some((res.status().as_u16(), attempt))
+                                let status = res.status().as_u16();
+                                Some((status, attempt, res.text().await.unwrap_or_default()))
                             }
                         })
                         .await;
                         let mut seen = seen.lock().unwrap();
                         match status {
-                            (200, _) => seen.controlled += 1,
+                            (200, _, _) => seen.controlled += 1,
                             // Only a retry may find its call already done
                             // (Meta's refusal: the bot no longer, or
                             // already, controls the thread).
-                            (400, attempts) if attempts > 1 => seen.control_refused += 1,
-                            (other, attempts) => {
-                                panic!("{edge} on m{n}: {other} at attempt {attempts}")
+                            (400, attempts, _) if attempts > 1 => seen.control_refused += 1,
+                            (other, attempts, body) => {
+                                panic!("{edge} on m{n}: {other} at attempt {attempts}: {body}")
                             }
                         }
                     }

@@ -225,11 +225,13 @@ impl<S: EventStore + 'static> Baton<S> {
         let reconcile_budget =
             std::sync::Mutex::new(reconcile::budget(config.reconcile_calls_per_page_per_hour));
         let baton = Arc::new(Baton {
+            // A leased node (one that starts as a follower) shares the log.
             recorder: Recorder::new(
                 store.clone(),
                 projections.clone(),
                 metrics.clone(),
                 clock.clone(),
+                matches!(role, Role::Follower { .. }),
             ),
             outbox: outbox::OutboxState::new(&config),
             config,

@@ -228,6 +228,11 @@ pub struct Recorder<S> {
     metrics: std::sync::Arc<Metrics>,
     /// Baton's clock: content keys are made per day of it.
     clock: std::sync::Arc<dyn Clock>,
+    /// Whether other nodes append to the log too (a shared store): a
+    /// decision on a thread then first folds the log up to its head, so it
+    /// is never taken on a view older than what another node recorded
+    /// before it was asked (a webhook a follower took a moment ago).
+    shared: bool,
 }
 
 /// What was recorded: the plan's value, the events and the records' positions.
@@ -245,12 +250,14 @@ impl<S: EventStore> Recorder<S> {
         projections: std::sync::Arc<Projections>,
         metrics: std::sync::Arc<Metrics>,
         clock: std::sync::Arc<dyn Clock>,
+        shared: bool,
     ) -> Self {
         Self {
             store,
             projections,
             metrics,
             clock,
+            shared,
         }
     }
 
@@ -323,6 +330,10 @@ impl<S: EventStore> Recorder<S> {
         on_busy: OnBusy,
         mut decide: impl FnMut(&State, &ThreadLedger, &Page) -> (Vec<Event>, T),
     ) -> Result<Recorded<T>, RecordError> {
+        if self.shared {
+            let head = self.store.head().await.map_err(RecordError::Unreadable)?;
+            self.projections.wait_for(head.position).await;
+        }
         self.record(on_busy, |snapshot| {
             let page = snapshot
                 .pages
