@@ -220,18 +220,11 @@ async fn pages_spread_over_shards_are_each_decided_by_their_own_shards_owner() {
     }
     let (mid0, mid1) = (to_p0.mid.unwrap(), to_p1.mid.unwrap());
     // One delivery carrying both pages, to shard 1's node.
-    let both = envelope(json!([
-        {"id": p0, "time": T0.millis(), "messaging": [item(p0, "u0", "m.both.0")]},
-        {"id": p1, "time": T0.millis(), "messaging": [item(p1, "u1", "m.both.1")]},
-    ]));
-    let res = post_signed(&http, &b, BOT, BOT_SECRET, &both)
-        .await
-        .unwrap();
+    let both = both_pages(["u0", "u1"], "m.both");
+    let res = deliver(&http, &b, &both).await;
     assert_eq!(res.status(), 200);
     // Meta's retry of it: each shard finds it recorded.
-    let res = post_signed(&http, &b, BOT, BOT_SECRET, &both)
-        .await
-        .unwrap();
+    let res = deliver(&http, &b, &both).await;
     assert_eq!(res.status(), 200);
 
     // Each page's items in its own shard only; the delivery with both pages
@@ -321,9 +314,7 @@ async fn pages_spread_over_shards_are_each_decided_by_their_own_shards_owner() {
     let (via_c, via_a) = (answer(page0(&c)).await, answer(page0(&a)).await);
     assert_eq!(via_c.0, 200);
     assert_eq!(via_c, via_a);
-    let res = post_signed(&http, &c, BOT, BOT_SECRET, &one_item(p0, "m.via.c"))
-        .await
-        .unwrap();
+    let res = deliver(&http, &c, &one_item(p0, "m.via.c")).await;
     assert_eq!(res.status(), 200);
     assert!(shard_log(dir.path(), 0)
         .await
@@ -413,10 +404,7 @@ async fn pages_spread_over_shards_are_each_decided_by_their_own_shards_owner() {
     // A forged delivery for page 1 is refused by shard 0's node itself,
     // and nothing reaches shard 1.
     let before = head(&one).await;
-    let forged = envelope(json!([
-        {"id": p1, "time": T0.millis(), "messaging": [item(p1, "u1", "m.forged")]},
-    ]));
-    let res = post_signed(&http, &a, BOT, "not-the-secret", &forged)
+    let res = post_signed(&http, &a, BOT, "not-the-secret", &one_item(p1, "m.forged"))
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
@@ -431,7 +419,7 @@ async fn pages_spread_over_shards_are_each_decided_by_their_own_shards_owner() {
     let mut big = item(p1, "u1", "m.big");
     big["message"]["text"] = json!("x".repeat(100_000));
     let big = envelope(json!([{"id": p1, "time": T0.millis(), "messaging": [big]}]));
-    let res = post_signed(&http, &a, BOT, BOT_SECRET, &big).await.unwrap();
+    let res = deliver(&http, &a, &big).await;
     assert_eq!(res.status(), 413);
     let error: serde_json::Value = res.json().await.unwrap();
     assert_eq!(error["error"], "refused_by_other_shard", "{error}");
@@ -549,9 +537,7 @@ async fn pages_spread_over_shards_are_each_decided_by_their_own_shards_owner() {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         // Until the node's 250 ms cache of shard 1's owner has turned over.
-        let res = post_signed(&http, &a, BOT, BOT_SECRET, &one_item(p1, "m.frozen.1"))
-            .await
-            .unwrap();
+        let res = deliver(&http, &a, &one_item(p1, "m.frozen.1")).await;
         assert_eq!(res.status(), 503);
         let error: serde_json::Value = res.json().await.unwrap();
         if error["message"]
@@ -565,26 +551,17 @@ async fn pages_spread_over_shards_are_each_decided_by_their_own_shards_owner() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(silent);
-    let res = post_signed(&http, &a, BOT, BOT_SECRET, &one_item(p1, "m.later.1"))
-        .await
-        .unwrap();
+    let res = deliver(&http, &a, &one_item(p1, "m.later.1")).await;
     assert_eq!(res.status(), 503);
     let error: serde_json::Value = res.json().await.unwrap();
     assert!(
         error["message"].as_str().unwrap().contains("shard 1"),
         "{error}"
     );
-    let res = post_signed(&http, &a, BOT, BOT_SECRET, &one_item(p0, "m.later.0"))
-        .await
-        .unwrap();
+    let res = deliver(&http, &a, &one_item(p0, "m.later.0")).await;
     assert_eq!(res.status(), 200);
-    let both = envelope(json!([
-        {"id": p0, "time": T0.millis(), "messaging": [item(p0, "u8", "m.half.0")]},
-        {"id": p1, "time": T0.millis(), "messaging": [item(p1, "u8", "m.half.1")]},
-    ]));
-    let res = post_signed(&http, &a, BOT, BOT_SECRET, &both)
-        .await
-        .unwrap();
+    let both = both_pages(["u8", "u8"], "m.half");
+    let res = deliver(&http, &a, &both).await;
     assert_eq!(res.status(), 503);
     let (status, error) = answer(
         http.post(format!("{a}/v21.0/{p1}/messages"))
@@ -600,6 +577,28 @@ async fn pages_spread_over_shards_are_each_decided_by_their_own_shards_owner() {
     assert!(facts0.iter().all(|f| f.starts_with(p0)), "{facts0:?}");
     zero.stop().await;
     one_b.stop().await;
+}
+
+/// Posts `body` to `base`'s webhook path for the bot, signed as Meta does.
+async fn deliver(http: &reqwest::Client, base: &str, body: &[u8]) -> reqwest::Response {
+    post_signed(http, base, BOT, BOT_SECRET, body)
+        .await
+        .unwrap()
+}
+
+/// A delivery with one item on each page, from `psids`, its mids `mid.0`
+/// and `mid.1`.
+fn both_pages(psids: [&str; 2], mid: &str) -> Vec<u8> {
+    let entries: Vec<serde_json::Value> = PAGES
+        .iter()
+        .zip(psids)
+        .enumerate()
+        .map(|(i, (page, psid))| {
+            json!({"id": page, "time": T0.millis(),
+                   "messaging": [item(page, psid, &format!("{mid}.{i}"))]})
+        })
+        .collect();
+    envelope(json!(entries))
 }
 
 /// A delivery of one item on `page`.
