@@ -226,10 +226,7 @@ async fn a_page_inbox_takeover_is_seen_only_through_webhooks() {
     assert!(result.deliveries.iter().all(|d| d.ok));
     assert_eq!(stack.ledger_view("u1"), owner(emulator::PAGE_INBOX_APP_ID));
     stack.assert_consistent("u1").await;
-    // Minutes later the human marks it done in the inbox: control returns
-    // to the default app. (Within the takeover's millisecond, Meta's times
-    // could not order the two, and Baton would ask Meta.)
-    stack.advance(Span::minutes(5)).await;
+    // The human marks it done in the inbox: control returns to the default app.
     stack.ctl.inbox_done(PAGE, "u1").await.unwrap();
     assert_eq!(stack.ledger_view("u1"), owner(BOT));
     stack.assert_consistent("u1").await;

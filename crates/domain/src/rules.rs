@@ -1126,7 +1126,8 @@ pub fn observe(
             let activates = enters_thread(&event) && policy::window_grant(&event, at).is_some();
             // The fact was first recorded when its first copy arrived: a
             // copy is never newer than a control change Meta timed at the
-            // same moment (the ledger keeps it, and no one need be asked).
+            // same moment (the tie that arrival order breaks for distinct
+            // facts goes to the ledger here).
             let not_newer = ledger
                 .control_changed_at
                 .is_some_and(|changed| at <= changed);
@@ -1229,26 +1230,16 @@ fn a_guess_against_batons_clock(ledger: &ThreadLedger, at: Timestamp) -> bool {
         })
 }
 
-/// Whether the order of Meta's `at` against the last control change is only
-/// a guess: within the skew tolerance of a change Baton timed, or the very
-/// millisecond of a change Meta timed (Meta's clock orders nothing within
-/// one millisecond, and its deliveries come in any order).
-fn order_is_a_guess(ledger: &ThreadLedger, at: Timestamp) -> bool {
-    a_guess_against_batons_clock(ledger, at)
-        || (ledger.control_changed_on_meta_clock && ledger.control_changed_at == Some(at))
-}
-
 /// Whether evidence Meta timed `at` is not newer than the ledger's last
-/// control change: at or before it when both times are Meta's (a tie is no
-/// order: Meta is asked); at or before the change plus the clock-skew
-/// tolerance when the change was timed by Baton's clock.
+/// control change: strictly older when both times are Meta's (a tie goes to
+/// arrival order); at or before the change plus the clock-skew tolerance
+/// when the change was timed by Baton's clock.
 pub fn is_stale(ledger: &ThreadLedger, at: Timestamp) -> bool {
     match ledger.control_changed_at {
         None => false,
-        // Both times are Meta's: older is older, and the same millisecond
-        // says nothing about which came first (a release and a take a
-        // moment apart, delivered in the other order).
-        Some(changed) if ledger.control_changed_on_meta_clock => at <= changed,
+        // Both times are Meta's: strictly older is older; on a tie, arrival
+        // order decides (the later arrival is the newer news).
+        Some(changed) if ledger.control_changed_on_meta_clock => at < changed,
         // Meta's time against Baton's: Meta's clock may run ahead.
         Some(changed) => at <= changed.plus(policy::CLOCK_SKEW_TOLERANCE),
     }
@@ -1384,14 +1375,13 @@ fn routing_or_drift(
         // Sent before control last changed (a reply then a release, delivered
         // late, or Meta's clock a little ahead): it says nothing about who
         // controls the thread now. But within the skew tolerance of a change
-        // Baton timed, or in the very millisecond of one Meta timed, "before"
-        // is only a guess (the Page Inbox may have taken the thread just
-        // after Baton's release): an echo from an app
+        // Baton timed, "before" is only a guess (the Page Inbox may have
+        // taken the thread just after Baton's release): an echo from an app
         // Baton does not send for (a managed app's echo is its own send
         // through Baton, made before it handed over) that contradicts the
         // ledger is kept, not applied, and Meta is asked.
         if is_stale(ledger, at) {
-            let a_guess = order_is_a_guess(ledger, at);
+            let a_guess = a_guess_against_batons_clock(ledger, at);
             let external = page
                 .app(sender)
                 .is_none_or(|p| p.management == Management::External);

@@ -497,39 +497,6 @@ fn an_old_pass_webhook_replayed_after_a_newer_pass_is_kept_not_applied() {
 }
 
 #[test]
-fn a_handover_timed_in_the_same_millisecond_as_the_last_is_checked_with_meta() {
-    // The Page Inbox takes the thread and hands it back within one of Meta's
-    // milliseconds; the two webhooks arrive in either order. Meta's time
-    // cannot order them, so the later arrival is kept and Meta is asked.
-    let take = HandoverNotice::Taken {
-        from: Some(bot()),
-        by: inbox(),
-        metadata: None,
-    };
-    let back = HandoverNotice::Passed {
-        from: Some(inbox()),
-        to: bot(),
-        metadata: None,
-    };
-    let s = Scenario::given(hop())
-        .user_message(T0)
-        .handover(hours(1), bot(), take.clone())
-        .handover(hours(1), bot(), back.clone());
-    assert_eq!(s.owner_at(hours(1)), owner(inbox()));
-    assert_eq!(
-        stale_of(&s.history).expect("Meta is asked").claimed,
-        owner(bot())
-    );
-    // One millisecond apart, Meta's time orders them: the pass back applies.
-    let s = Scenario::given(hop())
-        .user_message(T0)
-        .handover(hours(1), bot(), take)
-        .handover(hours(1).plus(Span(1)), bot(), back);
-    assert_eq!(s.owner_at(hours(2)), owner(bot()));
-    assert!(stale_of(&s.history).is_none());
-}
-
-#[test]
 fn a_late_standby_copy_does_not_make_the_owner_unknown() {
     let s = Scenario::given(cr())
         .user_message(T0)
