@@ -71,7 +71,7 @@ async fn a_signed_message_is_one_fact_once_durable() {
     // The 200 came after the projections folded the facts (read-your-writes).
     let state = baton.running.state.projections.read();
     assert_eq!(state.position, 3);
-    assert_eq!(state.threads.len(), 1);
+    assert_eq!(state.thread_count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,10 +409,9 @@ async fn replaying_the_log_from_zero_equals_the_live_projections() {
         assert_eq!(baton.post_signed(app, secret, &body).await.status(), 200);
     }
     let live = baton.running.state.projections.read().clone();
-    assert_eq!(live.threads.len(), 2);
+    assert_eq!(live.thread_count(), 2);
     let thread = live
-        .threads
-        .values()
+        .ledgers()
         .find(|l| l.key.psid.as_str() == "u1")
         .unwrap();
     assert_eq!(thread.control.owner().map(|a| a.as_str()), Some(HUMAN));
@@ -553,7 +552,7 @@ async fn an_app_cannot_deliver_facts_for_a_page_it_is_not_on() {
     );
     let state = baton.running.state.projections.read().clone();
     assert!(
-        state.threads.is_empty(),
+        state.thread_count() == 0,
         "no thread state from another page's items"
     );
     let other = state

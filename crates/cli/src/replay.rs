@@ -75,7 +75,7 @@ pub async fn replay(
                 split = split.clone();
             }
             if live.as_ref().is_some_and(|l| l.position == record.position) {
-                at_live = Some((full.digest(), full.threads.len()));
+                at_live = Some((full.digest(), full.thread_count()));
             }
             if progress && record.position % PROGRESS_EVERY == 0 {
                 eprint!("\rreplayed {} of {total} records", record.position);
@@ -93,7 +93,7 @@ pub async fn replay(
     let halves_agree = full == split && digest == split.digest();
     let (mut idle, mut unknown) = (0u64, 0u64);
     let mut active: BTreeMap<String, u64> = BTreeMap::new();
-    for ledger in full.threads.values() {
+    for ledger in full.ledgers() {
         match &ledger.control {
             Control::Idle => idle += 1,
             Control::Active { owner, .. } => *active.entry(owner.to_string()).or_default() += 1,
@@ -120,7 +120,7 @@ pub async fn replay(
             "{}",
             json!({
                 "position": full.position,
-                "threads": full.threads.len(),
+                "threads": full.thread_count(),
                 "owners": {"idle": idle, "active": active, "unknown": unknown},
                 "undecodable": full.undecodable,
                 "digest": digest,
@@ -137,7 +137,7 @@ pub async fn replay(
     } else {
         println!("replayed {}", src.describe());
         println!("position      {}", full.position);
-        println!("threads       {}", full.threads.len());
+        println!("threads       {}", full.thread_count());
         println!("  idle        {idle}");
         println!("  active      {active_total}");
         for (owner, n) in &active {

@@ -1,7 +1,9 @@
 //! Identifiers and time: the opaque ids Meta hands out and the millisecond clock
 //! values the rest of the domain computes with. Nothing here reads a clock.
 
+use std::collections::HashSet;
 use std::fmt;
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -41,19 +43,66 @@ fn check_id(kind: &'static str, value: &str) -> Result<(), IdError> {
     Ok(())
 }
 
+/// Ids of which a deployment has few (its pages and apps) are kept once per
+/// process: a million threads' keys and owners point at one copy of the
+/// page's id and each app's. Only ids the configuration names are kept
+/// ([`PageId::keep`], [`AppId::keep`]); parsing only looks the table up, so
+/// ids from requests and deliveries never grow it, and a lookup takes a
+/// shared lock. The table stops growing at this many ids all the same.
+const KEPT_MAX: usize = 4_096;
+
+type Kept = LazyLock<RwLock<HashSet<Arc<str>>>>;
+
+static KEPT: Kept = LazyLock::new(|| RwLock::new(HashSet::new()));
+
+/// The process's kept copy of `value`, or a copy of its own.
+fn kept_or_owned(value: String) -> Arc<str> {
+    kept_in(&KEPT, &value).unwrap_or_else(|| Arc::from(value))
+}
+
+/// `table`'s copy of `value`, if it keeps one.
+fn kept_in(table: &RwLock<HashSet<Arc<str>>>, value: &str) -> Option<Arc<str>> {
+    table
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(value)
+        .cloned()
+}
+
+/// Keeps `value` in `table` while it holds fewer than `max` ids, and hands
+/// back the kept copy (`value` itself when there is no room).
+fn keep_in(table: &RwLock<HashSet<Arc<str>>>, max: usize, value: &Arc<str>) -> Arc<str> {
+    let mut table = table.write().unwrap_or_else(PoisonError::into_inner);
+    if let Some(kept) = table.get(value) {
+        return kept.clone();
+    }
+    if table.len() < max {
+        table.insert(value.clone());
+    }
+    value.clone()
+}
+
+/// An id's own copy (ids of which there is one per person or command).
+fn owned(value: String) -> Arc<str> {
+    Arc::from(value)
+}
+
+// An id is shared, not copied: a thread's key sits in the ledger map, the
+// ledger itself and the timers' indexes, and every clone of it is a pointer
+// to one allocation (a reference count bumped, not a string copied).
 macro_rules! opaque_id {
-    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $store:ident) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Parses an id: any printable string without white space or '/', at most 128 bytes.
             pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
                 let value = value.into();
                 check_id($kind, &value)?;
-                Ok(Self(value))
+                Ok(Self($store(value)))
             }
 
             pub fn as_str(&self) -> &str {
@@ -70,7 +119,7 @@ macro_rules! opaque_id {
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                String::from(&*id.0)
             }
         }
 
@@ -91,33 +140,54 @@ macro_rules! opaque_id {
 opaque_id!(
     /// A Facebook Page id (`entry[].id`, `recipient.id` of user events).
     PageId,
-    "page id"
+    "page id",
+    kept_or_owned
 );
 opaque_id!(
     /// A Page-scoped user id: unique per (person, Page), shared by every app on the Page.
     Psid,
-    "psid"
+    "psid",
+    owned
 );
 opaque_id!(
     /// A Meta app id (managed by Baton, or external such as the Page Inbox).
     AppId,
-    "app id"
+    "app id",
+    kept_or_owned
 );
 opaque_id!(
     /// An id the shell gives a command (a send or a thread-control call) so its
     /// decision and its outcome can be joined in the log.
     CommandId,
-    "command id"
+    "command id",
+    owned
 );
+
+macro_rules! kept_id {
+    ($name:ident) => {
+        impl $name {
+            /// Keeps this id once per process (for ids the configuration
+            /// names): every later parse of it shares the kept copy.
+            pub fn keep(&self) -> Self {
+                Self(keep_in(&KEPT, KEPT_MAX, &self.0))
+            }
+        }
+    };
+}
+
+kept_id!(PageId);
+kept_id!(AppId);
+
+static PAGE_INBOX: LazyLock<AppId> = LazyLock::new(|| AppId(Arc::from(PAGE_INBOX_APP_ID)).keep());
 
 impl AppId {
     /// The Page Inbox's app id.
     pub fn page_inbox() -> Self {
-        Self(PAGE_INBOX_APP_ID.to_owned())
+        PAGE_INBOX.clone()
     }
 
     pub fn is_page_inbox(&self) -> bool {
-        self.0 == PAGE_INBOX_APP_ID
+        &*self.0 == PAGE_INBOX_APP_ID
     }
 }
 
@@ -239,6 +309,52 @@ impl Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_and_app_ids_the_configuration_keeps_are_shared_and_others_are_not() {
+        let configured = AppId::parse("4242000000001").unwrap().keep();
+        let a = AppId::parse("4242000000001".to_owned()).unwrap();
+        let b = AppId::parse("4242000000001").unwrap();
+        assert!(Arc::ptr_eq(&a.0, &b.0), "one copy of a kept app id");
+        assert!(Arc::ptr_eq(&a.0, &configured.0));
+        let page = PageId::parse("4242000000002").unwrap().keep();
+        assert!(Arc::ptr_eq(
+            &page.0,
+            &PageId::parse("4242000000002").unwrap().0
+        ));
+        // An id nobody kept (a user's profile node, a made-up app in a
+        // webhook's path) is parsed into a copy of its own, and not kept.
+        let stray = PageId::parse("4242000000009").unwrap();
+        assert!(!Arc::ptr_eq(
+            &stray.0,
+            &PageId::parse("4242000000009").unwrap().0
+        ));
+        assert!(kept_in(&KEPT, "4242000000009").is_none());
+        let u = Psid::parse("4242000000001").unwrap();
+        assert!(
+            !Arc::ptr_eq(&u.0, &a.0),
+            "a psid is never shared with an app id"
+        );
+        assert_eq!(a, b);
+        assert_eq!(String::from(a), "4242000000001");
+        assert!(AppId::page_inbox().is_page_inbox());
+    }
+
+    #[test]
+    fn the_kept_table_stops_growing_at_its_bound() {
+        let table = RwLock::new(HashSet::new());
+        let ids: Vec<Arc<str>> = (0..100)
+            .map(|n| keep_in(&table, 10, &Arc::from(format!("page-{n}"))))
+            .collect();
+        assert_eq!(table.read().unwrap().len(), 10);
+        let again = keep_in(&table, 10, &Arc::from("page-3"));
+        assert!(Arc::ptr_eq(&again, &ids[3]), "a kept id is shared");
+        assert!(
+            kept_in(&table, "page-50").is_none(),
+            "past the bound, not kept"
+        );
+        assert_eq!(&*keep_in(&table, 10, &Arc::from("page-50")), "page-50");
+    }
 
     #[test]
     fn ids_are_opaque_but_checked() {

@@ -1398,7 +1398,7 @@ async fn insert_keys(
         return Ok(());
     }
     let ids: Vec<&[u8]> = keys.iter().map(|k| &k.id.0[..]).collect();
-    let subjects: Vec<&str> = keys.iter().map(|k| k.subject.as_str()).collect();
+    let subjects: Vec<&str> = keys.iter().map(|k| &*k.subject).collect();
     let days: Vec<i32> = keys
         .iter()
         .map(|k| i32::try_from(k.day).unwrap_or(i32::MAX))
@@ -1553,7 +1553,7 @@ impl Shared {
             let material: Vec<u8> = row.try_get("material").map_err(engine)?;
             let day: i32 = row.try_get("day").map_err(engine)?;
             entries.push(Entry {
-                subject: row.try_get("subject").map_err(engine)?,
+                subject: Arc::from(row.try_get::<String, _>("subject").map_err(engine)?),
                 day: u32::try_from(day).map_err(|_| bad())?,
                 id: KeyId(id.try_into().map_err(|_| bad())?),
                 key: material.try_into().map_err(|_| bad())?,

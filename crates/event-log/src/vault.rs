@@ -20,7 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
@@ -78,7 +78,7 @@ pub enum VaultError {
 /// One key as the vault file (or a store's keys table) holds it.
 #[derive(Clone)]
 pub(crate) struct Entry {
-    pub(crate) subject: String,
+    pub(crate) subject: Arc<str>,
     pub(crate) day: u32,
     pub(crate) id: KeyId,
     pub(crate) key: [u8; 32],
@@ -125,7 +125,7 @@ impl Entry {
         }
         Some((
             Entry {
-                subject: subject.to_owned(),
+                subject: Arc::from(subject),
                 day: u32::from_be_bytes(rest[..4].try_into().ok()?),
                 id: KeyId(rest[4..20].try_into().ok()?),
                 key: rest[20..52].try_into().ok()?,
@@ -135,12 +135,40 @@ impl Entry {
     }
 }
 
+/// The key each subject's content of each day is sealed under, by day and
+/// then subject: a lookup borrows the subject (no string is made per seal),
+/// and the subject's text is shared with its entry.
+#[derive(Default)]
+struct Current(HashMap<u32, HashMap<Arc<str>, KeyId>>);
+
+impl Current {
+    fn get(&self, subject: &str, day: u32) -> Option<KeyId> {
+        self.0.get(&day)?.get(subject).copied()
+    }
+
+    fn insert(&mut self, entry: &Entry) {
+        self.0
+            .entry(entry.day)
+            .or_default()
+            .insert(entry.subject.clone(), entry.id);
+    }
+
+    fn remove(&mut self, entry: &Entry) {
+        if let Some(day) = self.0.get_mut(&entry.day) {
+            day.remove(&*entry.subject);
+            if day.is_empty() {
+                self.0.remove(&entry.day);
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Keys {
     /// Every live key by id.
     by_id: HashMap<KeyId, Entry>,
     /// The key content of `(subject, day)` is sealed under now.
-    current: HashMap<(String, u32), KeyId>,
+    current: Current,
     /// Keys made since the last sync, in order.
     pending: Vec<KeyId>,
     /// Erasures not yet carried out by the store that keeps the keys.
@@ -210,8 +238,7 @@ impl KeyVault {
         let mut keys = Keys::default();
         let mut at = 0;
         while let Some((entry, len)) = Entry::decode(&bytes[at..]) {
-            keys.current
-                .insert((entry.subject.clone(), entry.day), entry.id);
+            keys.current.insert(&entry);
             keys.by_id.insert(entry.id, entry);
             at += len;
         }
@@ -269,17 +296,17 @@ impl KeyVault {
         {
             let mut keys = self.lock();
             for subject in subjects {
-                let id = match keys.current.get(&((*subject).to_owned(), day)) {
-                    Some(id) => *id,
+                let id = match keys.current.get(subject, day) {
+                    Some(id) => id,
                     None => {
                         let entry = Entry {
-                            subject: (*subject).to_owned(),
+                            subject: Arc::from(*subject),
                             day,
                             id: KeyId(uuid::Uuid::new_v4().into_bytes()),
                             key: self.fresh_key(),
                         };
                         let id = entry.id;
-                        keys.current.insert((entry.subject.clone(), day), id);
+                        keys.current.insert(&entry);
                         keys.by_id.insert(id, entry);
                         // Only a vault with a file or a store has keys to sync.
                         if self.dir.is_some() || self.kept_by_store {
@@ -434,7 +461,7 @@ impl KeyVault {
     /// is unreadable from now on. Returns how many keys were destroyed.
     pub fn erase_subject(&self, subject: &str) -> std::io::Result<usize> {
         self.queue_erasure(Erasure::Subject(subject.to_owned()));
-        self.destroy(|e| e.subject == subject)
+        self.destroy(|e| &*e.subject == subject)
     }
 
     /// Destroys the keys of every subject starting with `prefix` (a page:
@@ -492,9 +519,9 @@ impl KeyVault {
     pub(crate) fn absorb(&self, entries: Vec<Entry>) {
         let mut keys = self.lock();
         for entry in entries {
-            keys.current
-                .entry((entry.subject.clone(), entry.day))
-                .or_insert(entry.id);
+            if keys.current.get(&entry.subject, entry.day).is_none() {
+                keys.current.insert(&entry);
+            }
             keys.by_id.entry(entry.id).or_insert(entry);
         }
     }
@@ -504,9 +531,8 @@ impl KeyVault {
         let mut keys = self.lock();
         for id in ids {
             if let Some(entry) = keys.by_id.remove(id) {
-                let slot = (entry.subject, entry.day);
-                if keys.current.get(&slot) == Some(id) {
-                    keys.current.remove(&slot);
+                if keys.current.get(&entry.subject, entry.day) == Some(*id) {
+                    keys.current.remove(&entry);
                 }
             }
         }
@@ -519,7 +545,7 @@ impl KeyVault {
         let mut days: Vec<u32> = keys
             .by_id
             .values()
-            .filter(|e| e.subject == subject)
+            .filter(|e| &*e.subject == subject)
             .map(|e| e.day)
             .collect();
         days.sort_unstable();
@@ -540,7 +566,7 @@ impl KeyVault {
         }
         for id in &ids {
             if let Some(entry) = keys.by_id.remove(id) {
-                keys.current.remove(&(entry.subject, entry.day));
+                keys.current.remove(&entry);
             }
         }
         keys.pending.retain(|id| !ids.contains(id));

@@ -357,7 +357,10 @@ fn plan_records(
                     let Some(page) = state.pages.get(&thread.page) else {
                         continue; // checked above
                     };
-                    let mut copies: Copies = state.copies(dedupe_key).cloned().unwrap_or_default();
+                    let mut copies: Copies = state
+                        .copies(dedupe_key)
+                        .map(<[_]>::to_vec)
+                        .unwrap_or_default();
                     copies.extend(local_seen.get(dedupe_key).cloned().unwrap_or_default());
                     let me = (app.clone(), item.channel);
                     if copies.contains(&me) {

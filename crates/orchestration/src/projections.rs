@@ -176,7 +176,11 @@ impl SubscriptionFact {
 #[derive(Debug, Clone, PartialEq)]
 pub struct State {
     pub pages: HashMap<PageId, Page>,
-    pub threads: HashMap<ThreadKey, ThreadLedger>,
+    /// Every thread's ledger, boxed: the map keeps spare slots as it grows
+    /// (up to half of them empty after it doubles), and a slot holding a
+    /// pointer is 40 bytes where one holding the whole entry would be
+    /// over 300.
+    threads: HashMap<ThreadKey, Box<Tracked>>,
     /// One-Time Notification token → its thread.
     pub tokens: HashMap<String, ThreadKey>,
     /// The outbox: every send decided, by id.
@@ -202,8 +206,10 @@ pub struct State {
     /// and threads whose owner is unknown, first of all (the scheduled
     /// reconciliation asks about the first ones).
     confirmations: TimeIndex,
-    /// Dedupe index: a 64-bit digest of each item's dedupe key → its copies.
-    seen: HashMap<u64, Copies>,
+    /// Dedupe index: a 64-bit digest of each item's dedupe key → its copies
+    /// (a boxed slice of exactly their number: a vector would keep room for
+    /// four).
+    seen: HashMap<u64, Box<[(AppId, Channel)]>>,
     /// What each index forgets, and when (Baton's recorded time): the
     /// retention of the dedupe, idempotency and settled-send indexes.
     forget: BTreeMap<(Timestamp, u64), Forget>,
@@ -225,13 +231,14 @@ pub struct Idempotent {
     pub request_digest: Option<String>,
 }
 
-/// One entry an index forgets after its retention.
+/// One entry an index forgets after its retention. Every delivered item
+/// files one, so it is kept small: the rare keys with text are boxed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Forget {
     Seen(u64),
-    Key((AppId, String)),
+    Key(Box<(AppId, String)>),
     Send(CommandId),
-    Reply((PageId, String)),
+    Reply(Box<(PageId, String)>),
 }
 
 /// Streams holding refusals on threads that had no state: a refusal there
@@ -270,8 +277,17 @@ pub fn decode_for_fold(record: &Record, vault: Option<&event_log::KeyVault>) -> 
 
 impl State {
     pub fn new(pages: impl IntoIterator<Item = Page>) -> Self {
+        let pages: HashMap<PageId, Page> = pages.into_iter().map(|p| (p.id.clone(), p)).collect();
+        // The configuration's pages and apps are kept once per process:
+        // every thread's key and owner decoded from the log then shares them.
+        for page in pages.values() {
+            page.id.keep();
+            for app in page.apps.keys() {
+                app.keep();
+            }
+        }
         Self {
-            pages: pages.into_iter().map(|p| (p.id.clone(), p)).collect(),
+            pages,
             threads: HashMap::new(),
             tokens: HashMap::new(),
             sends: HashMap::new(),
@@ -296,7 +312,8 @@ impl State {
     /// two folds of the same log give the same digest.
     pub fn digest(&self) -> String {
         use sha2::{Digest, Sha256};
-        let mut threads: Vec<(&ThreadKey, &ThreadLedger)> = self.threads.iter().collect();
+        let mut threads: Vec<(&ThreadKey, &ThreadLedger)> =
+            self.threads.iter().map(|(k, t)| (k, &t.ledger)).collect();
         threads.sort_by(|a, b| a.0.cmp(b.0));
         let mut pages: Vec<(&PageId, &Page)> = self.pages.iter().collect();
         pages.sort_by(|a, b| a.0.cmp(b.0));
@@ -311,18 +328,28 @@ impl State {
         hex::encode(h.finalize())
     }
 
-    pub fn copies(&self, dedupe_key: &str) -> Option<&Copies> {
-        self.seen.get(&digest(dedupe_key))
+    pub fn copies(&self, dedupe_key: &str) -> Option<&[(AppId, Channel)]> {
+        self.seen.get(&digest(dedupe_key)).map(|copies| &**copies)
     }
 
     pub fn thread(&self, key: &ThreadKey) -> Option<&ThreadLedger> {
-        self.threads.get(key)
+        self.threads.get(key).map(|tracked| &tracked.ledger)
+    }
+
+    /// How many threads have state.
+    pub fn thread_count(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Every thread's ledger, in no order.
+    pub fn ledgers(&self) -> impl Iterator<Item = &ThreadLedger> {
+        self.threads.values().map(|tracked| &tracked.ledger)
     }
 
     /// The thread's ledger, or a fresh one for a thread with no state yet.
     pub fn ledger(&self, key: &ThreadKey) -> std::borrow::Cow<'_, ThreadLedger> {
         match self.threads.get(key) {
-            Some(l) => std::borrow::Cow::Borrowed(l),
+            Some(t) => std::borrow::Cow::Borrowed(&t.ledger),
             None => std::borrow::Cow::Owned(ThreadLedger::new(key.clone())),
         }
     }
@@ -429,10 +456,10 @@ impl State {
                     self.seen.remove(&d);
                 }
                 Forget::Key(k) => {
-                    self.idempotency.remove(&k);
+                    self.idempotency.remove(&*k);
                 }
                 Forget::Reply(k) => {
-                    self.replied_comments.remove(&k);
+                    self.replied_comments.remove(&*k);
                 }
                 Forget::Send(id) => {
                     // A send still pending is never forgotten: the outbox owns it.
@@ -534,7 +561,7 @@ impl State {
             Event::PrivateReplySent(e) => {
                 let key = (e.page.clone(), e.comment_id.clone());
                 if self.replied_comments.insert(key.clone()) {
-                    self.forget_after(PRIVATE_REPLY_RETENTION, Forget::Reply(key));
+                    self.forget_after(PRIVATE_REPLY_RETENTION, Forget::Reply(Box::new(key)));
                 }
             }
             Event::SendAccepted(e) => {
@@ -622,7 +649,9 @@ impl State {
         let d = digest(dedupe_key);
         let copies = self.seen.entry(d).or_default();
         let first = copies.is_empty();
-        copies.push((delivery.app.clone(), delivery.channel));
+        let mut grown = std::mem::take(copies).into_vec();
+        grown.push((delivery.app.clone(), delivery.channel));
+        *copies = grown.into_boxed_slice();
         if first {
             self.forget_after(DEDUPE_RETENTION, Forget::Seen(d));
         }
@@ -640,15 +669,19 @@ impl State {
                 request_digest: send.request_digest.clone(),
             },
         );
-        self.forget_after(IDEMPOTENCY_RETENTION, Forget::Key(k));
+        self.forget_after(IDEMPOTENCY_RETENTION, Forget::Key(Box::new(k)));
     }
 
     fn apply_thread(&mut self, event: &Event) {
         if let Some(thread) = event.thread() {
-            let ledger = self
-                .threads
-                .entry(thread.clone())
-                .or_insert_with(|| ThreadLedger::new(thread.clone()));
+            let tracked = self.threads.entry(thread.clone()).or_insert_with(|| {
+                Box::new(Tracked {
+                    ledger: ThreadLedger::new(thread.clone()),
+                    expiry: None,
+                    confirmation: None,
+                })
+            });
+            let ledger = &mut tracked.ledger;
             ledger.apply(event);
             let expiry = self
                 .pages
@@ -673,8 +706,12 @@ impl State {
                 ),
                 _ => None,
             };
-            self.expiries.set(thread, expiry);
-            self.confirmations.set(thread, confirmed);
+            // Filed under the ledger's own key (the event's copy of the
+            // psid would be kept alive otherwise).
+            let key = &tracked.ledger.key;
+            self.expiries.set(key, &mut tracked.expiry, expiry);
+            self.confirmations
+                .set(key, &mut tracked.confirmation, confirmed);
         } else {
             for page in self.pages.values_mut() {
                 page.apply(event);
@@ -683,28 +720,35 @@ impl State {
     }
 }
 
+/// A thread's ledger, and the times the thread is filed under in the
+/// timers' indexes (kept here rather than in a second map per index).
+#[derive(Debug, Clone, PartialEq)]
+struct Tracked {
+    ledger: ThreadLedger,
+    expiry: Option<Timestamp>,
+    confirmation: Option<Timestamp>,
+}
+
 /// Threads ordered by a time, each at most once: the soonest first.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct TimeIndex {
     order: BTreeSet<(Timestamp, ThreadKey)>,
-    of: HashMap<ThreadKey, Timestamp>,
 }
 
 impl TimeIndex {
-    /// Files `thread` under `at`, or takes it out with `None`.
-    fn set(&mut self, thread: &ThreadKey, at: Option<Timestamp>) {
-        let before = self.of.get(thread).copied();
-        if before == at {
+    /// Files `thread`, now filed under `filed`, under `at` instead (or takes
+    /// it out with `None`), and notes it in `filed`.
+    fn set(&mut self, thread: &ThreadKey, filed: &mut Option<Timestamp>, at: Option<Timestamp>) {
+        if *filed == at {
             return;
         }
-        if let Some(b) = before {
+        if let Some(b) = filed.take() {
             self.order.remove(&(b, thread.clone()));
-            self.of.remove(thread);
         }
         if let Some(a) = at {
             self.order.insert((a, thread.clone()));
-            self.of.insert(thread.clone(), a);
         }
+        *filed = at;
     }
 
     /// At most `limit` threads filed at or before `now` that `keep` keeps,

@@ -194,8 +194,8 @@ impl<S: EventStore + 'static> Baton<S> {
         let now = self.clock.now();
         let snapshot = self.projections.read();
         let mut keys: Vec<&ThreadKey> = snapshot
-            .threads
-            .keys()
+            .ledgers()
+            .map(|ledger| &ledger.key)
             .filter(|k| page.is_none_or(|p| &k.page == p))
             .filter(|k| {
                 snapshot

@@ -130,7 +130,7 @@ fn main() {
         for r in rt.block_on(store.read_all(1, usize::MAX)).unwrap() {
             state.apply_record(&r);
         }
-        assert_eq!(state.threads.len(), threads);
+        assert_eq!(state.thread_count(), threads);
         best_replay = best_replay.min(t.elapsed().as_secs_f64());
     }
     println!("replay: {n} records over {threads} threads (best of 3)");

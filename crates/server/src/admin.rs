@@ -78,7 +78,7 @@ pub async fn projections<S: EventStore + 'static>(
     let snapshot = state.projections.read();
     Ok(HttpResponse::Ok().json(json!({
         "position": snapshot.position,
-        "threads": snapshot.threads.len(),
+        "threads": snapshot.thread_count(),
         "digest": snapshot.digest(),
     })))
 }

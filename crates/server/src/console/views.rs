@@ -305,8 +305,8 @@ pub async fn threads<S: EventStore + 'static>(
     let keys: Vec<ThreadKey> = {
         let snapshot = state.projections.read();
         let mut keys: Vec<ThreadKey> = snapshot
-            .threads
-            .keys()
+            .ledgers()
+            .map(|ledger| &ledger.key)
             .filter(|k| pages.contains(&k.page))
             .filter(|k| want_page.is_none_or(|p| k.page.as_str() == p.as_str()))
             .cloned()
