@@ -816,3 +816,58 @@ async fn handover_v1_the_primary_holds_an_untouched_thread_and_may_release_exten
     let (status, body) = stack.send("baton-bot", text("u1", "still mine")).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_owner_answer_overtaken_by_a_take_does_not_undo_it() {
+    let stack = Stack::start(Mode::ConversationRouting).await;
+    stack.user_says("u1", "hello").await;
+    let (status, _) = stack.pass("baton-bot", "u1", Some(HUMAN)).await;
+    assert_eq!(status, 200);
+    // Meta answers Baton's next `thread_owner` question at once ("the
+    // human") but holds the answer on its way back.
+    stack
+        .ctl
+        .add_fault(&FaultSpec::Delay {
+            count: 1,
+            endpoint: Some("thread_owner".into()),
+            millis: None,
+        })
+        .await
+        .unwrap();
+    let thread = Stack::thread("u1");
+    let asking = stack.baton.running.state.reconcile(&thread, "v21.0");
+    let meanwhile = async {
+        loop {
+            let calls = stack.ctl.calls().await.unwrap();
+            if calls.iter().any(|c| c.endpoint == "thread_owner") {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        // The bot takes the thread; Meta accepts and Baton records it.
+        let (status, body) = stack
+            .graph_post(
+                "baton-bot",
+                "take_thread_control",
+                json!({"recipient": {"id": "u1"}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(stack.ledger_view("u1"), owner(BOT));
+        // Only now does Meta's answer to the question arrive.
+        stack.ctl.release_held().await.unwrap();
+    };
+    let (asked, ()) = tokio::join!(asking, meanwhile);
+    assert!(asked, "Meta was asked");
+    assert_eq!(
+        stack.ledger_view("u1"),
+        owner(BOT),
+        "the take stands: the answer described the moment before it"
+    );
+    let stale = stack.baton.count("StaleEvidenceIgnored").await;
+    assert_eq!(stale, 1, "the answer is kept as older news");
+    assert_eq!(stack.baton.count("OwnershipDriftDetected").await, 0);
+    let (status, body) = stack.send("baton-bot", text("u1", "I'm here")).await;
+    assert_eq!(status, 200, "the owner is not refused: {body}");
+    stack.assert_consistent("u1").await;
+}

@@ -1009,7 +1009,13 @@ pub enum Observation {
         raw: serde_json::Value,
     },
     /// Meta's `thread_owner` answer: `None` when the thread is idle.
-    ThreadOwner { at: Timestamp, owner: Option<AppId> },
+    ThreadOwner {
+        at: Timestamp,
+        owner: Option<AppId>,
+        /// The thread's version when Baton asked: a control change, or a
+        /// control call accepted, folded since is newer than the answer.
+        asked_at_version: u64,
+    },
 }
 
 /// Folds what Meta says into facts: the item itself, the window it opens, the
@@ -1161,7 +1167,11 @@ pub fn observe(
             );
             events.extend(routing);
         }
-        Observation::ThreadOwner { at, owner } => {
+        Observation::ThreadOwner {
+            at,
+            owner,
+            asked_at_version,
+        } => {
             let observed = match owner {
                 Some(app) => ControlView::Owner { app },
                 None => ControlView::Idle,
@@ -1169,6 +1179,16 @@ pub fn observe(
             // A legacy primary holds every thread nobody else does: Meta names
             // it where the ledger says idle, and both mean the same.
             let as_meta_says = crate::graph::thread_owner_view(&page.mode, view.clone());
+            // Control changed in the ledger after Baton asked (a take
+            // answered while the question was on its way), or Baton forwarded
+            // a control call since that is still unanswered (its answer
+            // settles it): Meta's answer may describe the moment before,
+            // so it is older news, kept and not applied.
+            let older = ledger.control_changed_version > asked_at_version
+                || ledger
+                    .calls_in_flight
+                    .iter()
+                    .any(|call| call.accepted_version > asked_at_version);
             if observed == as_meta_says {
                 events.push(
                     crate::events::OwnershipConfirmed {
@@ -1178,6 +1198,15 @@ pub fn observe(
                     }
                     .into(),
                 );
+            } else if older {
+                events.push(stale_evidence(
+                    &ledger,
+                    &view,
+                    observed,
+                    DriftEvidence::ThreadOwnerAnswer,
+                    at,
+                    now,
+                ));
             } else {
                 events.push(
                     OwnershipDriftDetected {

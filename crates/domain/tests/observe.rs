@@ -131,6 +131,7 @@ fn standby_copy_to_the_ledger_owner_is_drift_to_unknown_then_thread_owner_settle
     let answer = Observation::ThreadOwner {
         at: hours(1),
         owner: Some(inbox()),
+        asked_at_version: s.ledger.version,
     };
     let events = rules::observe(&s.ledger, &s.page, answer, hours(1));
     let s = s.record(events);
@@ -276,6 +277,7 @@ fn evidence_that_takes_control_from_another_managed_app_is_confirmed_with_meta_f
         Observation::ThreadOwner {
             at: hours(1),
             owner: Some(bot()),
+            asked_at_version: s.ledger.version,
         },
         hours(1),
     );
@@ -312,6 +314,7 @@ fn thread_owner_answer_agreeing_with_the_ledger_is_a_confirmation() {
         Observation::ThreadOwner {
             at: hours(1),
             owner: Some(bot()),
+            asked_at_version: s.ledger.version,
         },
         hours(1),
     );
@@ -336,6 +339,7 @@ fn thread_owner_answer_agreeing_with_the_ledger_is_a_confirmation() {
         Observation::ThreadOwner {
             at: hours(1),
             owner: Some(bot()),
+            asked_at_version: s.ledger.version,
         },
         hours(1),
     );
@@ -494,6 +498,62 @@ fn an_old_pass_webhook_replayed_after_a_newer_pass_is_kept_not_applied() {
         );
     assert_eq!(s.owner_at(hours(3)), owner(bot()));
     assert!(stale_of(&s.history).is_some());
+}
+
+#[test]
+fn a_thread_owner_answer_overtaken_by_a_take_is_kept_not_applied() {
+    // Baton asks Meta who owns the thread while the human does; before the
+    // answer is recorded the bot takes the thread through Baton (Meta
+    // accepts). Meta's answer, "the human", describes the moment before.
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .passed_to(hours(1), human());
+    let asked_at_version = s.ledger.version;
+    let s = s.done(take(bot()), hours(2));
+    assert_eq!(s.owner_at(hours(2)), owner(bot()));
+    let answer = Observation::ThreadOwner {
+        at: hours(2),
+        owner: Some(human()),
+        asked_at_version,
+    };
+    let events = rules::observe(&s.ledger, &s.page, answer.clone(), hours(2));
+    let s = s.record(events);
+    assert_eq!(s.owner_at(hours(2)), owner(bot()), "the take stands");
+    let stale = stale_of(&s.history).expect("kept as older news");
+    assert_eq!(stale.claimed, owner(human()));
+    assert_eq!(stale.evidence, DriftEvidence::ThreadOwnerAnswer);
+
+    // The same answer to a question asked after the take is Meta's word.
+    let answer = Observation::ThreadOwner {
+        at: hours(2),
+        owner: Some(human()),
+        asked_at_version: s.ledger.version,
+    };
+    let events = rules::observe(&s.ledger, &s.page, answer, hours(2));
+    assert!(drift_of(&events).is_some());
+    let s = s.record(events);
+    assert_eq!(s.owner_at(hours(2)), owner(human()));
+}
+
+#[test]
+fn a_thread_owner_answer_while_a_newer_call_is_unanswered_is_kept_not_applied() {
+    // Asked, then the bot's take is accepted and forwarded; Meta's answer
+    // to the question comes back before the take's.
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .passed_to(hours(1), human());
+    let asked_at_version = s.ledger.version;
+    let accepted = rules::decide(&s.ledger, &s.page, &take(bot()), hours(2)).unwrap();
+    let s = s.record(accepted);
+    assert!(!s.ledger.calls_in_flight.is_empty());
+    let answer = Observation::ThreadOwner {
+        at: hours(2),
+        owner: None,
+        asked_at_version,
+    };
+    let events = rules::observe(&s.ledger, &s.page, answer, hours(2));
+    assert!(drift_of(&events).is_none());
+    assert_eq!(stale_of(&events).expect("kept").claimed, ControlView::Idle);
 }
 
 #[test]

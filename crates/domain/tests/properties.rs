@@ -355,6 +355,7 @@ fn run(mode: u8, early: bool, steps: &[Step]) -> Result<(Page, Vec<Event>), Test
                 Observation::ThreadOwner {
                     at: now,
                     owner: owner.map(|o| apps[o].clone()),
+                    asked_at_version: ledger.version,
                 },
                 now,
             ),

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::events::{ControlView, Event};
+use domain::events::{ControlView, DriftEvidence, Event};
 use domain::rules::{self, Observation};
 use domain::{AppId, PageId, Span, ThreadKey, Timestamp};
 use event_log::EventStore;
@@ -34,6 +34,13 @@ impl<S: EventStore + 'static> Baton<S> {
         let Some((viewer, managed, token)) = self.owner_viewer(&thread.page) else {
             return false;
         };
+        // What the ledger had folded when Baton asked: a control change or
+        // call after it makes Meta's answer older news.
+        let asked_at_version = self
+            .projections
+            .read()
+            .thread(thread)
+            .map_or(0, |ledger| ledger.version);
         let answer = self
             .graph
             .get(
@@ -63,6 +70,7 @@ impl<S: EventStore + 'static> Baton<S> {
                 let observation = Observation::ThreadOwner {
                     at: now,
                     owner: owner.clone(),
+                    asked_at_version,
                 };
                 (rules::observe(ledger, page, observation, now), ())
             })
@@ -134,7 +142,11 @@ impl<S> Baton<S> {
 pub fn contradicted(recorded: &[Event]) -> impl Iterator<Item = &ThreadKey> {
     recorded.iter().filter_map(|e| match e {
         Event::OwnershipDriftDetected(d) if d.observed == ControlView::Unknown => Some(&d.thread),
-        Event::StaleEvidenceIgnored(s) => Some(&s.thread),
+        // Meta's own answer found older than the ledger is not asked again:
+        // what made it older (a call's answer, a newer webhook) is newer news.
+        Event::StaleEvidenceIgnored(s) if s.evidence != DriftEvidence::ThreadOwnerAnswer => {
+            Some(&s.thread)
+        }
         _ => None,
     })
 }
