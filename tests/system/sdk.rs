@@ -556,15 +556,8 @@ async fn an_unmodified_messenger_sdk_works_against_baton() {
         String::new()
     } else {
         // What the ledger folded, for the report: which fact left it here.
-        let thread = Stack::thread("u1");
-        stack
-            .baton
-            .events()
-            .await
-            .iter()
-            .filter(|e| e.thread() == Some(&thread))
-            .map(|e| format!("\n    {e:?}"))
-            .collect()
+        let facts = stack.thread_facts("u1").await;
+        facts.iter().map(|f| format!("\n    {f}")).collect()
     };
     c.check(
         "Baton's ledger ends with the bot owning it",

@@ -295,6 +295,18 @@ impl Stack {
         rules::control_at(&ledger, &page, self.baton.clock.now_value())
     }
 
+    /// The thread's recorded facts, in log order, for a failure's report.
+    pub async fn thread_facts(&self, psid: &str) -> Vec<String> {
+        let thread = Self::thread(psid);
+        self.baton
+            .events()
+            .await
+            .iter()
+            .filter(|e| e.thread() == Some(&thread))
+            .map(|e| format!("{e:?}"))
+            .collect()
+    }
+
     /// Asserts the ledger agrees with the emulator, and that replaying the log
     /// from zero gives exactly the live projections.
     pub async fn assert_consistent(&self, psid: &str) {
@@ -313,18 +325,9 @@ impl Stack {
             }
         }
         if ours != expected {
-            let thread = Self::thread(psid);
-            let history: Vec<String> = self
-                .baton
-                .events()
-                .await
-                .iter()
-                .filter(|e| e.thread() == Some(&thread))
-                .map(|e| format!("{e:?}"))
-                .collect();
             panic!(
                 "Baton's ledger differs from Meta's view: ours {ours:?}, Meta's {meta:?}; the thread's events:\n{}",
-                history.join("\n")
+                self.thread_facts(psid).await.join("\n")
             );
         }
         let config = server::Config::parse(&self.baton.config_text, "test.toml", |_| None).unwrap();
