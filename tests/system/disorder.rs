@@ -837,11 +837,7 @@ async fn a_thread_owner_answer_overtaken_by_a_take_does_not_undo_it() {
     let thread = Stack::thread("u1");
     let asking = stack.baton.running.state.reconcile(&thread, "v21.0");
     let meanwhile = async {
-        loop {
-            let calls = stack.ctl.calls().await.unwrap();
-            if calls.iter().any(|c| c.endpoint == "thread_owner") {
-                break;
-            }
+        while stack.upstream_calls("thread_owner").await == 0 {
             tokio::task::yield_now().await;
         }
         // The bot takes the thread; Meta accepts and Baton records it.

@@ -650,6 +650,7 @@ impl State {
         let copies = self.seen.entry(d).or_default();
         let first = copies.is_empty();
         let mut grown = std::mem::take(copies).into_vec();
+        grown.reserve_exact(1);
         grown.push((delivery.app.clone(), delivery.channel));
         *copies = grown.into_boxed_slice();
         if first {
