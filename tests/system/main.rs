@@ -27,6 +27,7 @@ mod reliability;
 mod sdk;
 mod sends;
 mod shards;
+mod snapshots;
 mod stack;
 mod support;
 mod watchdog;

@@ -88,6 +88,8 @@ struct RawConfig {
     checkpoint_key: Option<PathBuf>,
     #[serde(default = "default_checkpoint_every")]
     checkpoint_every_secs: u64,
+    #[serde(default = "default_snapshot_every")]
+    snapshot_every_records: u64,
     #[serde(default = "default_reconcile_every")]
     reconcile_every_secs: u64,
     #[serde(default = "default_reconcile_budget")]
@@ -231,6 +233,12 @@ fn default_max_connections() -> usize {
 /// per page), low enough that one app cannot starve the others.
 fn default_app_requests() -> f64 {
     5000.0
+}
+
+/// A projection snapshot per million records: at ≈ 3 records per
+/// delivery, a start after a crash folds at most a few seconds' worth.
+fn default_snapshot_every() -> u64 {
+    1_000_000
 }
 
 /// Signed checkpoints of the chain's head, when a key is configured.
@@ -407,6 +415,10 @@ pub struct Config {
     pub checkpoint_key: Option<PathBuf>,
     /// How often a checkpoint is signed when the head has moved.
     pub checkpoint_every_secs: u64,
+    /// A projection snapshot is written in the background each time the
+    /// log has grown by this many records (0: only at a clean stop); see
+    /// [`crate::snapshot`]. On sled only.
+    pub snapshot_every_records: u64,
     /// An active thread unconfirmed by Meta for this long is reconciled on
     /// the schedule.
     pub reconcile_every_secs: u64,
@@ -742,6 +754,7 @@ impl Config {
             trusted_proxies,
             checkpoint_key: raw.checkpoint_key,
             checkpoint_every_secs: raw.checkpoint_every_secs.max(1),
+            snapshot_every_records: raw.snapshot_every_records,
             reconcile_every_secs: raw.reconcile_every_secs.max(1),
             reconcile_calls_per_page_per_hour: raw.reconcile_calls_per_page_per_hour,
             subscription_check_every_secs: raw.subscription_check_every_secs,

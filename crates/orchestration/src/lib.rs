@@ -34,6 +34,7 @@ pub mod reads;
 pub mod reconcile;
 pub mod record;
 pub mod shutdown;
+pub mod snapshot;
 pub mod timers;
 
 use std::sync::Arc;
@@ -91,6 +92,11 @@ pub struct Baton<S> {
     health: health::HealthState,
     /// Whether this node decides for the shard (see [`leadership`]).
     leadership: leadership::Leadership,
+    /// The position of the projection snapshot this start loaded, if any
+    /// (the fold went on from there).
+    pub resumed_from_snapshot: Option<u64>,
+    /// The position of the last snapshot this process wrote.
+    snapshots: tokio::sync::watch::Sender<u64>,
 }
 
 /// One owner's task, boxed so that every kind fits [`leadership::each_term`].
@@ -110,7 +116,20 @@ pub struct Tasks {
     checkpointer: JoinHandle<()>,
     retention: JoinHandle<()>,
     watchdog: JoinHandle<()>,
+    snapshotter: JoinHandle<()>,
     follower: JoinHandle<()>,
+    /// Written once the follower has folded what the workers left.
+    final_snapshot: FinalSnapshot,
+}
+
+/// The projection snapshot a clean stop writes (a future not yet polled;
+/// the mutex only makes it `Sync`, as the rest of [`Tasks`]).
+struct FinalSnapshot(std::sync::Mutex<Work>);
+
+impl std::fmt::Debug for FinalSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FinalSnapshot")
+    }
 }
 
 impl Tasks {
@@ -144,6 +163,9 @@ impl Tasks {
         if let Err(e) = self.watchdog.await {
             tracing::error!(error = %e, "the subscription watchdog stopped abnormally");
         }
+        if let Err(e) = self.snapshotter.await {
+            tracing::error!(error = %e, "the snapshot writer stopped abnormally");
+        }
         if let Some(lease) = self.lease {
             if let Err(e) = lease.await {
                 tracing::error!(error = %e, "the lease keeper stopped abnormally");
@@ -153,6 +175,12 @@ impl Tasks {
         if let Err(e) = self.follower.await {
             tracing::error!(error = %e, "the projection follower stopped abnormally");
         }
+        let last = self
+            .final_snapshot
+            .0
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        last.await;
     }
 }
 
@@ -168,6 +196,7 @@ impl Tasks {
             self.checkpointer,
             self.retention,
             self.watchdog,
+            self.snapshotter,
             self.follower,
         ]) {
             task.abort();
@@ -212,8 +241,27 @@ impl<S: EventStore + 'static> Baton<S> {
         role: Role,
     ) -> Result<(Arc<Self>, tokio::sync::mpsc::Receiver<domain::ThreadKey>), StorageError> {
         let config = Arc::new(config);
-        let projections =
-            Projections::new(State::new(config.pages.values().map(|(_, p)| p.clone())));
+        let fresh = State::new(config.pages.values().map(|(_, p)| p.clone()));
+        let loaded = match snapshot::dir_of(&config) {
+            Some(dir) => match snapshot::load(&dir, &fresh, store.as_ref()).await {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    tracing::warn!(reason = %e, "the projection snapshot is not used; folding the whole log");
+                    if !matches!(
+                        e,
+                        snapshot::Unusable::Read { .. } | snapshot::Unusable::Storage(_)
+                    ) {
+                        if let Err(e) = snapshot::set_aside(&dir) {
+                            tracing::error!(error = %e, "cannot set the unusable snapshot aside");
+                        }
+                    }
+                    None
+                }
+            },
+            None => None,
+        };
+        let resumed_from_snapshot = loaded.as_ref().map(|s| s.position);
+        let projections = Projections::new(loaded.unwrap_or(fresh));
         projections.catch_up(store.as_ref()).await?;
         tracing::info!(
             position = projections.position(),
@@ -247,6 +295,8 @@ impl<S: EventStore + 'static> Baton<S> {
             reconcile_round: tokio::sync::Mutex::new(()),
             health: health::HealthState::new(),
             leadership: leadership::Leadership::new(role),
+            resumed_from_snapshot,
+            snapshots: tokio::sync::watch::Sender::new(0),
         });
         Ok((baton, reconcile_queue))
     }
@@ -279,6 +329,23 @@ impl<S: EventStore + 'static> Baton<S> {
         let checkpointer = owner(|b, stop| Box::pin(checkpoints::run(b, stop)));
         let retention = owner(|b, stop| Box::pin(privacy::run(b, stop)));
         let watchdog = owner(|b, stop| Box::pin(health::run(b, stop)));
+        let snapshotter = owner(|b, stop| Box::pin(snapshot::run(b, stop)));
+        let final_snapshot = {
+            let b = baton.clone();
+            FinalSnapshot(std::sync::Mutex::new(Box::pin(async move {
+                match b.snapshot_at_stop().await {
+                    Ok(Some(w)) => tracing::info!(
+                        position = w.position,
+                        threads = w.threads,
+                        "projection snapshot written at the stop"
+                    ),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot write the projection snapshot at the stop")
+                    }
+                }
+            })))
+        };
         let queue = Arc::new(tokio::sync::Mutex::new(reconcile_queue));
         let reconciler = {
             let b = baton.clone();
@@ -301,7 +368,9 @@ impl<S: EventStore + 'static> Baton<S> {
                 checkpointer,
                 retention,
                 watchdog,
+                snapshotter,
                 follower,
+                final_snapshot,
             },
         )
     }

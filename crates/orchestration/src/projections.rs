@@ -5,6 +5,7 @@
 //! function of the log alone; writers wait for the follower to reach the
 //! positions they appended (read your writes). It never writes to the log.
 
+use std::borrow::Cow;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -16,6 +17,7 @@ use domain::{
     Timestamp,
 };
 use event_log::{EventStore, Record, StorageError};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 /// Baton tags a send without metadata with `baton:send:<send id>`, so its
@@ -41,7 +43,7 @@ pub const UNKNOWN_SEND_RETENTION: Span = Span::days(7);
 pub type Copies = Vec<(AppId, Channel)>;
 
 /// Where a send stands, as the outbox sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SendStatus {
     /// Accepted and durable; Meta has not answered yet.
     Pending,
@@ -87,7 +89,7 @@ impl SendStatus {
 }
 
 /// One send in the outbox.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SendRecord {
     pub thread: ThreadKey,
     pub app: AppId,
@@ -100,7 +102,7 @@ pub struct SendRecord {
 
 /// A pending send as the outbox left it: after a restart, the same worker
 /// code resumes it from here.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OpenSend {
     /// The log position of its acceptance (the outbox's order).
     pub accepted_at: u64,
@@ -137,7 +139,7 @@ impl SendRecord {
 /// subscription fact, and whether its page token stands rejected. Folded
 /// from the page's stream; the watchdog and the token checks decide against
 /// it, so a restart does not record the same loss or breakage again.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppPageFacts {
     /// The last `AppSubscriptionLost` or `AppSubscriptionRestored`.
     pub subscription: Option<SubscriptionFact>,
@@ -148,7 +150,7 @@ pub struct AppPageFacts {
 }
 
 /// The last subscription fact of an app on a page.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SubscriptionFact {
     Lost {
         at: Timestamp,
@@ -224,7 +226,7 @@ pub struct State {
 }
 
 /// The first request an `Idempotency-Key` was used with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Idempotent {
     pub send_id: CommandId,
     /// The request's digest, when it was recorded (older logs lack it).
@@ -233,7 +235,7 @@ pub struct Idempotent {
 
 /// One entry an index forgets after its retention. Every delivered item
 /// files one, so it is kept small: the rare keys with text are boxed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Forget {
     Seen(u64),
     Key(Box<(AppId, String)>),
@@ -723,7 +725,7 @@ impl State {
 
 /// A thread's ledger, and the times the thread is filed under in the
 /// timers' indexes (kept here rather than in a second map per index).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Tracked {
     ledger: ThreadLedger,
     expiry: Option<Timestamp>,
@@ -912,6 +914,333 @@ impl Projections {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// A [`State`]'s facts as a projection snapshot stores them
+/// ([`crate::snapshot`]): everything the fold built except the content it
+/// keeps opened (an open send's message, a pending request's metadata),
+/// which [`Facts::restore`] reads again from the log, through the vault.
+/// The maps are lists of pairs; the timers' indexes are rebuilt from each
+/// thread's filed times.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Facts<'a> {
+    pages: Vec<Cow<'a, Page>>,
+    threads: Vec<Held<'a>>,
+    /// Threads whose pending requests carry metadata, left out above.
+    reopen_threads: Vec<ThreadKey>,
+    tokens: Vec<(Cow<'a, str>, Cow<'a, ThreadKey>)>,
+    sends: Vec<(Cow<'a, CommandId>, Cow<'a, SendRecord>)>,
+    idempotency: Pairs<'a, (AppId, String), Idempotent>,
+    echoed: Vec<(Cow<'a, CommandId>, Cow<'a, str>)>,
+    replied_comments: Vec<Cow<'a, (PageId, String)>>,
+    erasures: Pairs<'a, str, [(ThreadKey, Timestamp)]>,
+    page_health: Pairs<'a, (PageId, AppId), AppPageFacts>,
+    open_sends: Vec<(u64, Cow<'a, CommandId>)>,
+    seen: Vec<(u64, Cow<'a, [ItemCopy]>)>,
+    forget: Vec<((Timestamp, u64), Cow<'a, Forget>)>,
+    forget_seq: u64,
+    recorded_at: Timestamp,
+    position: u64,
+    undecodable: u64,
+}
+
+/// Pairs of a map in [`Facts`].
+type Pairs<'a, K, V> = Vec<(Cow<'a, K>, Cow<'a, V>)>;
+
+/// One app's copy of an item, in the dedupe index.
+type ItemCopy = (AppId, Channel);
+
+/// A thread in [`Facts`]: lent by the state when written (or a copy
+/// without its content), read straight into the box the ledger map keeps
+/// when loaded.
+#[derive(Debug)]
+enum Held<'a> {
+    Lent(&'a Tracked),
+    Own(Box<Tracked>),
+}
+
+impl Serialize for Held<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Held::Lent(tracked) => tracked.serialize(serializer),
+            Held::Own(tracked) => tracked.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Held<'_> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Box::<Tracked>::deserialize(deserializer).map(Held::Own)
+    }
+}
+
+/// Why a snapshot's facts could not be made whole again from the log.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("the log cannot be read")]
+    Unreadable(#[from] StorageError),
+    #[error("send {0}'s acceptance is not at its position in the log")]
+    SendNotFound(String),
+    #[error("thread {0}'s history in the log folds to another ledger")]
+    ThreadDiffers(String),
+}
+
+impl State {
+    /// This state's facts, for a snapshot: borrowed, except the few
+    /// entries whose content is left out.
+    pub fn facts(&self) -> Facts<'_> {
+        let mut reopen_threads = Vec::new();
+        let threads = self
+            .threads
+            .values()
+            .map(|t| {
+                if t.ledger
+                    .pending_requests
+                    .iter()
+                    .any(|r| r.metadata.is_some())
+                {
+                    reopen_threads.push(t.ledger.key.clone());
+                    let mut bare = t.clone();
+                    for request in &mut bare.ledger.pending_requests {
+                        request.metadata = None;
+                    }
+                    Held::Own(bare)
+                } else {
+                    Held::Lent(t)
+                }
+            })
+            .collect();
+        let sends = self
+            .sends
+            .iter()
+            .map(|(id, record)| {
+                let record = match &record.open {
+                    Some(open) if !open.send.payload.is_null() => {
+                        let mut bare = record.clone();
+                        if let Some(open) = bare.open.as_mut() {
+                            open.send.payload = serde_json::Value::Null;
+                        }
+                        Cow::Owned(bare)
+                    }
+                    _ => Cow::Borrowed(record),
+                };
+                (Cow::Borrowed(id), record)
+            })
+            .collect();
+        Facts {
+            pages: self.pages.values().map(Cow::Borrowed).collect(),
+            threads,
+            reopen_threads,
+            tokens: self
+                .tokens
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v)))
+                .collect(),
+            sends,
+            idempotency: self
+                .idempotency
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
+                .collect(),
+            echoed: self
+                .echoed
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v.as_str())))
+                .collect(),
+            replied_comments: self.replied_comments.iter().map(Cow::Borrowed).collect(),
+            erasures: self
+                .erasures
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_slice())))
+                .collect(),
+            page_health: self
+                .page_health
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
+                .collect(),
+            open_sends: self
+                .open_sends
+                .iter()
+                .map(|(k, v)| (*k, Cow::Borrowed(v)))
+                .collect(),
+            seen: self
+                .seen
+                .iter()
+                .map(|(k, v)| (*k, Cow::Borrowed(&**v)))
+                .collect(),
+            forget: self
+                .forget
+                .iter()
+                .map(|(k, v)| (*k, Cow::Borrowed(v)))
+                .collect(),
+            forget_seq: self.forget_seq,
+            recorded_at: self.recorded_at,
+            position: self.position,
+            undecodable: self.undecodable,
+        }
+    }
+}
+
+impl Facts<'_> {
+    /// The last log position the facts were folded to.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// How many threads the facts hold.
+    pub fn thread_count(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// The state the facts were taken from, made whole from `store`: each
+    /// open send's message is read again from its acceptance, and each
+    /// thread whose pending requests carry metadata is folded again from
+    /// its stream (up to the facts' position), both opened through the
+    /// vault as the fold opens them, so content erased since the snapshot
+    /// stays erased. A thread that folds to another ledger, or a send
+    /// missing from its position, fails the restore.
+    pub async fn restore<S: EventStore>(self, store: &S) -> Result<State, RestoreError> {
+        let mut state = State {
+            pages: self
+                .pages
+                .into_iter()
+                .map(|p| {
+                    let p = p.into_owned();
+                    (p.id.clone(), p)
+                })
+                .collect(),
+            threads: HashMap::with_capacity(self.threads.len()),
+            tokens: self
+                .tokens
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+            sends: self
+                .sends
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+            idempotency: self
+                .idempotency
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+            echoed: self
+                .echoed
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+            replied_comments: self
+                .replied_comments
+                .into_iter()
+                .map(Cow::into_owned)
+                .collect(),
+            erasures: self
+                .erasures
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+            page_health: self
+                .page_health
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+            open_sends: self
+                .open_sends
+                .into_iter()
+                .map(|(k, v)| (k, v.into_owned()))
+                .collect(),
+            expiries: TimeIndex::default(),
+            confirmations: TimeIndex::default(),
+            seen: self
+                .seen
+                .into_iter()
+                .map(|(k, v)| (k, v.into_owned().into_boxed_slice()))
+                .collect(),
+            forget: self
+                .forget
+                .into_iter()
+                .map(|(k, v)| (k, v.into_owned()))
+                .collect(),
+            forget_seq: self.forget_seq,
+            recorded_at: self.recorded_at,
+            position: self.position,
+            undecodable: self.undecodable,
+        };
+        for held in self.threads {
+            let tracked = match held {
+                Held::Own(tracked) => tracked,
+                Held::Lent(tracked) => Box::new(tracked.clone()),
+            };
+            let key = tracked.ledger.key.clone();
+            if let Some(at) = tracked.expiry {
+                state.expiries.order.insert((at, key.clone()));
+            }
+            if let Some(at) = tracked.confirmation {
+                state.confirmations.order.insert((at, key.clone()));
+            }
+            state.threads.insert(key, tracked);
+        }
+        let vault = Some(store.vault());
+        for key in self.reopen_threads {
+            let folded = fold_stream(store, &key, state.position).await?;
+            let tracked = state
+                .threads
+                .get_mut(&key)
+                .ok_or_else(|| RestoreError::ThreadDiffers(key.to_string()))?;
+            let mut bare = folded.clone();
+            for request in &mut bare.pending_requests {
+                request.metadata = None;
+            }
+            if bare != tracked.ledger {
+                return Err(RestoreError::ThreadDiffers(key.to_string()));
+            }
+            tracked.ledger = folded;
+        }
+        for (id, record) in &mut state.sends {
+            let Some(open) = record.open.as_mut() else {
+                continue;
+            };
+            let accepted = store.read_all(open.accepted_at, 1).await?;
+            let send = accepted
+                .first()
+                .filter(|r| r.position == open.accepted_at)
+                .and_then(|r| decode_for_fold(r, vault))
+                .and_then(|event| match event {
+                    Event::SendAccepted(e) if e.send.send_id == *id => Some(e.send),
+                    _ => None,
+                })
+                .ok_or_else(|| RestoreError::SendNotFound(id.to_string()))?;
+            open.send = send;
+        }
+        Ok(state)
+    }
+}
+
+/// A thread's ledger folded from its own stream, up to `position`.
+async fn fold_stream<S: EventStore>(
+    store: &S,
+    key: &ThreadKey,
+    position: u64,
+) -> Result<ThreadLedger, StorageError> {
+    let stream = key.stream_name();
+    let mut ledger = ThreadLedger::new(key.clone());
+    let mut from = 1;
+    loop {
+        let records = store.read_stream(&stream, from, 1024).await?;
+        for r in &records {
+            if r.position > position {
+                return Ok(ledger);
+            }
+            if let Some(event) = decode_for_fold(r, Some(store.vault())) {
+                ledger.apply(&event);
+            }
+            from = r.stream_version + 1;
+        }
+        if records.len() < 1024 {
+            return Ok(ledger);
         }
     }
 }

@@ -3,8 +3,10 @@
 //! the acknowledgement latency (p50, p99, p99.9) and the ratio of each
 //! slice's p99 to the first slice's (the baseline, in the same run); then
 //! resident bytes per thread, bytes on disk per delivery against the raw
-//! webhook bytes, and the time to ready after a restart on the same data.
-//! Afterwards it checks that every acknowledged item is stored exactly once.
+//! webhook bytes, and the time to ready after a restart on the same data:
+//! from the projection snapshot the stop wrote, and then without it (the
+//! whole log folded, the baseline). Afterwards it checks that every
+//! acknowledged item is stored exactly once.
 //!
 //! Run: `cargo bench -p server --bench scale` (`BATON_BENCH_THREADS=200000`
 //! for a shorter run; the slice is a tenth of the total).
@@ -177,30 +179,59 @@ fn main() {
             after.saturating_sub(before) as f64 / threads as f64,
             after.saturating_sub(before) >> 20
         );
+        let stopping = Instant::now();
         running.stop().await;
+        let stop = stopping.elapsed();
         stored_exactly_once(store.as_ref(), threads).await;
         Arc::into_inner(store)
             .expect("the server let go of the store")
             .close()
             .await;
         let disk = disk_bytes(&data_dir);
+        let snapshot = disk_bytes(&data_dir.join("snapshots"));
         println!(
-            "disk per delivery: {:.0} bytes; raw webhook bytes per delivery: {:.0}; ratio {:.2} (target <= 2.0)",
+            "disk per delivery: {:.0} bytes (of which the projection snapshot {:.0}); raw webhook bytes per delivery: {:.0}; ratio {:.2} (target <= 2.0)",
             disk as f64 / threads as f64,
+            snapshot as f64 / threads as f64,
             raw_bytes as f64 / threads as f64,
             disk as f64 / raw_bytes as f64
         );
-        let t = Instant::now();
-        let store = Arc::new(SledStore::open(data_dir.join("log")).unwrap());
-        let running = server::start(config(&data_dir), store, clock)
-            .await
-            .expect("server restarts");
-        let ready = t.elapsed();
-        let ok = reqwest::get(format!("{}/readyz", running.base_url()))
-            .await
-            .map(|r| r.status().is_success())
-            .unwrap_or(false);
-        println!("ready after a restart at {threads} threads: {ready:.2?} (readyz {ok}; target <= 2 s)");
-        running.stop().await;
+        println!("stop (the projection snapshot written at the stop included): {stop:.2?}");
+        // Ready after a restart: with the snapshot the stop wrote (twice:
+        // the first start also warms the page cache for the others), then
+        // without it (the whole log folded), the baseline.
+        let mut ready = Vec::new();
+        for with_snapshot in [true, true, false] {
+            if !with_snapshot {
+                std::fs::remove_dir_all(data_dir.join("snapshots")).unwrap();
+            }
+            let t = Instant::now();
+            let store = Arc::new(SledStore::open(data_dir.join("log")).unwrap());
+            let open = t.elapsed();
+            let running = server::start(config(&data_dir), store.clone(), clock.clone())
+                .await
+                .expect("server restarts");
+            let took = t.elapsed();
+            let ok = reqwest::get(format!("{}/readyz", running.base_url()))
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            let resumed = running.state.baton.resumed_from_snapshot;
+            assert_eq!(resumed.is_some(), with_snapshot);
+            println!(
+                "ready after a restart at {threads} threads, {}: {took:.2?} (the store's open {open:.2?}; readyz {ok}; target <= 2 s)",
+                if with_snapshot { "from the snapshot" } else { "folding the whole log" }
+            );
+            ready.push(took);
+            running.stop().await;
+            Arc::into_inner(store)
+                .expect("the server let go of the store")
+                .close()
+                .await;
+        }
+        println!(
+            "ready from the snapshot (second start) / folding the whole log: {:.2}",
+            ready[1].as_secs_f64() / ready[2].as_secs_f64()
+        );
     });
 }

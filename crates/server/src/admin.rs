@@ -75,10 +75,12 @@ pub async fn projections<S: EventStore + 'static>(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     admin_only(&state, &req)?;
+    let resumed_from_snapshot = state.baton.resumed_from_snapshot;
     let snapshot = state.projections.read();
     Ok(HttpResponse::Ok().json(json!({
         "position": snapshot.position,
         "threads": snapshot.thread_count(),
         "digest": snapshot.digest(),
+        "resumed_from_snapshot": resumed_from_snapshot,
     })))
 }

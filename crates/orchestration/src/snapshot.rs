@@ -1,0 +1,582 @@
+//! Projection snapshots: the folded state at a log position, kept on disk
+//! so that a start folds only the records after it.
+//!
+//! One file, `<data_dir>/snapshots/projections.snapshot`, replaced whole
+//! (written beside it, synced, renamed, the directory synced), so a crash
+//! leaves the old snapshot or the new one. It holds:
+//!
+//! ```text
+//! [8]  magic "BATONSN1"
+//! u32  header length (big-endian), then the header: JSON
+//!      {format, fold, config, position, hash, body_sha256, threads, written_at_ms}
+//! ...  body: the state's facts, JSON (`projections::Facts`)
+//! ```
+//!
+//! A snapshot is loaded only when everything agrees; otherwise the start
+//! folds the whole log, as it would without one, and says why:
+//! - the format and the fold are this build's: `fold` is the digest of
+//!   the source of everything the fold runs ([`fold_digest`]), so a build
+//!   whose fold changed in any way folds the whole log once instead of
+//!   trusting a snapshot an older fold wrote;
+//! - `config` is the digest of the configured pages the fold starts from;
+//! - the body's SHA-256 is `body_sha256` (a torn or changed file);
+//! - the log holds `position`, and the record there has the chain hash
+//!   `hash`: a snapshot of another log, or of a log since cut back (a
+//!   restored backup), is never loaded;
+//! - the content left out of the body (open sends' messages, pending
+//!   requests' metadata) is read again from the log through the vault, and
+//!   what it folds to must match the body.
+//!
+//! Snapshots hold facts only: personal content is never written to them
+//! (`docs/privacy.md`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use event_log::{ChainHash, EventStore};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, StoreSetting};
+use crate::projections::{Facts, Projections, State};
+use crate::shutdown::Shutdown;
+use crate::Baton;
+
+/// The snapshot file's name in its directory.
+pub const FILE: &str = "projections.snapshot";
+const MAGIC: &[u8; 8] = b"BATONSN1";
+const FORMAT: u32 = 1;
+
+/// The source of everything a fold runs: the projections, the decoding of
+/// records, the ledger, the pages, the events, the rules the fold asks
+/// (control expiry) and the ids. Any change to it, even a comment, makes
+/// a snapshot written by another build unusable (one whole fold), which
+/// is cheaper than a fold that silently differs from the log's.
+const FOLD_SOURCES: &[&str] = &[
+    include_str!("projections.rs"),
+    include_str!("record.rs"),
+    include_str!("snapshot.rs"),
+    include_str!("../../domain/src/ledger.rs"),
+    include_str!("../../domain/src/page.rs"),
+    include_str!("../../domain/src/events.rs"),
+    include_str!("../../domain/src/commands.rs"),
+    include_str!("../../domain/src/rules.rs"),
+    include_str!("../../domain/src/privacy.rs"),
+    include_str!("../../domain/src/ids.rs"),
+];
+
+/// The digest of [`FOLD_SOURCES`] (hex), which a snapshot must have been
+/// written by.
+pub fn fold_digest() -> &'static str {
+    static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIGEST.get_or_init(|| {
+        let mut h = Sha256::new();
+        for source in FOLD_SOURCES {
+            h.update((source.len() as u64).to_be_bytes());
+            h.update(source.as_bytes());
+        }
+        hex::encode(h.finalize())
+    })
+}
+
+/// What a snapshot's header says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: u32,
+    /// The [`fold_digest`] of the build that wrote it.
+    pub fold: String,
+    /// SHA-256 of the configured pages the fold starts from (hex).
+    pub config: String,
+    /// The last log position folded in.
+    pub position: u64,
+    /// The chain hash of the record at `position` (hex; zeros at 0).
+    pub hash: String,
+    pub body_sha256: String,
+    pub threads: u64,
+    pub written_at_ms: u64,
+}
+
+/// A snapshot written.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub position: u64,
+    pub bytes: u64,
+    pub threads: u64,
+}
+
+/// Why a snapshot was not loaded (the start then folds the whole log).
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not a snapshot file, or cut short")]
+    Malformed,
+    #[error("written by another build's fold (format {format}, fold {fold})")]
+    OtherFold { format: u32, fold: String },
+    #[error("written for other pages (the configuration changed)")]
+    OtherConfig,
+    #[error("its body does not match its checksum")]
+    Corrupt,
+    #[error("the log does not hold its position {position} (head {head})")]
+    BeyondHead { position: u64, head: u64 },
+    #[error("the log's record at {position} has another hash: the snapshot is of another log")]
+    OtherLog { position: u64 },
+    #[error("its body cannot be decoded: {0}")]
+    Undecodable(String),
+    #[error("its facts do not match the log: {0}")]
+    Restore(#[from] crate::projections::RestoreError),
+    #[error("the log cannot be read: {0}")]
+    Storage(#[from] event_log::StorageError),
+}
+
+/// The snapshot file in `dir`.
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE)
+}
+
+/// The digest of the pages a fold starts from (`State::new`'s), which a
+/// snapshot must have been folded from.
+pub fn config_digest(fresh: &State) -> String {
+    let mut pages: Vec<_> = fresh.pages.values().collect();
+    pages.sort_by(|a, b| a.id.cmp(&b.id));
+    let json = serde_json::to_vec(&pages).unwrap_or_default();
+    hex::encode(Sha256::digest(json))
+}
+
+/// Writes `state` as the snapshot in `dir`, replacing the one there once
+/// the new one is durable. `hash` is the chain hash of the record at
+/// `state.position`.
+pub fn write(
+    dir: &Path,
+    state: &State,
+    hash: ChainHash,
+    config: &str,
+    now_ms: u64,
+) -> std::io::Result<Written> {
+    let facts = state.facts();
+    let threads = facts.thread_count() as u64;
+    let body = serde_json::to_vec(&facts).map_err(std::io::Error::other)?;
+    drop(facts);
+    let header = Header {
+        format: FORMAT,
+        fold: fold_digest().to_owned(),
+        config: config.to_owned(),
+        position: state.position,
+        hash: hash.to_hex(),
+        body_sha256: hex::encode(Sha256::digest(&body)),
+        threads,
+        written_at_ms: now_ms,
+    };
+    let header = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    file.write_all(MAGIC)?;
+    file.write_all(
+        &u32::try_from(header.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    )?;
+    file.write_all(&header)?;
+    file.write_all(&body)?;
+    let file = file.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path(dir))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(Written {
+        position: state.position,
+        bytes: (MAGIC.len() + 4 + header.len() + body.len()) as u64,
+        threads,
+    })
+}
+
+/// A snapshot's header, without reading its body (for `baton` status and
+/// the tests).
+pub fn header(dir: &Path) -> Result<Option<Header>, Unusable> {
+    match std::fs::read(path(dir)) {
+        Ok(bytes) => split(&bytes).map(|(h, _)| Some(h)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Unusable::Read {
+            path: path(dir),
+            source,
+        }),
+    }
+}
+
+fn split(bytes: &[u8]) -> Result<(Header, &[u8]), Unusable> {
+    let rest = bytes.strip_prefix(MAGIC).ok_or(Unusable::Malformed)?;
+    let len = rest
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes)
+        .ok_or(Unusable::Malformed)? as usize;
+    let header = rest.get(4..4 + len).ok_or(Unusable::Malformed)?;
+    let header: Header = serde_json::from_slice(header).map_err(|_| Unusable::Malformed)?;
+    Ok((header, &rest[4 + len..]))
+}
+
+/// Moves an unusable snapshot aside (`projections.snapshot.rejected`,
+/// replacing an older one), so the next one written takes its place and
+/// an operator can still look at it.
+pub fn set_aside(dir: &Path) -> std::io::Result<()> {
+    std::fs::rename(path(dir), dir.join(format!("{FILE}.rejected")))
+}
+
+/// The state of the snapshot in `dir`, checked against `fresh` (the state
+/// a fold of this configuration starts from) and against `store`'s chain,
+/// and made whole from the log. `Ok(None)` when there is none.
+pub async fn load<S: EventStore>(
+    dir: &Path,
+    fresh: &State,
+    store: &S,
+) -> Result<Option<State>, Unusable> {
+    let started = Instant::now();
+    let bytes = match std::fs::read(path(dir)) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Unusable::Read {
+                path: path(dir),
+                source,
+            })
+        }
+    };
+    let (header, body) = split(&bytes)?;
+    if header.format != FORMAT || header.fold != fold_digest() {
+        return Err(Unusable::OtherFold {
+            format: header.format,
+            fold: header.fold,
+        });
+    }
+    if header.config != config_digest(fresh) {
+        return Err(Unusable::OtherConfig);
+    }
+    if hex::encode(Sha256::digest(body)) != header.body_sha256 {
+        return Err(Unusable::Corrupt);
+    }
+    let head = store.head().await?;
+    if header.position > head.position {
+        return Err(Unusable::BeyondHead {
+            position: header.position,
+            head: head.position,
+        });
+    }
+    if header.position > 0 {
+        let at = store.read_all(header.position, 1).await?;
+        let matches = at
+            .first()
+            .is_some_and(|r| r.position == header.position && r.hash.to_hex() == header.hash);
+        if !matches {
+            return Err(Unusable::OtherLog {
+                position: header.position,
+            });
+        }
+    }
+    let facts: Facts<'static> =
+        serde_json::from_slice(body).map_err(|e| Unusable::Undecodable(e.to_string()))?;
+    if facts.position() != header.position {
+        return Err(Unusable::Undecodable(
+            "its body's position is not its header's".to_owned(),
+        ));
+    }
+    let state = facts.restore(store).await?;
+    tracing::info!(
+        position = header.position,
+        threads = header.threads,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "projections loaded from a snapshot"
+    );
+    Ok(Some(state))
+}
+
+/// Why a snapshot was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFailure {
+    #[error("the log cannot be read")]
+    Storage(#[from] event_log::StorageError),
+    #[error("the snapshot cannot be written")]
+    Write(#[from] std::io::Error),
+    #[error("the projections moved while the snapshot was taken")]
+    Moved,
+    #[error("the snapshot writer stopped abnormally")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// One writer of the snapshot file at a time (the background snapshot and
+/// the one at the stop may overlap).
+static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The chain hash of the record at `position` (zeros at 0).
+async fn hash_at<S: EventStore>(store: &S, position: u64) -> Result<ChainHash, SnapshotFailure> {
+    if position == 0 {
+        return Ok(ChainHash::ZERO);
+    }
+    let records = store.read_all(position, 1).await?;
+    match records.first() {
+        Some(r) if r.position == position => Ok(r.hash),
+        _ => Err(SnapshotFailure::Moved),
+    }
+}
+
+/// Where a node keeps its projection snapshot: `<data_dir>/snapshots` on
+/// sled; none on PostgreSQL, where the log is shared and a node folds it
+/// from the start.
+pub fn dir_of(config: &Config) -> Option<PathBuf> {
+    matches!(config.store, StoreSetting::Sled).then(|| config.data_dir.join("snapshots"))
+}
+
+impl<S: EventStore + 'static> Baton<S> {
+    /// Where this node keeps its projection snapshot ([`dir_of`]).
+    pub fn snapshot_dir(&self) -> Option<PathBuf> {
+        dir_of(&self.config)
+    }
+
+    /// The state a fold of this configuration starts from.
+    pub fn fresh_state(&self) -> State {
+        State::new(self.config.pages.values().map(|(_, p)| p.clone()))
+    }
+
+    /// Writes `projections` (which must not move meanwhile: stopped, or a
+    /// private fold) as the snapshot, unless the one on disk is as new.
+    async fn write_snapshot(
+        &self,
+        projections: Arc<Projections>,
+    ) -> Result<Option<Written>, SnapshotFailure> {
+        let Some(dir) = self.snapshot_dir() else {
+            return Ok(None);
+        };
+        let position = projections.position();
+        let hash = hash_at(self.store.as_ref(), position).await?;
+        let config = config_digest(&self.fresh_state());
+        let now = u64::try_from(self.clock.now().millis()).unwrap_or(0);
+        let written_tx = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || {
+            let _writing = WRITING.lock().unwrap_or_else(|p| p.into_inner());
+            // A snapshot on disk is one this process loaded or wrote (an
+            // unusable one is set aside at the start): a newer one stays.
+            if header(&dir)
+                .ok()
+                .flatten()
+                .is_some_and(|h| h.position > position && h.config == config)
+            {
+                return Ok(None);
+            }
+            let state = projections.read();
+            if state.position != position {
+                return Err(SnapshotFailure::Moved);
+            }
+            let written = write(&dir, &state, hash, &config, now)?;
+            drop(state);
+            written_tx.send_replace(written.position);
+            Ok(Some(written))
+        })
+        .await?
+    }
+
+    /// Follows the position of the last snapshot this process wrote (0:
+    /// none yet).
+    pub fn snapshot_written(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.snapshots.subscribe()
+    }
+
+    /// Writes the live projections as the snapshot: at a stop, once the
+    /// follower has folded everything.
+    pub async fn snapshot_at_stop(&self) -> Result<Option<Written>, SnapshotFailure> {
+        // Nothing folded since the snapshot this start loaded: it stands.
+        let position = self.projections.position();
+        if self.resumed_from_snapshot == Some(position) && *self.snapshots.borrow() <= position {
+            return Ok(None);
+        }
+        self.write_snapshot(self.projections.clone()).await
+    }
+
+    /// Writes a snapshot without touching the live projections: the last
+    /// snapshot (or nothing) is loaded into a private state, folded to the
+    /// head and written. Nobody waits for it; it costs a second copy of the
+    /// projections while it runs.
+    pub async fn snapshot_in_background(&self) -> Result<Option<Written>, SnapshotFailure> {
+        let Some(dir) = self.snapshot_dir() else {
+            return Ok(None);
+        };
+        let fresh = self.fresh_state();
+        let base = match load(&dir, &fresh, self.store.as_ref()).await {
+            Ok(Some(state)) => state,
+            Ok(None) => fresh,
+            Err(e) => {
+                tracing::warn!(reason = %e, "the last snapshot is not used; the background snapshot folds the whole log");
+                fresh
+            }
+        };
+        let shadow = Projections::new(base);
+        shadow.catch_up(self.store.as_ref()).await?;
+        self.write_snapshot(shadow).await
+    }
+}
+
+/// Writes a snapshot in the background each time the projections have
+/// folded `snapshot_every_records` more records than the last one holds.
+pub async fn run<S: EventStore + 'static>(baton: Arc<Baton<S>>, mut shutdown: Shutdown) {
+    let every = baton.config.snapshot_every_records;
+    let Some(dir) = baton.snapshot_dir().filter(|_| every > 0) else {
+        return;
+    };
+    let mut last = header(&dir).ok().flatten().map_or(0, |h| h.position);
+    let mut folded = baton.projections.subscribe();
+    loop {
+        tokio::select! {
+            changed = folded.changed() => if changed.is_err() { return },
+            () = shutdown.recv() => return,
+        }
+        let position = *folded.borrow_and_update();
+        if position < last.saturating_add(every) {
+            continue;
+        }
+        tokio::select! {
+            written = baton.snapshot_in_background() => match written {
+                Ok(w) => {
+                    last = w.map_or(position, |w| w.position);
+                    tracing::info!(position = last, "projection snapshot written");
+                }
+                Err(e) => {
+                    last = position;
+                    tracing::error!(error = %e, "cannot write a projection snapshot");
+                }
+            },
+            () = shutdown.recv() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::{AppId, AppKind, AppProfile, Management, Page, PageId, RoutingMode};
+    use event_log::{MemoryStore, NewRecord};
+
+    fn pages(app: &str) -> State {
+        State::new([Page::new(
+            PageId::parse("5550001").unwrap(),
+            RoutingMode::ZeroConfig,
+            [AppProfile::new(
+                AppId::parse(app).unwrap(),
+                AppKind::Bot,
+                Management::Managed,
+            )],
+        )])
+    }
+
+    /// A store with `n` records (none the fold reads), and the state folded
+    /// from it.
+    async fn folded(n: usize) -> (MemoryStore, State) {
+        let store = MemoryStore::new();
+        for i in 0..n {
+            let record = NewRecord::new(format!("other/{i}"), "Unknown", 1, b"{}".to_vec());
+            store.append(vec![record]).await.unwrap();
+        }
+        let mut state = pages("1001");
+        for r in store.read_all(1, n).await.unwrap() {
+            state.apply_record(&r);
+        }
+        (store, state)
+    }
+
+    async fn written(n: usize) -> (tempfile::TempDir, MemoryStore, State) {
+        let (store, state) = folded(n).await;
+        let dir = tempfile::tempdir().unwrap();
+        let hash = store.head().await.unwrap().hash;
+        write(dir.path(), &state, hash, &config_digest(&pages("1001")), 1).unwrap();
+        (dir, store, state)
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_loads_back_to_the_state_it_was_written_from() {
+        let (dir, store, state) = written(3).await;
+        let loaded = load(dir.path(), &pages("1001"), &store).await.unwrap();
+        assert_eq!(loaded, Some(state));
+        let none = tempfile::tempdir().unwrap();
+        assert!(load(none.path(), &pages("1001"), &store)
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_of_other_pages_is_not_loaded() {
+        let (dir, store, _) = written(3).await;
+        let other = load(dir.path(), &pages("1002"), &store).await;
+        assert!(matches!(other, Err(Unusable::OtherConfig)), "{other:?}");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_of_another_fold_is_not_loaded() {
+        let (dir, store, _) = written(3).await;
+        let path = path(dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        let older = "0".repeat(fold_digest().len());
+        let text = String::from_utf8_lossy(&bytes).replacen(fold_digest(), &older, 1);
+        std::fs::write(&path, text.as_bytes()).unwrap();
+        let other = load(dir.path(), &pages("1001"), &store).await;
+        assert!(
+            matches!(&other, Err(Unusable::OtherFold { fold, .. }) if *fold == older),
+            "{other:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_of_a_longer_or_another_log_is_not_loaded() {
+        let (dir, _, _) = written(3).await;
+        let (shorter, _) = folded(2).await;
+        let beyond = load(dir.path(), &pages("1001"), &shorter).await;
+        assert!(
+            matches!(
+                beyond,
+                Err(Unusable::BeyondHead {
+                    position: 3,
+                    head: 2
+                })
+            ),
+            "{beyond:?}"
+        );
+        // Same length, other records: the hash at the position differs.
+        let other = MemoryStore::new();
+        for i in 0..3 {
+            let record = NewRecord::new(format!("else/{i}"), "Unknown", 1, b"{}".to_vec());
+            other.append(vec![record]).await.unwrap();
+        }
+        let another = load(dir.path(), &pages("1001"), &other).await;
+        assert!(
+            matches!(another, Err(Unusable::OtherLog { position: 3 })),
+            "{another:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_torn_or_foreign_file_is_not_loaded() {
+        let (dir, store, _) = written(3).await;
+        let path = path(dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        for (len, what) in [
+            (bytes.len() - 1, "torn body"),
+            (20, "torn header"),
+            (4, "torn magic"),
+        ] {
+            std::fs::write(&path, &bytes[..len]).unwrap();
+            let torn = load(dir.path(), &pages("1001"), &store).await;
+            assert!(
+                matches!(torn, Err(Unusable::Corrupt | Unusable::Malformed)),
+                "{what}: {torn:?}"
+            );
+        }
+        std::fs::write(&path, b"{\"not\":\"a snapshot\"}").unwrap();
+        let foreign = load(dir.path(), &pages("1001"), &store).await;
+        assert!(matches!(foreign, Err(Unusable::Malformed)), "{foreign:?}");
+        set_aside(dir.path()).unwrap();
+        assert!(!path.exists());
+        assert!(dir.path().join(format!("{FILE}.rejected")).exists());
+    }
+}
