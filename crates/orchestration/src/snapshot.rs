@@ -67,7 +67,7 @@ const FOLD_SOURCES: &[&str] = &[
     include_str!("../../domain/src/ids.rs"),
 ];
 
-/// The digest of [`FOLD_SOURCES`] (hex), which a snapshot must have been
+/// The digest of the fold's source (`FOLD_SOURCES`, hex), which a snapshot must have been
 /// written by.
 pub fn fold_digest() -> &'static str {
     static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
