@@ -105,6 +105,7 @@ auditor_token = "{auditor}"          # read-only: every thread, timeline and exp
 # trusted_proxies = []               # proxies whose X-Forwarded-For is believed
 # checkpoint_key = "/etc/baton/checkpoint.key"  # `baton keygen`: signs the chain's head
 # checkpoint_every_secs = 300
+# snapshot_every_records = 1000000   # a projection snapshot each time the log grows this much (0: only at a stop)
 # reconcile_every_secs = 1800        # ask Meta about a thread an app holds, unconfirmed this long
 # reconcile_calls_per_page_per_hour = 1000
 

@@ -56,8 +56,8 @@ type Kept = LazyLock<RwLock<HashSet<Arc<str>>>>;
 static KEPT: Kept = LazyLock::new(|| RwLock::new(HashSet::new()));
 
 /// The process's kept copy of `value`, or a copy of its own.
-fn kept_or_owned(value: String) -> Arc<str> {
-    kept_in(&KEPT, &value).unwrap_or_else(|| Arc::from(value))
+fn kept_or_owned(value: &str) -> Arc<str> {
+    kept_in(&KEPT, value).unwrap_or_else(|| Arc::from(value))
 }
 
 /// `table`'s copy of `value`, if it keeps one.
@@ -83,7 +83,7 @@ fn keep_in(table: &RwLock<HashSet<Arc<str>>>, max: usize, value: &Arc<str>) -> A
 }
 
 /// An id's own copy (ids of which there is one per person or command).
-fn owned(value: String) -> Arc<str> {
+fn owned(value: &str) -> Arc<str> {
     Arc::from(value)
 }
 
@@ -100,8 +100,13 @@ macro_rules! opaque_id {
         impl $name {
             /// Parses an id: any printable string without white space or '/', at most 128 bytes.
             pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
-                let value = value.into();
-                check_id($kind, &value)?;
+                Self::parse_str(&value.into())
+            }
+
+            /// [`Self::parse`] from borrowed text: a kept id costs no
+            /// allocation, any other one only its own copy.
+            pub fn parse_str(value: &str) -> Result<Self, IdError> {
+                check_id($kind, value)?;
                 Ok(Self($store(value)))
             }
 

@@ -20,6 +20,8 @@ use event_log::{EventStore, Record, StorageError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+mod codec;
+
 /// Baton tags a send without metadata with `baton:send:<send id>`, so its
 /// echo can settle an unknown outcome.
 pub const SEND_METADATA_PREFIX: &str = "baton:send:";
@@ -918,17 +920,13 @@ impl Projections {
     }
 }
 
-/// A [`State`]'s facts as a projection snapshot stores them
-/// ([`crate::snapshot`]): everything the fold built except the content it
-/// keeps opened (an open send's message, a pending request's metadata),
-/// which [`Facts::restore`] reads again from the log, through the vault.
-/// The maps are lists of pairs; the timers' indexes are rebuilt from each
-/// thread's filed times.
+/// What a projection snapshot stores besides the three big collections
+/// (threads, the dedupe index, the retention queue, which [`codec`]
+/// encodes compactly): JSON, its maps as lists of pairs.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Facts<'a> {
+struct Rest<'a> {
     pages: Vec<Cow<'a, Page>>,
-    threads: Vec<Held<'a>>,
-    /// Threads whose pending requests carry metadata, left out above.
+    /// Threads whose pending requests carry metadata, left out of the file.
     reopen_threads: Vec<ThreadKey>,
     tokens: Vec<(Cow<'a, str>, Cow<'a, ThreadKey>)>,
     sends: Vec<(Cow<'a, CommandId>, Cow<'a, SendRecord>)>,
@@ -938,42 +936,30 @@ pub struct Facts<'a> {
     erasures: Pairs<'a, str, [(ThreadKey, Timestamp)]>,
     page_health: Pairs<'a, (PageId, AppId), AppPageFacts>,
     open_sends: Vec<(u64, Cow<'a, CommandId>)>,
-    seen: Vec<(u64, Cow<'a, [ItemCopy]>)>,
-    forget: Vec<((Timestamp, u64), Cow<'a, Forget>)>,
     forget_seq: u64,
     recorded_at: Timestamp,
     position: u64,
     undecodable: u64,
 }
 
-/// Pairs of a map in [`Facts`].
+/// Pairs of a map in a snapshot.
 type Pairs<'a, K, V> = Vec<(Cow<'a, K>, Cow<'a, V>)>;
 
 /// One app's copy of an item, in the dedupe index.
 type ItemCopy = (AppId, Channel);
 
-/// A thread in [`Facts`]: lent by the state when written (or a copy
-/// without its content), read straight into the box the ledger map keeps
-/// when loaded.
+/// A [`State`]'s facts read back from a projection snapshot
+/// ([`crate::snapshot`]), still without the content the fold keeps opened
+/// (an open send's message, a pending request's metadata), which
+/// [`Facts::restore`] reads again from the log, through the vault.
 #[derive(Debug)]
-enum Held<'a> {
-    Lent(&'a Tracked),
-    Own(Box<Tracked>),
-}
-
-impl Serialize for Held<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Held::Lent(tracked) => tracked.serialize(serializer),
-            Held::Own(tracked) => tracked.serialize(serializer),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Held<'_> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Box::<Tracked>::deserialize(deserializer).map(Held::Own)
-    }
+pub struct Facts {
+    rest: Rest<'static>,
+    threads: HashMap<ThreadKey, Box<Tracked>>,
+    expiries: TimeIndex,
+    confirmations: TimeIndex,
+    seen: HashMap<u64, Box<[ItemCopy]>>,
+    forget: BTreeMap<(Timestamp, u64), Forget>,
 }
 
 /// Why a snapshot's facts could not be made whole again from the log.
@@ -988,30 +974,29 @@ pub enum RestoreError {
 }
 
 impl State {
-    /// This state's facts, for a snapshot: borrowed, except the few
-    /// entries whose content is left out.
-    pub fn facts(&self) -> Facts<'_> {
+    /// This state's facts, encoded for a snapshot (see [`codec`]): the
+    /// rest as JSON, then the threads, the dedupe index and the retention
+    /// queue compactly. Open sends' messages and pending requests'
+    /// metadata are left out.
+    pub fn encode_facts(&self) -> Vec<u8> {
         let mut reopen_threads = Vec::new();
-        let threads = self
-            .threads
-            .values()
-            .map(|t| {
-                if t.ledger
-                    .pending_requests
-                    .iter()
-                    .any(|r| r.metadata.is_some())
-                {
-                    reopen_threads.push(t.ledger.key.clone());
-                    let mut bare = t.clone();
-                    for request in &mut bare.ledger.pending_requests {
-                        request.metadata = None;
-                    }
-                    Held::Own(bare)
-                } else {
-                    Held::Lent(t)
-                }
-            })
-            .collect();
+        let mut threads = codec::Out::default();
+        threads.u64(self.threads.len() as u64);
+        for t in self.threads.values() {
+            if codec::put_tracked(&mut threads, t) {
+                reopen_threads.push(t.ledger.key.clone());
+            }
+        }
+        let mut seen = codec::Out::default();
+        seen.u64(self.seen.len() as u64);
+        for (digest, copies) in &self.seen {
+            codec::put_copies(&mut seen, *digest, copies);
+        }
+        let mut forget = codec::Out::default();
+        forget.u64(self.forget.len() as u64);
+        for (key, what) in &self.forget {
+            codec::put_forget(&mut forget, *key, what);
+        }
         let sends = self
             .sends
             .iter()
@@ -1029,9 +1014,8 @@ impl State {
                 (Cow::Borrowed(id), record)
             })
             .collect();
-        Facts {
+        let rest = Rest {
             pages: self.pages.values().map(Cow::Borrowed).collect(),
-            threads,
             reopen_threads,
             tokens: self
                 .tokens
@@ -1065,28 +1049,56 @@ impl State {
                 .iter()
                 .map(|(k, v)| (*k, Cow::Borrowed(v)))
                 .collect(),
-            seen: self
-                .seen
-                .iter()
-                .map(|(k, v)| (*k, Cow::Borrowed(&**v)))
-                .collect(),
-            forget: self
-                .forget
-                .iter()
-                .map(|(k, v)| (*k, Cow::Borrowed(v)))
-                .collect(),
             forget_seq: self.forget_seq,
             recorded_at: self.recorded_at,
             position: self.position,
             undecodable: self.undecodable,
+        };
+        let rest = serde_json::to_vec(&rest).unwrap_or_default();
+        let mut body = codec::Out::default();
+        for section in [rest, threads.0, seen.0, forget.0] {
+            body.bytes(&section);
         }
+        body.0
     }
 }
 
-impl Facts<'_> {
+impl Facts {
+    /// Decodes a snapshot's body ([`State::encode_facts`]); the threads on
+    /// a thread of their own while this one reads the rest.
+    pub fn decode(body: &[u8]) -> Result<Facts, String> {
+        let mut input = codec::In(body);
+        let sections = (input.bytes(), input.bytes(), input.bytes(), input.bytes());
+        let (Some(rest), Some(threads), Some(seen), Some(forget)) = sections else {
+            return Err("a section is cut short".to_owned());
+        };
+        if !input.0.is_empty() {
+            return Err("bytes after the last section".to_owned());
+        }
+        std::thread::scope(|scope| {
+            let threads = scope.spawn(|| codec::get_threads(threads));
+            let rest: Rest<'static> = serde_json::from_slice(rest).map_err(|e| e.to_string())?;
+            let seen = codec::get_seen(seen).ok_or("the dedupe index cannot be decoded")?;
+            let forget =
+                codec::get_forget(forget).ok_or("the retention queue cannot be decoded")?;
+            let (threads, expiries, confirmations) = threads
+                .join()
+                .map_err(|_| "the threads' decoder panicked".to_owned())?
+                .ok_or("the threads cannot be decoded")?;
+            Ok(Facts {
+                rest,
+                threads,
+                expiries,
+                confirmations,
+                seen,
+                forget,
+            })
+        })
+    }
+
     /// The last log position the facts were folded to.
     pub fn position(&self) -> u64 {
-        self.position
+        self.rest.position
     }
 
     /// How many threads the facts hold.
@@ -1102,8 +1114,16 @@ impl Facts<'_> {
     /// stays erased. A thread that folds to another ledger, or a send
     /// missing from its position, fails the restore.
     pub async fn restore<S: EventStore>(self, store: &S) -> Result<State, RestoreError> {
+        let Facts {
+            rest,
+            threads,
+            expiries,
+            confirmations,
+            seen,
+            forget,
+        } = self;
         let mut state = State {
-            pages: self
+            pages: rest
                 .pages
                 .into_iter()
                 .map(|p| {
@@ -1111,80 +1131,58 @@ impl Facts<'_> {
                     (p.id.clone(), p)
                 })
                 .collect(),
-            threads: HashMap::with_capacity(self.threads.len()),
-            tokens: self
+            threads,
+            tokens: rest
                 .tokens
                 .into_iter()
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect(),
-            sends: self
+            sends: rest
                 .sends
                 .into_iter()
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect(),
-            idempotency: self
+            idempotency: rest
                 .idempotency
                 .into_iter()
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect(),
-            echoed: self
+            echoed: rest
                 .echoed
                 .into_iter()
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect(),
-            replied_comments: self
+            replied_comments: rest
                 .replied_comments
                 .into_iter()
                 .map(Cow::into_owned)
                 .collect(),
-            erasures: self
+            erasures: rest
                 .erasures
                 .into_iter()
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect(),
-            page_health: self
+            page_health: rest
                 .page_health
                 .into_iter()
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect(),
-            open_sends: self
+            open_sends: rest
                 .open_sends
                 .into_iter()
                 .map(|(k, v)| (k, v.into_owned()))
                 .collect(),
-            expiries: TimeIndex::default(),
-            confirmations: TimeIndex::default(),
-            seen: self
-                .seen
-                .into_iter()
-                .map(|(k, v)| (k, v.into_owned().into_boxed_slice()))
-                .collect(),
-            forget: self
-                .forget
-                .into_iter()
-                .map(|(k, v)| (k, v.into_owned()))
-                .collect(),
-            forget_seq: self.forget_seq,
-            recorded_at: self.recorded_at,
-            position: self.position,
-            undecodable: self.undecodable,
+            expiries,
+            confirmations,
+            seen,
+            forget,
+            forget_seq: rest.forget_seq,
+            recorded_at: rest.recorded_at,
+            position: rest.position,
+            undecodable: rest.undecodable,
         };
-        for held in self.threads {
-            let tracked = match held {
-                Held::Own(tracked) => tracked,
-                Held::Lent(tracked) => Box::new(tracked.clone()),
-            };
-            let key = tracked.ledger.key.clone();
-            if let Some(at) = tracked.expiry {
-                state.expiries.order.insert((at, key.clone()));
-            }
-            if let Some(at) = tracked.confirmation {
-                state.confirmations.order.insert((at, key.clone()));
-            }
-            state.threads.insert(key, tracked);
-        }
         let vault = Some(store.vault());
-        for key in self.reopen_threads {
+        for key in rest.reopen_threads {
             let folded = fold_stream(store, &key, state.position).await?;
             let tracked = state
                 .threads

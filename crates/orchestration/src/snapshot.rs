@@ -9,7 +9,10 @@
 //! [8]  magic "BATONSN1"
 //! u32  header length (big-endian), then the header: JSON
 //!      {format, fold, config, position, hash, body_sha256, threads, written_at_ms}
-//! ...  body: the state's facts, JSON (`projections::Facts`)
+//! ...  body: the state's facts (`State::encode_facts`): four sections,
+//!      each a u64 length and its bytes: the small indexes as JSON, then
+//!      the threads, the dedupe index and the retention queue in a compact
+//!      binary encoding (`projections::codec`)
 //! ```
 //!
 //! A snapshot is loaded only when everything agrees; otherwise the start
@@ -158,10 +161,8 @@ pub fn write(
     config: &str,
     now_ms: u64,
 ) -> std::io::Result<Written> {
-    let facts = state.facts();
-    let threads = facts.thread_count() as u64;
-    let body = serde_json::to_vec(&facts).map_err(std::io::Error::other)?;
-    drop(facts);
+    let threads = state.thread_count() as u64;
+    let body = state.encode_facts();
     let header = Header {
         format: FORMAT,
         fold: fold_digest().to_owned(),
@@ -277,8 +278,7 @@ pub async fn load<S: EventStore>(
             });
         }
     }
-    let facts: Facts<'static> =
-        serde_json::from_slice(body).map_err(|e| Unusable::Undecodable(e.to_string()))?;
+    let facts = Facts::decode(body).map_err(Unusable::Undecodable)?;
     if facts.position() != header.position {
         return Err(Unusable::Undecodable(
             "its body's position is not its header's".to_owned(),
