@@ -9,7 +9,8 @@
 //! acknowledged item is stored exactly once.
 //!
 //! Run: `cargo bench -p server --bench scale` (`BATON_BENCH_THREADS=200000`
-//! for a shorter run; the slice is a tenth of the total).
+//! for a shorter run; the slice is a tenth of the total;
+//! `BATON_BENCH_SNAPSHOT_EVERY=0` for no background snapshot during it).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,9 +24,13 @@ use test_support::{BOT, BOT_SECRET, PAGE};
 const CONNECTIONS: usize = 32;
 
 fn config(data_dir: &Path) -> Config {
-    let text = test_support::BatonToml::new("http://127.0.0.1:9")
-        .data_dir(data_dir)
-        .render();
+    let mut toml = test_support::BatonToml::new("http://127.0.0.1:9").data_dir(data_dir);
+    // `BATON_BENCH_SNAPSHOT_EVERY=0`: no background snapshot during the run
+    // (the default writes one per million records).
+    if let Ok(every) = std::env::var("BATON_BENCH_SNAPSHOT_EVERY") {
+        toml = toml.setting(&format!("snapshot_every_records = {every}"));
+    }
+    let text = toml.render();
     Config::parse(&text, "bench.toml", |_| None).expect("bench config")
 }
 
@@ -85,7 +90,11 @@ async fn feed(url: &str, threads: usize) -> Vec<Duration> {
                     .send()
                     .await
                     .expect("request");
-                assert_eq!(res.status(), 200, "delivery {n} refused");
+                let status = res.status();
+                if status != 200 {
+                    let why = res.text().await.unwrap_or_default();
+                    panic!("delivery {n} refused with {status}: {why}");
+                }
                 latencies.push((n, t.elapsed()));
             }
         }));
