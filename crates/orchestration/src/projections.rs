@@ -974,7 +974,7 @@ pub enum RestoreError {
 }
 
 impl State {
-    /// This state's facts, encoded for a snapshot (see [`codec`]): the
+    /// This state's facts, encoded for a snapshot (see `codec`): the
     /// rest as JSON, then the threads, the dedupe index and the retention
     /// queue compactly. Open sends' messages and pending requests'
     /// metadata are left out.
