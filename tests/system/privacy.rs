@@ -98,7 +98,13 @@ async fn erasing_one_person_leaves_no_byte_of_their_words_and_keeps_the_chain_an
     let alice_words = "ALICE-7f3a lives at 5 Elm Street";
     let reply_words = "HUMAN-2b8c we will call you at 555-0199";
     let bob_words = "BOB-91cd keep this";
+    let alice_optin = "ALICE-OTN-5d2 restock size 9";
     stack.user_says("alice", alice_words).await;
+    stack
+        .ctl
+        .user_otn_optin(PAGE, "alice", alice_optin)
+        .await
+        .unwrap();
     stack.user_says("bob", bob_words).await;
     let (status, _) = stack.pass("baton-bot", "alice", Some(HUMAN)).await;
     assert_eq!(status, 200);
@@ -118,7 +124,7 @@ async fn erasing_one_person_leaves_no_byte_of_their_words_and_keeps_the_chain_an
     // files and in PostgreSQL's records alike, so finding nothing below means
     // something.
     assert!(!files_holding(&data_dir, b"ThreadRouted").is_empty());
-    for words in [alice_words, reply_words, bob_words] {
+    for words in [alice_words, alice_optin, reply_words, bob_words] {
         assert_eq!(
             files_holding(&data_dir, words.as_bytes()),
             Vec::<String>::new()
@@ -155,7 +161,7 @@ async fn erasing_one_person_leaves_no_byte_of_their_words_and_keeps_the_chain_an
     );
 
     // No byte of Alice's words, or of what was sent to her, anywhere.
-    for words in [alice_words, reply_words] {
+    for words in [alice_words, alice_optin, reply_words] {
         assert_eq!(
             files_holding(&data_dir, words.as_bytes()),
             Vec::<String>::new()

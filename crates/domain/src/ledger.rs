@@ -217,6 +217,24 @@ impl ThreadLedger {
         ledger
     }
 
+    /// Whether the ledger holds any of the person's content: what apps
+    /// passed each other about them (a pending request's metadata) or what
+    /// they opted in to (a token's payload).
+    pub fn holds_content(&self) -> bool {
+        self.pending_requests.iter().any(|r| r.metadata.is_some())
+            || self.tokens.iter().any(|t| t.payload.is_some())
+    }
+
+    /// Drops the person's content the ledger holds ([`Self::holds_content`]).
+    pub fn forget_content(&mut self) {
+        for request in &mut self.pending_requests {
+            request.metadata = None;
+        }
+        for token in &mut self.tokens {
+            token.payload = None;
+        }
+    }
+
     pub fn token(&self, token: &str) -> Option<&TokenState> {
         self.tokens.iter().find(|t| t.token == token)
     }
@@ -382,9 +400,7 @@ impl ThreadLedger {
             | Event::PageTokenAccepted(_) => {}
             // What the apps said to each other about the person goes too.
             Event::ContentErased(e) => {
-                for request in &mut self.pending_requests {
-                    request.metadata = None;
-                }
+                self.forget_content();
                 self.erased_at = Some(self.erased_at.map_or(e.at, |t| t.max(e.at)));
             }
         }
@@ -423,5 +439,38 @@ impl ThreadLedger {
             since: at,
             extended_until: None,
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{ContentErased, OneTimeTokenIssued};
+    use crate::ids::{PageId, Psid};
+
+    #[test]
+    fn an_erasure_drops_the_opt_in_payloads_the_ledger_holds() {
+        let key = ThreadKey::new(PageId::parse("1").unwrap(), Psid::parse("u").unwrap());
+        let at = Timestamp::from_millis(5);
+        let mut ledger = ThreadLedger::from_events(
+            key.clone(),
+            &[Event::OneTimeTokenIssued(OneTimeTokenIssued {
+                thread: key.clone(),
+                at,
+                token: "otn".into(),
+                payload: Some("size 9".into()),
+                expires_at: Timestamp::from_millis(10),
+            })],
+        );
+        assert!(ledger.holds_content());
+        ledger.apply(&Event::ContentErased(ContentErased {
+            thread: key,
+            at,
+            by: "cli".into(),
+            request: "r".into(),
+        }));
+        assert!(!ledger.holds_content());
+        assert_eq!(ledger.tokens[0].payload, None);
+        assert_eq!(ledger.tokens[0].token, "otn", "the token itself stays");
     }
 }

@@ -34,6 +34,8 @@ pub fn content_paths(type_name: &str) -> &'static [&'static str] {
         "MessagingEventCopyReceived" | "UnattributedItemReceived" => &["raw"],
         "WebhookDeliveryReceived" => &["body"],
         "SendAccepted" => &["send.payload"],
+        // The person's opt-in payload, copied from their item.
+        "OneTimeTokenIssued" => &["payload"],
         "CommandRefused" => &["command.payload", "command.metadata"],
         "ControlCallAccepted" => &["command.metadata"],
         "ThreadControlPassed"
