@@ -20,8 +20,9 @@ fn resumed(stack: &Stack) -> Option<u64> {
     stack.baton.running.state.baton.resumed_from_snapshot
 }
 
-/// A thread with a pending request carrying metadata, a send waiting in
-/// the outbox (its message is content), and two more people.
+/// A thread with a pending request carrying metadata, one with a
+/// One-Time Notification token carrying its opt-in payload, a send waiting
+/// in the outbox (its message is content), and a third person.
 async fn busy_stack(settings: &[&str]) -> Stack {
     // One call now, the next in 1000 s: the second send waits in the outbox.
     let slow = Tuning {
@@ -35,6 +36,15 @@ async fn busy_stack(settings: &[&str]) -> Stack {
     stack.user_says("u3", "hello").await;
     let (status, _) = stack.send("baton-bot", text("u2", "first")).await;
     assert_eq!(status, 200);
+    // An opt-in's payload is the person's content too.
+    let token = stack
+        .ctl
+        .user_otn_optin(PAGE, "u2", "SECRET-o4 restock size 9")
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    assert!(!token.is_empty());
     let (status, _) = stack
         .graph_post(
             "baton-human",
@@ -87,7 +97,7 @@ async fn a_restart_resumes_from_the_snapshot_written_at_the_stop() {
     assert_eq!(resumed(&stack), Some(head), "the start loaded it");
     // Facts only: neither the words, the metadata nor the queued message.
     let bytes = std::fs::read(snapshot::path(&dir)).unwrap();
-    for secret in ["SECRET-a1", "SECRET-m2", "SECRET-s3"] {
+    for secret in ["SECRET-a1", "SECRET-m2", "SECRET-s3", "SECRET-o4"] {
         assert!(
             !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
             "{secret} is content and must not be in the snapshot"
@@ -100,6 +110,11 @@ async fn a_restart_resumes_from_the_snapshot_written_at_the_stop() {
         assert_eq!(
             ledger.pending_requests[0].metadata.as_deref(),
             Some("SECRET-m2 agent free")
+        );
+        let ledger = state.thread(&Stack::thread("u2")).unwrap();
+        assert_eq!(
+            ledger.tokens[0].payload.as_deref(),
+            Some("SECRET-o4 restock size 9")
         );
     }
     // Equal to a fold of the whole log, and it carries on from there.

@@ -247,10 +247,14 @@ impl<S: EventStore + 'static> Baton<S> {
                 Ok(loaded) => loaded,
                 Err(e) => {
                     tracing::warn!(reason = %e, "the projection snapshot is not used; folding the whole log");
-                    if !matches!(
+                    // A snapshot the log could not be read against is kept.
+                    let transient = matches!(
                         e,
-                        snapshot::Unusable::Read { .. } | snapshot::Unusable::Storage(_)
-                    ) {
+                        snapshot::Unusable::Read { .. }
+                            | snapshot::Unusable::Storage(_)
+                            | snapshot::Unusable::Restore(projections::RestoreError::Unreadable(_))
+                    );
+                    if !transient {
                         if let Err(e) = snapshot::set_aside(&dir) {
                             tracing::error!(error = %e, "cannot set the unusable snapshot aside");
                         }

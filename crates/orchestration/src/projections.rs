@@ -6,9 +6,7 @@
 //! positions they appended (read your writes). It never writes to the log.
 
 use std::borrow::Cow;
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use domain::events::{Channel, Event, GraphError, InboundEvent, SendOutcome};
@@ -249,10 +247,16 @@ enum Forget {
 /// creates no thread state (no ledger, no stream).
 pub const REFUSALS_STREAM_PREFIX: &str = "refusals/";
 
+/// An item's dedupe key as the index keeps it: the first 8 bytes of its
+/// SHA-256, the same in every build (a projection snapshot keeps these
+/// digests; `DefaultHasher` is not promised to stay the same across Rust
+/// releases).
 fn digest(key: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(key.as_bytes());
+    u64::from_be_bytes([
+        hash[0], hash[1], hash[2], hash[3], hash[4], hash[5], hash[6], hash[7],
+    ])
 }
 
 /// What Meta delivered: the raw delivery and its items, whose words the
@@ -926,7 +930,8 @@ impl Projections {
 #[derive(Debug, Serialize, Deserialize)]
 struct Rest<'a> {
     pages: Vec<Cow<'a, Page>>,
-    /// Threads whose pending requests carry metadata, left out of the file.
+    /// Threads whose ledger holds the person's content (pending requests'
+    /// metadata, tokens' payloads), left out of the file.
     reopen_threads: Vec<ThreadKey>,
     tokens: Vec<(Cow<'a, str>, Cow<'a, ThreadKey>)>,
     sends: Vec<(Cow<'a, CommandId>, Cow<'a, SendRecord>)>,
@@ -950,8 +955,9 @@ type ItemCopy = (AppId, Channel);
 
 /// A [`State`]'s facts read back from a projection snapshot
 /// ([`crate::snapshot`]), still without the content the fold keeps opened
-/// (an open send's message, a pending request's metadata), which
-/// [`Facts::restore`] reads again from the log, through the vault.
+/// (an open send's message, a pending request's metadata, a token's opt-in
+/// payload), which [`Facts::restore`] reads again from the log, through the
+/// vault.
 #[derive(Debug)]
 pub struct Facts {
     rest: Rest<'static>,
@@ -978,12 +984,12 @@ impl State {
     /// rest as JSON, then the threads, the dedupe index and the retention
     /// queue compactly. Open sends' messages and pending requests'
     /// metadata are left out.
-    pub fn encode_facts(&self) -> Vec<u8> {
+    pub fn encode_facts(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut reopen_threads = Vec::new();
         let mut threads = codec::Out::default();
         threads.u64(self.threads.len() as u64);
         for t in self.threads.values() {
-            if codec::put_tracked(&mut threads, t) {
+            if codec::put_tracked(&mut threads, t)? {
                 reopen_threads.push(t.ledger.key.clone());
             }
         }
@@ -1054,12 +1060,12 @@ impl State {
             position: self.position,
             undecodable: self.undecodable,
         };
-        let rest = serde_json::to_vec(&rest).unwrap_or_default();
+        let rest = serde_json::to_vec(&rest)?;
         let mut body = codec::Out::default();
         for section in [rest, threads.0, seen.0, forget.0] {
             body.bytes(&section);
         }
-        body.0
+        Ok(body.0)
     }
 }
 
@@ -1108,7 +1114,8 @@ impl Facts {
 
     /// The state the facts were taken from, made whole from `store`: each
     /// open send's message is read again from its acceptance, and each
-    /// thread whose pending requests carry metadata is folded again from
+    /// thread whose ledger held content (metadata, opt-in payloads) is
+    /// folded again from
     /// its stream (up to the facts' position), both opened through the
     /// vault as the fold opens them, so content erased since the snapshot
     /// stays erased. A thread that folds to another ledger, or a send
@@ -1189,9 +1196,7 @@ impl Facts {
                 .get_mut(&key)
                 .ok_or_else(|| RestoreError::ThreadDiffers(key.to_string()))?;
             let mut bare = folded.clone();
-            for request in &mut bare.pending_requests {
-                request.metadata = None;
-            }
+            bare.forget_content();
             if bare != tracked.ledger {
                 return Err(RestoreError::ThreadDiffers(key.to_string()));
             }

@@ -27,8 +27,8 @@
 //!   `hash`: a snapshot of another log, or of a log since cut back (a
 //!   restored backup), is never loaded;
 //! - the content left out of the body (open sends' messages, pending
-//!   requests' metadata) is read again from the log through the vault, and
-//!   what it folds to must match the body.
+//!   requests' metadata, tokens' opt-in payloads) is read again from the
+//!   log through the vault, and what it folds to must match the body.
 //!
 //! Snapshots hold facts only: personal content is never written to them
 //! (`docs/privacy.md`).
@@ -52,22 +52,30 @@ pub const FILE: &str = "projections.snapshot";
 const MAGIC: &[u8; 8] = b"BATONSN1";
 const FORMAT: u32 = 1;
 
-/// The source of everything a fold runs: the projections, the decoding of
-/// records, the ledger, the pages, the events, the rules the fold asks
-/// (control expiry) and the ids. Any change to it, even a comment, makes
+/// The source of everything a fold runs: the projections and their
+/// snapshot encoding, the decoding of records, and the whole domain crate
+/// (the ledger, the pages, the events, the rules the fold asks, the ids).
+/// A test lists the domain's files, so a new one cannot be left out. Any
+/// change to it, even a comment, makes
 /// a snapshot written by another build unusable (one whole fold), which
 /// is cheaper than a fold that silently differs from the log's.
 const FOLD_SOURCES: &[&str] = &[
     include_str!("projections.rs"),
+    include_str!("projections/codec.rs"),
     include_str!("record.rs"),
     include_str!("snapshot.rs"),
-    include_str!("../../domain/src/ledger.rs"),
-    include_str!("../../domain/src/page.rs"),
-    include_str!("../../domain/src/events.rs"),
     include_str!("../../domain/src/commands.rs"),
-    include_str!("../../domain/src/rules.rs"),
-    include_str!("../../domain/src/privacy.rs"),
+    include_str!("../../domain/src/events.rs"),
+    include_str!("../../domain/src/explain.rs"),
+    include_str!("../../domain/src/graph.rs"),
     include_str!("../../domain/src/ids.rs"),
+    include_str!("../../domain/src/ledger.rs"),
+    include_str!("../../domain/src/lib.rs"),
+    include_str!("../../domain/src/page.rs"),
+    include_str!("../../domain/src/policy.rs"),
+    include_str!("../../domain/src/privacy.rs"),
+    include_str!("../../domain/src/rejection.rs"),
+    include_str!("../../domain/src/rules.rs"),
 ];
 
 /// The digest of the fold's source (`FOLD_SOURCES`, hex), which a snapshot must have been
@@ -162,7 +170,7 @@ pub fn write(
     now_ms: u64,
 ) -> std::io::Result<Written> {
     let threads = state.thread_count() as u64;
-    let body = state.encode_facts();
+    let body = state.encode_facts().map_err(std::io::Error::other)?;
     let header = Header {
         format: FORMAT,
         fold: fold_digest().to_owned(),
@@ -199,14 +207,25 @@ pub fn write(
 /// A snapshot's header, without reading its body (for `baton` status and
 /// the tests).
 pub fn header(dir: &Path) -> Result<Option<Header>, Unusable> {
-    match std::fs::read(path(dir)) {
-        Ok(bytes) => split(&bytes).map(|(h, _)| Some(h)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Unusable::Read {
-            path: path(dir),
-            source,
-        }),
-    }
+    use std::io::Read;
+    let read_err = |source| Unusable::Read {
+        path: path(dir),
+        source,
+    };
+    let mut file = match std::fs::File::open(path(dir)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_err(e)),
+    };
+    let mut start = [0u8; MAGIC.len() + 4];
+    file.read_exact(&mut start)
+        .map_err(|_| Unusable::Malformed)?;
+    let len = u32::from_be_bytes([start[8], start[9], start[10], start[11]]) as usize;
+    let mut head = start.to_vec();
+    head.resize(start.len() + len, 0);
+    file.read_exact(&mut head[start.len()..])
+        .map_err(|_| Unusable::Malformed)?;
+    split(&head).map(|(h, _)| Some(h))
 }
 
 fn split(bytes: &[u8]) -> Result<(Header, &[u8]), Unusable> {
@@ -230,36 +249,22 @@ pub fn set_aside(dir: &Path) -> std::io::Result<()> {
 
 /// The state of the snapshot in `dir`, checked against `fresh` (the state
 /// a fold of this configuration starts from) and against `store`'s chain,
-/// and made whole from the log. `Ok(None)` when there is none.
+/// and made whole from the log. `Ok(None)` when there is none. The file is
+/// read, checked and decoded on a blocking thread.
 pub async fn load<S: EventStore>(
     dir: &Path,
     fresh: &State,
     store: &S,
 ) -> Result<Option<State>, Unusable> {
     let started = Instant::now();
-    let bytes = match std::fs::read(path(dir)) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(Unusable::Read {
-                path: path(dir),
-                source,
-            })
-        }
+    let file = path(dir);
+    let config = config_digest(fresh);
+    let read = tokio::task::spawn_blocking(move || read_checked(&file, &config))
+        .await
+        .map_err(|e| Unusable::Undecodable(format!("the reader stopped: {e}")))??;
+    let Some((header, facts)) = read else {
+        return Ok(None);
     };
-    let (header, body) = split(&bytes)?;
-    if header.format != FORMAT || header.fold != fold_digest() {
-        return Err(Unusable::OtherFold {
-            format: header.format,
-            fold: header.fold,
-        });
-    }
-    if header.config != config_digest(fresh) {
-        return Err(Unusable::OtherConfig);
-    }
-    if hex::encode(Sha256::digest(body)) != header.body_sha256 {
-        return Err(Unusable::Corrupt);
-    }
     let head = store.head().await?;
     if header.position > head.position {
         return Err(Unusable::BeyondHead {
@@ -278,12 +283,6 @@ pub async fn load<S: EventStore>(
             });
         }
     }
-    let facts = Facts::decode(body).map_err(Unusable::Undecodable)?;
-    if facts.position() != header.position {
-        return Err(Unusable::Undecodable(
-            "its body's position is not its header's".to_owned(),
-        ));
-    }
     let state = facts.restore(store).await?;
     tracing::info!(
         position = header.position,
@@ -292,6 +291,41 @@ pub async fn load<S: EventStore>(
         "projections loaded from a snapshot"
     );
     Ok(Some(state))
+}
+
+/// Reads the snapshot at `file` and checks what needs no log: its format,
+/// its fold, its configuration and its checksum; then decodes its body.
+fn read_checked(file: &Path, config: &str) -> Result<Option<(Header, Facts)>, Unusable> {
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Unusable::Read {
+                path: file.to_owned(),
+                source,
+            })
+        }
+    };
+    let (header, body) = split(&bytes)?;
+    if header.format != FORMAT || header.fold != fold_digest() {
+        return Err(Unusable::OtherFold {
+            format: header.format,
+            fold: header.fold,
+        });
+    }
+    if header.config != config {
+        return Err(Unusable::OtherConfig);
+    }
+    if hex::encode(Sha256::digest(body)) != header.body_sha256 {
+        return Err(Unusable::Corrupt);
+    }
+    let facts = Facts::decode(body).map_err(Unusable::Undecodable)?;
+    if facts.position() != header.position {
+        return Err(Unusable::Undecodable(
+            "its body's position is not its header's".to_owned(),
+        ));
+    }
+    Ok(Some((header, facts)))
 }
 
 /// Why a snapshot was not written.
@@ -425,7 +459,13 @@ pub async fn run<S: EventStore + 'static>(baton: Arc<Baton<S>>, mut shutdown: Sh
     let Some(dir) = baton.snapshot_dir().filter(|_| every > 0) else {
         return;
     };
-    let mut last = header(&dir).ok().flatten().map_or(0, |h| h.position);
+    // From what the start loaded or folded: a start that folded the whole
+    // log does not begin with a second whole fold in the background.
+    let mut last = header(&dir)
+        .ok()
+        .flatten()
+        .map_or(0, |h| h.position)
+        .max(baton.projections.position());
     let mut folded = baton.projections.subscribe();
     loop {
         tokio::select! {
@@ -491,6 +531,22 @@ mod tests {
         let hash = store.head().await.unwrap().hash;
         write(dir.path(), &state, hash, &config_digest(&pages("1001")), 1).unwrap();
         (dir, store, state)
+    }
+
+    #[test]
+    fn the_fold_digest_covers_every_file_of_the_domain_and_the_codec() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for dir in ["../domain/src", "src/projections"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(
+                    FOLD_SOURCES.contains(&text.as_str()),
+                    "{} is not in FOLD_SOURCES",
+                    path.display()
+                );
+            }
+        }
     }
 
     #[tokio::test]

@@ -134,9 +134,19 @@ struct RareIn {
     calls_in_flight: Vec<CallInFlight>,
 }
 
-/// Writes a thread; its pending requests' metadata (content) is left out.
-/// Whether there was any to leave out.
-pub(super) fn put_tracked(out: &mut Out, tracked: &Tracked) -> bool {
+/// Writes a thread without the person's content it holds (pending
+/// requests' metadata, tokens' payloads). Whether there was any to leave out.
+pub(super) fn put_tracked(out: &mut Out, tracked: &Tracked) -> Result<bool, serde_json::Error> {
+    let stripped = tracked.ledger.holds_content();
+    let bare;
+    let tracked = if stripped {
+        let mut copy = tracked.clone();
+        copy.ledger.forget_content();
+        bare = copy;
+        &bare
+    } else {
+        tracked
+    };
     let Tracked {
         ledger,
         expiry,
@@ -202,31 +212,17 @@ pub(super) fn put_tracked(out: &mut Out, tracked: &Tracked) -> bool {
     out.u64(*version);
     out.opt_time(*expiry);
     out.opt_time(*confirmation);
-    let stripped = pending_requests.iter().any(|r| r.metadata.is_some());
     if pending_requests.is_empty() && tokens.is_empty() && calls_in_flight.is_empty() {
         out.str("");
     } else {
-        let bare: Vec<PendingRequest>;
-        let pending_requests = if stripped {
-            bare = pending_requests
-                .iter()
-                .map(|r| PendingRequest {
-                    metadata: None,
-                    ..r.clone()
-                })
-                .collect();
-            &bare
-        } else {
-            pending_requests
-        };
         let rare = RareOut {
             pending_requests,
             tokens,
             calls_in_flight,
         };
-        out.str(&serde_json::to_string(&rare).unwrap_or_default());
+        out.str(&serde_json::to_string(&rare)?);
     }
-    stripped
+    Ok(stripped)
 }
 
 fn get_tracked(input: &mut In<'_>) -> Option<Box<Tracked>> {
@@ -459,7 +455,7 @@ mod tests {
                 ad_click_at: Some(t(7)),
                 tokens: vec![TokenState {
                     token: "otn".into(),
-                    payload: Some("p".into()),
+                    payload: None,
                     issued_at: t(8),
                     expires_at: t(9),
                     consumed: Some(TokenUse {
@@ -503,7 +499,10 @@ mod tests {
         let mut out = Out::default();
         out.u64(3);
         for t in threads() {
-            assert!(!put_tracked(&mut out, &t), "no metadata to leave out");
+            assert!(
+                !put_tracked(&mut out, &t).unwrap(),
+                "no content to leave out"
+            );
         }
         let (read, expiries, confirmations) = get_threads(&out.0).unwrap();
         for t in threads() {
@@ -519,18 +518,19 @@ mod tests {
     }
 
     #[test]
-    fn pending_metadata_is_left_out_and_said_so() {
+    fn the_persons_content_is_left_out_and_said_so() {
         let mut t = threads().remove(0);
         t.ledger.pending_requests[0].metadata = Some("SECRET words".into());
+        t.ledger.tokens[0].payload = Some("SECRET opt-in".into());
         let mut out = Out::default();
         out.u64(1);
-        assert!(put_tracked(&mut out, &t));
+        assert!(put_tracked(&mut out, &t).unwrap());
         assert!(!out.0.windows(6).any(|w| w == b"SECRET"));
         let (read, _, _) = get_threads(&out.0).unwrap();
-        assert_eq!(
-            read[&t.ledger.key].ledger.pending_requests[0].metadata,
-            None
-        );
+        let ledger = &read[&t.ledger.key].ledger;
+        assert_eq!(ledger.pending_requests[0].metadata, None);
+        assert_eq!(ledger.tokens[0].payload, None);
+        assert!(!ledger.holds_content());
     }
 
     #[test]
