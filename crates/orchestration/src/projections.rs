@@ -316,8 +316,9 @@ impl State {
         }
     }
 
-    /// A digest of the thread ledgers and pages, independent of map order:
-    /// two folds of the same log give the same digest.
+    /// A digest of the thread ledgers' facts (without the person's content
+    /// they hold) and the pages, independent of map order: two folds of the
+    /// same log give the same digest, with the content keys or without.
     pub fn digest(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut threads: Vec<(&ThreadKey, &ThreadLedger)> =
@@ -328,7 +329,16 @@ impl State {
         let mut h = Sha256::new();
         h.update(self.position.to_be_bytes());
         for (_, ledger) in threads {
-            h.update(serde_json::to_vec(ledger).unwrap_or_default());
+            // Facts only: a replay of an export (no keys) cannot open the
+            // person's content, and must still agree.
+            let bytes = if ledger.holds_content() {
+                let mut bare = ledger.clone();
+                bare.forget_content();
+                serde_json::to_vec(&bare)
+            } else {
+                serde_json::to_vec(ledger)
+            };
+            h.update(bytes.unwrap_or_default());
         }
         for (_, page) in pages {
             h.update(serde_json::to_vec(page).unwrap_or_default());
