@@ -943,10 +943,10 @@ struct Rest<'a> {
     /// Threads whose ledger holds the person's content (pending requests'
     /// metadata, tokens' payloads), left out of the file.
     reopen_threads: Vec<ThreadKey>,
-    tokens: Vec<(Cow<'a, str>, Cow<'a, ThreadKey>)>,
-    sends: Vec<(Cow<'a, CommandId>, Cow<'a, SendRecord>)>,
+    tokens: Pairs<'a, str, ThreadKey>,
+    sends: Pairs<'a, CommandId, SendRecord>,
     idempotency: Pairs<'a, (AppId, String), Idempotent>,
-    echoed: Vec<(Cow<'a, CommandId>, Cow<'a, str>)>,
+    echoed: Pairs<'a, CommandId, str>,
     replied_comments: Vec<Cow<'a, (PageId, String)>>,
     erasures: Pairs<'a, str, [(ThreadKey, Timestamp)]>,
     page_health: Pairs<'a, (PageId, AppId), AppPageFacts>,
@@ -959,6 +959,30 @@ struct Rest<'a> {
 
 /// Pairs of a map in a snapshot.
 type Pairs<'a, K, V> = Vec<(Cow<'a, K>, Cow<'a, V>)>;
+
+/// A map's entries, lent to a snapshot.
+fn lend<'a, K, V>(entries: impl Iterator<Item = (&'a K, &'a V)>) -> Pairs<'a, K, V>
+where
+    K: ToOwned + ?Sized + 'a,
+    V: ToOwned + ?Sized + 'a,
+{
+    entries
+        .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
+        .collect()
+}
+
+/// A snapshot's pairs, owned again in a map.
+fn own<K, V, M>(pairs: Pairs<'_, K, V>) -> M
+where
+    K: ToOwned + ?Sized,
+    V: ToOwned + ?Sized,
+    M: FromIterator<(K::Owned, V::Owned)>,
+{
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
 
 /// One app's copy of an item, in the dedupe index.
 type ItemCopy = (AppId, Channel);
@@ -1033,33 +1057,17 @@ impl State {
         let rest = Rest {
             pages: self.pages.values().map(Cow::Borrowed).collect(),
             reopen_threads,
-            tokens: self
-                .tokens
-                .iter()
-                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v)))
-                .collect(),
+            tokens: lend(self.tokens.iter().map(|(k, v)| (k.as_str(), v))),
             sends,
-            idempotency: self
-                .idempotency
-                .iter()
-                .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
-                .collect(),
-            echoed: self
-                .echoed
-                .iter()
-                .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v.as_str())))
-                .collect(),
+            idempotency: lend(self.idempotency.iter()),
+            echoed: lend(self.echoed.iter().map(|(k, v)| (k, v.as_str()))),
             replied_comments: self.replied_comments.iter().map(Cow::Borrowed).collect(),
-            erasures: self
-                .erasures
-                .iter()
-                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_slice())))
-                .collect(),
-            page_health: self
-                .page_health
-                .iter()
-                .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
-                .collect(),
+            erasures: lend(
+                self.erasures
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_slice())),
+            ),
+            page_health: lend(self.page_health.iter()),
             open_sends: self
                 .open_sends
                 .iter()
@@ -1125,10 +1133,9 @@ impl Facts {
     /// The state the facts were taken from, made whole from `store`: each
     /// open send's message is read again from its acceptance, and each
     /// thread whose ledger held content (metadata, opt-in payloads) is
-    /// folded again from
-    /// its stream (up to the facts' position), both opened through the
-    /// vault as the fold opens them, so content erased since the snapshot
-    /// stays erased. A thread that folds to another ledger, or a send
+    /// folded again from its stream (up to the facts' position), both
+    /// opened through the vault as the fold opens them, so content erased
+    /// since the snapshot stays erased. A thread that folds to another ledger, or a send
     /// missing from its position, fails the restore.
     pub async fn restore<S: EventStore>(self, store: &S) -> Result<State, RestoreError> {
         let Facts {
@@ -1149,41 +1156,17 @@ impl Facts {
                 })
                 .collect(),
             threads,
-            tokens: rest
-                .tokens
-                .into_iter()
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-            sends: rest
-                .sends
-                .into_iter()
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-            idempotency: rest
-                .idempotency
-                .into_iter()
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-            echoed: rest
-                .echoed
-                .into_iter()
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
+            tokens: own(rest.tokens),
+            sends: own(rest.sends),
+            idempotency: own(rest.idempotency),
+            echoed: own(rest.echoed),
             replied_comments: rest
                 .replied_comments
                 .into_iter()
                 .map(Cow::into_owned)
                 .collect(),
-            erasures: rest
-                .erasures
-                .into_iter()
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-            page_health: rest
-                .page_health
-                .into_iter()
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
+            erasures: own(rest.erasures),
+            page_health: own(rest.page_health),
             open_sends: rest
                 .open_sends
                 .into_iter()
