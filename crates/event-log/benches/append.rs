@@ -2,8 +2,10 @@
 //! with 1, 16 and 256 concurrent writers, in one run on one machine.
 //!
 //! `cargo bench -p event-log --bench append`; set `BATON_BENCH_SCALE=N` to
-//! multiply the record counts by N. The in-memory store is shown as a
-//! no-durability reference.
+//! multiply the record counts by N, and `BATON_BENCH_WRITERS=256` (say) to
+//! run one concurrency only. The in-memory store is shown as a
+//! no-durability reference. "per group" is the records each durable group
+//! held on average (each group is one `fdatasync`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +16,8 @@ struct Outcome {
     appends: usize,
     elapsed: Duration,
     waits: Vec<Duration>,
+    /// Durable groups written (sled only).
+    groups: u64,
 }
 
 impl Outcome {
@@ -58,6 +62,7 @@ async fn run<S: EventStore + 'static>(store: Arc<S>, writers: usize, appends: us
         appends: per_writer * writers,
         elapsed,
         waits,
+        groups: 0,
     }
 }
 
@@ -66,7 +71,8 @@ async fn sled_run(config: StoreConfig, writers: usize, appends: usize) -> Outcom
     // where fsync costs nothing.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
     let store = Arc::new(SledStore::open_with(dir.path(), config).expect("open"));
-    let outcome = run(store.clone(), writers, appends).await;
+    let mut outcome = run(store.clone(), writers, appends).await;
+    outcome.groups = store.groups();
     if let Ok(store) = Arc::try_unwrap(store) {
         store.close().await;
     }
@@ -87,13 +93,26 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let only: Option<usize> = std::env::var("BATON_BENCH_WRITERS")
+        .ok()
+        .and_then(|s| s.parse().ok());
     println!(
-        "{:>7} | {:<22} | {:>7} | {:>12} | {:>10} | {:>10} | {:>12}",
-        "writers", "mode", "appends", "appends/s", "p50 wait", "p99 wait", "group/single"
+        "{:>7} | {:<22} | {:>7} | {:>12} | {:>10} | {:>10} | {:>9} | {:>12}",
+        "writers",
+        "mode",
+        "appends",
+        "appends/s",
+        "p50 wait",
+        "p99 wait",
+        "per group",
+        "group/single"
     );
-    println!("{}", "-".repeat(99));
+    println!("{}", "-".repeat(111));
     runtime.block_on(async {
         for writers in [1usize, 16, 256] {
+            if only.is_some_and(|only| only != writers) {
+                continue;
+            }
             // One flush per record costs a flush per append whatever the
             // concurrency, so it gets a smaller count to keep the run short.
             let single = sled_run(StoreConfig::one_flush_per_batch(), writers, 2_000 * scale).await;
@@ -109,26 +128,28 @@ fn main() {
                 ("sled, group commit", &group, format!("{ratio:.1}x")),
             ] {
                 println!(
-                    "{:>7} | {:<22} | {:>7} | {:>12.0} | {:>10} | {:>10} | {:>12}",
+                    "{:>7} | {:<22} | {:>7} | {:>12.0} | {:>10} | {:>10} | {:>9.1} | {:>12}",
                     writers,
                     mode,
                     outcome.appends,
                     outcome.per_second(),
                     ms(outcome.percentile(0.50)),
                     ms(outcome.percentile(0.99)),
+                    outcome.appends as f64 / outcome.groups.max(1) as f64,
                     ratio
                 );
             }
         }
         let memory = run(Arc::new(MemoryStore::new()), 256, 51_200 * scale).await;
         println!(
-            "{:>7} | {:<22} | {:>7} | {:>12.0} | {:>10} | {:>10} | {:>12}",
+            "{:>7} | {:<22} | {:>7} | {:>12.0} | {:>10} | {:>10} | {:>9} | {:>12}",
             256,
             "memory (no durability)",
             memory.appends,
             memory.per_second(),
             ms(memory.percentile(0.50)),
             ms(memory.percentile(0.99)),
+            "",
             ""
         );
     });

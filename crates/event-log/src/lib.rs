@@ -33,6 +33,7 @@ mod memory;
 mod ndjson;
 pub mod postgres;
 mod record;
+mod segments;
 mod sled_store;
 mod store;
 mod vault;

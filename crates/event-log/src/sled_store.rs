@@ -1,27 +1,34 @@
-//! The sled backend: one tree with key prefixes, one `sled::Batch` and one
-//! flush per group. It does not decide positions or hashes (the writer does)
-//! and does not verify the chain (the verifier does).
+//! The sled backend: records in Baton's own segment files (`segments`), one
+//! write and one `fdatasync` per group; sled holds the indexes, one
+//! `sled::Batch` per group, written after the group is durable and flushed
+//! about once a second (not per group). It does not decide positions or hashes
+//! (the writer does) and does not verify the chain (the verifier does).
 //!
 //! Keys (integers big-endian, so byte order is numeric order):
 //!
 //! | key                                      | value                                       |
 //! |------------------------------------------|---------------------------------------------|
+//! | `p` first position:u64                   | chunk place: segment:u64 offset:u64 len:u32 |
+//! | `g`                                      | indexed up to: segment:u64 end:u64 position:u64 hash:32 |
 //! | `c` first position:u64                   | chunk: (len:u32 ‖ canonical bytes ‖ hash)…  |
 //! | `t` len:u32 stream first version:u64     | run: position:u64…                          |
 //! | `i` idempotency key                      | position:u64 version:u64 event_id:16        |
 //!
-//! Why this shape: a sled insert costs microseconds (tree walk, copy of the
-//! leaf node, a log fragment), and one key per record plus one stream-index
-//! key per record was most of the writer's time. So a group's records are
-//! packed into *chunks* of consecutive positions (one key each), and a
-//! stream's records in one group into one *run* of positions (one key per
-//! stream per group). Chunks and runs are capped in size so that a sled leaf
-//! (up to 17 entries, rewritten whole when consolidated) stays well below
-//! sled's 128 KiB blob threshold: sled 0.34 writes larger pages to separate
-//! blob files that its flush does not fsync. The head is not stored: it is
-//! the last record of the last chunk, so it cannot disagree with the
-//! records. A small cache of the most recently committed records serves
-//! readers that follow the head (the usual case) without touching sled.
+//! A group's records are split into *chunks* of consecutive positions (at
+//! most [`CHUNK_BYTES`], one key each) and a stream's records in one group
+//! into one *run* of positions (one key per stream per group): a sled insert
+//! costs microseconds, and one key per record was most of the writer's time.
+//! A chunk is a byte range of a group's body in a segment (`p` keys). Logs
+//! written before the segments (2026-12) kept the chunks' bytes in sled
+//! (`c` keys); they are read where they are, and new records go to segments.
+//!
+//! The indexes are derived: sled recovers a prefix of its inserts, the `g`
+//! key is written after each group's other entries, and the groups after
+//! the one it names are read back from the segments and indexed again at open (a torn, never-acknowledged group at the end is cut
+//! off). The head is not stored: it is the last record of the last group,
+//! so it cannot disagree with the records. A small cache of the most
+//! recently committed records serves readers that follow the head (the usual
+//! case) without touching sled or the files.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -30,20 +37,29 @@ use std::sync::{PoisonError, RwLock};
 use uuid::Uuid;
 
 use crate::error::{corrupt, AppendError, OpenError, StorageError};
-use crate::record::{Appended, Head, Record};
+use crate::record::{Appended, ChainHash, Head, Record};
+use crate::segments::{Place, Segments, HEADER};
 use crate::store::StoreConfig;
 use crate::writer::{Backend, Core, WriterPause};
 
 const TREE: &[u8] = b"baton-event-log";
 
 const CHUNK: u8 = b'c';
+const PLACE: u8 = b'p';
+/// The one key saying how far the segments are indexed.
+const INDEXED: &[u8] = b"g";
 const RUN: u8 = b't';
 const IDEMPOTENCY: u8 = b'i';
 
 /// A chunk is closed before it would exceed this many bytes (one record
-/// larger than this gets a chunk of its own). 17 such values plus keys stay
-/// under sled's blob threshold for a consolidated leaf.
+/// larger than this gets a chunk of its own): what a read of one record by
+/// position reads from its segment.
 const CHUNK_BYTES: usize = 6 * 1024;
+
+/// How often the writer flushes sled's indexes and makes them durable. A
+/// crash loses at most what was indexed since, which the next open reads
+/// back from the segments.
+const INDEX_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Positions per stream run (8 bytes each); a longer run is split.
 const RUN_POSITIONS: usize = 512;
@@ -55,6 +71,12 @@ const RECENT_BYTES: usize = 16 * 1024 * 1024;
 
 fn chunk_key(position: u64) -> [u8; 9] {
     let mut key = [CHUNK; 9];
+    key[1..].copy_from_slice(&position.to_be_bytes());
+    key
+}
+
+fn place_key(position: u64) -> [u8; 9] {
+    let mut key = [PLACE; 9];
     key[1..].copy_from_slice(&position.to_be_bytes());
     key
 }
@@ -170,26 +192,55 @@ pub(crate) struct SledBackend {
     db: sled::Db,
     vault: std::sync::Arc<crate::vault::KeyVault>,
     tree: sled::Tree,
+    segments: Segments,
+    /// The last position whose chunk is kept in sled (`c` keys, the layout
+    /// before segments); 0 when there is none.
+    legacy_last: u64,
     recent: RwLock<Recent>,
-    sync: Durability,
+    index: Durability,
+    /// When the indexes were last made durable.
+    index_synced: std::sync::Mutex<std::time::Instant>,
+    /// Groups made durable (one segment `fdatasync` each).
+    syncs: std::sync::atomic::AtomicU64,
+    /// Runs after a group is written and before it is synced (crash tests).
+    before_sync: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
-/// What makes a flushed group durable. sled 0.34's flush writes its log with
-/// `pwrite` and `sync_file_range`, which survives a killed process but not a
-/// power cut (no metadata, no disk cache flush), and writes pages over its
-/// blob threshold to files it never syncs. So after each group's flush Baton
-/// calls `fdatasync` on sled's log file itself, and `fsync` on every blob
-/// file written since the last group (and on the blob directory when it
-/// gained one): one log sync per group, before any caller is answered.
+/// A chunk's bytes: kept in sled (the layout before segments) or read from
+/// a segment.
+enum Chunk {
+    Sled(sled::IVec),
+    Segment(Vec<u8>),
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Chunk::Sled(bytes) => bytes,
+            Chunk::Segment(bytes) => bytes,
+        }
+    }
+}
+
+fn io_error(e: std::io::Error) -> StorageError {
+    StorageError::Engine(Box::new(e))
+}
+
+/// What makes sled's indexes durable when the writer checkpoints them. sled
+/// 0.34's flush writes its log with `pwrite` and `sync_file_range`, which
+/// survives a killed process but not a power cut (no metadata, no disk cache
+/// flush), and writes pages over its blob threshold to files it never syncs.
+/// So after the flush Baton calls `fsync` on every blob file written since
+/// the last checkpoint (and on the blob directory when it gained one), then
+/// `fdatasync` on sled's log file. The records do not wait for this: they
+/// are durable in their segment before the indexes are written.
 struct Durability {
     /// sled's log file (`<dir>/db`), opened for syncing only.
     log: std::fs::File,
     blobs: PathBuf,
     /// Blob files (named by their log sequence number) already synced.
     synced_blobs: std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
-    syncs: std::sync::atomic::AtomicU64,
-    /// Runs after a group is written and before it is synced (crash tests).
-    before_sync: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Durability {
@@ -209,21 +260,13 @@ impl Durability {
             log,
             blobs,
             synced_blobs: std::sync::Mutex::new(synced),
-            syncs: std::sync::atomic::AtomicU64::new(0),
-            before_sync: std::sync::OnceLock::new(),
         })
     }
 
     /// Makes everything sled has flushed durable.
     fn sync(&self) -> std::io::Result<()> {
-        if let Some(hook) = self.before_sync.get() {
-            hook();
-        }
         self.sync_new_blobs()?;
-        self.log.sync_data()?;
-        self.syncs
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        self.log.sync_data()
     }
 
     fn sync_new_blobs(&self) -> std::io::Result<()> {
@@ -277,10 +320,12 @@ impl SledBackend {
         self.recent.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The head is the last record of the last chunk. Refuses a directory
-    /// written with the earlier one-key-per-record layout, whose keys this
-    /// version would not read.
-    fn load_head(&self) -> Result<Head, StorageError> {
+    /// Finds the head and makes the indexes whole: the groups written to the
+    /// segments after the last indexed chunk are read back and indexed, and a
+    /// torn group at the very end (never acknowledged) is cut off. Refuses a
+    /// directory written with the earlier one-key-per-record layout, whose
+    /// keys this version would not read.
+    fn recover(&mut self) -> Result<Head, StorageError> {
         if self.tree.get(b"h")?.is_some() || self.tree.scan_prefix(b"r").next().is_some() {
             return Err(corrupt(
                 "layout",
@@ -289,41 +334,123 @@ impl SledBackend {
                 None,
             ));
         }
-        let Some(entry) = self.tree.scan_prefix([CHUNK]).next_back() else {
-            return Ok(Head::EMPTY);
+        let legacy = match self.tree.scan_prefix([CHUNK]).next_back() {
+            None => Head::EMPTY,
+            Some(entry) => {
+                let (key, chunk) = entry?;
+                last_of(be_u64(&key[1..], "chunk key")?, &chunk)?
+            }
         };
-        let (key, chunk) = entry?;
-        let first = be_u64(&key[1..], "chunk key")?;
-        let mut last = None;
-        for frame in Frames::new(first, &chunk) {
-            last = Some(frame?);
+        self.legacy_last = legacy.position;
+        // Where the indexed groups end, and the head there.
+        let segments = self.segments.list();
+        let (segment, offset, indexed) = match self.tree.get(INDEXED)? {
+            Some(value) => decode_indexed(&value)?,
+            None => (segments.first().copied().unwrap_or(0), 0, legacy),
+        };
+        let (found, stop) = self
+            .segments
+            .scan(segment, offset, indexed.position + 1, indexed.hash)
+            .map_err(io_error)?;
+        let head = found
+            .iter()
+            .rev()
+            .find_map(|group| group.records.last())
+            .map_or(indexed, |last| Head {
+                position: last.position,
+                hash: last.hash,
+            });
+        // Only an unfinished write at the very end is cut; anything else is
+        // refused before a byte or an index entry changes.
+        if let Some(stop) = stop
+            .as_ref()
+            .filter(|stop| !stop.torn || segments.last() != Some(&stop.segment))
+        {
+            let place = if stop.torn {
+                "torn, before the last segment"
+            } else {
+                "not written by this log's writer in this order"
+            };
+            return Err(corrupt(
+                format!("segment {} at byte {}", stop.segment, stop.offset),
+                format!("{} ({place})", stop.reason),
+                Some(head.position + 1),
+            ));
         }
-        let (position, bytes) =
-            last.ok_or_else(|| corrupt("chunk key", "empty chunk", Some(first)))?;
-        let record = SledBackend::decode(position, bytes)?;
-        Ok(Head {
-            position,
-            hash: record.hash,
-        })
+        // A group read back may never have been synced (the process was
+        // killed between its write and its sync): sync it before anything
+        // is indexed or read.
+        let mut synced = Vec::new();
+        for group in &found {
+            if !synced.contains(&group.segment) {
+                self.segments
+                    .sync_segment(group.segment)
+                    .map_err(io_error)?;
+                synced.push(group.segment);
+            }
+        }
+        let changed = !found.is_empty() || stop.is_some();
+        if let Some(stop) = stop {
+            self.segments
+                .cut(stop.segment, stop.offset)
+                .map_err(io_error)?;
+        }
+        for group in found {
+            index_group(
+                &self.tree,
+                &group.records,
+                &group.stored,
+                group.segment,
+                group.body,
+            )?;
+        }
+        if changed {
+            self.sync_index()?;
+        }
+        Ok(head)
     }
 
-    /// The chunk holding `position`, as (first position, value), or `None`
+    /// Flushes sled's indexes and makes them durable.
+    fn sync_index(&self) -> Result<(), StorageError> {
+        self.db.flush()?;
+        self.index.sync().map_err(io_error)?;
+        *self
+            .index_synced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// The chunk holding `position`, as (first position, bytes), or `None`
     /// when no chunk starts at or before it.
-    fn chunk_at(&self, position: u64) -> Result<Option<(u64, sled::IVec)>, StorageError> {
-        match self
-            .tree
-            .range(chunk_key(0)..=chunk_key(position))
-            .next_back()
-        {
+    fn chunk_at(&self, position: u64) -> Result<Option<(u64, Chunk)>, StorageError> {
+        let (from, to) = if position <= self.legacy_last {
+            (chunk_key(0), chunk_key(position))
+        } else {
+            (place_key(0), place_key(position))
+        };
+        match self.tree.range(from..=to).next_back() {
             None => Ok(None),
             Some(entry) => {
                 let (key, value) = entry?;
-                Ok(Some((be_u64(&key[1..], "chunk key")?, value)))
+                self.chunk(&key, value).map(Some)
             }
         }
     }
 
-    /// Reads `from..=to` (at most `limit`) from sled, in position order.
+    /// The chunk under a `c` or `p` key.
+    fn chunk(&self, key: &[u8], value: sled::IVec) -> Result<(u64, Chunk), StorageError> {
+        let first = be_u64(&key[1..], "chunk key")?;
+        if key[0] == CHUNK {
+            return Ok((first, Chunk::Sled(value)));
+        }
+        let place = decode_place(&value, first)?;
+        let bytes = self.segments.read(place).map_err(io_error)?;
+        Ok((first, Chunk::Segment(bytes)))
+    }
+
+    /// Reads `from..=to` (at most `limit`) in position order: the chunks
+    /// kept in sled, then those in segments.
     fn read_chunks(
         &self,
         from: u64,
@@ -336,9 +463,11 @@ impl SledBackend {
             Some((first, _)) => first,
             None => from,
         };
-        for entry in self.tree.range(chunk_key(start)..=chunk_key(to)) {
-            let (key, chunk) = entry?;
-            let first = be_u64(&key[1..], "chunk key")?;
+        let legacy = self.tree.range(chunk_key(start)..=chunk_key(to));
+        let placed = self.tree.range(place_key(start)..=place_key(to));
+        for entry in legacy.chain(placed) {
+            let (key, value) = entry?;
+            let (first, chunk) = self.chunk(&key, value)?;
             for frame in Frames::new(first, &chunk) {
                 let (position, bytes) = frame?;
                 if position < from {
@@ -359,7 +488,7 @@ impl SledBackend {
     fn record_at(
         &self,
         position: u64,
-        memo: &mut Option<(u64, sled::IVec)>,
+        memo: &mut Option<(u64, Chunk)>,
     ) -> Result<Option<Record>, StorageError> {
         if let Some(record) = self.recent().get(position) {
             return Ok(Some(record.clone()));
@@ -375,11 +504,134 @@ impl SledBackend {
     }
 }
 
+/// The position and hash of the last record of a chunk starting at `first`.
+fn last_of(first: u64, chunk: &[u8]) -> Result<Head, StorageError> {
+    let mut last = None;
+    for frame in Frames::new(first, chunk) {
+        last = Some(frame?);
+    }
+    let (position, bytes) = last.ok_or_else(|| corrupt("chunk", "empty chunk", Some(first)))?;
+    let record = SledBackend::decode(position, bytes)?;
+    Ok(Head {
+        position,
+        hash: record.hash,
+    })
+}
+
+fn decode_place(value: &[u8], first: u64) -> Result<Place, StorageError> {
+    Place::decode(value).ok_or_else(|| corrupt("chunk place", "not 20 bytes", Some(first)))
+}
+
+/// Where the indexed groups end, from the `g` key: the segment, the offset
+/// just past the last indexed group, and the head there.
+fn decode_indexed(value: &[u8]) -> Result<(u64, u64, Head), StorageError> {
+    let bad = || corrupt("indexed-groups key", "not 56 bytes", None);
+    let value: &[u8; 56] = value.try_into().map_err(|_| bad())?;
+    let u64_at = |at: usize| u64::from_be_bytes(value[at..at + 8].try_into().expect("8 bytes"));
+    let hash = ChainHash(value[24..].try_into().expect("32 bytes"));
+    Ok((
+        u64_at(0),
+        u64_at(8),
+        Head {
+            position: u64_at(16),
+            hash,
+        },
+    ))
+}
+
+/// Writes the index entries of one group whose body starts at `body` in
+/// `segment`: a place per chunk, the idempotency keys, a run per stream,
+/// and last the `g` key saying the group is indexed.
+///
+/// Plain inserts, not a `sled::Batch`: sled 0.34's `apply_batch` writes out
+/// and `sync_file_range`s its log buffer twice per batch (`pin_log` rolls
+/// the buffer before and after its reservation), two synchronous writes per
+/// group that the records do not need. sled recovers a prefix of its
+/// inserts in order, so a crash leaves either the `g` key of this group,
+/// with everything before it, or the previous group's, and the open indexes
+/// every group after it again (the same keys with the same values).
+fn index_group(
+    tree: &sled::Tree,
+    records: &[Record],
+    stored: &[Vec<u8>],
+    segment: u64,
+    body: u64,
+) -> Result<(), StorageError> {
+    // Chunks of consecutive positions: byte ranges of the body, each frame
+    // a u32 length and the stored bytes.
+    let mut offset = body;
+    let mut chunk: Option<(u64, Place)> = None;
+    for (record, bytes) in records.iter().zip(stored) {
+        let frame = 4 + bytes.len() as u64;
+        match &mut chunk {
+            Some((_, place)) if u64::from(place.len) + frame <= CHUNK_BYTES as u64 => {
+                place.len += frame as u32;
+            }
+            _ => {
+                if let Some((first, place)) = chunk.take() {
+                    tree.insert(place_key(first), &place.encode())?;
+                }
+                let len = u32::try_from(frame).unwrap_or(u32::MAX);
+                chunk = Some((
+                    record.position,
+                    Place {
+                        segment,
+                        offset,
+                        len,
+                    },
+                ));
+            }
+        }
+        offset += frame;
+    }
+    if let Some((first, place)) = chunk {
+        tree.insert(place_key(first), &place.encode())?;
+    }
+
+    // One run per stream: within a group a stream's versions are
+    // consecutive (the writer is the only one assigning them, and an
+    // import was verified), but a gap still starts a new run.
+    let mut runs: Vec<(&str, u64, Vec<u8>)> = Vec::new();
+    let mut open: HashMap<&str, usize> = HashMap::new();
+    for record in records {
+        let position = record.position.to_be_bytes();
+        let current = open.get(record.stream.as_str()).copied().filter(|&i| {
+            let (_, first_version, positions) = &runs[i];
+            let len = positions.len() / 8;
+            first_version + len as u64 == record.stream_version && len < RUN_POSITIONS
+        });
+        match current {
+            Some(i) => runs[i].2.extend_from_slice(&position),
+            None => {
+                open.insert(&record.stream, runs.len());
+                runs.push((&record.stream, record.stream_version, position.to_vec()));
+            }
+        }
+        if let Some(key) = &record.idempotency_key {
+            let mut value = Vec::with_capacity(32);
+            value.extend_from_slice(&position);
+            value.extend_from_slice(&record.stream_version.to_be_bytes());
+            value.extend_from_slice(record.event_id.as_bytes());
+            tree.insert(idempotency_key(key), value)?;
+        }
+    }
+    for (stream, first_version, positions) in runs {
+        tree.insert(run_key(stream, first_version), positions)?;
+    }
+
+    if let Some(last) = records.last() {
+        let mut indexed = Vec::with_capacity(56);
+        indexed.extend_from_slice(&segment.to_be_bytes());
+        indexed.extend_from_slice(&offset.to_be_bytes());
+        indexed.extend_from_slice(&last.position.to_be_bytes());
+        indexed.extend_from_slice(&last.hash.0);
+        tree.insert(INDEXED, indexed)?;
+    }
+    Ok(())
+}
+
 /// The stored bytes of `position` in a chunk, if the chunk holds it.
-fn find_frame(
-    chunk: &Option<(u64, sled::IVec)>,
-    position: u64,
-) -> Result<Option<&[u8]>, StorageError> {
+fn find_frame(chunk: &Option<(u64, Chunk)>, position: u64) -> Result<Option<&[u8]>, StorageError> {
     let Some((first, chunk)) = chunk else {
         return Ok(None);
     };
@@ -393,6 +645,14 @@ fn find_frame(
         }
     }
     Ok(None)
+}
+
+impl Drop for SledBackend {
+    /// A clean close leaves the indexes whole, so the next open has nothing
+    /// to read back. An error here only means that open will.
+    fn drop(&mut self) {
+        let _ = self.sync_index();
+    }
 }
 
 impl Backend for SledBackend {
@@ -430,70 +690,49 @@ impl Backend for SledBackend {
         let Some(first) = records.first().map(|r| r.position) else {
             return Ok(());
         };
-        let mut batch = sled::Batch::default();
-
-        // Chunks of consecutive positions.
-        let mut chunk_first = first;
-        let mut chunk: Vec<u8> = Vec::with_capacity(CHUNK_BYTES);
-        for (record, bytes) in records.iter().zip(&stored) {
-            if !chunk.is_empty() && chunk.len() + 4 + bytes.len() > CHUNK_BYTES {
-                batch.insert(&chunk_key(chunk_first), std::mem::take(&mut chunk));
-                chunk_first = record.position;
-            }
+        let mut body = Vec::with_capacity(stored.iter().map(|b| 4 + b.len()).sum());
+        for bytes in &stored {
             let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-            chunk.extend_from_slice(&len.to_be_bytes());
-            chunk.extend_from_slice(bytes);
+            body.extend_from_slice(&len.to_be_bytes());
+            body.extend_from_slice(bytes);
         }
-        batch.insert(&chunk_key(chunk_first), chunk);
+        let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
 
-        // One run per stream: within a commit a stream's versions are
-        // consecutive (the writer is the only one assigning them, and an
-        // import was verified), but a gap still starts a new run.
-        let mut runs: Vec<(&str, u64, Vec<u8>)> = Vec::new();
-        let mut open: HashMap<&str, usize> = HashMap::new();
-        for record in &records {
-            let position = record.position.to_be_bytes();
-            let current = open.get(record.stream.as_str()).copied().filter(|&i| {
-                let (_, first_version, positions) = &runs[i];
-                let len = positions.len() / 8;
-                first_version + len as u64 == record.stream_version && len < RUN_POSITIONS
-            });
-            match current {
-                Some(i) => runs[i].2.extend_from_slice(&position),
-                None => {
-                    open.insert(&record.stream, runs.len());
-                    runs.push((&record.stream, record.stream_version, position.to_vec()));
-                }
-            }
-            if let Some(key) = &record.idempotency_key {
-                let mut value = Vec::with_capacity(32);
-                value.extend_from_slice(&position);
-                value.extend_from_slice(&record.stream_version.to_be_bytes());
-                value.extend_from_slice(record.event_id.as_bytes());
-                batch.insert(idempotency_key(key), value);
-            }
-        }
-        for (stream, first_version, positions) in runs {
-            batch.insert(run_key(stream, first_version), positions);
+        // The indexes' checkpoint, when due, comes before the group: its
+        // failure then stops the writer before anything of this group is
+        // written (after the group's sync, a failure would answer an error
+        // for records that are durable).
+        let due = self
+            .index_synced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
+            >= INDEX_SYNC_EVERY;
+        if due {
+            self.sync_index()?;
         }
 
         // The content keys this group's records were sealed with are
         // written first (a killed process keeps them: they are in the page
-        // cache before any record is), then synced while sled writes.
-        let keys_written = self
-            .vault
-            .write_pending()
-            .map_err(|e| StorageError::Engine(Box::new(e)))?;
-        // One batch: sled applies it atomically, and recovery never shows
-        // part of it. The flush writes it out and the sync makes it durable
-        // (see `Durability`); the keys' sync runs at the same time on a
-        // thread of its own. Both are durable before anyone is told.
-        let write = || -> Result<(), StorageError> {
-            self.tree.apply_batch(batch)?;
-            self.db.flush()?;
-            self.sync
-                .sync()
-                .map_err(|e| StorageError::Engine(Box::new(e)))
+        // cache before any record is), then synced while the group is.
+        let keys_written = self.vault.write_pending().map_err(io_error)?;
+        // One write of the whole group, then one `fdatasync`; the keys' sync
+        // runs at the same time on a thread of its own. Both are durable
+        // before the indexes are written and anyone is told.
+        let write = || -> std::io::Result<(u64, u64)> {
+            let (segment, group) = self.segments.append(first, count, &body)?;
+            if let Some(hook) = self.before_sync.get() {
+                hook();
+            }
+            if let Err(e) = self.segments.sync() {
+                // Not durable, so never acknowledged: take it back, as far
+                // as the disk lets us (the next open cuts it off otherwise).
+                let _ = self.segments.cut(segment, group);
+                return Err(e);
+            }
+            self.syncs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok((segment, group + HEADER))
         };
         let (written, keys) = if keys_written {
             std::thread::scope(|scope| {
@@ -507,8 +746,16 @@ impl Backend for SledBackend {
         } else {
             (write(), Ok(()))
         };
-        written?;
-        keys.map_err(|e| StorageError::Engine(Box::new(e)))?;
+        let (segment, body_at) = written.map_err(io_error)?;
+        keys.map_err(io_error)?;
+
+        // The indexes: one sled batch, applied atomically, flushed with the
+        // next checkpoint. A crash before that loses only what the next open
+        // reads back from the segment. (If sled fails here, the writer stops
+        // and this group's callers hear an error although their records are
+        // durable: they come back at the next open, and a retry with the
+        // same idempotency keys finds them.)
+        index_group(&self.tree, &records, &stored, segment, body_at)?;
         self.recent
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -644,21 +891,27 @@ impl SledStore {
                 other => storage(other.into()),
             })?;
         let tree = db.open_tree(TREE).map_err(|e| storage(e.into()))?;
-        let sync = Durability::open(&path).map_err(io)?;
+        let index = Durability::open(&path).map_err(io)?;
+        let segments = Segments::open(&path.join("segments"), config.segment_bytes).map_err(io)?;
         let vault =
             std::sync::Arc::new(crate::vault::KeyVault::open(&path.join("vault")).map_err(io)?);
         let mut backend = SledBackend {
             db,
             vault: vault.clone(),
             tree,
-            sync,
+            segments,
+            legacy_last: 0,
             recent: RwLock::new(Recent {
                 first: 1,
                 records: VecDeque::new(),
                 bytes: 0,
             }),
+            index,
+            index_synced: std::sync::Mutex::new(std::time::Instant::now()),
+            syncs: std::sync::atomic::AtomicU64::new(0),
+            before_sync: std::sync::OnceLock::new(),
         };
-        let head = backend.load_head().map_err(storage)?;
+        let head = backend.recover().map_err(storage)?;
         backend
             .recent
             .get_mut()
@@ -677,7 +930,7 @@ impl SledStore {
     /// syncing it; a crash test makes it kill the process there. Only the
     /// first call takes effect.
     pub fn set_before_sync(&self, hook: impl Fn() + Send + Sync + 'static) {
-        let _ = self.core.backend().sync.before_sync.set(Box::new(hook));
+        let _ = self.core.backend().before_sync.set(Box::new(hook));
     }
 
     /// Groups committed since the store was opened (appends coalesced into
@@ -691,7 +944,6 @@ impl SledStore {
     pub fn syncs(&self) -> u64 {
         self.core
             .backend()
-            .sync
             .syncs
             .load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -788,5 +1040,345 @@ mod tests {
         assert_eq!(next[0].stream_version, total / 3 + 1);
         crate::verify(&store).await.unwrap();
         store.close().await;
+    }
+}
+
+#[cfg(test)]
+mod segment_tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::record::NewRecord;
+    use crate::store::EventStore;
+
+    /// `n` records from position `from` on, over five streams, each with an
+    /// idempotency key naming its position.
+    fn records(from: u64, n: u64) -> Vec<NewRecord> {
+        (from..from + n)
+            .map(|p| {
+                NewRecord::new(format!("s{}", p % 5), "T", 1, format!("{{\"p\":{p}}}"))
+                    .idempotency_key(format!("k{p}"))
+            })
+            .collect()
+    }
+
+    /// Appends `groups` batches of `per` records after the head.
+    async fn fill(store: &SledStore, groups: u64, per: u64) {
+        for _ in 0..groups {
+            let from = store.head().await.unwrap().position + 1;
+            store.append(records(from, per)).await.unwrap();
+        }
+    }
+
+    /// Segments so small that each group starts a new one.
+    fn segment_per_group() -> StoreConfig {
+        StoreConfig {
+            segment_bytes: 1,
+            ..StoreConfig::default()
+        }
+    }
+
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("segments"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// The offsets at which a segment's groups start.
+    fn group_starts(bytes: &[u8]) -> Vec<usize> {
+        let mut starts = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            starts.push(at);
+            let len = u64::from_be_bytes(bytes[at + 8..at + 16].try_into().unwrap());
+            at += 16 + len as usize;
+        }
+        starts
+    }
+
+    /// Everything in the store's directory that is sled's (not the segments,
+    /// not the key vault).
+    fn sled_files(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.ends_with("segments") && !p.ends_with("vault"))
+            .collect()
+    }
+
+    fn copy_tree(from: &Path, to: &Path) {
+        if from.is_dir() {
+            std::fs::create_dir_all(to).unwrap();
+            for entry in std::fs::read_dir(from).unwrap() {
+                let entry = entry.unwrap();
+                copy_tree(&entry.path(), &to.join(entry.file_name()));
+            }
+        } else {
+            std::fs::copy(from, to).unwrap();
+        }
+    }
+
+    fn remove(path: &Path) {
+        if path.is_dir() {
+            std::fs::remove_dir_all(path).unwrap();
+        } else {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+
+    /// A retry of the record at `position` (its idempotency key) is
+    /// answered with the original.
+    async fn assert_kept(store: &SledStore, position: u64) {
+        let again = store
+            .append(vec![
+                NewRecord::new("s0", "T", 1, "{}").idempotency_key(format!("k{position}"))
+            ])
+            .await
+            .unwrap();
+        assert!(again[0].duplicate);
+        assert_eq!(again[0].position, position);
+    }
+
+    /// Reads, streams, idempotency and the chain of a store holding
+    /// positions 1..=`head` written by `records`.
+    async fn check_whole(store: &SledStore, head: u64) {
+        let all = store.read_all(1, usize::MAX).await.unwrap();
+        assert_eq!(all.len() as u64, head);
+        assert!(all.iter().zip(1..).all(|(r, p)| r.position == p));
+        assert_eq!(crate::verify(store).await.unwrap().records, head);
+        let s1 = store.read_stream("s1", 1, usize::MAX).await.unwrap();
+        assert_eq!(
+            s1.len() as u64,
+            (1..=head).filter(|p| p % 5 == 1).count() as u64
+        );
+        assert!(s1.iter().zip(1..).all(|(r, v)| r.stream_version == v));
+        assert_kept(store, head).await;
+    }
+
+    /// A group the process began to write and never finished (and never
+    /// acknowledged) is cut off at open, whatever its state: the log goes on
+    /// from the last whole group.
+    #[tokio::test]
+    async fn a_torn_group_at_the_end_is_cut_and_the_log_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        fill(&store, 3, 10).await;
+        let head = store.head().await.unwrap();
+        store.close().await;
+        let last = segment_files(dir.path()).pop().unwrap();
+        let whole = std::fs::read(&last).unwrap();
+        let last_group = whole[*group_starts(&whole).last().unwrap()..].to_vec();
+        let tears: [(&str, Vec<u8>); 4] = [
+            ("a part of a header", b"BSG1\0\0".to_vec()),
+            (
+                "a header and half a body",
+                last_group[..last_group.len() / 2].to_vec(),
+            ),
+            (
+                "a group of no records",
+                b"BSG1\0\0\0\0\0\0\0\0\0\0\0\0".to_vec(),
+            ),
+            ("zeros", vec![0; 300]),
+        ];
+        for (what, tear) in tears {
+            let mut torn = whole.clone();
+            torn.extend_from_slice(&tear);
+            std::fs::write(&last, &torn).unwrap();
+            let store = SledStore::open(dir.path()).unwrap();
+            assert_eq!(store.head().await.unwrap(), head, "{what}");
+            assert_eq!(std::fs::read(&last).unwrap(), whole, "{what}: cut back");
+            store.close().await;
+        }
+
+        // Whole records at the wrong position, or damage with data after it,
+        // are no unfinished write: the open refuses them and cuts nothing.
+        let mut misplaced = whole.clone();
+        misplaced.extend_from_slice(&last_group);
+        let mut followed = whole.clone();
+        followed.extend_from_slice(b"BSG1\0\0\0\x01\0\0\0\0\0\0\0\x04");
+        followed.extend_from_slice(b"junk");
+        followed.extend_from_slice(b"BSG1");
+        // Bytes that are no group header and not zeros.
+        let mut overrun = whole.clone();
+        overrun.extend_from_slice(b"XXXXXXXXXXXXXXXXXXXX");
+        for (what, bytes) in [
+            ("a whole group again", misplaced),
+            ("a damaged group and more", followed),
+            ("garbage", overrun),
+        ] {
+            std::fs::write(&last, &bytes).unwrap();
+            let err = SledStore::open(dir.path()).unwrap_err();
+            assert!(format!("{err:?}").contains("segment"), "{what}: {err:?}");
+            assert_eq!(std::fs::read(&last).unwrap(), bytes, "{what}: nothing cut");
+        }
+        std::fs::write(&last, &whole).unwrap();
+
+        // The last group with one byte changed and its indexes lost with
+        // sled: it does not hash into the chain, so it is cut off like a
+        // write that never finished.
+        for file in sled_files(dir.path()) {
+            remove(&file);
+        }
+        let starts = group_starts(&whole);
+        let mut middle = whole.clone();
+        middle[starts[1] + 40] ^= 1;
+        std::fs::write(&last, &middle).unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err();
+        assert!(
+            format!("{err:?}").contains("with more data after it"),
+            "{err:?}"
+        );
+        assert_eq!(std::fs::read(&last).unwrap(), middle, "nothing cut");
+        let mut changed = whole.clone();
+        let n = changed.len();
+        changed[n - 40] ^= 1;
+        std::fs::write(&last, &changed).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.head().await.unwrap().position, 20);
+        assert_eq!(
+            std::fs::read(&last).unwrap(),
+            whole[..whole.len() - last_group.len()]
+        );
+        fill(&store, 1, 5).await;
+        check_whole(&store, 25).await;
+        store.close().await;
+    }
+
+    /// sled's indexes are flushed about once a second, not with each group,
+    /// so a crash can leave them behind the segments (sled recovers a prefix
+    /// of its batches). The open reads the missing groups back from the
+    /// segments and indexes them, even when sled lost everything.
+    #[tokio::test]
+    async fn indexes_behind_the_segments_are_read_back_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        fill(&store, 4, 10).await;
+        store.close().await;
+        for file in sled_files(dir.path()) {
+            copy_tree(&file, &saved.path().join(file.file_name().unwrap()));
+        }
+        let indexed_at_40 = {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree(TREE).unwrap().get(INDEXED).unwrap().unwrap()
+        };
+        let store = SledStore::open(dir.path()).unwrap();
+        fill(&store, 4, 10).await;
+        store.close().await;
+
+        // sled as it was after the first 40 records.
+        for file in sled_files(dir.path()) {
+            remove(&file);
+        }
+        copy_tree(saved.path(), dir.path());
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.head().await.unwrap().position, 80);
+        check_whole(&store, 80).await;
+        let next = store
+            .append(vec![NewRecord::new("s1", "T", 1, "{}")])
+            .await
+            .unwrap();
+        assert_eq!((next[0].position, next[0].stream_version), (81, 17));
+        store.close().await;
+
+        // No sled at all.
+        for file in sled_files(dir.path()) {
+            remove(&file);
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.head().await.unwrap().position, 81);
+        let s1 = store.read_stream("s1", 17, 10).await.unwrap();
+        assert_eq!(s1.len(), 1);
+        assert_eq!(s1[0].position, 81);
+        assert_eq!(crate::verify(&store).await.unwrap().records, 81);
+        store.close().await;
+
+        // sled with every entry of the later groups but the `g` key of
+        // record 40 (a crash keeps the entries written before a group's `g`
+        // key): the open indexes those groups again, the same keys with the
+        // same values.
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree(TREE).unwrap();
+            assert_ne!(tree.get(INDEXED).unwrap().unwrap(), indexed_at_40);
+            tree.insert(INDEXED, indexed_at_40).unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.head().await.unwrap().position, 81);
+        assert_eq!(store.read_all(1, usize::MAX).await.unwrap().len(), 81);
+        assert_eq!(store.read_stream("s1", 1, 100).await.unwrap().len(), 17);
+        assert_eq!(crate::verify(&store).await.unwrap().records, 81);
+        assert_kept(&store, 80).await;
+        store.close().await;
+    }
+
+    /// Only the last segment can end in a torn group: a segment is closed
+    /// after its last group was synced. Damage before the last segment is
+    /// refused at open, and nothing is cut.
+    #[tokio::test]
+    async fn a_torn_group_before_the_last_segment_is_refused() {
+        let (dir, config) = (tempfile::tempdir().unwrap(), segment_per_group());
+        let store = SledStore::open_with(dir.path(), config.clone()).unwrap();
+        fill(&store, 3, 10).await;
+        store.close().await;
+        let files = segment_files(dir.path());
+        assert_eq!(files.len(), 3, "one segment per group");
+        let store = SledStore::open_with(dir.path(), config.clone()).unwrap();
+        check_whole(&store, 30).await;
+        store.close().await;
+
+        // Lose the indexes so the open must read the segments, then cut the
+        // first segment short.
+        for file in sled_files(dir.path()) {
+            remove(&file);
+        }
+        let first = std::fs::read(&files[0]).unwrap();
+        std::fs::write(&files[0], &first[..first.len() - 10]).unwrap();
+        let err = SledStore::open_with(dir.path(), config).unwrap_err();
+        assert!(
+            format!("{err:?}").contains("before the last segment"),
+            "{err:?}"
+        );
+        assert_eq!(std::fs::read(&files[0]).unwrap().len(), first.len() - 10);
+        assert_eq!(segment_files(dir.path()).len(), 3);
+    }
+
+    /// A crash right after a new segment was made and before its first
+    /// group was written leaves an empty last segment: the log opens and
+    /// goes on in it. A segment under another name than its first position
+    /// is refused.
+    #[tokio::test]
+    async fn an_empty_last_segment_is_where_the_log_goes_on() {
+        let (dir, config) = (tempfile::tempdir().unwrap(), segment_per_group());
+        let store = SledStore::open_with(dir.path(), config.clone()).unwrap();
+        fill(&store, 2, 10).await;
+        store.close().await;
+        let empty = dir.path().join("segments").join(format!("{:020}.seg", 21));
+        std::fs::write(&empty, b"").unwrap();
+        let store = SledStore::open_with(dir.path(), config.clone()).unwrap();
+        assert_eq!(store.head().await.unwrap().position, 20);
+        fill(&store, 1, 10).await;
+        assert!(std::fs::metadata(&empty).unwrap().len() > 0);
+        check_whole(&store, 30).await;
+        store.close().await;
+        assert_eq!(segment_files(dir.path()).len(), 3);
+
+        // The second segment renamed for position 40, where 11 comes next:
+        // refused once sled's indexes are gone and the segments are read.
+        let files = segment_files(dir.path());
+        let wrong = dir.path().join("segments").join(format!("{:020}.seg", 40));
+        std::fs::rename(&files[1], &wrong).unwrap();
+        for file in sled_files(dir.path()) {
+            remove(&file);
+        }
+        let err = SledStore::open_with(dir.path(), config).unwrap_err();
+        assert!(
+            format!("{err:?}").contains("begins where position 11 is expected"),
+            "{err:?}"
+        );
     }
 }

@@ -92,6 +92,9 @@ pub struct StoreConfig {
     /// 1 GiB): with the recent-record cache (at most 16 MiB), the bound on
     /// what the log keeps in memory however long it grows.
     pub cache_capacity_bytes: u64,
+    /// The sled store closes a segment file of records once it is larger
+    /// than this and starts the next (a group is never split).
+    pub segment_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -101,6 +104,7 @@ impl Default for StoreConfig {
             max_group_wait: Duration::ZERO,
             queue_capacity: 4096,
             cache_capacity_bytes: 64 * 1024 * 1024,
+            segment_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -647,8 +647,9 @@ async fn export_import_scenario<S: EventStore, T: EventStore>(source: &S, target
 }
 
 /// A data directory written by the release before real syncs (the demo's log
-/// of 2026-12, kept as a fixture) opens with the current store: every
-/// record, position and chain hash intact, and it takes new appends.
+/// of 2026-12, kept as a fixture; its records are in sled, before the
+/// segment files) opens with the current store: every record, position and
+/// chain hash intact, and it takes new appends, which go to a segment.
 #[tokio::test]
 async fn a_log_written_by_the_previous_release_opens_intact() {
     let fixture =
@@ -670,10 +671,72 @@ async fn a_log_written_by_the_previous_release_opens_intact() {
         report.head.hash.to_hex(),
         "72773ca6048227d5796ba8c0aaffaf6b7dd6671a4697be35b7eb8f57119484b2"
     );
+    let old_stream = records[55].stream.clone();
+    let old_versions = store
+        .read_stream(&old_stream, 1, usize::MAX)
+        .await
+        .unwrap()
+        .len();
+    store.close().await;
+    // sled's files as the upgrade found them: chunks (`c` keys), no index
+    // of any segment.
+    let saved = tempfile::tempdir().unwrap();
+    let sled_files = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .collect()
+    };
+    for file in sled_files(dir.path()) {
+        std::fs::copy(&file, saved.path().join(file.file_name().unwrap())).unwrap();
+    }
+
+    let store = SledStore::open(dir.path()).unwrap();
     let appended = store
-        .append(vec![NewRecord::new("s/after-upgrade", "Tick", 1, "{}")])
+        .append(vec![
+            NewRecord::new("s/after-upgrade", "Tick", 1, "{}"),
+            NewRecord::new(old_stream.clone(), "Tick", 1, "{}"),
+        ])
         .await
         .unwrap();
     assert_eq!(appended[0].position, 57);
-    assert_eq!(verify(&store).await.unwrap().records, 57);
+    assert_eq!(appended[1].stream_version, old_versions as u64 + 1);
+    assert_eq!(verify(&store).await.unwrap().records, 58);
+    store.close().await;
+    assert!(std::fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .any(|e| e.unwrap().path().extension().is_some_and(|x| x == "seg")));
+
+    // The old records stay where they were (in sled) and the new ones are
+    // in a segment file. After a reopen, and again after sled lost the
+    // segment's index (its files put back as the upgrade found them), both
+    // are read, in one pass and by stream, and the chain runs across them.
+    for sled_lost_the_index in [false, true] {
+        if sled_lost_the_index {
+            for file in sled_files(dir.path()) {
+                std::fs::remove_file(&file).unwrap();
+            }
+            for file in sled_files(saved.path()) {
+                std::fs::copy(&file, dir.path().join(file.file_name().unwrap())).unwrap();
+            }
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let records = store.read_all(50, usize::MAX).await.unwrap();
+        assert_eq!(
+            records.iter().map(|r| r.position).collect::<Vec<_>>(),
+            (50..=58).collect::<Vec<_>>()
+        );
+        assert_eq!(records[7].prev_hash, records[6].hash);
+        let after = store.read_stream("s/after-upgrade", 1, 10).await.unwrap();
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].position, 57);
+        let spanning = store.read_stream(&old_stream, 1, usize::MAX).await.unwrap();
+        assert_eq!(spanning.len(), old_versions + 1);
+        assert_eq!(spanning.last().unwrap().position, 58);
+        assert!(spanning.iter().zip(1..).all(|(r, v)| r.stream_version == v));
+        let report = verify(&store).await.unwrap();
+        assert_eq!(report.records, 58);
+        store.close().await;
+    }
 }

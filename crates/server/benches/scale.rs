@@ -198,9 +198,15 @@ fn main() {
             .await;
         let disk = disk_bytes(&data_dir);
         let snapshot = disk_bytes(&data_dir.join("snapshots"));
+        let segments = disk_bytes(&data_dir.join("log/segments"));
+        let vault = disk_bytes(&data_dir.join("log/vault"));
+        let sled = disk_bytes(&data_dir.join("log")) - segments - vault;
         println!(
-            "disk per delivery: {:.0} bytes (of which the projection snapshot {:.0}); raw webhook bytes per delivery: {:.0}; ratio {:.2} (target <= 2.0)",
+            "disk per delivery: {:.0} bytes (the records in segments {:.0}, sled's indexes {:.0}, the key vault {:.0}, the projection snapshot {:.0}); raw webhook bytes per delivery: {:.0}; ratio {:.2} (target <= 2.0)",
             disk as f64 / threads as f64,
+            segments as f64 / threads as f64,
+            sled as f64 / threads as f64,
+            vault as f64 / threads as f64,
             snapshot as f64 / threads as f64,
             raw_bytes as f64 / threads as f64,
             disk as f64 / raw_bytes as f64
