@@ -57,6 +57,10 @@ impl EventStore for FullDisk {
     fn vault(&self) -> &event_log::KeyVault {
         self.inner.vault()
     }
+
+    fn local_files(&self) -> bool {
+        self.inner.local_files()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,12 +70,13 @@ async fn a_full_disk_refuses_to_acknowledge_says_why_and_leaves_the_log_intact()
         inner: open_store(dir.path()).await,
         full: AtomicBool::new(false),
     });
-    let config = server::Config::parse(
+    let mut config = server::Config::parse(
         &config_toml("http://127.0.0.1:9", &cr_mode()),
         "test.toml",
         |_| None,
     )
     .unwrap();
+    config.data_dir = dir.path().to_path_buf();
     let running = server::start(
         config,
         store.clone(),
@@ -196,6 +201,10 @@ async fn a_send_interrupted_by_a_crash_is_recorded_unknown_at_start_and_settled_
         .into(),
     );
     let dir = tempfile::tempdir().unwrap();
+    // What the server keeps beside the log (its projection snapshot) goes
+    // to the test's directory, not to the working directory.
+    let mut config = config;
+    config.data_dir = dir.path().to_path_buf();
     let store = Arc::new(open_store(dir.path()).await);
     let records = history.iter().map(orchestration::encode).collect();
     store.append(records).await.unwrap();

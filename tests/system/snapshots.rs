@@ -209,3 +209,33 @@ async fn a_background_snapshot_bounds_what_a_crash_folds_again() {
     stack.assert_consistent("u1").await;
     stack.assert_consistent("u9").await;
 }
+
+/// A log that does not outlive the process (in memory) gets no snapshot:
+/// nothing is written beside it at the stop, wherever `data_dir` points
+/// (tests and benchmarks once left `unused/snapshots` in the working
+/// directory this way).
+#[tokio::test]
+async fn a_log_in_memory_leaves_no_snapshot_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = server::Config::parse(
+        &config_toml("http://127.0.0.1:9", &cr_mode()),
+        "test.toml",
+        |_| None,
+    )
+    .unwrap();
+    config.data_dir = dir.path().to_path_buf();
+    let store = std::sync::Arc::new(event_log::MemoryStore::new());
+    let running = server::start(
+        config,
+        store,
+        std::sync::Arc::new(server::ManualClock::new(T0)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(running.state.baton.snapshot_dir(), None);
+    running.stop().await;
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing written"
+    );
+}

@@ -127,6 +127,13 @@ impl EventStore for AnyStore {
             AnyStore::Postgres(s) => s.vault(),
         }
     }
+
+    fn local_files(&self) -> bool {
+        match self {
+            AnyStore::Sled(s) => s.local_files(),
+            AnyStore::Postgres(s) => s.local_files(),
+        }
+    }
 }
 
 fn append_to<S: EventStore>(

@@ -163,4 +163,4 @@ impl Default for MemoryStore {
     }
 }
 
-crate::store::delegate_event_store!(MemoryStore);
+crate::store::delegate_event_store!(MemoryStore, local_files: false);

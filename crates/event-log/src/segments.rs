@@ -22,12 +22,12 @@
 //! cut short or hold garbage: [`Segments::scan`] reads the groups after a
 //! given place and stops at the first one that is not whole and valid (each
 //! record's own hash, contiguous positions, linked to the previous hash). It
-//! is a *torn* write only when nothing follows it (its bytes run to the end
-//! of the file, or past it, or all that is left is zeros), since the writer
-//! syncs each group before it writes the next; then [`Segments::cut`] drops
-//! it. Only unacknowledged groups can be torn: every acknowledged group was
-//! synced whole before its callers were answered. Anything else (damage with
-//! data after it, or whole records at the wrong position) is corruption.
+//! is a *torn* write only when no whole record at a later position follows
+//! it anywhere in the file, since the writer syncs each group before it
+//! writes the next; then [`Segments::cut`] drops it. Only unacknowledged
+//! groups can be torn: every acknowledged group was synced whole before its
+//! callers were answered. Anything else (damage with a valid group after it,
+//! or whole records at the wrong position) is corruption.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -94,9 +94,10 @@ pub(crate) struct Stop {
 
 /// Why a group was not taken.
 enum Bad {
-    /// An unfinished write at the end of the file.
+    /// Bytes that are not a whole group: an unfinished write, unless a
+    /// valid group follows them (see `later_record`).
     Torn(String),
-    /// Damage or a misplaced group: refused, never cut.
+    /// Whole records at the wrong place: refused, never cut.
     Wrong(String),
 }
 
@@ -317,6 +318,18 @@ impl Segments {
                         });
                         at = end;
                     }
+                    Err(Bad::Torn(reason)) => {
+                        // Damage with a valid group after it is no
+                        // unfinished write: the writer syncs each group
+                        // before it writes the next.
+                        let bad = match later_record(&file, at + 1, len, next)? {
+                            Some((position, offset)) => Bad::Wrong(format!(
+                                "{reason}; a whole record at position {position} follows at byte {offset}"
+                            )),
+                            None => Bad::Torn(reason),
+                        };
+                        return Ok((found, Some(stop(bad))));
+                    }
                     Err(bad) => return Ok((found, Some(stop(bad)))),
                 }
             }
@@ -357,11 +370,7 @@ fn read_group(
     let mut header = [0; HEADER as usize];
     file.read_exact_at(&mut header, at)?;
     if header[..4] != MAGIC {
-        return Ok(Err(if zeros_from(file, at, len)? {
-            Bad::Torn("zeros to the end of the file".into())
-        } else {
-            Bad::Wrong("no group header".into())
-        }));
+        return Ok(Err(Bad::Torn("no group header".into())));
     }
     let count = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes"));
     let body_len = u64::from_be_bytes(header[8..].try_into().expect("8 bytes"));
@@ -373,14 +382,7 @@ fn read_group(
         ))));
     }
     let end = body_at + body_len;
-    // Damage in the group's bytes is a torn write only if nothing follows.
-    let damaged = |reason: String| {
-        if end == len {
-            Bad::Torn(reason)
-        } else {
-            Bad::Wrong(format!("{reason}, with more data after it"))
-        }
-    };
+    let damaged = Bad::Torn;
     if count == 0 {
         return Ok(Err(damaged("a group of no records".into())));
     }
@@ -429,16 +431,30 @@ fn read_group(
     Ok(Ok((records, stored, end)))
 }
 
-/// Whether every byte of `file` from `at` to `len` is zero.
-fn zeros_from(file: &File, mut at: u64, len: u64) -> io::Result<bool> {
-    let mut buf = vec![0; 64 * 1024];
-    while at < len {
-        let n = buf.len().min((len - at) as usize);
-        file.read_exact_at(&mut buf[..n], at)?;
-        if buf[..n].iter().any(|&b| b != 0) {
-            return Ok(false);
-        }
-        at += n as u64;
+/// The first group header from `at` on whose first record is whole (it
+/// decodes and hashes to its stored hash) and at position `next` or later:
+/// that record's position and the header's offset.
+fn later_record(file: &File, at: u64, len: u64, next: u64) -> io::Result<Option<(u64, u64)>> {
+    if at >= len {
+        return Ok(None);
     }
-    Ok(true)
+    let mut rest = vec![0; (len - at) as usize];
+    file.read_exact_at(&mut rest, at)?;
+    let mut from = 0;
+    while let Some(found) = rest[from..].windows(4).position(|w| w == MAGIC) {
+        let header = from + found;
+        from = header + 1;
+        let record = rest
+            .get(header + HEADER as usize..)
+            .and_then(|body| {
+                let l = u32::from_be_bytes(body.get(..4)?.try_into().ok()?) as usize;
+                body.get(4..4 + l)
+            })
+            .and_then(|frame| Record::from_stored_bytes(frame).ok())
+            .filter(|r| r.position >= next && r.compute_hash() == r.hash);
+        if let Some(record) = record {
+            return Ok(Some((record.position, at + header as u64)));
+        }
+    }
+    Ok(None)
 }

@@ -1,7 +1,7 @@
 //! The sled backend: records in Baton's own segment files (`segments`), one
-//! write and one `fdatasync` per group; sled holds the indexes, one
-//! `sled::Batch` per group, written after the group is durable and flushed
-//! about once a second (not per group). It does not decide positions or hashes
+//! write and one `fdatasync` per group; sled holds the indexes, written with
+//! plain inserts after the group is durable and flushed about once a second
+//! (not per group). It does not decide positions or hashes
 //! (the writer does) and does not verify the chain (the verifier does).
 //!
 //! Keys (integers big-endian, so byte order is numeric order):
@@ -22,9 +22,10 @@
 //! written before the segments (2026-12) kept the chunks' bytes in sled
 //! (`c` keys); they are read where they are, and new records go to segments.
 //!
-//! The indexes are derived: sled recovers a prefix of its inserts, the `g`
-//! key is written after each group's other entries, and the groups after
-//! the one it names are read back from the segments and indexed again at open (a torn, never-acknowledged group at the end is cut
+//! The indexes are derived: the `g` key is set at each checkpoint, after
+//! sled's flush and sync made every entry before it durable, and the groups
+//! after the one it names are read back from the segments and indexed again
+//! at open (a torn, never-acknowledged group at the end is cut
 //! off). The head is not stored: it is the last record of the last group,
 //! so it cannot disagree with the records. A small cache of the most
 //! recently committed records serves readers that follow the head (the usual
@@ -53,7 +54,7 @@ const IDEMPOTENCY: u8 = b'i';
 
 /// A chunk is closed before it would exceed this many bytes (one record
 /// larger than this gets a chunk of its own): what a read of one record by
-/// position reads from its segment.
+/// position reads from its segment. Part of the format (see `index_group`).
 const CHUNK_BYTES: usize = 6 * 1024;
 
 /// How often the writer flushes sled's indexes and makes them durable. A
@@ -61,7 +62,8 @@ const CHUNK_BYTES: usize = 6 * 1024;
 /// back from the segments.
 const INDEX_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Positions per stream run (8 bytes each); a longer run is split.
+/// Positions per stream run (8 bytes each); a longer run is split. Part of
+/// the format (see `index_group`).
 const RUN_POSITIONS: usize = 512;
 
 /// Recently committed records kept in memory for readers, by count and by
@@ -158,7 +160,7 @@ impl<'a> Iterator for Frames<'a> {
 }
 
 /// The most recently committed records, contiguous, ending at the last
-/// commit. Only `commit` adds to it (after the flush), so everything in it
+/// commit. Only `commit` adds to it (after the sync), so everything in it
 /// is durable; readers still cap what they return at the durable head.
 struct Recent {
     /// Position of `records[0]`; the next position when empty.
@@ -200,6 +202,8 @@ pub(crate) struct SledBackend {
     index: Durability,
     /// When the indexes were last made durable.
     index_synced: std::sync::Mutex<std::time::Instant>,
+    /// The `g` value of the last group indexed since the last checkpoint.
+    indexed: std::sync::Mutex<Option<Vec<u8>>>,
     /// Groups made durable (one segment `fdatasync` each).
     syncs: std::sync::atomic::AtomicU64,
     /// Runs after a group is written and before it is synced (crash tests).
@@ -396,29 +400,51 @@ impl SledBackend {
                 .map_err(io_error)?;
         }
         for group in found {
-            index_group(
+            let indexed = index_group(
                 &self.tree,
                 &group.records,
                 &group.stored,
                 group.segment,
                 group.body,
             )?;
+            *self.indexed.lock().unwrap_or_else(PoisonError::into_inner) = Some(indexed);
         }
         if changed {
-            self.sync_index()?;
+            self.close_index()?;
         }
         Ok(head)
     }
 
-    /// Flushes sled's indexes and makes them durable.
+    /// The indexes' checkpoint: flushes sled and makes its files durable,
+    /// then moves the `g` key to the last group indexed before the flush.
+    /// So a `g` key that survives a crash (even a power cut, in which sled's
+    /// unsynced writes may land in any order) names only entries that were
+    /// made durable before it was written. The new `g` is itself made
+    /// durable by the next checkpoint (or by `close_index`).
     fn sync_index(&self) -> Result<(), StorageError> {
+        let indexed = self
+            .indexed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         self.db.flush()?;
         self.index.sync().map_err(io_error)?;
+        if let Some(indexed) = indexed {
+            self.tree.insert(INDEXED, indexed)?;
+        }
         *self
             .index_synced
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = std::time::Instant::now();
         Ok(())
+    }
+
+    /// A checkpoint whose `g` key is durable too: the next open reads
+    /// nothing back.
+    fn close_index(&self) -> Result<(), StorageError> {
+        self.sync_index()?;
+        self.db.flush()?;
+        self.index.sync().map_err(io_error)
     }
 
     /// The chunk holding `position`, as (first position, bytes), or `None`
@@ -540,23 +566,24 @@ fn decode_indexed(value: &[u8]) -> Result<(u64, u64, Head), StorageError> {
 }
 
 /// Writes the index entries of one group whose body starts at `body` in
-/// `segment`: a place per chunk, the idempotency keys, a run per stream,
-/// and last the `g` key saying the group is indexed.
+/// `segment`: a place per chunk, the idempotency keys and a run per stream.
+/// Returns the value of the `g` key for it, which the next checkpoint
+/// writes once these entries are durable.
 ///
 /// Plain inserts, not a `sled::Batch`: sled 0.34's `apply_batch` writes out
 /// and `sync_file_range`s its log buffer twice per batch (`pin_log` rolls
 /// the buffer before and after its reservation), two synchronous writes per
-/// group that the records do not need. sled recovers a prefix of its
-/// inserts in order, so a crash leaves either the `g` key of this group,
-/// with everything before it, or the previous group's, and the open indexes
-/// every group after it again (the same keys with the same values).
+/// group that the records do not need. A group indexed again after a crash
+/// gets the same keys with the same values, since chunks and runs are split
+/// by the group's own records alone: `CHUNK_BYTES` and `RUN_POSITIONS` are
+/// part of the format, and changing them calls for a new layout.
 fn index_group(
     tree: &sled::Tree,
     records: &[Record],
     stored: &[Vec<u8>],
     segment: u64,
     body: u64,
-) -> Result<(), StorageError> {
+) -> Result<Vec<u8>, StorageError> {
     // Chunks of consecutive positions: byte ranges of the body, each frame
     // a u32 length and the stored bytes.
     let mut offset = body;
@@ -619,15 +646,15 @@ fn index_group(
         tree.insert(run_key(stream, first_version), positions)?;
     }
 
-    if let Some(last) = records.last() {
-        let mut indexed = Vec::with_capacity(56);
-        indexed.extend_from_slice(&segment.to_be_bytes());
-        indexed.extend_from_slice(&offset.to_be_bytes());
-        indexed.extend_from_slice(&last.position.to_be_bytes());
-        indexed.extend_from_slice(&last.hash.0);
-        tree.insert(INDEXED, indexed)?;
-    }
-    Ok(())
+    let last = records
+        .last()
+        .ok_or_else(|| corrupt("index", "a group of no records", None))?;
+    let mut indexed = Vec::with_capacity(56);
+    indexed.extend_from_slice(&segment.to_be_bytes());
+    indexed.extend_from_slice(&offset.to_be_bytes());
+    indexed.extend_from_slice(&last.position.to_be_bytes());
+    indexed.extend_from_slice(&last.hash.0);
+    Ok(indexed)
 }
 
 /// The stored bytes of `position` in a chunk, if the chunk holds it.
@@ -651,7 +678,7 @@ impl Drop for SledBackend {
     /// A clean close leaves the indexes whole, so the next open has nothing
     /// to read back. An error here only means that open will.
     fn drop(&mut self) {
-        let _ = self.sync_index();
+        let _ = self.close_index();
     }
 }
 
@@ -749,13 +776,14 @@ impl Backend for SledBackend {
         let (segment, body_at) = written.map_err(io_error)?;
         keys.map_err(io_error)?;
 
-        // The indexes: one sled batch, applied atomically, flushed with the
-        // next checkpoint. A crash before that loses only what the next open
-        // reads back from the segment. (If sled fails here, the writer stops
+        // The indexes: plain inserts, made durable by the next checkpoint,
+        // which also moves the `g` key past this group. A crash before that
+        // loses only what the next open reads back from the segment. (If sled fails here, the writer stops
         // and this group's callers hear an error although their records are
         // durable: they come back at the next open, and a retry with the
         // same idempotency keys finds them.)
-        index_group(&self.tree, &records, &stored, segment, body_at)?;
+        let indexed = index_group(&self.tree, &records, &stored, segment, body_at)?;
+        *self.indexed.lock().unwrap_or_else(PoisonError::into_inner) = Some(indexed);
         self.recent
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -908,6 +936,7 @@ impl SledStore {
             }),
             index,
             index_synced: std::sync::Mutex::new(std::time::Instant::now()),
+            indexed: std::sync::Mutex::new(None),
             syncs: std::sync::atomic::AtomicU64::new(0),
             before_sync: std::sync::OnceLock::new(),
         };
@@ -961,7 +990,7 @@ impl SledStore {
     }
 }
 
-crate::store::delegate_event_store!(SledStore);
+crate::store::delegate_event_store!(SledStore, local_files: true);
 
 #[cfg(test)]
 mod tests {
@@ -1171,7 +1200,9 @@ mod segment_tests {
         let last = segment_files(dir.path()).pop().unwrap();
         let whole = std::fs::read(&last).unwrap();
         let last_group = whole[*group_starts(&whole).last().unwrap()..].to_vec();
-        let tears: [(&str, Vec<u8>); 4] = [
+        let mut damaged_then_junk = b"BSG1\0\0\0\x01\0\0\0\0\0\0\0\x04".to_vec();
+        damaged_then_junk.extend_from_slice(b"junkBSG1");
+        let tears: [(&str, Vec<u8>); 6] = [
             ("a part of a header", b"BSG1\0\0".to_vec()),
             (
                 "a header and half a body",
@@ -1182,6 +1213,9 @@ mod segment_tests {
                 b"BSG1\0\0\0\0\0\0\0\0\0\0\0\0".to_vec(),
             ),
             ("zeros", vec![0; 300]),
+            // A lost header page: the power cut kept the file's size.
+            ("garbage", b"XXXXXXXXXXXXXXXXXXXX".to_vec()),
+            ("a damaged group and junk", damaged_then_junk),
         ];
         for (what, tear) in tears {
             let mut torn = whole.clone();
@@ -1193,27 +1227,14 @@ mod segment_tests {
             store.close().await;
         }
 
-        // Whole records at the wrong position, or damage with data after it,
-        // are no unfinished write: the open refuses them and cuts nothing.
+        // Whole records at the wrong position are no unfinished write: the
+        // open refuses them and cuts nothing.
         let mut misplaced = whole.clone();
         misplaced.extend_from_slice(&last_group);
-        let mut followed = whole.clone();
-        followed.extend_from_slice(b"BSG1\0\0\0\x01\0\0\0\0\0\0\0\x04");
-        followed.extend_from_slice(b"junk");
-        followed.extend_from_slice(b"BSG1");
-        // Bytes that are no group header and not zeros.
-        let mut overrun = whole.clone();
-        overrun.extend_from_slice(b"XXXXXXXXXXXXXXXXXXXX");
-        for (what, bytes) in [
-            ("a whole group again", misplaced),
-            ("a damaged group and more", followed),
-            ("garbage", overrun),
-        ] {
-            std::fs::write(&last, &bytes).unwrap();
-            let err = SledStore::open(dir.path()).unwrap_err();
-            assert!(format!("{err:?}").contains("segment"), "{what}: {err:?}");
-            assert_eq!(std::fs::read(&last).unwrap(), bytes, "{what}: nothing cut");
-        }
+        std::fs::write(&last, &misplaced).unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err();
+        assert!(format!("{err:?}").contains("hashing correctly"), "{err:?}");
+        assert_eq!(std::fs::read(&last).unwrap(), misplaced, "nothing cut");
         std::fs::write(&last, &whole).unwrap();
 
         // The last group with one byte changed and its indexes lost with
@@ -1222,15 +1243,20 @@ mod segment_tests {
         for file in sled_files(dir.path()) {
             remove(&file);
         }
+        // Damage in a group with a whole group after it (a changed byte, a
+        // changed length) is no unfinished write either: refused.
         let starts = group_starts(&whole);
+        let mut length = whole.clone();
+        length[starts[1] + 8..starts[1] + 16].copy_from_slice(&u64::MAX.to_be_bytes());
+        std::fs::write(&last, &length).unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err();
+        assert!(format!("{err:?}").contains("follows at byte"), "{err:?}");
+        assert_eq!(std::fs::read(&last).unwrap(), length, "nothing cut");
         let mut middle = whole.clone();
         middle[starts[1] + 40] ^= 1;
         std::fs::write(&last, &middle).unwrap();
         let err = SledStore::open(dir.path()).unwrap_err();
-        assert!(
-            format!("{err:?}").contains("with more data after it"),
-            "{err:?}"
-        );
+        assert!(format!("{err:?}").contains("follows at byte"), "{err:?}");
         assert_eq!(std::fs::read(&last).unwrap(), middle, "nothing cut");
         let mut changed = whole.clone();
         let n = changed.len();
@@ -1249,7 +1275,7 @@ mod segment_tests {
 
     /// sled's indexes are flushed about once a second, not with each group,
     /// so a crash can leave them behind the segments (sled recovers a prefix
-    /// of its batches). The open reads the missing groups back from the
+    /// of its inserts). The open reads the missing groups back from the
     /// segments and indexes them, even when sled lost everything.
     #[tokio::test]
     async fn indexes_behind_the_segments_are_read_back_at_open() {

@@ -72,6 +72,14 @@ pub trait EventStore: Send + Sync {
     /// made by [`KeyVault::seal`] are synced before the next group is
     /// written, so a durable record never names a key that is not.
     fn vault(&self) -> &KeyVault;
+
+    /// Whether the log is files on this machine that outlive the process
+    /// (the sled store), so that state derived from it may be kept beside
+    /// it (projection snapshots). False for a log in memory or in a shared
+    /// database.
+    fn local_files(&self) -> bool {
+        false
+    }
 }
 
 /// How the writer groups and queues appends.
@@ -122,7 +130,7 @@ impl StoreConfig {
 /// Implements [`EventStore`] for a store type that wraps a writer `Core` in a
 /// field named `core`, so every backend shares one implementation.
 macro_rules! delegate_event_store {
-    ($store:ty) => {
+    ($store:ty, local_files: $local:expr) => {
         impl $crate::store::EventStore for $store {
             fn append(
                 &self,
@@ -169,6 +177,10 @@ macro_rules! delegate_event_store {
 
             fn vault(&self) -> &$crate::vault::KeyVault {
                 &self.vault
+            }
+
+            fn local_files(&self) -> bool {
+                $local
             }
         }
     };

@@ -242,7 +242,7 @@ impl<S: EventStore + 'static> Baton<S> {
     ) -> Result<(Arc<Self>, tokio::sync::mpsc::Receiver<domain::ThreadKey>), StorageError> {
         let config = Arc::new(config);
         let fresh = State::new(config.pages.values().map(|(_, p)| p.clone()));
-        let loaded = match snapshot::dir_of(&config) {
+        let loaded = match snapshot::dir_of(&config, store.as_ref()) {
             Some(dir) => match snapshot::load(&dir, &fresh, store.as_ref()).await {
                 Ok(loaded) => loaded,
                 Err(e) => {

@@ -359,15 +359,17 @@ async fn hash_at<S: EventStore>(store: &S, position: u64) -> Result<ChainHash, S
 
 /// Where a node keeps its projection snapshot: `<data_dir>/snapshots` on
 /// sled; none on PostgreSQL, where the log is shared and a node folds it
-/// from the start.
-pub fn dir_of(config: &Config) -> Option<PathBuf> {
-    matches!(config.store, StoreSetting::Sled).then(|| config.data_dir.join("snapshots"))
+/// from the start, and none for a log that does not outlive the process
+/// (in memory: tests and benchmarks, whose `data_dir` may be a placeholder).
+pub fn dir_of(config: &Config, store: &impl EventStore) -> Option<PathBuf> {
+    (matches!(config.store, StoreSetting::Sled) && store.local_files())
+        .then(|| config.data_dir.join("snapshots"))
 }
 
 impl<S: EventStore + 'static> Baton<S> {
     /// Where this node keeps its projection snapshot ([`dir_of`]).
     pub fn snapshot_dir(&self) -> Option<PathBuf> {
-        dir_of(&self.config)
+        dir_of(&self.config, self.store.as_ref())
     }
 
     /// The state a fold of this configuration starts from.

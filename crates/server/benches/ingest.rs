@@ -62,7 +62,12 @@ struct Outcome {
 
 async fn run<S: EventStore + 'static>(store: Arc<S>, deliveries: usize, items: usize) -> Outcome {
     let clock = Arc::new(ManualClock::new(test_support::T0));
-    let running = server::start(config(), store, clock)
+    // Whatever the server keeps beside the log (a projection snapshot at
+    // the stop, on sled) goes to a directory of the run's own.
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let mut config = config();
+    config.data_dir = scratch.path().to_path_buf();
+    let running = server::start(config, store, clock)
         .await
         .expect("server starts");
     let outcome = load(&[running.base_url()], deliveries, items).await;

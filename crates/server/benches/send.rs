@@ -143,7 +143,9 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SledStore::open(dir.path().join("log")).unwrap());
         let clock = || Arc::new(ManualClock::new(domain::Timestamp::from_millis(emulator::DEFAULT_EPOCH_MS)));
-        let baton = server::start(config(&emulator.base_url()), store, clock()).await.expect("baton");
+        let mut sled_config = config(&emulator.base_url());
+        sled_config.data_dir = dir.path().to_path_buf();
+        let baton = server::start(sled_config, store, clock()).await.expect("baton");
         let sled = measure(&emulator, &baton.base_url(), sends).await;
         baton.stop().await;
         let postgres = match &pg {
