@@ -100,8 +100,8 @@ pub struct StoreConfig {
     /// 1 GiB): with the recent-record cache (at most 16 MiB), the bound on
     /// what the log keeps in memory however long it grows.
     pub cache_capacity_bytes: u64,
-    /// The sled store closes a segment file of records once it is larger
-    /// than this and starts the next (a group is never split).
+    /// The sled store closes a segment file of records once it has reached
+    /// this size and starts the next (a group is never split).
     pub segment_bytes: u64,
 }
 
