@@ -70,13 +70,7 @@ async fn a_full_disk_refuses_to_acknowledge_says_why_and_leaves_the_log_intact()
         inner: open_store(dir.path()).await,
         full: AtomicBool::new(false),
     });
-    let mut config = server::Config::parse(
-        &config_toml("http://127.0.0.1:9", &cr_mode()),
-        "test.toml",
-        |_| None,
-    )
-    .unwrap();
-    config.data_dir = dir.path().to_path_buf();
+    let config = offline_config(dir.path());
     let running = server::start(
         config,
         store.clone(),
@@ -137,12 +131,10 @@ async fn a_full_disk_refuses_to_acknowledge_says_why_and_leaves_the_log_intact()
 async fn a_send_interrupted_by_a_crash_is_recorded_unknown_at_start_and_settled_by_its_echo() {
     use domain::events::{Channel, DeliveryCopy, SendOutcome};
     use domain::rules::{self, Observation};
-    let config = server::Config::parse(
-        &config_toml("http://127.0.0.1:9", &cr_mode()),
-        "test.toml",
-        |_| None,
-    )
-    .unwrap();
+    // What the server keeps beside the log (its projection snapshot) goes
+    // to the test's directory, not to the working directory.
+    let dir = tempfile::tempdir().unwrap();
+    let config = offline_config(dir.path());
     let page = config
         .page(&domain::PageId::parse(PAGE).unwrap())
         .unwrap()
@@ -200,11 +192,6 @@ async fn a_send_interrupted_by_a_crash_is_recorded_unknown_at_start_and_settled_
         }
         .into(),
     );
-    let dir = tempfile::tempdir().unwrap();
-    // What the server keeps beside the log (its projection snapshot) goes
-    // to the test's directory, not to the working directory.
-    let mut config = config;
-    config.data_dir = dir.path().to_path_buf();
     let store = Arc::new(open_store(dir.path()).await);
     let records = history.iter().map(orchestration::encode).collect();
     store.append(records).await.unwrap();

@@ -217,13 +217,7 @@ async fn a_background_snapshot_bounds_what_a_crash_folds_again() {
 #[tokio::test]
 async fn a_log_in_memory_leaves_no_snapshot_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = server::Config::parse(
-        &config_toml("http://127.0.0.1:9", &cr_mode()),
-        "test.toml",
-        |_| None,
-    )
-    .unwrap();
-    config.data_dir = dir.path().to_path_buf();
+    let config = offline_config(dir.path());
     let store = std::sync::Arc::new(event_log::MemoryStore::new());
     let running = server::start(
         config,

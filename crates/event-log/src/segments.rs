@@ -182,21 +182,27 @@ impl Segments {
     }
 
     /// Appends one group whose first record is at `first` (not yet synced;
-    /// see [`Segments::sync`]). `body` is the records' frames. Returns the
-    /// segment and the offset of the group (its body is [`HEADER`] bytes
-    /// later). A failed write is cut off again as far as it can be.
-    pub(crate) fn append(&self, first: u64, count: u32, body: &[u8]) -> io::Result<(u64, u64)> {
+    /// see [`Segments::sync`]). `group` is [`HEADER`] bytes for the header,
+    /// filled in here, then the records' frames: one buffer, one write.
+    /// Returns the segment and the offset of the group (its body is
+    /// [`HEADER`] bytes later). A failed write is cut off again as far as it
+    /// can be.
+    pub(crate) fn append(
+        &self,
+        first: u64,
+        count: u32,
+        group: &mut [u8],
+    ) -> io::Result<(u64, u64)> {
         let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
         if tail.as_ref().is_none_or(|t| t.len >= self.segment_bytes) {
             *tail = Some(self.create(first)?);
         }
         let tail = tail.as_mut().expect("a tail segment was just made");
-        let mut group = Vec::with_capacity(HEADER as usize + body.len());
-        group.extend_from_slice(&MAGIC);
-        group.extend_from_slice(&count.to_be_bytes());
-        group.extend_from_slice(&(body.len() as u64).to_be_bytes());
-        group.extend_from_slice(body);
-        if let Err(e) = tail.file.write_all_at(&group, tail.len) {
+        let body_len = (group.len() - HEADER as usize) as u64;
+        group[..4].copy_from_slice(&MAGIC);
+        group[4..8].copy_from_slice(&count.to_be_bytes());
+        group[8..HEADER as usize].copy_from_slice(&body_len.to_be_bytes());
+        if let Err(e) = tail.file.write_all_at(group, tail.len) {
             let _ = tail.file.set_len(tail.len);
             return Err(e);
         }

@@ -450,18 +450,20 @@ impl SledBackend {
     /// The chunk holding `position`, as (first position, bytes), or `None`
     /// when no chunk starts at or before it.
     fn chunk_at(&self, position: u64) -> Result<Option<(u64, Chunk)>, StorageError> {
+        match self.chunk_entry(position)? {
+            None => Ok(None),
+            Some((key, value)) => self.chunk(&key, value).map(Some),
+        }
+    }
+
+    /// The `c` or `p` entry of the chunk holding `position`, not read yet.
+    fn chunk_entry(&self, position: u64) -> Result<Option<(sled::IVec, sled::IVec)>, StorageError> {
         let (from, to) = if position <= self.legacy_last {
             (chunk_key(0), chunk_key(position))
         } else {
             (place_key(0), place_key(position))
         };
-        match self.tree.range(from..=to).next_back() {
-            None => Ok(None),
-            Some(entry) => {
-                let (key, value) = entry?;
-                self.chunk(&key, value).map(Some)
-            }
-        }
+        Ok(self.tree.range(from..=to).next_back().transpose()?)
     }
 
     /// The chunk under a `c` or `p` key.
@@ -485,8 +487,8 @@ impl SledBackend {
         out: &mut Vec<Record>,
     ) -> Result<(), StorageError> {
         // Start at the chunk holding `from` (it may begin before it).
-        let start = match self.chunk_at(from)? {
-            Some((first, _)) => first,
+        let start = match self.chunk_entry(from)? {
+            Some((key, _)) => be_u64(&key[1..], "chunk key")?,
             None => from,
         };
         let legacy = self.tree.range(chunk_key(start)..=chunk_key(to));
@@ -717,11 +719,14 @@ impl Backend for SledBackend {
         let Some(first) = records.first().map(|r| r.position) else {
             return Ok(());
         };
-        let mut body = Vec::with_capacity(stored.iter().map(|b| 4 + b.len()).sum());
+        // The group's bytes in one buffer: its header (filled in by the
+        // segments), then the records' frames.
+        let mut group = vec![0; HEADER as usize];
+        group.reserve(stored.iter().map(|b| 4 + b.len()).sum());
         for bytes in &stored {
             let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-            body.extend_from_slice(&len.to_be_bytes());
-            body.extend_from_slice(bytes);
+            group.extend_from_slice(&len.to_be_bytes());
+            group.extend_from_slice(bytes);
         }
         let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
 
@@ -746,20 +751,20 @@ impl Backend for SledBackend {
         // One write of the whole group, then one `fdatasync`; the keys' sync
         // runs at the same time on a thread of its own. Both are durable
         // before the indexes are written and anyone is told.
-        let write = || -> std::io::Result<(u64, u64)> {
-            let (segment, group) = self.segments.append(first, count, &body)?;
+        let mut write = || -> std::io::Result<(u64, u64)> {
+            let (segment, at) = self.segments.append(first, count, &mut group)?;
             if let Some(hook) = self.before_sync.get() {
                 hook();
             }
             if let Err(e) = self.segments.sync() {
                 // Not durable, so never acknowledged: take it back, as far
                 // as the disk lets us (the next open cuts it off otherwise).
-                let _ = self.segments.cut(segment, group);
+                let _ = self.segments.cut(segment, at);
                 return Err(e);
             }
             self.syncs
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Ok((segment, group + HEADER))
+            Ok((segment, at + HEADER))
         };
         let (written, keys) = if keys_written {
             std::thread::scope(|scope| {

@@ -217,6 +217,17 @@ pub fn config_toml(graph: &str, mode: &str) -> String {
     BatonToml::new(graph).routing(mode).render()
 }
 
+/// The test configuration (Conversation Routing, a Graph API nobody
+/// answers) keeping what the server writes beside the log in `data_dir`:
+/// for a test that starts the server on a store of its own.
+pub fn offline_config(data_dir: &Path) -> Config {
+    let text = BatonToml::new("http://127.0.0.1:9")
+        .routing(&cr_mode())
+        .data_dir(data_dir)
+        .render();
+    Config::parse(&text, "test.toml", |_| None).unwrap()
+}
+
 /// [`config_toml`] with other timeouts and rates.
 pub fn config_toml_with(graph: &str, mode: &str, tuning: Tuning) -> String {
     BatonToml::new(graph).routing(mode).tuning(tuning).render()
