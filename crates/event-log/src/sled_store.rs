@@ -11,8 +11,10 @@
 //! | `p` first position:u64                   | chunk place: segment:u64 offset:u64 len:u32 |
 //! | `g`                                      | indexed up to: segment:u64 end:u64 position:u64 hash:32 |
 //! | `c` first position:u64                   | chunk: (len:u32 ‖ canonical bytes ‖ hash)…  |
-//! | `t` len:u32 stream first version:u64     | run: position:u64…                          |
-//! | `i` idempotency key                      | position:u64 version:u64 event_id:16        |
+//! | `v` stream digest:16 first version:u64   | run: position:u64…                          |
+//! | `d` idempotency key digest:16            | position:u64                                |
+//! | `t` len:u32 stream first version:u64     | run: position:u64… (before 2026-12-02)      |
+//! | `i` idempotency key                      | position:u64 version:u64 event_id:16 (before 2026-12-02) |
 //!
 //! A group's records are split into *chunks* of consecutive positions (at
 //! most [`CHUNK_BYTES`], one key each) and a stream's records in one group
@@ -21,6 +23,17 @@
 //! A chunk is a byte range of a group's body in a segment (`p` keys). Logs
 //! written before the segments (2026-12) kept the chunks' bytes in sled
 //! (`c` keys); they are read where they are, and new records go to segments.
+//!
+//! Streams and idempotency keys are named in the indexes by a digest (the
+//! first 16 bytes of their SHA-256), so every such key has the same small
+//! size and lands at a random place in the tree whatever the names look
+//! like: with the names themselves, sled's files grew to three times the
+//! size for senders whose ids arrive in order (as a page's new senders'
+//! do) than for the same number in random order. A read checks the record
+//! it finds against the name it asked for (a stream's records must be that
+//! stream's, a duplicate must carry the same key). Directories written
+//! before (2026-12-02) keep their `t` and `i` keys, read after the digest
+//! keys; new entries are always digest keys.
 //!
 //! The indexes are derived: the `g` key is set at each checkpoint, after
 //! sled's flush and sync made every entry before it durable, and the groups
@@ -35,8 +48,6 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock};
 
-use uuid::Uuid;
-
 use crate::error::{corrupt, AppendError, OpenError, StorageError};
 use crate::record::{Appended, ChainHash, Head, Record};
 use crate::segments::{Place, Segments, HEADER};
@@ -49,8 +60,11 @@ const CHUNK: u8 = b'c';
 const PLACE: u8 = b'p';
 /// The one key saying how far the segments are indexed.
 const INDEXED: &[u8] = b"g";
-const RUN: u8 = b't';
-const IDEMPOTENCY: u8 = b'i';
+const RUN: u8 = b'v';
+const KEY: u8 = b'd';
+/// The stream runs and idempotency keys of logs written before the digests.
+const LEGACY_RUN: u8 = b't';
+const LEGACY_KEY: u8 = b'i';
 
 /// A chunk is closed before it would exceed this many bytes (one record
 /// larger than this gets a chunk of its own): what a read of one record by
@@ -83,26 +97,50 @@ fn place_key(position: u64) -> [u8; 9] {
     key
 }
 
-/// Stream run key. The length prefix keeps one stream's keys contiguous and
-/// apart from streams whose name it is a prefix of.
-fn run_key(stream: &str, first_version: u64) -> Vec<u8> {
-    let mut key = stream_prefix(stream);
-    key.extend_from_slice(&first_version.to_be_bytes());
+/// The fixed-size name of a stream or an idempotency key in the indexes:
+/// the first 16 bytes of its SHA-256.
+fn digest(text: &str) -> [u8; 16] {
+    let full = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes());
+    full[..16].try_into().expect("16 of 32 bytes")
+}
+
+/// The prefix of a stream's run keys; a run key adds the run's first
+/// version.
+fn stream_prefix(stream: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(25);
+    key.push(RUN);
+    key.extend_from_slice(&digest(stream));
     key
 }
 
-fn stream_prefix(stream: &str) -> Vec<u8> {
+/// The prefix of a stream's runs in a log written before the digests. The
+/// length prefix keeps one stream's keys contiguous and apart from streams
+/// whose name it is a prefix of.
+fn legacy_stream_prefix(stream: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(13 + stream.len());
-    key.push(RUN);
+    key.push(LEGACY_RUN);
     let len = u32::try_from(stream.len()).unwrap_or(u32::MAX);
     key.extend_from_slice(&len.to_be_bytes());
     key.extend_from_slice(stream.as_bytes());
     key
 }
 
-fn idempotency_key(text: &str) -> Vec<u8> {
+fn with_version(prefix: &[u8], version: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 8);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+fn idempotency_key(text: &str) -> [u8; 17] {
+    let mut key = [KEY; 17];
+    key[1..].copy_from_slice(&digest(text));
+    key
+}
+
+fn legacy_idempotency_key(text: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + text.len());
-    key.push(IDEMPOTENCY);
+    key.push(LEGACY_KEY);
     key.extend_from_slice(text.as_bytes());
     key
 }
@@ -198,6 +236,10 @@ pub(crate) struct SledBackend {
     /// The last position whose chunk is kept in sled (`c` keys, the layout
     /// before segments); 0 when there is none.
     legacy_last: u64,
+    /// Whether the log has stream runs or idempotency keys written before
+    /// the digests (`t`, `i`): only then are they looked up.
+    legacy_runs: bool,
+    legacy_keys: bool,
     recent: RwLock<Recent>,
     index: Durability,
     /// When the indexes were last made durable.
@@ -346,6 +388,8 @@ impl SledBackend {
             }
         };
         self.legacy_last = legacy.position;
+        self.legacy_runs = self.tree.scan_prefix([LEGACY_RUN]).next().is_some();
+        self.legacy_keys = self.tree.scan_prefix([LEGACY_KEY]).next().is_some();
         // Where the indexed groups end, and the head there.
         let segments = self.segments.list();
         let (segment, offset, indexed) = match self.tree.get(INDEXED)? {
@@ -637,15 +681,14 @@ fn index_group(
             }
         }
         if let Some(key) = &record.idempotency_key {
-            let mut value = Vec::with_capacity(32);
-            value.extend_from_slice(&position);
-            value.extend_from_slice(&record.stream_version.to_be_bytes());
-            value.extend_from_slice(record.event_id.as_bytes());
-            tree.insert(idempotency_key(key), value)?;
+            tree.insert(idempotency_key(key), &position)?;
         }
     }
     for (stream, first_version, positions) in runs {
-        tree.insert(run_key(stream, first_version), positions)?;
+        tree.insert(
+            with_version(&stream_prefix(stream), first_version),
+            positions,
+        )?;
     }
 
     let last = records
@@ -687,32 +730,49 @@ impl Drop for SledBackend {
 impl Backend for SledBackend {
     fn stream_version(&self, stream: &str) -> Result<u64, StorageError> {
         // The last run holds the stream's version; a separate stream-head
-        // key would cost one more insert per stream per group.
-        let prefix = stream_prefix(stream);
-        match self.tree.scan_prefix(&prefix).next_back() {
-            None => Ok(0),
-            Some(entry) => {
+        // key would cost one more insert per stream per group. Runs written
+        // before the digests hold only older versions.
+        let mut prefixes = vec![stream_prefix(stream)];
+        if self.legacy_runs {
+            prefixes.push(legacy_stream_prefix(stream));
+        }
+        for prefix in prefixes {
+            if let Some(entry) = self.tree.scan_prefix(&prefix).next_back() {
                 let (key, run) = entry?;
                 let first = be_u64(&key[prefix.len()..], "stream run key")?;
-                Ok(first + (run.len() / 8) as u64 - 1)
+                return Ok(first + (run.len() / 8) as u64 - 1);
             }
         }
+        Ok(0)
     }
 
     fn idempotent(&self, key: &str) -> Result<Option<Appended>, StorageError> {
-        let Some(value) = self.tree.get(idempotency_key(key))? else {
-            return Ok(None);
-        };
-        let event_id = value
-            .get(16..32)
-            .and_then(|b| <[u8; 16]>::try_from(b).ok())
-            .ok_or_else(|| corrupt("idempotency key", "value too short", None))?;
-        Ok(Some(Appended {
-            position: be_u64(&value, "idempotency key")?,
-            stream_version: be_u64(&value[8..], "idempotency key")?,
-            event_id: Uuid::from_bytes(event_id),
-            duplicate: false,
-        }))
+        let mut entries = vec![self.tree.get(idempotency_key(key))?];
+        if self.legacy_keys {
+            entries.push(self.tree.get(legacy_idempotency_key(key))?);
+        }
+        // The entry names a position (both layouts start with it); the
+        // record there says the rest, and must carry this very key (a
+        // digest shared by two keys is not a duplicate).
+        for value in entries.into_iter().flatten() {
+            let position = be_u64(&value, "idempotency key")?;
+            let record = self.record_at(position, &mut None)?.ok_or_else(|| {
+                corrupt(
+                    "idempotency index",
+                    format!("record {position} is missing"),
+                    Some(position),
+                )
+            })?;
+            if record.idempotency_key.as_deref() == Some(key) {
+                return Ok(Some(Appended {
+                    position,
+                    stream_version: record.stream_version,
+                    event_id: record.event_id,
+                    duplicate: false,
+                }));
+            }
+        }
+        Ok(None)
     }
 
     fn commit(&self, records: Vec<Record>, stored: Vec<Vec<u8>>) -> Result<(), StorageError> {
@@ -834,37 +894,58 @@ impl Backend for SledBackend {
         limit: usize,
     ) -> Result<Vec<Record>, StorageError> {
         let mut out = Vec::new();
-        // Start at the run holding `from_version` (it may begin before it).
-        let start = match self
-            .tree
-            .range(run_key(stream, 0)..=run_key(stream, from_version))
-            .next_back()
-        {
-            Some(entry) => entry?.0.to_vec(),
-            None => run_key(stream, from_version),
-        };
-        let prefix_len = start.len() - 8;
+        // Runs written before the digests come first (they hold the older
+        // versions); a version indexed under both is read once.
+        let mut prefixes = Vec::new();
+        if self.legacy_runs {
+            prefixes.push(legacy_stream_prefix(stream));
+        }
+        prefixes.push(stream_prefix(stream));
+        let mut next = from_version;
         let mut memo = None;
-        for entry in self.tree.range(start..=run_key(stream, u64::MAX)) {
-            let (key, run) = entry?;
-            let first_version = be_u64(&key[prefix_len..], "stream run key")?;
-            for (index, position) in run.chunks_exact(8).enumerate() {
-                let version = first_version + index as u64;
-                if version < from_version {
-                    continue;
+        for prefix in prefixes {
+            // Start at the run holding `next` (it may begin before it).
+            let start = match self
+                .tree
+                .range(with_version(&prefix, 0)..=with_version(&prefix, next))
+                .next_back()
+            {
+                Some(entry) => entry?.0.to_vec(),
+                None => with_version(&prefix, next),
+            };
+            for entry in self.tree.range(start..=with_version(&prefix, u64::MAX)) {
+                let (key, run) = entry?;
+                let first_version = be_u64(&key[prefix.len()..], "stream run key")?;
+                for (index, position) in run.chunks_exact(8).enumerate() {
+                    let version = first_version + index as u64;
+                    if version < next {
+                        continue;
+                    }
+                    let position = be_u64(position, "stream run")?;
+                    if out.len() >= limit || position > max_position {
+                        return Ok(out);
+                    }
+                    let index_of = || format!("stream index of {stream:?}");
+                    let record = self.record_at(position, &mut memo)?.ok_or_else(|| {
+                        corrupt(
+                            index_of(),
+                            format!("record {position} is missing"),
+                            Some(position),
+                        )
+                    })?;
+                    if record.stream != stream || record.stream_version != version {
+                        return Err(corrupt(
+                            index_of(),
+                            format!(
+                                "record {position} is version {} of {:?}, not version {version}",
+                                record.stream_version, record.stream
+                            ),
+                            Some(position),
+                        ));
+                    }
+                    out.push(record);
+                    next = version + 1;
                 }
-                let position = be_u64(position, "stream run")?;
-                if out.len() >= limit || position > max_position {
-                    return Ok(out);
-                }
-                let record = self.record_at(position, &mut memo)?.ok_or_else(|| {
-                    corrupt(
-                        format!("stream index of {stream:?}"),
-                        format!("record {position} is missing"),
-                        Some(position),
-                    )
-                })?;
-                out.push(record);
             }
         }
         Ok(out)
@@ -934,6 +1015,8 @@ impl SledStore {
             tree,
             segments,
             legacy_last: 0,
+            legacy_runs: false,
+            legacy_keys: false,
             recent: RwLock::new(Recent {
                 first: 1,
                 records: VecDeque::new(),
@@ -1275,6 +1358,56 @@ mod segment_tests {
         );
         fill(&store, 1, 5).await;
         check_whole(&store, 25).await;
+        store.close().await;
+    }
+
+    /// Streams and idempotency keys are indexed by digest: an entry is
+    /// checked against the record it names before it is believed.
+    #[tokio::test]
+    async fn an_index_entry_naming_another_record_is_not_believed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store
+            .append(vec![
+                NewRecord::new("a", "T", 1, "{}").idempotency_key("key-a"),
+                NewRecord::new("b", "T", 1, "{}"),
+            ])
+            .await
+            .unwrap();
+        store.close().await;
+        // What a digest shared by two names would look like: key-b's entry
+        // names key-a's record, stream c's run names stream a's record.
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree(TREE).unwrap();
+            tree.insert(idempotency_key("key-b"), &1u64.to_be_bytes())
+                .unwrap();
+            tree.insert(with_version(&stream_prefix("c"), 1), &1u64.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        // key-b is not a duplicate of key-a's record; key-a still is.
+        let appended = store
+            .append(vec![
+                NewRecord::new("b", "T", 1, "{}").idempotency_key("key-b")
+            ])
+            .await
+            .unwrap();
+        assert_eq!((appended[0].position, appended[0].duplicate), (3, false));
+        let again = store
+            .append(vec![
+                NewRecord::new("a", "T", 1, "{}").idempotency_key("key-a")
+            ])
+            .await
+            .unwrap();
+        assert_eq!((again[0].position, again[0].duplicate), (1, true));
+        // Stream c's read is refused rather than answered with a's record.
+        match store.read_stream("c", 1, 10).await {
+            Err(e) => assert!(e.to_string().contains("stream index of \"c\""), "{e}"),
+            Ok(records) => panic!("read {records:?}"),
+        }
+        assert_eq!(store.read_stream("a", 1, 10).await.unwrap().len(), 1);
         store.close().await;
     }
 

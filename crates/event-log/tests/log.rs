@@ -681,13 +681,6 @@ async fn a_log_written_by_the_previous_release_opens_intact() {
     // sled's files as the upgrade found them: chunks (`c` keys), no index
     // of any segment.
     let saved = tempfile::tempdir().unwrap();
-    let sled_files = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.is_file())
-            .collect()
-    };
     for file in sled_files(dir.path()) {
         std::fs::copy(&file, saved.path().join(file.file_name().unwrap())).unwrap();
     }
@@ -737,6 +730,131 @@ async fn a_log_written_by_the_previous_release_opens_intact() {
         assert!(spanning.iter().zip(1..).all(|(r, v)| r.stream_version == v));
         let report = verify(&store).await.unwrap();
         assert_eq!(report.records, 58);
+        store.close().await;
+    }
+}
+
+/// sled's own files in a log directory (not the segments or the vault).
+fn sled_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect()
+}
+
+/// Copies a fixture directory, subdirectories included.
+fn copy_fixture(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_fixture(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Every stream read matches the records of that stream in the whole log,
+/// and every idempotency key in the log is found again at its record.
+async fn indexes_agree_with_the_records(store: &SledStore) {
+    let records = all_records(store).await;
+    let mut streams: HashMap<&str, Vec<&Record>> = HashMap::new();
+    for record in &records {
+        streams.entry(&record.stream).or_default().push(record);
+    }
+    for (stream, expected) in streams {
+        let read = store.read_stream(stream, 1, usize::MAX).await.unwrap();
+        assert_eq!(read.len(), expected.len(), "{stream}");
+        assert!(read.iter().zip(&expected).all(|(r, e)| r == *e), "{stream}");
+        assert!(read.iter().zip(1..).all(|(r, v)| r.stream_version == v));
+        let next = store.read_stream(stream, 2, 1).await.unwrap();
+        assert_eq!(
+            next.first().map(|r| r.stream_version),
+            read.get(1).map(|_| 2)
+        );
+    }
+    let keyed: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.idempotency_key.is_some())
+        .collect();
+    let retries = keyed
+        .iter()
+        .map(|r| {
+            NewRecord::new(r.stream.clone(), "Retry", 1, "{}")
+                .idempotency_key(r.idempotency_key.clone().unwrap())
+        })
+        .collect();
+    let head = store.head().await.unwrap();
+    let appended = store.append(retries).await.unwrap();
+    for (found, record) in appended.iter().zip(&keyed) {
+        assert!(found.duplicate);
+        assert_eq!(
+            (found.position, found.stream_version, found.event_id),
+            (record.position, record.stream_version, record.event_id)
+        );
+    }
+    assert_eq!(store.head().await.unwrap(), head);
+}
+
+/// A data directory written by the first release with segment files
+/// (2026-12-02: streams and idempotency keys indexed by their names, sled's
+/// `t` and `i` keys; 72 records in four segments of about 4 KiB, 36 of them
+/// with an idempotency key, six streams) opens with the current store,
+/// which indexes by digest: every record, position and chain hash intact,
+/// every stream and key found, and new records continue old streams. The
+/// same again after sled lost the index entirely, and after it lost only
+/// its `g` key (every old group is then indexed a second time, by digest,
+/// beside its name-keyed entries).
+#[tokio::test]
+async fn a_log_with_name_keyed_indexes_opens_intact() {
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/segment-log-2026-12");
+    let head_hash = "2a1569bc1c946396c9812fcdfe03d281aba3de556a406767b530d9e20e3532a7";
+    for damage in ["none", "sled lost", "g lost"] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_fixture(&fixture, dir.path());
+        match damage {
+            "sled lost" => sled_files(dir.path())
+                .iter()
+                .for_each(|f| std::fs::remove_file(f).unwrap()),
+            "g lost" => {
+                let db = sled::open(dir.path()).unwrap();
+                let tree = db.open_tree("baton-event-log").unwrap();
+                assert!(tree.remove("g").unwrap().is_some());
+                db.flush().unwrap();
+            }
+            _ => {}
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let report = verify(&store).await.unwrap();
+        assert_eq!(
+            (report.records, report.head.hash.to_hex()),
+            (72, head_hash.into()),
+            "{damage}"
+        );
+        indexes_agree_with_the_records(&store).await;
+        let old = store
+            .read_stream("thread/5550001/7000", 1, usize::MAX)
+            .await
+            .unwrap();
+        let appended = store
+            .append(vec![
+                NewRecord::new("thread/5550001/7000", "Tick", 1, "{}").idempotency_key("new-1"),
+                NewRecord::new("deliveries/1001", "Tick", 1, "{}").idempotency_key("new-2"),
+                NewRecord::new("s/after-upgrade", "Tick", 1, "{}"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(appended[0].position, 73);
+        assert_eq!(appended[0].stream_version, old.len() as u64 + 1);
+        store.close().await;
+
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(verify(&store).await.unwrap().records, 75);
+        indexes_agree_with_the_records(&store).await;
         store.close().await;
     }
 }
