@@ -13,8 +13,14 @@
 //! | `c` first position:u64                   | chunk: (len:u32 ‖ canonical bytes ‖ hash)…  |
 //! | `v` stream digest:16 first version:u64   | run: position:u64…                          |
 //! | `d` idempotency key digest:16            | position:u64                                |
-//! | `t` len:u32 stream first version:u64     | run: position:u64… (before 2026-12-02)      |
-//! | `i` idempotency key                      | position:u64 version:u64 event_id:16 (before 2026-12-02) |
+//! | `r:layout`                               | `digest-keys`                               |
+//!
+//! Converted at the first open (directories written before 2026-12-02):
+//!
+//! | key                                      | value                                       |
+//! |------------------------------------------|---------------------------------------------|
+//! | `t` len:u32 stream first version:u64     | run: position:u64…                          |
+//! | `i` idempotency key                      | position:u64 version:u64 event_id:16        |
 //!
 //! A group's records are split into *chunks* of consecutive positions (at
 //! most [`CHUNK_BYTES`], one key each) and a stream's records in one group
@@ -32,8 +38,9 @@
 //! do) than for the same number in random order. A read checks the record
 //! it finds against the name it asked for (a stream's records must be that
 //! stream's, a duplicate must carry the same key). Directories written
-//! before (2026-12-02) keep their `t` and `i` keys, read after the digest
-//! keys; new entries are always digest keys.
+//! before (2026-12-02) indexed them by name (`t` and `i` keys); the first
+//! open converts those entries (see `convert_name_keys`) and writes the
+//! layout key (`LAYOUT`), which releases before it refuse.
 //!
 //! The indexes are derived: the `g` key is set at each checkpoint, after
 //! sled's flush and sync made every entry before it durable, and the groups
@@ -62,9 +69,16 @@ const PLACE: u8 = b'p';
 const INDEXED: &[u8] = b"g";
 const RUN: u8 = b'v';
 const KEY: u8 = b'd';
-/// The stream runs and idempotency keys of logs written before the digests.
+/// The stream runs and idempotency keys of logs written before the
+/// digests, converted at open.
 const LEGACY_RUN: u8 = b't';
 const LEGACY_KEY: u8 = b'i';
+/// Says the indexes are digest-keyed. It begins with `r` because every
+/// release before the digests refuses a tree holding an `r` key (the record
+/// keys of the first layout): an older binary must not open a directory
+/// whose streams it would not find.
+const LAYOUT: &[u8] = b"r:layout";
+const DIGEST_KEYS: &[u8] = b"digest-keys";
 
 /// A chunk is closed before it would exceed this many bytes (one record
 /// larger than this gets a chunk of its own): what a read of one record by
@@ -113,18 +127,6 @@ fn stream_prefix(stream: &str) -> Vec<u8> {
     key
 }
 
-/// The prefix of a stream's runs in a log written before the digests. The
-/// length prefix keeps one stream's keys contiguous and apart from streams
-/// whose name it is a prefix of.
-fn legacy_stream_prefix(stream: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(13 + stream.len());
-    key.push(LEGACY_RUN);
-    let len = u32::try_from(stream.len()).unwrap_or(u32::MAX);
-    key.extend_from_slice(&len.to_be_bytes());
-    key.extend_from_slice(stream.as_bytes());
-    key
-}
-
 fn with_version(prefix: &[u8], version: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(prefix.len() + 8);
     key.extend_from_slice(prefix);
@@ -135,13 +137,6 @@ fn with_version(prefix: &[u8], version: u64) -> Vec<u8> {
 fn idempotency_key(text: &str) -> [u8; 17] {
     let mut key = [KEY; 17];
     key[1..].copy_from_slice(&digest(text));
-    key
-}
-
-fn legacy_idempotency_key(text: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + text.len());
-    key.push(LEGACY_KEY);
-    key.extend_from_slice(text.as_bytes());
     key
 }
 
@@ -236,10 +231,6 @@ pub(crate) struct SledBackend {
     /// The last position whose chunk is kept in sled (`c` keys, the layout
     /// before segments); 0 when there is none.
     legacy_last: u64,
-    /// Whether the log has stream runs or idempotency keys written before
-    /// the digests (`t`, `i`): only then are they looked up.
-    legacy_runs: bool,
-    legacy_keys: bool,
     recent: RwLock<Recent>,
     index: Durability,
     /// When the indexes were last made durable.
@@ -372,7 +363,12 @@ impl SledBackend {
     /// directory written with the earlier one-key-per-record layout, whose
     /// keys this version would not read.
     fn recover(&mut self) -> Result<Head, StorageError> {
-        if self.tree.get(b"h")?.is_some() || self.tree.scan_prefix(b"r").next().is_some() {
+        let first_layout = self
+            .tree
+            .scan_prefix(b"r")
+            .keys()
+            .any(|key| key.map_or(true, |key| key != LAYOUT));
+        if self.tree.get(b"h")?.is_some() || first_layout {
             return Err(corrupt(
                 "layout",
                 "written by an older event-log version (one key per record); \
@@ -388,8 +384,7 @@ impl SledBackend {
             }
         };
         self.legacy_last = legacy.position;
-        self.legacy_runs = self.tree.scan_prefix([LEGACY_RUN]).next().is_some();
-        self.legacy_keys = self.tree.scan_prefix([LEGACY_KEY]).next().is_some();
+        self.convert_name_keys()?;
         // Where the indexed groups end, and the head there.
         let segments = self.segments.list();
         let (segment, offset, indexed) = match self.tree.get(INDEXED)? {
@@ -457,6 +452,60 @@ impl SledBackend {
             self.close_index()?;
         }
         Ok(head)
+    }
+
+    /// Converts the indexes of a directory written before the digests: the
+    /// `t` and `i` entries (streams and idempotency keys by name) are
+    /// written again under their digest keys, which are made durable before
+    /// any name key is removed, and the removals are made durable too. A
+    /// crash in between leaves name keys beside their digest keys, which the
+    /// next open converts again to the same entries. The layout key is
+    /// written (and made durable) first, so no older release opens the
+    /// directory once a digest key may be in it.
+    fn convert_name_keys(&self) -> Result<(), StorageError> {
+        if self.tree.get(LAYOUT)?.as_deref() != Some(DIGEST_KEYS) {
+            self.tree.insert(LAYOUT, DIGEST_KEYS)?;
+            self.db.flush()?;
+            self.index.sync().map_err(io_error)?;
+        }
+        let named = |prefix: u8| self.tree.scan_prefix([prefix]);
+        if named(LEGACY_RUN).next().is_none() && named(LEGACY_KEY).next().is_none() {
+            return Ok(());
+        }
+        let bad = |what: &str| corrupt("name-keyed index", what.to_owned(), None);
+        for entry in named(LEGACY_RUN) {
+            // `t` u32 length ‖ stream ‖ first version
+            let (key, run) = entry?;
+            let len = key
+                .get(1..5)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| bad("stream run key too short"))? as usize;
+            let stream = key
+                .get(5..5 + len)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .ok_or_else(|| bad("stream run key without its stream"))?;
+            let version = be_u64(&key[5 + len..], "name-keyed stream run key")?;
+            self.tree
+                .insert(with_version(&stream_prefix(stream), version), run)?;
+        }
+        for entry in named(LEGACY_KEY) {
+            let (key, value) = entry?;
+            let text =
+                std::str::from_utf8(&key[1..]).map_err(|_| bad("idempotency key not UTF-8"))?;
+            let position = be_u64(&value, "name-keyed idempotency key")?;
+            self.tree
+                .insert(idempotency_key(text), &position.to_be_bytes())?;
+        }
+        self.db.flush()?;
+        self.index.sync().map_err(io_error)?;
+        for prefix in [LEGACY_RUN, LEGACY_KEY] {
+            for key in named(prefix).keys() {
+                self.tree.remove(key?)?;
+            }
+        }
+        self.db.flush()?;
+        self.index.sync().map_err(io_error)
     }
 
     /// The indexes' checkpoint: flushes sled and makes its files durable,
@@ -730,49 +779,41 @@ impl Drop for SledBackend {
 impl Backend for SledBackend {
     fn stream_version(&self, stream: &str) -> Result<u64, StorageError> {
         // The last run holds the stream's version; a separate stream-head
-        // key would cost one more insert per stream per group. Runs written
-        // before the digests hold only older versions.
-        let mut prefixes = vec![stream_prefix(stream)];
-        if self.legacy_runs {
-            prefixes.push(legacy_stream_prefix(stream));
-        }
-        for prefix in prefixes {
-            if let Some(entry) = self.tree.scan_prefix(&prefix).next_back() {
+        // key would cost one more insert per stream per group.
+        let prefix = stream_prefix(stream);
+        match self.tree.scan_prefix(&prefix).next_back() {
+            None => Ok(0),
+            Some(entry) => {
                 let (key, run) = entry?;
                 let first = be_u64(&key[prefix.len()..], "stream run key")?;
-                return Ok(first + (run.len() / 8) as u64 - 1);
+                Ok(first + (run.len() / 8) as u64 - 1)
             }
         }
-        Ok(0)
     }
 
     fn idempotent(&self, key: &str) -> Result<Option<Appended>, StorageError> {
-        let mut entries = vec![self.tree.get(idempotency_key(key))?];
-        if self.legacy_keys {
-            entries.push(self.tree.get(legacy_idempotency_key(key))?);
-        }
-        // The entry names a position (both layouts start with it); the
-        // record there says the rest, and must carry this very key (a
-        // digest shared by two keys is not a duplicate).
-        for value in entries.into_iter().flatten() {
-            let position = be_u64(&value, "idempotency key")?;
-            let record = self.record_at(position, &mut None)?.ok_or_else(|| {
-                corrupt(
-                    "idempotency index",
-                    format!("record {position} is missing"),
-                    Some(position),
-                )
-            })?;
-            if record.idempotency_key.as_deref() == Some(key) {
-                return Ok(Some(Appended {
-                    position,
-                    stream_version: record.stream_version,
-                    event_id: record.event_id,
-                    duplicate: false,
-                }));
-            }
-        }
-        Ok(None)
+        let Some(value) = self.tree.get(idempotency_key(key))? else {
+            return Ok(None);
+        };
+        // The entry names a position; the record there says the rest, and
+        // must carry this very key (a digest shared by two keys is not a
+        // duplicate).
+        let position = be_u64(&value, "idempotency key")?;
+        let record = self.record_at(position, &mut None)?.ok_or_else(|| {
+            corrupt(
+                "idempotency index",
+                format!("record {position} is missing"),
+                Some(position),
+            )
+        })?;
+        Ok(
+            (record.idempotency_key.as_deref() == Some(key)).then_some(Appended {
+                position,
+                stream_version: record.stream_version,
+                event_id: record.event_id,
+                duplicate: false,
+            }),
+        )
     }
 
     fn commit(&self, records: Vec<Record>, stored: Vec<Vec<u8>>) -> Result<(), StorageError> {
@@ -894,58 +935,50 @@ impl Backend for SledBackend {
         limit: usize,
     ) -> Result<Vec<Record>, StorageError> {
         let mut out = Vec::new();
-        // Runs written before the digests come first (they hold the older
-        // versions); a version indexed under both is read once.
-        let mut prefixes = Vec::new();
-        if self.legacy_runs {
-            prefixes.push(legacy_stream_prefix(stream));
-        }
-        prefixes.push(stream_prefix(stream));
-        let mut next = from_version;
+        let prefix = stream_prefix(stream);
+        // Start at the run holding `from_version` (it may begin before it).
+        let start = match self
+            .tree
+            .range(with_version(&prefix, 0)..=with_version(&prefix, from_version))
+            .next_back()
+        {
+            Some(entry) => entry?.0.to_vec(),
+            None => with_version(&prefix, from_version),
+        };
         let mut memo = None;
-        for prefix in prefixes {
-            // Start at the run holding `next` (it may begin before it).
-            let start = match self
-                .tree
-                .range(with_version(&prefix, 0)..=with_version(&prefix, next))
-                .next_back()
-            {
-                Some(entry) => entry?.0.to_vec(),
-                None => with_version(&prefix, next),
-            };
-            for entry in self.tree.range(start..=with_version(&prefix, u64::MAX)) {
-                let (key, run) = entry?;
-                let first_version = be_u64(&key[prefix.len()..], "stream run key")?;
-                for (index, position) in run.chunks_exact(8).enumerate() {
-                    let version = first_version + index as u64;
-                    if version < next {
-                        continue;
-                    }
-                    let position = be_u64(position, "stream run")?;
-                    if out.len() >= limit || position > max_position {
-                        return Ok(out);
-                    }
-                    let index_of = || format!("stream index of {stream:?}");
-                    let record = self.record_at(position, &mut memo)?.ok_or_else(|| {
-                        corrupt(
-                            index_of(),
-                            format!("record {position} is missing"),
-                            Some(position),
-                        )
-                    })?;
-                    if record.stream != stream || record.stream_version != version {
-                        return Err(corrupt(
-                            index_of(),
-                            format!(
-                                "record {position} is version {} of {:?}, not version {version}",
-                                record.stream_version, record.stream
-                            ),
-                            Some(position),
-                        ));
-                    }
-                    out.push(record);
-                    next = version + 1;
+        for entry in self.tree.range(start..=with_version(&prefix, u64::MAX)) {
+            let (key, run) = entry?;
+            let first_version = be_u64(&key[prefix.len()..], "stream run key")?;
+            for (index, position) in run.chunks_exact(8).enumerate() {
+                let version = first_version + index as u64;
+                if version < from_version {
+                    continue;
                 }
+                let position = be_u64(position, "stream run")?;
+                if out.len() >= limit || position > max_position {
+                    return Ok(out);
+                }
+                let index_of = || format!("stream index of {stream:?}");
+                let record = self.record_at(position, &mut memo)?.ok_or_else(|| {
+                    corrupt(
+                        index_of(),
+                        format!("record {position} is missing"),
+                        Some(position),
+                    )
+                })?;
+                // A run names positions by digest: the record must be this
+                // stream's, at the version the run says.
+                if record.stream != stream || record.stream_version != version {
+                    return Err(corrupt(
+                        index_of(),
+                        format!(
+                            "record {position} is version {} of {:?}, not version {version}",
+                            record.stream_version, record.stream
+                        ),
+                        Some(position),
+                    ));
+                }
+                out.push(record);
             }
         }
         Ok(out)
@@ -1015,8 +1048,6 @@ impl SledStore {
             tree,
             segments,
             legacy_last: 0,
-            legacy_runs: false,
-            legacy_keys: false,
             recent: RwLock::new(Recent {
                 first: 1,
                 records: VecDeque::new(),

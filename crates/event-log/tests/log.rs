@@ -799,36 +799,71 @@ async fn indexes_agree_with_the_records(store: &SledStore) {
     assert_eq!(store.head().await.unwrap(), head);
 }
 
+/// The sled tree of a closed log directory.
+fn sled_tree(dir: &std::path::Path) -> (sled::Db, sled::Tree) {
+    let db = sled::open(dir).unwrap();
+    let tree = db.open_tree("baton-event-log").unwrap();
+    (db, tree)
+}
+
 /// A data directory written by the first release with segment files
 /// (2026-12-02: streams and idempotency keys indexed by their names, sled's
 /// `t` and `i` keys; 72 records in four segments of about 4 KiB, 36 of them
-/// with an idempotency key, six streams) opens with the current store,
-/// which indexes by digest: every record, position and chain hash intact,
-/// every stream and key found, and new records continue old streams. The
-/// same again after sled lost the index entirely, and after it lost only
-/// its `g` key (every old group is then indexed a second time, by digest,
-/// beside its name-keyed entries).
+/// with an idempotency key, six streams) opens with the current store: its
+/// indexes are converted to digest keys, every record, position and chain
+/// hash is intact, every stream and key is found, and new records continue
+/// old streams. The same after sled lost its files; after it lost its `g`
+/// key (every group is then indexed again, beside the converted entries);
+/// after it lost `g` and a stream run (a power cut may keep any subset of
+/// sled's unsynced writes); and after a crash that left name keys beside
+/// the digest keys they were converted to.
 #[tokio::test]
 async fn a_log_with_name_keyed_indexes_opens_intact() {
     let fixture =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/segment-log-2026-12");
     let head_hash = "2a1569bc1c946396c9812fcdfe03d281aba3de556a406767b530d9e20e3532a7";
-    for damage in ["none", "sled lost", "g lost"] {
-        let dir = tempfile::tempdir().unwrap();
-        copy_fixture(&fixture, dir.path());
+    let named = |tree: &sled::Tree| -> Vec<(sled::IVec, sled::IVec)> {
+        tree.scan_prefix("t")
+            .chain(tree.scan_prefix("i"))
+            .map(Result::unwrap)
+            .collect()
+    };
+    let (_untouched, untouched) = fixture_copy(&fixture);
+    let in_fixture = named(&sled_tree(&untouched).1);
+    assert_eq!(in_fixture.len(), 36 + 42);
+    for damage in [
+        "none",
+        "sled lost",
+        "g lost",
+        "g and a run lost",
+        "names beside digests",
+    ] {
+        let (dir, path) = fixture_copy(&fixture);
         match damage {
-            "sled lost" => sled_files(dir.path())
+            "sled lost" => sled_files(&path)
                 .iter()
                 .for_each(|f| std::fs::remove_file(f).unwrap()),
-            "g lost" => {
-                let db = sled::open(dir.path()).unwrap();
-                let tree = db.open_tree("baton-event-log").unwrap();
+            "g lost" | "g and a run lost" => {
+                let (db, tree) = sled_tree(&path);
                 assert!(tree.remove("g").unwrap().is_some());
+                if damage == "g and a run lost" {
+                    let last = tree.scan_prefix("t").next_back().unwrap().unwrap().0;
+                    tree.remove(last).unwrap();
+                }
+                db.flush().unwrap();
+            }
+            "names beside digests" => {
+                SledStore::open(&path).unwrap().close().await;
+                let (db, tree) = sled_tree(&path);
+                assert!(named(&tree).is_empty());
+                for (key, value) in &in_fixture {
+                    tree.insert(key, value).unwrap();
+                }
                 db.flush().unwrap();
             }
             _ => {}
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open(&path).unwrap();
         let report = verify(&store).await.unwrap();
         assert_eq!(
             (report.records, report.head.hash.to_hex()),
@@ -851,10 +886,25 @@ async fn a_log_with_name_keyed_indexes_opens_intact() {
         assert_eq!(appended[0].position, 73);
         assert_eq!(appended[0].stream_version, old.len() as u64 + 1);
         store.close().await;
+        {
+            let (_db, tree) = sled_tree(&path);
+            assert!(named(&tree).is_empty(), "{damage}");
+            assert_eq!(tree.get("r:layout").unwrap().unwrap(), "digest-keys");
+        }
 
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open(&path).unwrap();
         assert_eq!(verify(&store).await.unwrap().records, 75);
         indexes_agree_with_the_records(&store).await;
         store.close().await;
+        drop(dir);
     }
+}
+
+/// A fresh copy of a fixture directory: the temporary directory (removed
+/// when dropped) and its path.
+fn fixture_copy(fixture: &std::path::Path) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    copy_fixture(fixture, &path);
+    (dir, path)
 }
