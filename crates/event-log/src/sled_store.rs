@@ -73,10 +73,12 @@ const KEY: u8 = b'd';
 /// digests, converted at open.
 const LEGACY_RUN: u8 = b't';
 const LEGACY_KEY: u8 = b'i';
-/// Says the indexes are digest-keyed. It begins with `r` because every
-/// release before the digests refuses a tree holding an `r` key (the record
+/// Says the indexes are digest-keyed; any other value is refused (a newer
+/// layout). It begins with `r` because the releases before the digests,
+/// from the chunk layout on, refuse a tree holding an `r` key (the record
 /// keys of the first layout): an older binary must not open a directory
-/// whose streams it would not find.
+/// whose streams it would not find. (The very first release, before that
+/// check, would take the directory for an empty log.)
 const LAYOUT: &[u8] = b"r:layout";
 const DIGEST_KEYS: &[u8] = b"digest-keys";
 
@@ -363,16 +365,25 @@ impl SledBackend {
     /// directory written with the earlier one-key-per-record layout, whose
     /// keys this version would not read.
     fn recover(&mut self) -> Result<Head, StorageError> {
-        let first_layout = self
-            .tree
-            .scan_prefix(b"r")
-            .keys()
-            .any(|key| key.map_or(true, |key| key != LAYOUT));
+        let mut first_layout = false;
+        for key in self.tree.scan_prefix(b"r").keys() {
+            first_layout |= key? != LAYOUT;
+        }
         if self.tree.get(b"h")?.is_some() || first_layout {
             return Err(corrupt(
                 "layout",
                 "written by an older event-log version (one key per record); \
                  export it with that version and import the file",
+                None,
+            ));
+        }
+        if let Some(layout) = self.tree.get(LAYOUT)?.filter(|l| l != DIGEST_KEYS) {
+            return Err(corrupt(
+                "layout",
+                format!(
+                    "written by a newer event-log version (layout {:?})",
+                    String::from_utf8_lossy(&layout)
+                ),
                 None,
             ));
         }
@@ -384,7 +395,6 @@ impl SledBackend {
             }
         };
         self.legacy_last = legacy.position;
-        self.convert_name_keys()?;
         // Where the indexed groups end, and the head there.
         let segments = self.segments.list();
         let (segment, offset, indexed) = match self.tree.get(INDEXED)? {
@@ -420,6 +430,8 @@ impl SledBackend {
                 Some(head.position + 1),
             ));
         }
+        // Nothing was refused: the indexes may change now.
+        self.convert_name_keys()?;
         // A group read back may never have been synced (the process was
         // killed between its write and its sync): sync it before anything
         // is indexed or read.
@@ -463,7 +475,7 @@ impl SledBackend {
     /// written (and made durable) first, so no older release opens the
     /// directory once a digest key may be in it.
     fn convert_name_keys(&self) -> Result<(), StorageError> {
-        if self.tree.get(LAYOUT)?.as_deref() != Some(DIGEST_KEYS) {
+        if self.tree.get(LAYOUT)?.is_none() {
             self.tree.insert(LAYOUT, DIGEST_KEYS)?;
             self.db.flush()?;
             self.index.sync().map_err(io_error)?;
@@ -1390,6 +1402,28 @@ mod segment_tests {
         fill(&store, 1, 5).await;
         check_whole(&store, 25).await;
         store.close().await;
+    }
+
+    /// A layout key this release does not know (a newer layout) is
+    /// refused, and left as it was.
+    #[tokio::test]
+    async fn a_newer_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        SledStore::open(dir.path()).unwrap().close().await;
+        let set = |value: &[u8]| {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree(TREE).unwrap();
+            let before = tree.insert(LAYOUT, value).unwrap();
+            db.flush().unwrap();
+            before
+        };
+        assert_eq!(set(b"future").as_deref(), Some(DIGEST_KEYS));
+        match SledStore::open(dir.path()) {
+            Err(e) => assert!(e.to_string().contains("corrupt"), "{e}"),
+            Ok(_) => panic!("a newer layout was opened"),
+        }
+        assert_eq!(set(DIGEST_KEYS).as_deref(), Some(&b"future"[..]));
+        SledStore::open(dir.path()).unwrap().close().await;
     }
 
     /// Streams and idempotency keys are indexed by digest: an entry is

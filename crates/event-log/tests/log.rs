@@ -831,6 +831,26 @@ async fn a_log_with_name_keyed_indexes_opens_intact() {
     let (_untouched, untouched) = fixture_copy(&fixture);
     let in_fixture = named(&sled_tree(&untouched).1);
     assert_eq!(in_fixture.len(), 36 + 42);
+
+    // An open that refuses the directory (a byte changed in a group before
+    // the last segment, which the open reads back since sled lost its `g`
+    // key) converts nothing and writes no layout key: the release that
+    // wrote it still opens it.
+    let (_refused, refused) = fixture_copy(&fixture);
+    {
+        let (db, tree) = sled_tree(&refused);
+        tree.remove("g").unwrap();
+        db.flush().unwrap();
+    }
+    let first_segment = refused.join("segments/00000000000000000001.seg");
+    let mut bytes = std::fs::read(&first_segment).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&first_segment, bytes).unwrap();
+    assert!(SledStore::open(&refused).is_err());
+    let (_db, tree) = sled_tree(&refused);
+    assert_eq!(named(&tree), in_fixture);
+    assert!(tree.get("r:layout").unwrap().is_none());
+    drop((_db, tree));
     for damage in [
         "none",
         "sled lost",

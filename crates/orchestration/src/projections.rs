@@ -888,9 +888,25 @@ impl Projections {
     /// 64 records (`FOLD_SLICE`) per hold of the write lock; those a recorder
     /// handed over are not decoded at all.
     pub async fn catch_up<S: EventStore>(&self, store: &S) -> Result<(), StorageError> {
+        self.catch_up_to(store, u64::MAX).await
+    }
+
+    /// [`Self::catch_up`], but no further than position `until`. Yields to
+    /// the runtime after each read of the log, so that a task selecting on
+    /// it (a shutdown) is heard between reads, which never wait themselves
+    /// on the embedded store.
+    pub async fn catch_up_to<S: EventStore>(
+        &self,
+        store: &S,
+        until: u64,
+    ) -> Result<(), StorageError> {
         loop {
             let from = self.position() + 1;
-            let records = store.read_all(from, 1024).await?;
+            if from > until {
+                return Ok(());
+            }
+            let limit = usize::try_from(until - from + 1).map_or(1024, |n| n.min(1024));
+            let records = store.read_all(from, limit).await?;
             if records.is_empty() {
                 return Ok(());
             }
@@ -908,6 +924,7 @@ impl Projections {
                 };
                 self.position.send_replace(last);
             }
+            tokio::task::yield_now().await;
         }
     }
 

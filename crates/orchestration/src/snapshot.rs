@@ -339,7 +339,7 @@ pub enum SnapshotFailure {
     Moved,
     #[error("the snapshot writer stopped abnormally")]
     Join(#[from] tokio::task::JoinError),
-    #[error("the background snapshot's thread stopped without an answer")]
+    #[error("the background snapshot's thread could not start or stopped without an answer")]
     Thread,
 }
 
@@ -450,8 +450,11 @@ impl<S: EventStore + 'static> Baton<S> {
                 fresh
             }
         };
+        // To the head as it is now: under a steady load a fold that chased
+        // the head could go on for as long as the load does.
+        let head = self.store.head().await?.position;
         let shadow = Projections::new(base);
-        shadow.catch_up(self.store.as_ref()).await?;
+        shadow.catch_up_to(self.store.as_ref(), head).await?;
         self.write_snapshot(shadow).await
     }
 }
@@ -473,17 +476,18 @@ pub async fn run<S: EventStore + 'static>(baton: Arc<Baton<S>>, mut shutdown: Sh
     let mut folded = baton.projections.subscribe();
     loop {
         tokio::select! {
-            changed = folded.changed() => if changed.is_err() { return },
+            biased;
             () = shutdown.recv() => return,
+            changed = folded.changed() => if changed.is_err() { return },
         }
         let position = *folded.borrow_and_update();
         if position < last.saturating_add(every) {
             continue;
         }
-        // Not given up at a shutdown: the thread holds the store until it
-        // is done, so the stop waits for it (the shadow fold cannot be
-        // interrupted between its reads anyway).
-        match at_lowest_priority(baton.clone()).await {
+        // Awaited even at a shutdown, which the thread hears between two
+        // reads of its fold (or once a write under way is done): the
+        // thread holds the store until it returns.
+        match at_lowest_priority(baton.clone(), shutdown.clone()).await {
             Ok(w) => {
                 last = w.map_or(position, |w| w.position);
                 tracing::info!(position = last, "projection snapshot written");
@@ -497,8 +501,9 @@ pub async fn run<S: EventStore + 'static>(baton: Arc<Baton<S>>, mut shutdown: Sh
 }
 
 /// A background snapshot on a thread of its own, at the lowest CPU priority
-/// (`nice` 19: on Linux a thread's own, inherited by the threads it
-/// starts). Its shadow fold and encoding are seconds of CPU at a million
+/// (on Linux, `nice` 19: there a thread's own, inherited by the threads it
+/// starts; elsewhere the thread keeps the process's priority), given up
+/// at a shutdown. Its shadow fold and encoding are seconds of CPU at a million
 /// threads; run on the server's runtime at the default priority, they took
 /// that time from the webhooks (the scale benchmark's slowest slice p99
 /// 2.5–2.8x its first with them, 1.55x without) and held a runtime worker
@@ -507,12 +512,20 @@ pub async fn run<S: EventStore + 'static>(baton: Arc<Baton<S>>, mut shutdown: Sh
 /// not depend on it.
 async fn at_lowest_priority<S: EventStore + 'static>(
     baton: Arc<Baton<S>>,
+    mut shutdown: Shutdown,
 ) -> Result<Option<Written>, SnapshotFailure> {
     on_lowest_priority_thread(move || {
-        tokio::runtime::Builder::new_current_thread()
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()?
-            .block_on(baton.snapshot_in_background())
+            .build()
+            .map_err(|_| SnapshotFailure::Thread)?;
+        runtime.block_on(async {
+            tokio::select! {
+                biased;
+                () = shutdown.recv() => Ok(None),
+                written = baton.snapshot_in_background() => written,
+            }
+        })
     })
     .await
 }
@@ -527,9 +540,11 @@ async fn on_lowest_priority_thread<T: Send + 'static>(
         .name("baton-snapshot".to_owned())
         .spawn(move || {
             // Failing to lower it only costs the webhooks some CPU.
+            #[cfg(target_os = "linux")]
             let _ = rustix::process::nice(19);
             let _ = tx.send(work());
-        })?;
+        })
+        .map_err(|_| SnapshotFailure::Thread)?;
     rx.await.map_err(|_| SnapshotFailure::Thread)?
 }
 
@@ -544,16 +559,21 @@ mod tests {
     /// is an error, not a hang.
     #[tokio::test]
     async fn background_work_runs_at_the_lowest_priority_on_its_own_thread() {
-        let before = rustix::process::getpriority_process(None).unwrap();
-        let (inside, name) = on_lowest_priority_thread(|| {
-            let nice = rustix::process::getpriority_process(None).unwrap();
-            Ok((nice, std::thread::current().name().map(str::to_owned)))
+        let priority = || {
+            #[cfg(target_os = "linux")]
+            return rustix::process::getpriority_process(None).unwrap();
+            #[cfg(not(target_os = "linux"))]
+            return 19;
+        };
+        let before = priority();
+        let (inside, name) = on_lowest_priority_thread(move || {
+            Ok((priority(), std::thread::current().name().map(str::to_owned)))
         })
         .await
         .unwrap();
-        assert_eq!(inside, 19);
+        assert_eq!(inside, (before + 19).min(19));
         assert_eq!(name.as_deref(), Some("baton-snapshot"));
-        assert_eq!(rustix::process::getpriority_process(None).unwrap(), before);
+        assert_eq!(priority(), before);
         let died = on_lowest_priority_thread(|| -> Result<(), SnapshotFailure> {
             panic!("the snapshot thread dies")
         })
