@@ -488,10 +488,12 @@ pub async fn run<S: EventStore + 'static>(baton: Arc<Baton<S>>, mut shutdown: Sh
         // reads of its fold (or once a write under way is done): the
         // thread holds the store until it returns.
         match at_lowest_priority(baton.clone(), shutdown.clone()).await {
-            Ok(w) => {
-                last = w.map_or(position, |w| w.position);
+            Ok(Some(w)) => {
+                last = w.position;
                 tracing::info!(position = last, "projection snapshot written");
             }
+            // A newer one was on disk already, or the shutdown came first.
+            Ok(None) => last = position,
             Err(e) => {
                 last = position;
                 tracing::error!(error = %e, "cannot write a projection snapshot");
