@@ -122,17 +122,16 @@ fn digest(text: &str) -> [u8; 16] {
 
 /// The prefix of a stream's run keys; a run key adds the run's first
 /// version.
-fn stream_prefix(stream: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(25);
-    key.push(RUN);
-    key.extend_from_slice(&digest(stream));
+fn stream_prefix(stream: &str) -> [u8; 17] {
+    let mut key = [RUN; 17];
+    key[1..].copy_from_slice(&digest(stream));
     key
 }
 
-fn with_version(prefix: &[u8], version: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(prefix.len() + 8);
-    key.extend_from_slice(prefix);
-    key.extend_from_slice(&version.to_be_bytes());
+fn run_key(prefix: &[u8; 17], version: u64) -> [u8; 25] {
+    let mut key = [0; 25];
+    key[..17].copy_from_slice(prefix);
+    key[17..].copy_from_slice(&version.to_be_bytes());
     key
 }
 
@@ -367,7 +366,10 @@ impl SledBackend {
     fn recover(&mut self) -> Result<Head, StorageError> {
         let mut first_layout = false;
         for key in self.tree.scan_prefix(b"r").keys() {
-            first_layout |= key? != LAYOUT;
+            if key? != LAYOUT {
+                first_layout = true;
+                break;
+            }
         }
         if self.tree.get(b"h")?.is_some() || first_layout {
             return Err(corrupt(
@@ -499,7 +501,7 @@ impl SledBackend {
                 .ok_or_else(|| bad("stream run key without its stream"))?;
             let version = be_u64(&key[5 + len..], "name-keyed stream run key")?;
             self.tree
-                .insert(with_version(&stream_prefix(stream), version), run)?;
+                .insert(run_key(&stream_prefix(stream), version), run)?;
         }
         for entry in named(LEGACY_KEY) {
             let (key, value) = entry?;
@@ -746,10 +748,7 @@ fn index_group(
         }
     }
     for (stream, first_version, positions) in runs {
-        tree.insert(
-            with_version(&stream_prefix(stream), first_version),
-            positions,
-        )?;
+        tree.insert(run_key(&stream_prefix(stream), first_version), positions)?;
     }
 
     let last = records
@@ -793,7 +792,7 @@ impl Backend for SledBackend {
         // The last run holds the stream's version; a separate stream-head
         // key would cost one more insert per stream per group.
         let prefix = stream_prefix(stream);
-        match self.tree.scan_prefix(&prefix).next_back() {
+        match self.tree.scan_prefix(prefix).next_back() {
             None => Ok(0),
             Some(entry) => {
                 let (key, run) = entry?;
@@ -951,14 +950,14 @@ impl Backend for SledBackend {
         // Start at the run holding `from_version` (it may begin before it).
         let start = match self
             .tree
-            .range(with_version(&prefix, 0)..=with_version(&prefix, from_version))
+            .range(run_key(&prefix, 0)..=run_key(&prefix, from_version))
             .next_back()
         {
             Some(entry) => entry?.0.to_vec(),
-            None => with_version(&prefix, from_version),
+            None => run_key(&prefix, from_version).to_vec(),
         };
         let mut memo = None;
-        for entry in self.tree.range(start..=with_version(&prefix, u64::MAX)) {
+        for entry in self.tree.range(start..=run_key(&prefix, u64::MAX).to_vec()) {
             let (key, run) = entry?;
             let first_version = be_u64(&key[prefix.len()..], "stream run key")?;
             for (index, position) in run.chunks_exact(8).enumerate() {
@@ -1447,7 +1446,7 @@ mod segment_tests {
             let tree = db.open_tree(TREE).unwrap();
             tree.insert(idempotency_key("key-b"), &1u64.to_be_bytes())
                 .unwrap();
-            tree.insert(with_version(&stream_prefix("c"), 1), &1u64.to_be_bytes())
+            tree.insert(run_key(&stream_prefix("c"), 1), &1u64.to_be_bytes())
                 .unwrap();
             db.flush().unwrap();
         }

@@ -655,12 +655,7 @@ async fn a_log_written_by_the_previous_release_opens_intact() {
     let fixture =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sled-log-2026-12");
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(&fixture).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-        }
-    }
+    copy_fixture(&fixture, dir.path());
     let store = SledStore::open(dir.path()).unwrap();
     let records = store.read_all(1, usize::MAX).await.unwrap();
     assert_eq!(records.len(), 56);
