@@ -141,6 +141,13 @@ fn idempotency_key(text: &str) -> [u8; 17] {
     key
 }
 
+/// Whether sled could not open a directory because its lock is held. sled
+/// reports that only as an I/O error with this message (sled 0.34, pinned
+/// by the workspace); the lock test pins the behaviour.
+fn locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 fn be_u64(bytes: &[u8], location: &str) -> Result<u64, StorageError> {
     bytes
         .get(..8)
@@ -1043,9 +1050,7 @@ impl SledStore {
                 // sled reports its directory lock only as an I/O error with
                 // this message (sled 0.34, pinned by the workspace); the
                 // lock-test pins the behaviour.
-                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                    OpenError::Locked { path: path.clone() }
-                }
+                ref e if locked(e) => OpenError::Locked { path: path.clone() },
                 other => storage(other.into()),
             })?;
         let tree = db.open_tree(TREE).map_err(|e| storage(e.into()))?;
@@ -1114,9 +1119,46 @@ impl SledStore {
     }
 
     /// Finishes queued work, stops the writer and releases the directory, so
-    /// it can be reopened at once.
+    /// it can be reopened at once: sled's own I/O threads can hold its lock
+    /// (a `flock` of `db`) a moment after the last handle is gone, so on
+    /// Linux this waits, at most ten seconds, until the lock is free.
     pub async fn close(self) {
         self.core.close().await;
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::{flock, FlockOperation};
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while let Ok(db) = std::fs::File::open(self.path.join("db")) {
+                match flock(&db, FlockOperation::NonBlockingLockExclusive) {
+                    Err(e)
+                        if e == rustix::io::Errno::WOULDBLOCK
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        tokio::task::yield_now().await
+                    }
+                    // Free (the lock goes with `db`), or nothing to wait for.
+                    _ => return,
+                }
+            }
+        }
+    }
+
+    /// [`SledStore::open`], waiting at most `patience` while the directory
+    /// is locked: sled's I/O threads can hold its lock a moment after the
+    /// last handle of this process was closed or dropped.
+    pub async fn open_when_free(
+        path: impl AsRef<Path>,
+        patience: std::time::Duration,
+    ) -> Result<SledStore, OpenError> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match SledStore::open(path.as_ref()) {
+                Err(OpenError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await
+                }
+                opened => return opened,
+            }
+        }
     }
 }
 
@@ -1260,6 +1302,27 @@ mod segment_tests {
 
     /// Everything in the store's directory that is sled's (not the segments,
     /// not the key vault).
+    /// The store on `dir`, once sled let go of the directory (see
+    /// [`SledStore::open_when_free`]).
+    async fn reopen(dir: &Path) -> SledStore {
+        SledStore::open_when_free(dir, std::time::Duration::from_secs(10))
+            .await
+            .unwrap()
+    }
+
+    /// sled itself on `dir`, once the store let go of it.
+    fn raw_sled(dir: &Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::open(dir) {
+                Err(e) if locked(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::yield_now()
+                }
+                db => return db.unwrap(),
+            }
+        }
+    }
+
     fn sled_files(dir: &Path) -> Vec<PathBuf> {
         std::fs::read_dir(dir)
             .unwrap()
@@ -1323,7 +1386,7 @@ mod segment_tests {
     #[tokio::test]
     async fn a_torn_group_at_the_end_is_cut_and_the_log_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).await;
         fill(&store, 3, 10).await;
         let head = store.head().await.unwrap();
         store.close().await;
@@ -1351,7 +1414,7 @@ mod segment_tests {
             let mut torn = whole.clone();
             torn.extend_from_slice(&tear);
             std::fs::write(&last, &torn).unwrap();
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = reopen(dir.path()).await;
             assert_eq!(store.head().await.unwrap(), head, "{what}");
             assert_eq!(std::fs::read(&last).unwrap(), whole, "{what}: cut back");
             store.close().await;
@@ -1392,7 +1455,7 @@ mod segment_tests {
         let n = changed.len();
         changed[n - 40] ^= 1;
         std::fs::write(&last, &changed).unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).await;
         assert_eq!(store.head().await.unwrap().position, 20);
         assert_eq!(
             std::fs::read(&last).unwrap(),
@@ -1408,21 +1471,21 @@ mod segment_tests {
     #[tokio::test]
     async fn a_newer_layout_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        SledStore::open(dir.path()).unwrap().close().await;
+        reopen(dir.path()).await.close().await;
         let set = |value: &[u8]| {
-            let db = sled::open(dir.path()).unwrap();
+            let db = raw_sled(dir.path());
             let tree = db.open_tree(TREE).unwrap();
             let before = tree.insert(LAYOUT, value).unwrap();
             db.flush().unwrap();
             before
         };
         assert_eq!(set(b"future").as_deref(), Some(DIGEST_KEYS));
-        match SledStore::open(dir.path()) {
+        match SledStore::open_when_free(dir.path(), std::time::Duration::from_secs(10)).await {
             Err(e) => assert!(e.to_string().contains("corrupt"), "{e}"),
             Ok(_) => panic!("a newer layout was opened"),
         }
         assert_eq!(set(DIGEST_KEYS).as_deref(), Some(&b"future"[..]));
-        SledStore::open(dir.path()).unwrap().close().await;
+        reopen(dir.path()).await.close().await;
     }
 
     /// Streams and idempotency keys are indexed by digest: an entry is
@@ -1430,7 +1493,7 @@ mod segment_tests {
     #[tokio::test]
     async fn an_index_entry_naming_another_record_is_not_believed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).await;
         store
             .append(vec![
                 NewRecord::new("a", "T", 1, "{}").idempotency_key("key-a"),
@@ -1442,7 +1505,7 @@ mod segment_tests {
         // What a digest shared by two names would look like: key-b's entry
         // names key-a's record, stream c's run names stream a's record.
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = raw_sled(dir.path());
             let tree = db.open_tree(TREE).unwrap();
             tree.insert(idempotency_key("key-b"), &1u64.to_be_bytes())
                 .unwrap();
@@ -1450,7 +1513,7 @@ mod segment_tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).await;
         // key-b is not a duplicate of key-a's record; key-a still is.
         let appended = store
             .append(vec![
@@ -1483,17 +1546,17 @@ mod segment_tests {
     async fn indexes_behind_the_segments_are_read_back_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let saved = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).await;
         fill(&store, 4, 10).await;
         store.close().await;
         for file in sled_files(dir.path()) {
             copy_tree(&file, &saved.path().join(file.file_name().unwrap()));
         }
         let indexed_at_40 = {
-            let db = sled::open(dir.path()).unwrap();
+            let db = raw_sled(dir.path());
             db.open_tree(TREE).unwrap().get(INDEXED).unwrap().unwrap()
         };
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).await;
         fill(&store, 4, 10).await;
         store.close().await;
 
@@ -1502,7 +1565,7 @@ mod segment_tests {
             remove(&file);
         }
         copy_tree(saved.path(), dir.path());
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).await;
         assert_eq!(store.head().await.unwrap().position, 80);
         check_whole(&store, 80).await;
         let next = store
@@ -1516,7 +1579,7 @@ mod segment_tests {
         for file in sled_files(dir.path()) {
             remove(&file);
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).await;
         assert_eq!(store.head().await.unwrap().position, 81);
         let s1 = store.read_stream("s1", 17, 10).await.unwrap();
         assert_eq!(s1.len(), 1);
@@ -1529,13 +1592,13 @@ mod segment_tests {
         // key): the open indexes those groups again, the same keys with the
         // same values.
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = raw_sled(dir.path());
             let tree = db.open_tree(TREE).unwrap();
             assert_ne!(tree.get(INDEXED).unwrap().unwrap(), indexed_at_40);
             tree.insert(INDEXED, indexed_at_40).unwrap();
             db.flush().unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).await;
         assert_eq!(store.head().await.unwrap().position, 81);
         assert_eq!(store.read_all(1, usize::MAX).await.unwrap().len(), 81);
         assert_eq!(store.read_stream("s1", 1, 100).await.unwrap().len(), 17);

@@ -794,9 +794,21 @@ async fn indexes_agree_with_the_records(store: &SledStore) {
     assert_eq!(store.head().await.unwrap(), head);
 }
 
-/// The sled tree of a closed log directory.
+/// How long a test waits for sled to let go of a directory.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The sled tree of a closed log directory, once the store let go of it
+/// (sled's I/O threads can hold its lock a moment after `close`).
 fn sled_tree(dir: &std::path::Path) -> (sled::Db, sled::Tree) {
-    let db = sled::open(dir).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match sled::open(dir) {
+            Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
+                std::thread::yield_now()
+            }
+            db => break db.unwrap(),
+        }
+    };
     let tree = db.open_tree("baton-event-log").unwrap();
     (db, tree)
 }
@@ -841,7 +853,7 @@ async fn a_log_with_name_keyed_indexes_opens_intact() {
     let mut bytes = std::fs::read(&first_segment).unwrap();
     bytes[100] ^= 0xff;
     std::fs::write(&first_segment, bytes).unwrap();
-    assert!(SledStore::open(&refused).is_err());
+    assert!(SledStore::open_when_free(&refused, PATIENCE).await.is_err());
     let (_db, tree) = sled_tree(&refused);
     assert_eq!(named(&tree), in_fixture);
     assert!(tree.get("r:layout").unwrap().is_none());
@@ -868,7 +880,11 @@ async fn a_log_with_name_keyed_indexes_opens_intact() {
                 db.flush().unwrap();
             }
             "names beside digests" => {
-                SledStore::open(&path).unwrap().close().await;
+                SledStore::open_when_free(&path, PATIENCE)
+                    .await
+                    .unwrap()
+                    .close()
+                    .await;
                 let (db, tree) = sled_tree(&path);
                 assert!(named(&tree).is_empty());
                 for (key, value) in &in_fixture {
@@ -878,7 +894,7 @@ async fn a_log_with_name_keyed_indexes_opens_intact() {
             }
             _ => {}
         }
-        let store = SledStore::open(&path).unwrap();
+        let store = SledStore::open_when_free(&path, PATIENCE).await.unwrap();
         let report = verify(&store).await.unwrap();
         assert_eq!(
             (report.records, report.head.hash.to_hex()),
@@ -907,7 +923,7 @@ async fn a_log_with_name_keyed_indexes_opens_intact() {
             assert_eq!(tree.get("r:layout").unwrap().unwrap(), "digest-keys");
         }
 
-        let store = SledStore::open(&path).unwrap();
+        let store = SledStore::open_when_free(&path, PATIENCE).await.unwrap();
         assert_eq!(verify(&store).await.unwrap().records, 75);
         indexes_agree_with_the_records(&store).await;
         store.close().await;

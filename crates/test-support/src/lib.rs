@@ -575,16 +575,9 @@ pub fn message_item(psid: &str, mid: &str, at: i64) -> serde_json::Value {
 /// Opens the sled log, waiting (a bounded time) for a store of this process
 /// that was just closed to let go of the directory lock.
 pub async fn open_log(path: &std::path::Path) -> SledStore {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match SledStore::open(path) {
-            Ok(store) => return store,
-            Err(event_log::OpenError::Locked { .. }) if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await
-            }
-            Err(e) => panic!("cannot open the log at {}: {e}", path.display()),
-        }
-    }
+    SledStore::open_when_free(path, std::time::Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("cannot open the log at {}: {e}", path.display()))
 }
 
 /// Posts `body` to `base`'s webhook path for `app`, signed with `secret`
