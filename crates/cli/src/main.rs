@@ -316,6 +316,8 @@ async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
     // concrete type, so sled's path is what it was before PostgreSQL.
     match config.store.clone() {
         server::config::StoreSetting::Sled => {
+            // The projection snapshot is read while the log opens.
+            let reading = server::snapshot::start_reading(&config);
             let store = event_log::SledStore::open_with(
                 config.sled_log_dir(),
                 event_log::StoreConfig {
@@ -324,7 +326,14 @@ async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
                 },
             )
             .context("opening the event log")?;
-            serve_on(config, store).await
+            let running = server::start_reading(
+                config,
+                Arc::new(store),
+                Arc::new(server::SystemClock),
+                reading,
+            )
+            .await?;
+            serve_running(running).await
         }
         server::config::StoreSetting::Postgres(setting) => {
             let store = event_log::PgStore::connect(setting.store_config())
@@ -340,15 +349,6 @@ async fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
             serve_running(running).await
         }
     }
-}
-
-async fn serve_on<S: event_log::EventStore + 'static>(
-    config: server::Config,
-    store: S,
-) -> anyhow::Result<ExitCode> {
-    let store = Arc::new(store);
-    let running = server::start(config, store, Arc::new(server::SystemClock)).await?;
-    serve_running(running).await
 }
 
 async fn serve_running<S: event_log::EventStore + 'static>(

@@ -231,7 +231,6 @@ struct Thread {
     /// The user clicked a Click-to-Messenger ad (a referral or postback with
     /// `source: ADS`) and has not written since.
     ad_clicked: bool,
-    transcript: Vec<TranscriptLine>,
 }
 
 impl Thread {
@@ -359,6 +358,10 @@ pub(crate) struct Engine {
     /// person id → the person's PSIDs and ASIDs (the ID Matching API).
     people: BTreeMap<String, Person>,
     threads: BTreeMap<(String, String), Thread>,
+    /// (page, PSID) → the thread's messages, kept apart from [`Thread`],
+    /// which a call copies to change and stores back whole: a transcript
+    /// only grows, once a call can no longer fail.
+    transcripts: BTreeMap<(String, String), Vec<TranscriptLine>>,
     otn: BTreeMap<String, OtnToken>,
     user_refs: BTreeMap<(String, String), UserRef>,
     /// Pages Meta's policy enforcement blocked from sending, with the reason.
@@ -470,6 +473,7 @@ impl Engine {
             subs: BTreeMap::new(),
             people: BTreeMap::new(),
             threads: BTreeMap::new(),
+            transcripts: BTreeMap::new(),
             otn: BTreeMap::new(),
             user_refs: BTreeMap::new(),
             blocked: BTreeMap::new(),
@@ -1148,6 +1152,12 @@ impl Engine {
             .get_mut(&(page_id.to_string(), psid.to_string()))?;
         th.expire(now);
         Some(th.clone())
+    }
+
+    fn transcript_mut(&mut self, page_id: &str, psid: &str) -> &mut Vec<TranscriptLine> {
+        self.transcripts
+            .entry((page_id.to_string(), psid.to_string()))
+            .or_default()
     }
 
     fn store(&mut self, page_id: &str, psid: &str, th: Thread) {
@@ -2032,7 +2042,6 @@ impl Engine {
         let metadata = param_str(&message, "metadata");
         let (mid, mut planned) = self.echo(page, &mut th, &psid, app, message, metadata);
         if control.is_some() {
-            after.transcript = th.transcript.clone();
             th = after;
         }
         self.store(&page.id, &psid, th);
@@ -2327,13 +2336,14 @@ impl Engine {
         metadata: Option<String>,
     ) -> (String, Vec<Planned>) {
         let mid = format!("m_{}", self.next_seq());
-        th.transcript.push(TranscriptLine {
+        let at_ms = self.now();
+        self.transcript_mut(&page.id, psid).push(TranscriptLine {
             mid: mid.clone(),
             from: "page".into(),
             app_id: Some(app.to_string()),
             text: param_str(&message, "text"),
             metadata: metadata.clone(),
-            at_ms: self.now(),
+            at_ms,
         });
         message.remove("metadata");
         message.remove("quick_replies");
@@ -2442,7 +2452,7 @@ impl Engine {
         if let Some(r) = &m.referral {
             msg["referral"] = referral_json(r);
         }
-        th.transcript.push(TranscriptLine {
+        self.transcript_mut(page_id, psid).push(TranscriptLine {
             mid: mid.clone(),
             from: "user".into(),
             app_id: None,
@@ -2800,7 +2810,11 @@ impl Engine {
             window_open: th.window_open(now),
             ads_window_until_ms: th.ads_window_until_ms,
             otn_tokens,
-            transcript: th.transcript.clone(),
+            transcript: self
+                .transcripts
+                .get(&(page_id.to_string(), psid.to_string()))
+                .cloned()
+                .unwrap_or_default(),
         })
     }
 }

@@ -59,6 +59,6 @@ pub use postgres::{PgError, PgStore, PgStoreConfig};
 pub use record::{Appended, ChainHash, ExpectedVersion, Head, NewRecord, Record, CANONICAL_FORMAT};
 pub use sled_store::SledStore;
 pub use store::{EventStore, StoreConfig};
-pub use vault::{KeyId, KeyVault, Sealed, VaultError};
+pub use vault::{FileStamp, KeyId, KeyVault, Sealed, VaultError};
 pub use verify::{verify, ChainVerifier, VerifyReport};
 pub use writer::WriterPause;

@@ -1038,6 +1038,53 @@ impl SledStore {
         };
         let io = |e: std::io::Error| storage(StorageError::Engine(Box::new(e)));
         std::fs::create_dir_all(&path).map_err(io)?;
+        // The key vault (a key per person, read whole) is read on a thread
+        // of its own while sled opens and the segments are recovered:
+        // neither needs it. It is changed (a torn tail cut) and opened for
+        // appending only once sled holds the directory's lock.
+        let vault_dir = path.join("vault");
+        // A directory in use is refused before the vault is read for
+        // nothing (`open_when_free` tries again every few milliseconds);
+        // sled's own open below is what decides.
+        if db_locked(&path) {
+            return Err(OpenError::Locked { path });
+        }
+        std::thread::scope(|scope| {
+            let vault = std::thread::Builder::new()
+                .name("event-log-vault".into())
+                .spawn_scoped(scope, || crate::vault::KeyVault::read(&vault_dir))
+                .map_err(OpenError::Thread)?;
+            let (mut backend, head) = SledStore::open_indexed(&path, &config)?;
+            let vault = vault
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the key vault's reader panicked")))
+                .and_then(|read| read.open(&vault_dir))
+                .map_err(io)?;
+            backend.vault = std::sync::Arc::new(vault);
+            backend
+                .recent
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .first = head.position + 1;
+            let vault = backend.vault.clone();
+            let core = Core::start(backend, head, config).map_err(OpenError::Thread)?;
+            Ok(SledStore {
+                core,
+                vault,
+                path: path.clone(),
+            })
+        })
+    }
+
+    /// sled, the segments and the indexes of the log in `path`, recovered
+    /// to the head they give; its key vault is still to be put in.
+    fn open_indexed(path: &Path, config: &StoreConfig) -> Result<(SledBackend, Head), OpenError> {
+        let path = path.to_path_buf();
+        let storage = |source: StorageError| OpenError::Storage {
+            path: path.clone(),
+            source,
+        };
+        let io = |e: std::io::Error| storage(StorageError::Engine(Box::new(e)));
         let db = sled::Config::new()
             .path(&path)
             // The writer flushes every group itself; a background flusher
@@ -1056,11 +1103,10 @@ impl SledStore {
         let tree = db.open_tree(TREE).map_err(|e| storage(e.into()))?;
         let index = Durability::open(&path).map_err(io)?;
         let segments = Segments::open(&path.join("segments"), config.segment_bytes).map_err(io)?;
-        let vault =
-            std::sync::Arc::new(crate::vault::KeyVault::open(&path.join("vault")).map_err(io)?);
         let mut backend = SledBackend {
             db,
-            vault: vault.clone(),
+            // Replaced by the vault loaded beside this open.
+            vault: std::sync::Arc::new(crate::vault::KeyVault::in_memory()),
             tree,
             segments,
             legacy_last: 0,
@@ -1076,13 +1122,7 @@ impl SledStore {
             before_sync: std::sync::OnceLock::new(),
         };
         let head = backend.recover().map_err(storage)?;
-        backend
-            .recent
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .first = head.position + 1;
-        let core = Core::start(backend, head, config).map_err(OpenError::Thread)?;
-        Ok(SledStore { core, vault, path })
+        Ok((backend, head))
     }
 
     /// The directory this store lives in.
@@ -1124,22 +1164,9 @@ impl SledStore {
     /// Linux this waits, at most ten seconds, until the lock is free.
     pub async fn close(self) {
         self.core.close().await;
-        #[cfg(target_os = "linux")]
-        {
-            use rustix::fs::{flock, FlockOperation};
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while let Ok(db) = std::fs::File::open(self.path.join("db")) {
-                match flock(&db, FlockOperation::NonBlockingLockExclusive) {
-                    Err(e)
-                        if e == rustix::io::Errno::WOULDBLOCK
-                            && std::time::Instant::now() < deadline =>
-                    {
-                        tokio::task::yield_now().await
-                    }
-                    // Free (the lock goes with `db`), or nothing to wait for.
-                    _ => return,
-                }
-            }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while db_locked(&self.path) && std::time::Instant::now() < deadline {
+            tokio::task::yield_now().await
         }
     }
 
@@ -1160,6 +1187,22 @@ impl SledStore {
             }
         }
     }
+}
+
+/// Whether a handle holds sled's lock on the directory at `path` (a
+/// `flock` of its `db`): taken for a moment to see, and let go at once with
+/// the file. Linux only; elsewhere, and when there is no `db` yet, `false`.
+#[cfg(target_os = "linux")]
+fn db_locked(path: &Path) -> bool {
+    use rustix::fs::{flock, FlockOperation};
+    std::fs::File::open(path.join("db")).is_ok_and(|db| {
+        flock(&db, FlockOperation::NonBlockingLockExclusive) == Err(rustix::io::Errno::WOULDBLOCK)
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn db_locked(_: &Path) -> bool {
+    false
 }
 
 crate::store::delegate_event_store!(SledStore, local_files: true);

@@ -204,6 +204,85 @@ impl std::fmt::Debug for KeyVault {
     }
 }
 
+/// A vault file as [`KeyVault::read`] found it.
+pub(crate) struct Loaded {
+    keys: Keys,
+    /// Where the last whole entry ends.
+    valid: u64,
+    /// The file that was read, or `None` when there was none.
+    read: Option<FileStamp>,
+}
+
+/// Which file a file is, and how long: for files only ever appended to,
+/// cut back by their one writer, or replaced whole by a rename (the vault
+/// file, a projection snapshot), the same stamp means the same bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FileStamp {
+    /// Its length.
+    pub len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    file: (u64, u64),
+}
+
+impl FileStamp {
+    /// The stamp of a file whose metadata is `meta`.
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            #[cfg(unix)]
+            file: (meta.dev(), meta.ino()),
+        }
+    }
+
+    /// The stamp of the file at `path`, or `None` when there is none (or
+    /// its metadata cannot be read).
+    pub fn at(path: &Path) -> Option<FileStamp> {
+        std::fs::metadata(path)
+            .ok()
+            .map(|meta| FileStamp::of(&meta))
+    }
+}
+
+impl Loaded {
+    /// Finishes the open of the vault read from `dir`, by its only writer
+    /// (a store holding its directory's lock): read again if the file
+    /// changed since (another process that held the lock then may have
+    /// appended keys), its torn tail cut, and opened for appending.
+    pub(crate) fn open(self, dir: &Path) -> std::io::Result<KeyVault> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(KEYS_FILE);
+        let now = match std::fs::metadata(&path) {
+            Ok(meta) => Some(FileStamp::of(&meta)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let loaded = if now == self.read {
+            self
+        } else {
+            KeyVault::read(dir)?
+        };
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        if loaded.read.is_some_and(|read| loaded.valid < read.len) {
+            file.set_len(loaded.valid)?;
+            file.sync_all()?;
+        }
+        File::open(dir)?.sync_all()?;
+        Ok(KeyVault {
+            keys: Mutex::new(loaded.keys),
+            file: Mutex::new(Some(file)),
+            dir: Some(dir.to_path_buf()),
+            kept_by_store: false,
+            counter: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            entropy: Mutex::new(Vec::new()),
+        })
+    }
+}
+
 const KEYS_FILE: &str = "keys";
 const KEYS_TMP: &str = "keys.tmp";
 
@@ -225,37 +304,56 @@ impl KeyVault {
     /// a crash while keys were appended, is cut off: the group those keys
     /// were made for was never synced, so no caller was answered for it.
     pub fn open(dir: &Path) -> std::io::Result<KeyVault> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join(KEYS_FILE);
-        let mut bytes = Vec::new();
-        match File::open(&path) {
-            Ok(mut f) => {
-                f.read_to_end(&mut bytes)?;
+        KeyVault::read(dir)?.open(dir)
+    }
+
+    /// Reads the vault in `dir` and changes nothing, not even a torn tail
+    /// (a missing vault reads as empty): a store reads it on a thread of
+    /// its own before it holds its directory's lock, and finishes the open
+    /// with [`Loaded::open`] once it does.
+    pub(crate) fn read(dir: &Path) -> std::io::Result<Loaded> {
+        let mut file = match File::open(dir.join(KEYS_FILE)) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Loaded {
+                    keys: Keys::default(),
+                    valid: 0,
+                    read: None,
+                })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
-        }
-        let mut keys = Keys::default();
+        };
+        let before = FileStamp::of(&file.metadata()?);
+        let mut bytes = Vec::with_capacity(usize::try_from(before.len).unwrap_or(0));
+        file.read_to_end(&mut bytes)?;
+        let mut entries = Vec::new();
         let mut at = 0;
         while let Some((entry, len)) = Entry::decode(&bytes[at..]) {
-            keys.current.insert(&entry);
-            keys.by_id.insert(entry.id, entry);
+            entries.push(entry);
             at += len;
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        if at < bytes.len() {
-            file.set_len(at as u64)?;
-            file.sync_all()?;
+        // The maps are sized before they are filled: growing them would
+        // move every entry at each doubling.
+        let mut per_day: HashMap<u32, usize> = HashMap::new();
+        for entry in &entries {
+            *per_day.entry(entry.day).or_default() += 1;
         }
-        File::open(dir)?.sync_all()?;
-        Ok(KeyVault {
-            keys: Mutex::new(keys),
-            file: Mutex::new(Some(file)),
-            dir: Some(dir.to_path_buf()),
-            kept_by_store: false,
-            counter: AtomicU64::new(0),
-            syncs: AtomicU64::new(0),
-            entropy: Mutex::new(Vec::new()),
+        let mut keys = Keys::default();
+        keys.by_id.reserve(entries.len());
+        for (day, count) in per_day {
+            keys.current.0.entry(day).or_default().reserve(count);
+        }
+        for entry in entries {
+            keys.current.insert(&entry);
+            keys.by_id.insert(entry.id, entry);
+        }
+        Ok(Loaded {
+            keys,
+            valid: at as u64,
+            read: Some(FileStamp {
+                len: bytes.len() as u64,
+                ..before
+            }),
         })
     }
 
@@ -710,5 +808,89 @@ mod tests {
         let vault = KeyVault::open(dir.path()).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
         assert_eq!(vault.open_sealed(&a).unwrap().unwrap(), b"alice");
+    }
+
+    /// A store reads its vault before it holds its directory's lock: the
+    /// read changes nothing (a torn tail is cut only by the open that
+    /// follows), and keys appended between the read and the open (by a
+    /// process that held the lock until then) are read again, not lost.
+    #[test]
+    fn a_vault_read_before_the_lock_changes_nothing_and_misses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEYS_FILE);
+        assert!(KeyVault::read(dir.path()).unwrap().read.is_none());
+        let a = {
+            let vault = KeyVault::open(dir.path()).unwrap();
+            let a = vault.seal(&["p/alice"], 1, b"alice").unwrap();
+            vault.persist_pending().unwrap();
+            a
+        };
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[0, 0, 0, 60, 1, 2, 3]).unwrap();
+        drop(f);
+        let torn = std::fs::read(&path).unwrap();
+        let read = KeyVault::read(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            torn,
+            "the read changed the file"
+        );
+        let vault = read.open(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            torn.len() as u64 - 7
+        );
+        assert_eq!(vault.open_sealed(&a).unwrap().unwrap(), b"alice");
+        drop(vault);
+        // Another writer appends after the read.
+        let read = KeyVault::read(dir.path()).unwrap();
+        let b = {
+            let other = KeyVault::open(dir.path()).unwrap();
+            let b = other.seal(&["p/bob"], 1, b"bob").unwrap();
+            other.persist_pending().unwrap();
+            b
+        };
+        let vault = read.open(dir.path()).unwrap();
+        assert_eq!(vault.len(), 2);
+        assert_eq!(vault.open_sealed(&b).unwrap().unwrap(), b"bob");
+        assert_eq!(vault.open_sealed(&a).unwrap().unwrap(), b"alice");
+        drop(vault);
+        // Or puts another file of the same length in its place.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let c = {
+            let other = KeyVault::open(elsewhere.path()).unwrap();
+            let a = other.seal(&["p/alice"], 1, b"alice").unwrap();
+            let c = other.seal(&["p/carol"], 1, b"carol").unwrap();
+            assert!(other.erase_subject("p/alice").is_ok());
+            let b = other.seal(&["p/bob"], 1, b"bob").unwrap();
+            other.persist_pending().unwrap();
+            drop((a, b));
+            c
+        };
+        let replacement = elsewhere.path().join(KEYS_FILE);
+        let read = KeyVault::read(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::metadata(&replacement).unwrap().len(),
+            std::fs::metadata(&path).unwrap().len(),
+            "the same length"
+        );
+        let kept = dir.path().join("kept");
+        std::fs::copy(&path, &kept).unwrap();
+        std::fs::rename(&replacement, &path).unwrap();
+        let vault = read.open(dir.path()).unwrap();
+        assert_eq!(vault.open_sealed(&c).unwrap().unwrap(), b"carol");
+        assert_eq!(vault.open_sealed(&a).unwrap(), None);
+        drop(vault);
+        std::fs::rename(&kept, &path).unwrap();
+        // Or replaces the file (an erasure's rewrite).
+        let read = KeyVault::read(dir.path()).unwrap();
+        KeyVault::open(dir.path())
+            .unwrap()
+            .erase_subject("p/alice")
+            .unwrap();
+        let vault = read.open(dir.path()).unwrap();
+        assert_eq!(vault.len(), 1);
+        assert_eq!(vault.open_sealed(&a).unwrap(), None);
+        assert_eq!(vault.open_sealed(&b).unwrap().unwrap(), b"bob");
     }
 }

@@ -229,8 +229,20 @@ impl<S: EventStore + 'static> Baton<S> {
         store: Arc<S>,
         clock: Arc<dyn Clock>,
     ) -> Result<(Arc<Self>, Tasks), StorageError> {
+        Self::start_reading(config, store, clock, None).await
+    }
+
+    /// [`Baton::start`], resuming from the snapshot `reading` has been
+    /// reading since before the store was opened (see
+    /// [`snapshot::start_reading`]).
+    pub async fn start_reading(
+        config: Config,
+        store: Arc<S>,
+        clock: Arc<dyn Clock>,
+        reading: Option<snapshot::Reading>,
+    ) -> Result<(Arc<Self>, Tasks), StorageError> {
         let (baton, reconcile_queue) =
-            Self::build(config, store, clock, Role::Owner { epoch: None }).await?;
+            Self::build(config, store, clock, Role::Owner { epoch: None }, reading).await?;
         Ok(Self::spawn_tasks(baton, reconcile_queue, |_, _| None))
     }
 
@@ -239,11 +251,12 @@ impl<S: EventStore + 'static> Baton<S> {
         store: Arc<S>,
         clock: Arc<dyn Clock>,
         role: Role,
+        reading: Option<snapshot::Reading>,
     ) -> Result<(Arc<Self>, tokio::sync::mpsc::Receiver<domain::ThreadKey>), StorageError> {
         let config = Arc::new(config);
         let fresh = State::new(config.pages.values().map(|(_, p)| p.clone()));
         let loaded = match snapshot::dir_of(&config, store.as_ref()) {
-            Some(dir) => match snapshot::load(&dir, &fresh, store.as_ref()).await {
+            Some(dir) => match snapshot::load_read(&dir, &fresh, store.as_ref(), reading).await {
                 Ok(loaded) => loaded,
                 Err(e) => {
                     tracing::warn!(reason = %e, "the projection snapshot is not used; folding the whole log");
@@ -393,7 +406,7 @@ impl<S: EventStore + Leases> Baton<S> {
     ) -> Result<(Arc<Self>, Tasks), StorageError> {
         store.set_fence(event_log::Fence::Follower);
         let (baton, reconcile_queue) =
-            Self::build(config, store, clock, Role::Follower { owner: None }).await?;
+            Self::build(config, store, clock, Role::Follower { owner: None }, None).await?;
         let keeper = lease.clone();
         let (baton, tasks) = Self::spawn_tasks(baton, reconcile_queue, |baton, workers| {
             Some(tokio::spawn(leadership::lead(

@@ -36,9 +36,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use event_log::{ChainHash, EventStore};
+use event_log::{ChainHash, EventStore, FileStamp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -256,12 +256,100 @@ pub async fn load<S: EventStore>(
     fresh: &State,
     store: &S,
 ) -> Result<Option<State>, Unusable> {
+    load_read(dir, fresh, store, None).await
+}
+
+/// A snapshot being read, and checked for all that needs no log, on a
+/// thread of its own, started before the store is opened (see
+/// [`start_reading`]): the two then take their time side by side.
+pub struct Reading {
+    dir: PathBuf,
+    config: String,
+    thread: std::thread::JoinHandle<(Option<FileStamp>, Duration, Checked)>,
+}
+
+/// What [`read_checked`] answers.
+type Checked = Result<Option<(Header, Facts)>, Unusable>;
+
+impl std::fmt::Debug for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reading")
+            .field("dir", &self.dir)
+            .field("finished", &self.thread.is_finished())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts reading the snapshot a node of `config` keeps on sled, before
+/// its store is open. Nothing is changed: [`load_read`] checks what it read
+/// against the store's chain once the store is open, and reads the file
+/// again then (under the store's lock) if it changed meanwhile or the early
+/// read could not use it. `None` when the configuration keeps no snapshot,
+/// or no thread could start.
+pub fn start_reading(config: &Config) -> Option<Reading> {
+    if !matches!(config.store, StoreSetting::Sled) {
+        return None;
+    }
+    let fresh = State::new(config.pages.values().map(|(_, p)| p.clone()));
+    read_in_background(config.data_dir.join("snapshots"), config_digest(&fresh))
+}
+
+/// Starts reading the snapshot in `dir`, expected of the configuration
+/// whose digest is `digest`.
+fn read_in_background(dir: PathBuf, digest: String) -> Option<Reading> {
+    let (file, expected) = (path(&dir), digest.clone());
+    let thread = std::thread::Builder::new()
+        .name("baton-snapshot-read".into())
+        .spawn(move || {
+            let before = FileStamp::at(&file);
+            let started = Instant::now();
+            let read = read_checked(&file, &expected);
+            (before, started.elapsed(), read)
+        })
+        .ok()?;
+    Some(Reading {
+        dir,
+        config: digest,
+        thread,
+    })
+}
+
+/// [`load`], with what `reading` read when it read the same snapshot, for
+/// the same configuration, from a file that has not changed since, and
+/// found it usable; otherwise the file is read now.
+pub async fn load_read<S: EventStore>(
+    dir: &Path,
+    fresh: &State,
+    store: &S,
+    reading: Option<Reading>,
+) -> Result<Option<State>, Unusable> {
     let started = Instant::now();
-    let file = path(dir);
     let config = config_digest(fresh);
-    let read = tokio::task::spawn_blocking(move || read_checked(&file, &config))
-        .await
-        .map_err(|e| Unusable::Undecodable(format!("the reader stopped: {e}")))??;
+    let file = path(dir);
+    let early = match reading.filter(|r| r.dir == dir && r.config == config) {
+        Some(reading) => {
+            let thread = reading.thread;
+            match tokio::task::spawn_blocking(move || thread.join()).await {
+                Ok(Ok((before, took, Ok(Some(found)))))
+                    if before.is_some() && before == FileStamp::at(&file) =>
+                {
+                    Some((found, took))
+                }
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    let (read, read_took) = match early {
+        Some((found, took)) => (Some(found), took),
+        None => {
+            let reading = Instant::now();
+            let read = tokio::task::spawn_blocking(move || read_checked(&file, &config))
+                .await
+                .map_err(|e| Unusable::Undecodable(format!("the reader stopped: {e}")))??;
+            (read, reading.elapsed())
+        }
+    };
     let Some((header, facts)) = read else {
         return Ok(None);
     };
@@ -287,6 +375,7 @@ pub async fn load<S: EventStore>(
     tracing::info!(
         position = header.position,
         threads = header.threads,
+        read_ms = read_took.as_millis() as u64,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "projections loaded from a snapshot"
     );
@@ -316,10 +405,20 @@ fn read_checked(file: &Path, config: &str) -> Result<Option<(Header, Facts)>, Un
     if header.config != config {
         return Err(Unusable::OtherConfig);
     }
-    if hex::encode(Sha256::digest(body)) != header.body_sha256 {
+    // The body is decoded while its checksum is computed (the decoder
+    // takes any bytes: it refuses, it does not trust); a body that does not
+    // match is refused as corrupt whatever the decoder made of it.
+    let (sum, facts) = std::thread::scope(|scope| {
+        let sum = scope.spawn(|| hex::encode(Sha256::digest(body)));
+        let facts = Facts::decode(body);
+        (sum.join(), facts)
+    });
+    if sum.map_err(|_| Unusable::Undecodable("the checksum's thread panicked".to_owned()))?
+        != header.body_sha256
+    {
         return Err(Unusable::Corrupt);
     }
-    let facts = Facts::decode(body).map_err(Unusable::Undecodable)?;
+    let facts = facts.map_err(Unusable::Undecodable)?;
     if facts.position() != header.position {
         return Err(Unusable::Undecodable(
             "its body's position is not its header's".to_owned(),
@@ -718,11 +817,102 @@ mod tests {
                 "{what}: {torn:?}"
             );
         }
+        // One byte of the body changed: refused by its checksum, whatever
+        // the decoder (which runs beside the checksum) made of it.
+        let mut flipped = bytes.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        let altered = load(dir.path(), &pages("1001"), &store).await;
+        assert!(matches!(altered, Err(Unusable::Corrupt)), "{altered:?}");
+        // Or changed where it still decodes (the page's id in the body).
+        let at = bytes.windows(7).rposition(|w| w == b"5550001").unwrap();
+        let mut other_page = bytes.clone();
+        other_page[at + 6] = b'2';
+        std::fs::write(&path, &other_page).unwrap();
+        let (_, body) = split(&other_page).unwrap();
+        assert!(Facts::decode(body).is_ok(), "the change still decodes");
+        let altered = load(dir.path(), &pages("1001"), &store).await;
+        assert!(matches!(altered, Err(Unusable::Corrupt)), "{altered:?}");
         std::fs::write(&path, b"{\"not\":\"a snapshot\"}").unwrap();
         let foreign = load(dir.path(), &pages("1001"), &store).await;
         assert!(matches!(foreign, Err(Unusable::Malformed)), "{foreign:?}");
         set_aside(dir.path()).unwrap();
         assert!(!path.exists());
         assert!(dir.path().join(format!("{FILE}.rejected")).exists());
+    }
+
+    /// A snapshot read before the store was open is what the load uses, if
+    /// the file has not changed since, still checked against the store's
+    /// chain; a file replaced since, or one the early read could not use
+    /// (none, or unusable), is read again; a read for another configuration
+    /// or directory is not used.
+    #[tokio::test]
+    async fn a_snapshot_read_before_the_store_opened_is_used_and_still_checked() {
+        let (dir, store, state) = written(3).await;
+        let file = path(dir.path());
+        let digest = config_digest(&pages("1001"));
+        let good = std::fs::read(&file).unwrap();
+        let finished =
+            |reading: &Option<Reading>| reading.as_ref().is_none_or(|r| r.thread.is_finished());
+        let reading = read_in_background(dir.path().to_owned(), digest.clone());
+        while !finished(&reading) {
+            tokio::task::yield_now().await;
+        }
+        // The same file (identity, length and time kept) with other bytes:
+        // only what was read can load.
+        let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+        std::fs::write(&file, vec![b'x'; good.len()]).unwrap();
+        let f = std::fs::File::options().write(true).open(&file).unwrap();
+        f.set_modified(modified).unwrap();
+        drop(f);
+        let loaded = load_read(dir.path(), &pages("1001"), &store, reading).await;
+        assert_eq!(loaded.unwrap(), Some(state.clone()));
+        // Read while good, then replaced by a damaged one: read again, and
+        // refused.
+        let tmp = dir.path().join("replacement");
+        std::fs::write(&tmp, &good).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        let reading = read_in_background(dir.path().to_owned(), digest.clone());
+        while !finished(&reading) {
+            tokio::task::yield_now().await;
+        }
+        std::fs::write(&tmp, &good[..good.len() - 1]).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        let torn = load_read(dir.path(), &pages("1001"), &store, reading).await;
+        assert!(matches!(torn, Err(Unusable::Corrupt)), "{torn:?}");
+        // Read while unusable, then replaced by a good one: read again.
+        let reading = read_in_background(dir.path().to_owned(), digest.clone());
+        while !finished(&reading) {
+            tokio::task::yield_now().await;
+        }
+        std::fs::write(&tmp, &good).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        let loaded = load_read(dir.path(), &pages("1001"), &store, reading).await;
+        assert_eq!(loaded.unwrap(), Some(state.clone()));
+        // Read while there was none, then written: read again.
+        std::fs::remove_file(&file).unwrap();
+        let reading = read_in_background(dir.path().to_owned(), digest.clone());
+        while !finished(&reading) {
+            tokio::task::yield_now().await;
+        }
+        std::fs::write(&file, &good).unwrap();
+        let loaded = load_read(dir.path(), &pages("1001"), &store, reading).await;
+        assert_eq!(loaded.unwrap(), Some(state.clone()));
+        // Read ahead, but the log turned out shorter: refused all the same.
+        let (shorter, _) = folded(2).await;
+        let reading = read_in_background(dir.path().to_owned(), digest.clone());
+        let beyond = load_read(dir.path(), &pages("1001"), &shorter, reading).await;
+        assert!(
+            matches!(beyond, Err(Unusable::BeyondHead { .. })),
+            "{beyond:?}"
+        );
+        // Read for other pages, or from another directory: not used.
+        let other_pages = read_in_background(dir.path().to_owned(), config_digest(&pages("1002")));
+        let loaded = load_read(dir.path(), &pages("1001"), &store, other_pages).await;
+        assert_eq!(loaded.unwrap(), Some(state.clone()));
+        let elsewhere = tempfile::tempdir().unwrap();
+        let empty = read_in_background(elsewhere.path().to_owned(), digest);
+        let loaded = load_read(dir.path(), &pages("1001"), &store, empty).await;
+        assert_eq!(loaded.unwrap(), Some(state));
     }
 }

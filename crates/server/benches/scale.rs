@@ -10,7 +10,9 @@
 //!
 //! Run: `cargo bench -p server --bench scale` (`BATON_BENCH_THREADS=200000`
 //! for a shorter run; the slice is a tenth of the total;
-//! `BATON_BENCH_SNAPSHOT_EVERY=0` for no background snapshot during it).
+//! `BATON_BENCH_SNAPSHOT_EVERY=0` for no background snapshot during it;
+//! `BATON_BENCH_DATA_DIR=<empty or new directory>` to keep the data
+//! directory afterwards, to look at or to time a restart on).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -141,7 +143,19 @@ fn main() {
     let slice = (threads / 10).max(1);
     let rt = test_support::runtime();
     let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().to_path_buf();
+    let data_dir = match std::env::var_os("BATON_BENCH_DATA_DIR") {
+        Some(kept) => {
+            let kept = std::path::PathBuf::from(kept);
+            std::fs::create_dir_all(&kept).expect("BATON_BENCH_DATA_DIR can be created");
+            let empty = std::fs::read_dir(&kept).map(|mut d| d.next().is_none());
+            assert!(
+                matches!(empty, Ok(true)),
+                "BATON_BENCH_DATA_DIR must be empty"
+            );
+            kept
+        }
+        None => dir.path().to_path_buf(),
+    };
     let raw_bytes: usize = (0..threads).map(|n| delivery(n).len()).sum();
     rt.block_on(async {
         let clock = Arc::new(ManualClock::new(test_support::T0));
@@ -220,12 +234,16 @@ fn main() {
             if !with_snapshot {
                 std::fs::remove_dir_all(data_dir.join("snapshots")).unwrap();
             }
+            // As `baton serve` starts: the snapshot is read while the log
+            // opens.
             let t = Instant::now();
+            let reading = server::snapshot::start_reading(&config(&data_dir));
             let store = Arc::new(SledStore::open(data_dir.join("log")).unwrap());
             let open = t.elapsed();
-            let running = server::start(config(&data_dir), store.clone(), clock.clone())
-                .await
-                .expect("server restarts");
+            let running =
+                server::start_reading(config(&data_dir), store.clone(), clock.clone(), reading)
+                    .await
+                    .expect("server restarts");
             let took = t.elapsed();
             let ok = reqwest::get(format!("{}/readyz", running.base_url()))
                 .await

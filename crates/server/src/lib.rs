@@ -26,7 +26,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use event_log::{EventStore, Leases, StorageError};
 use orchestration::{Baton, LeaseSettings, Tasks};
 
-pub use orchestration::{config, metrics, projections, record};
+pub use orchestration::{config, metrics, projections, record, snapshot};
 pub use orchestration::{Clock, Config, ConfigError, LogFormat, ManualClock, Secret, SystemClock};
 
 /// What every handler shares: the application and, when any app has a
@@ -247,8 +247,22 @@ pub async fn start<S: EventStore + 'static>(
     store: Arc<S>,
     clock: Arc<dyn Clock>,
 ) -> Result<Running<S>, StartError> {
+    start_reading(config, store, clock, None).await
+}
+
+/// [`start`], resuming from the projection snapshot `reading` has been
+/// reading since before `store` was opened: `baton serve` starts reading it
+/// (with [`orchestration::snapshot::start_reading`]) and then opens the
+/// log, so the two take their time side by side.
+pub async fn start_reading<S: EventStore + 'static>(
+    config: Config,
+    store: Arc<S>,
+    clock: Arc<dyn Clock>,
+    reading: Option<orchestration::snapshot::Reading>,
+) -> Result<Running<S>, StartError> {
     let (listener, addr) = bind(&config)?;
-    let (baton, tasks) = Baton::start(config, store.clone(), clock.clone()).await?;
+    let (baton, tasks) =
+        Baton::start_reading(config, store.clone(), clock.clone(), reading).await?;
     serve(listener, addr, baton, tasks, clock, None, None).await
 }
 

@@ -225,15 +225,48 @@ pub(super) fn put_tracked(out: &mut Out, tracked: &Tracked) -> Result<bool, serd
     Ok(stripped)
 }
 
-fn get_tracked(input: &mut In<'_>) -> Option<Box<Tracked>> {
+/// The last id of a kind a decoder read, handed out again while the next
+/// one is the same: a snapshot's threads share a few pages and owners, and
+/// this spares each of them a lookup in the process's table of kept ids
+/// (a lock and a hash, which two decoders would contend on).
+struct Last<T>(Option<T>);
+
+impl<T: Clone> Last<T> {
+    fn id(
+        &mut self,
+        text: &str,
+        as_str: fn(&T) -> &str,
+        parse: fn(&str) -> Result<T, domain::IdError>,
+    ) -> Option<T> {
+        match &self.0 {
+            Some(last) if as_str(last) == text => Some(last.clone()),
+            _ => {
+                let id = parse(text).ok()?;
+                self.0 = Some(id.clone());
+                Some(id)
+            }
+        }
+    }
+}
+
+/// The ids a decoder of threads has just read.
+struct LastIds {
+    page: Last<PageId>,
+    owner: Last<AppId>,
+}
+
+fn get_tracked(input: &mut In<'_>, last: &mut LastIds) -> Option<Box<Tracked>> {
     let key = ThreadKey::new(
-        PageId::parse_str(input.str()?).ok()?,
+        last.page
+            .id(input.str()?, PageId::as_str, PageId::parse_str)?,
         Psid::parse_str(input.str()?).ok()?,
     );
     let control = match input.u8()? {
         0 => Control::Idle,
         1 => Control::Active {
-            owner: AppId::parse_str(input.str()?).ok()?,
+            owner: last
+                .owner
+                .id(input.str()?, AppId::as_str, AppId::parse_str)?,
             since: input.time()?,
             extended_until: input.opt_time()?,
         },
@@ -307,25 +340,34 @@ pub(super) fn get_threads(
     let mut input = In(section);
     let n = input.count(20)?;
     let mut threads = HashMap::with_capacity(n);
-    let mut expiries = TimeIndex::default();
-    let mut confirmations = TimeIndex::default();
+    // The timers' indexes are built whole at the end (sorted, then built
+    // bottom-up), not one insertion at a time.
+    let mut expiries = Vec::new();
+    let mut confirmations = Vec::new();
+    let mut last = LastIds {
+        page: Last(None),
+        owner: Last(None),
+    };
     for _ in 0..n {
-        let tracked = get_tracked(&mut input)?;
+        let tracked = get_tracked(&mut input, &mut last)?;
         let key = tracked.ledger.key.clone();
         if let Some(at) = tracked.expiry {
-            expiries.order.insert((at, key.clone()));
+            expiries.push((at, key.clone()));
         }
         if let Some(at) = tracked.confirmation {
-            confirmations.order.insert((at, key.clone()));
+            confirmations.push((at, key.clone()));
         }
         if threads.insert(key, tracked).is_some() {
             return None;
         }
     }
+    let index = |entries: Vec<_>| TimeIndex {
+        order: entries.into_iter().collect(),
+    };
     input
         .0
         .is_empty()
-        .then_some((threads, expiries, confirmations))
+        .then(|| (threads, index(expiries), index(confirmations)))
 }
 
 fn channel_byte(channel: Channel) -> u8 {
@@ -349,12 +391,13 @@ pub(super) fn get_seen(section: &[u8]) -> Option<HashMap<u64, Box<[ItemCopy]>>> 
     let mut input = In(section);
     let n = input.count(16)?;
     let mut seen = HashMap::with_capacity(n);
+    let mut last = Last(None);
     for _ in 0..n {
         let digest = input.u64()?;
         let copies = input.count(5)?;
         let mut list = Vec::with_capacity(copies);
         for _ in 0..copies {
-            let app = AppId::parse_str(input.str()?).ok()?;
+            let app = last.id(input.str()?, AppId::as_str, AppId::parse_str)?;
             let channel = match input.u8()? {
                 0 => Channel::Messaging,
                 1 => Channel::Standby,
