@@ -296,7 +296,6 @@ impl<S: EventStore + 'static> Baton<S> {
                 projections.clone(),
                 metrics.clone(),
                 clock.clone(),
-                matches!(role, Role::Follower { .. }),
             ),
             outbox: outbox::OutboxState::new(&config),
             config,

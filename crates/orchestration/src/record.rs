@@ -228,11 +228,6 @@ pub struct Recorder<S> {
     metrics: std::sync::Arc<Metrics>,
     /// Baton's clock: content keys are made per day of it.
     clock: std::sync::Arc<dyn Clock>,
-    /// Whether other nodes append to the log too (a shared store): a
-    /// decision on a thread then first folds the log up to its head, so it
-    /// is never taken on a view older than what another node recorded
-    /// before it was asked (a webhook a follower took a moment ago).
-    shared: bool,
 }
 
 /// What was recorded: the plan's value, the events and the records' positions.
@@ -250,14 +245,12 @@ impl<S: EventStore> Recorder<S> {
         projections: std::sync::Arc<Projections>,
         metrics: std::sync::Arc<Metrics>,
         clock: std::sync::Arc<dyn Clock>,
-        shared: bool,
     ) -> Self {
         Self {
             store,
             projections,
             metrics,
             clock,
-            shared,
         }
     }
 
@@ -330,10 +323,15 @@ impl<S: EventStore> Recorder<S> {
         on_busy: OnBusy,
         mut decide: impl FnMut(&State, &ThreadLedger, &Page) -> (Vec<Event>, T),
     ) -> Result<Recorded<T>, RecordError> {
-        if self.shared {
-            let head = self.store.head().await.map_err(RecordError::Unreadable)?;
-            self.projections.wait_for(head.position).await;
-        }
+        // The log is folded up to its head first, so a decision is never
+        // taken on a view older than what was recorded before it was asked:
+        // a webhook this node acknowledged a moment ago (the acknowledgement
+        // does not wait for the fold), or one another node took on a shared
+        // log. Without it a pass right after Meta's own hand-back was refused
+        // on the ledger from before it (`model::model_handover_v1`, seed 48,
+        // under a loaded machine).
+        let head = self.store.head().await.map_err(RecordError::Unreadable)?;
+        self.projections.wait_for(head.position).await;
         self.record(on_busy, |snapshot| {
             let page = snapshot
                 .pages
