@@ -218,8 +218,7 @@ pub(crate) struct Loaded {
 /// file, a projection snapshot), the same stamp means the same bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct FileStamp {
-    /// Its length.
-    pub len: u64,
+    len: u64,
     modified: Option<std::time::SystemTime>,
     #[cfg(unix)]
     file: (u64, u64),
@@ -255,12 +254,7 @@ impl Loaded {
     pub(crate) fn open(self, dir: &Path) -> std::io::Result<KeyVault> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(KEYS_FILE);
-        let now = match std::fs::metadata(&path) {
-            Ok(meta) => Some(FileStamp::of(&meta)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
-        };
-        let loaded = if now == self.read {
+        let loaded = if FileStamp::at(&path) == self.read {
             self
         } else {
             KeyVault::read(dir)?

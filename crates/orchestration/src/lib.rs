@@ -254,7 +254,7 @@ impl<S: EventStore + 'static> Baton<S> {
         reading: Option<snapshot::Reading>,
     ) -> Result<(Arc<Self>, tokio::sync::mpsc::Receiver<domain::ThreadKey>), StorageError> {
         let config = Arc::new(config);
-        let fresh = State::new(config.pages.values().map(|(_, p)| p.clone()));
+        let fresh = snapshot::fresh_state(&config);
         let loaded = match snapshot::dir_of(&config, store.as_ref()) {
             Some(dir) => match snapshot::load_read(&dir, &fresh, store.as_ref(), reading).await {
                 Ok(loaded) => loaded,

@@ -290,8 +290,15 @@ pub fn start_reading(config: &Config) -> Option<Reading> {
     if !matches!(config.store, StoreSetting::Sled) {
         return None;
     }
-    let fresh = State::new(config.pages.values().map(|(_, p)| p.clone()));
-    read_in_background(config.data_dir.join("snapshots"), config_digest(&fresh))
+    read_in_background(
+        config.data_dir.join("snapshots"),
+        config_digest(&fresh_state(config)),
+    )
+}
+
+/// The state a fold of `config` starts from: its pages, no thread.
+pub fn fresh_state(config: &Config) -> State {
+    State::new(config.pages.values().map(|(_, p)| p.clone()))
 }
 
 /// Starts reading the snapshot in `dir`, expected of the configuration
@@ -475,7 +482,7 @@ impl<S: EventStore + 'static> Baton<S> {
 
     /// The state a fold of this configuration starts from.
     pub fn fresh_state(&self) -> State {
-        State::new(self.config.pages.values().map(|(_, p)| p.clone()))
+        fresh_state(&self.config)
     }
 
     /// Writes `projections` (which must not move meanwhile: stopped, or a
