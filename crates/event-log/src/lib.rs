@@ -34,6 +34,7 @@ mod ndjson;
 pub mod postgres;
 mod record;
 mod segments;
+pub mod sharded;
 mod sled_store;
 mod store;
 mod vault;

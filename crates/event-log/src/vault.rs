@@ -28,6 +28,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use sha2::{Digest, Sha256};
 
 use crate::record::{from_hex, to_hex};
+use crate::sharded::ShardedMap;
 
 /// Names one content key: 16 random bytes, never reused, so content sealed
 /// before an erasure stays unreadable when the person writes again.
@@ -139,7 +140,7 @@ impl Entry {
 /// then subject: a lookup borrows the subject (no string is made per seal),
 /// and the subject's text is shared with its entry.
 #[derive(Default)]
-struct Current(HashMap<u32, HashMap<Arc<str>, KeyId>>);
+struct Current(HashMap<u32, ShardedMap<Arc<str>, KeyId>>);
 
 impl Current {
     fn get(&self, subject: &str, day: u32) -> Option<KeyId> {
@@ -165,8 +166,9 @@ impl Current {
 
 #[derive(Default)]
 struct Keys {
-    /// Every live key by id.
-    by_id: HashMap<KeyId, Entry>,
+    /// Every live key by id (sharded: a million-key map growing at once
+    /// would hold the vault's lock, and every seal, for a long while).
+    by_id: ShardedMap<KeyId, Entry>,
     /// The key content of `(subject, day)` is sealed under now.
     current: Current,
     /// Keys made since the last sync, in order.

@@ -14,6 +14,7 @@ use domain::{
     AppId, CommandId, Page, PageId, Rejection, SendMessage, Span, ThreadKey, ThreadLedger,
     Timestamp,
 };
+use event_log::sharded::ShardedMap;
 use event_log::{EventStore, Record, StorageError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -181,8 +182,10 @@ pub struct State {
     /// Every thread's ledger, boxed: the map keeps spare slots as it grows
     /// (up to half of them empty after it doubles), and a slot holding a
     /// pointer is 40 bytes where one holding the whole entry would be
-    /// over 300.
-    threads: HashMap<ThreadKey, Box<Tracked>>,
+    /// over 300. Sharded, as is `seen`: a fold slice that doubled a
+    /// million-entry map held the write lock, and every webhook's planner,
+    /// for hundreds of milliseconds.
+    threads: ShardedMap<ThreadKey, Box<Tracked>>,
     /// One-Time Notification token → its thread.
     pub tokens: HashMap<String, ThreadKey>,
     /// The outbox: every send decided, by id.
@@ -211,7 +214,7 @@ pub struct State {
     /// Dedupe index: a 64-bit digest of each item's dedupe key → its copies
     /// (a boxed slice of exactly their number: a vector would keep room for
     /// four).
-    seen: HashMap<u64, Box<[(AppId, Channel)]>>,
+    seen: ShardedMap<u64, Box<[(AppId, Channel)]>>,
     /// What each index forgets, and when (Baton's recorded time): the
     /// retention of the dedupe, idempotency and settled-send indexes.
     forget: BTreeMap<(Timestamp, u64), Forget>,
@@ -296,7 +299,7 @@ impl State {
         }
         Self {
             pages,
-            threads: HashMap::new(),
+            threads: ShardedMap::new(),
             tokens: HashMap::new(),
             sends: HashMap::new(),
             idempotency: HashMap::new(),
@@ -307,7 +310,7 @@ impl State {
             open_sends: BTreeMap::new(),
             expiries: TimeIndex::default(),
             confirmations: TimeIndex::default(),
-            seen: HashMap::new(),
+            seen: ShardedMap::new(),
             forget: BTreeMap::new(),
             forget_seq: 0,
             recorded_at: Timestamp::from_millis(0),
@@ -1012,10 +1015,10 @@ type ItemCopy = (AppId, Channel);
 #[derive(Debug)]
 pub struct Facts {
     rest: Rest<'static>,
-    threads: HashMap<ThreadKey, Box<Tracked>>,
+    threads: ShardedMap<ThreadKey, Box<Tracked>>,
     expiries: TimeIndex,
     confirmations: TimeIndex,
-    seen: HashMap<u64, Box<[ItemCopy]>>,
+    seen: ShardedMap<u64, Box<[ItemCopy]>>,
     forget: BTreeMap<(Timestamp, u64), Forget>,
 }
 
@@ -1046,7 +1049,7 @@ impl State {
         }
         let mut seen = codec::Out::default();
         seen.u64(self.seen.len() as u64);
-        for (digest, copies) in &self.seen {
+        for (digest, copies) in self.seen.iter() {
             codec::put_copies(&mut seen, *digest, copies);
         }
         let mut forget = codec::Out::default();

@@ -609,15 +609,18 @@ pub async fn run<S: EventStore + 'static>(baton: Arc<Baton<S>>, mut shutdown: Sh
 }
 
 /// A background snapshot on a thread of its own, at the lowest CPU priority
-/// (on Linux, `nice` 19: there a thread's own, inherited by the threads it
-/// starts; elsewhere the thread keeps the process's priority), given up
-/// at a shutdown. Its shadow fold and encoding are seconds of CPU at a million
-/// threads; run on the server's runtime at the default priority, they took
-/// that time from the webhooks (the scale benchmark's slowest slice p99
-/// 2.5–2.8x its first with them, 1.55x without) and held a runtime worker
-/// for the whole fold, whose reads never yield. Under a load that keeps
-/// every core busy the snapshot waits; the one written at the stop does
-/// not depend on it.
+/// (on Linux, the `SCHED_IDLE` policy and `nice` 19: there a thread's own,
+/// inherited by the threads it starts; elsewhere the thread keeps the
+/// process's priority), given up at a shutdown. Its shadow fold and
+/// encoding are seconds of CPU at a million threads; run on the server's
+/// runtime at the default priority, they took that time from the webhooks
+/// (the scale benchmark's slowest slice p99 2.5–2.8x its first with them,
+/// 1.55x without) and held a runtime worker for the whole fold, whose reads
+/// never yield. At `nice` 19 alone a webhook thread that woke could still
+/// wait for the snapshot's thread to finish its time slice; a `SCHED_IDLE`
+/// thread gives the core up as soon as another wakes. Under a load that
+/// keeps every core busy the snapshot waits; the one written at the stop
+/// does not depend on it.
 async fn at_lowest_priority<S: EventStore + 'static>(
     baton: Arc<Baton<S>>,
     mut shutdown: Shutdown,
@@ -649,7 +652,16 @@ async fn on_lowest_priority_thread<T: Send + 'static>(
         .spawn(move || {
             // Failing to lower it only costs the webhooks some CPU.
             #[cfg(target_os = "linux")]
-            let _ = rustix::process::nice(19);
+            {
+                use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+                let _ = thread_priority::set_thread_priority_and_policy(
+                    thread_priority::thread_native_id(),
+                    thread_priority::ThreadPriority::Min,
+                    ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+                );
+                // After the policy, which sets a niceness of its own.
+                let _ = rustix::process::nice(19);
+            }
             let _ = tx.send(work());
         })
         .map_err(|_| SnapshotFailure::Thread)?;
@@ -673,15 +685,23 @@ mod tests {
             #[cfg(not(target_os = "linux"))]
             return 19;
         };
-        let before = priority();
-        let (inside, name) = on_lowest_priority_thread(move || {
-            Ok((priority(), std::thread::current().name().map(str::to_owned)))
+        let policy = || {
+            #[cfg(target_os = "linux")]
+            return format!("{:?}", thread_priority::thread_schedule_policy().unwrap());
+            #[cfg(not(target_os = "linux"))]
+            return "Normal(Idle)".to_owned();
+        };
+        let (before, policy_before) = (priority(), policy());
+        let (inside, policy_inside, name) = on_lowest_priority_thread(move || {
+            let name = std::thread::current().name().map(str::to_owned);
+            Ok((priority(), policy(), name))
         })
         .await
         .unwrap();
         assert_eq!(inside, (before + 19).min(19));
+        assert_eq!(policy_inside, "Normal(Idle)");
         assert_eq!(name.as_deref(), Some("baton-snapshot"));
-        assert_eq!(priority(), before);
+        assert_eq!((priority(), policy()), (before, policy_before));
         let died = on_lowest_priority_thread(|| -> Result<(), SnapshotFailure> {
             panic!("the snapshot thread dies")
         })

@@ -10,7 +10,9 @@
 //! its fields named, so a field added to the ledger does not compile here
 //! until it is encoded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use event_log::sharded::ShardedMap;
 
 use domain::events::{Channel, WindowGrant, WindowReason};
 use domain::ledger::{CallInFlight, PendingRequest, TokenState};
@@ -336,10 +338,10 @@ fn get_tracked(input: &mut In<'_>, last: &mut LastIds) -> Option<Box<Tracked>> {
 /// rebuilt from the times each was filed under.
 pub(super) fn get_threads(
     section: &[u8],
-) -> Option<(HashMap<ThreadKey, Box<Tracked>>, TimeIndex, TimeIndex)> {
+) -> Option<(ShardedMap<ThreadKey, Box<Tracked>>, TimeIndex, TimeIndex)> {
     let mut input = In(section);
     let n = input.count(20)?;
-    let mut threads = HashMap::with_capacity(n);
+    let mut threads = ShardedMap::with_capacity(n);
     // The timers' indexes are built whole at the end (sorted, then built
     // bottom-up), not one insertion at a time.
     let mut expiries = Vec::new();
@@ -387,10 +389,10 @@ pub(super) fn put_copies(out: &mut Out, digest: u64, copies: &[ItemCopy]) {
     }
 }
 
-pub(super) fn get_seen(section: &[u8]) -> Option<HashMap<u64, Box<[ItemCopy]>>> {
+pub(super) fn get_seen(section: &[u8]) -> Option<ShardedMap<u64, Box<[ItemCopy]>>> {
     let mut input = In(section);
     let n = input.count(16)?;
-    let mut seen = HashMap::with_capacity(n);
+    let mut seen = ShardedMap::with_capacity(n);
     let mut last = Last(None);
     for _ in 0..n {
         let digest = input.u64()?;
