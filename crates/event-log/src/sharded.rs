@@ -59,9 +59,11 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     }
 
     /// Room for about `additional` more entries, spread as the keys will
-    /// be (with some slack, as they do not split exactly so).
+    /// be (with some slack, as they do not split exactly so). Below a few
+    /// entries per shard nothing is reserved: small shards grow cheaply,
+    /// and 256 tables for a handful of keys would cost more than the keys.
     pub fn reserve(&mut self, additional: usize) {
-        if additional == 0 {
+        if additional < 8 * SHARDS {
             return;
         }
         for (i, shard) in self.shards.iter_mut().enumerate() {
@@ -145,12 +147,6 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         for shard in self.shards.iter_mut() {
             shard.retain(&mut keep);
         }
-    }
-
-    /// The largest number of entries one growth would move now: the
-    /// biggest shard's (for the tests and the benchmarks).
-    pub fn largest_shard(&self) -> usize {
-        self.shards.iter().map(HashMap::len).max().unwrap_or(0)
     }
 }
 
@@ -264,6 +260,8 @@ mod tests {
         }
         let even = n as usize / SHARDS;
         assert!(most_moved > 0 && most_moved < 2 * even, "{most_moved}");
+        let largest = map.shards.iter().map(HashMap::len).max().unwrap();
+        assert!(largest < 2 * even, "{largest}");
         // Over the last doubling of the whole map, each quarter of it sees
         // about a quarter of the growths: equal shards would all have grown
         // within a few percent of one size.
@@ -286,5 +284,9 @@ mod tests {
             .filter(|(s, c)| s.capacity() != **c)
             .count();
         assert_eq!(grown, 0, "shards grew despite the reserved room");
+
+        // A few keys reserve nothing: 256 tables would outweigh them.
+        let small = ShardedMap::<u64, ()>::with_capacity(100);
+        assert!(small.shards.iter().all(|s| s.capacity() == 0));
     }
 }
