@@ -4,13 +4,6 @@
 //! (`orchestration`), and render; none holds a retry loop, a sleep, an
 //! append or a rule of Meta's (those live in `orchestration` and `domain`).
 
-/// The allocator of every process that runs the server (`baton serve`, the
-/// tests, the benchmarks): mimalloc. With glibc's, `malloc` and `free` took
-/// a quarter of the ingest path's CPU (a profile of the ingest benchmark;
-/// figures in `docs/performance.md`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 pub mod admin;
 pub mod auth;
 pub mod body;
