@@ -262,15 +262,7 @@ async fn a_late_echo_does_not_reapply_an_old_inline_pass() {
     let stack = Stack::start_tuned(Mode::ConversationRouting, tuning).await;
     stack.user_says("u1", "hello").await;
     // Meta holds its answer to the next send, and fails to deliver its echo.
-    stack
-        .ctl
-        .add_fault(&FaultSpec::Delay {
-            count: 1,
-            endpoint: Some("messages".into()),
-            millis: None,
-        })
-        .await
-        .unwrap();
+    stack.hold_next_answer("messages").await;
     stack
         .ctl
         .add_fault(&FaultSpec::WebhookDrop {
@@ -327,15 +319,7 @@ async fn a_slow_answer_landing_after_newer_news_does_not_override_it() {
     let stack = Stack::start(Mode::ConversationRouting).await;
     stack.user_says("u1", "hello").await;
     // Meta carries out the pass at once but holds its answer.
-    stack
-        .ctl
-        .add_fault(&FaultSpec::Delay {
-            count: 1,
-            endpoint: Some("pass_thread_control".into()),
-            millis: None,
-        })
-        .await
-        .unwrap();
+    stack.hold_next_answer("pass_thread_control").await;
     stack.advance(Span::seconds(60)).await;
     let pass = stack.pass("baton-bot", "u1", Some(HUMAN));
     let meanwhile = async {
@@ -825,15 +809,7 @@ async fn a_thread_owner_answer_overtaken_by_a_take_does_not_undo_it() {
     assert_eq!(status, 200);
     // Meta answers Baton's next `thread_owner` question at once ("the
     // human") but holds the answer on its way back.
-    stack
-        .ctl
-        .add_fault(&FaultSpec::Delay {
-            count: 1,
-            endpoint: Some("thread_owner".into()),
-            millis: None,
-        })
-        .await
-        .unwrap();
+    stack.hold_next_answer("thread_owner").await;
     let thread = Stack::thread("u1");
     let asking = stack.baton.running.state.reconcile(&thread, "v21.0");
     let meanwhile = async {
@@ -865,5 +841,48 @@ async fn a_thread_owner_answer_overtaken_by_a_take_does_not_undo_it() {
     assert_eq!(stack.baton.count("OwnershipDriftDetected").await, 0);
     let (status, body) = stack.send("baton-bot", text("u1", "I'm here")).await;
     assert_eq!(status, 200, "the owner is not refused: {body}");
+    stack.assert_consistent("u1").await;
+}
+
+/// The inbox hands a thread back the moment after the bot passed it there
+/// (Meta's clock has not moved): by Baton's clock that is older news, kept
+/// and checked with Meta. Until Meta's answer is in, a call that the ledger
+/// would refuse for not owning the thread is checked with Meta first, not
+/// refused: the reconciler may not have asked yet (`model_handover_v1`,
+/// seed 48, under load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_refused_on_an_owner_in_doubt_is_checked_with_meta_first() {
+    let stack = Stack::start(Mode::ConversationRouting).await;
+    stack.user_says("u1", "hello").await;
+    let inbox = emulator::PAGE_INBOX_APP_ID;
+    let (status, body) = stack.pass("baton-bot", "u1", Some(inbox)).await;
+    assert_eq!(status, 200, "{body}");
+    // The reconciler's question is answered at once but held on its way back.
+    stack.hold_next_answer("thread_owner").await;
+    stack.ctl.inbox_done(PAGE, "u1").await.unwrap();
+    assert_eq!(stack.baton.count("StaleEvidenceIgnored").await, 1);
+    while stack.upstream_calls("thread_owner").await == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(stack.ledger_view("u1"), owner(inbox), "still in doubt");
+    let (status, body) = stack.pass("baton-bot", "u1", Some(HUMAN)).await;
+    assert_eq!(status, 200, "the owner at Meta is not refused: {body}");
+    assert_eq!(
+        stack.upstream_calls("thread_owner").await,
+        2,
+        "Meta asked first"
+    );
+    assert_eq!(stack.ledger_view("u1"), owner(HUMAN));
+    // The reconciler's answer, when it comes, is older than that pass.
+    stack.ctl.release_held().await.unwrap();
+    let answered = async {
+        while stack.baton.count("StaleEvidenceIgnored").await < 2 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), answered)
+        .await
+        .expect("the held answer is recorded, as older news");
+    assert_eq!(stack.ledger_view("u1"), owner(HUMAN));
     stack.assert_consistent("u1").await;
 }

@@ -58,15 +58,7 @@ async fn a_client_that_hangs_up_does_not_stop_its_send() {
     let stack = Stack::start(Mode::ConversationRouting).await;
     stack.user_says("u1", "hello").await;
     // Meta holds its answer until released; the client gives up first.
-    stack
-        .ctl
-        .add_fault(&FaultSpec::Delay {
-            count: 1,
-            endpoint: Some("messages".into()),
-            millis: None,
-        })
-        .await
-        .unwrap();
+    stack.hold_next_answer("messages").await;
     send_and_hang_up(
         &stack,
         text("u1", "still sent"),

@@ -262,15 +262,7 @@ async fn a_timeout_is_recorded_unknown_and_settled_by_the_echo() {
     };
     let stack = Stack::start_tuned(Mode::ConversationRouting, tuning).await;
     stack.user_says("u1", "hello").await;
-    stack
-        .ctl
-        .add_fault(&FaultSpec::Delay {
-            count: 1,
-            endpoint: Some("messages".into()),
-            millis: None,
-        })
-        .await
-        .unwrap();
+    stack.hold_next_answer("messages").await;
     let (status, body) = stack.send("baton-bot", text("u1", "slow one")).await;
     // Meta did send it and delivers its echo at once, while holding the
     // answer: the echo settles the unknown outcome. When it is folded before

@@ -99,7 +99,11 @@ impl<S: EventStore + 'static> Baton<S> {
         let thread = ThreadKey::new(acting.page.clone(), psid.clone());
         let now = self.clock.now();
 
-        // 1. Decide and record.
+        // 1. Decide and record; a refusal that rests on an owner Meta's news
+        // contradicted, not yet checked, is checked with Meta first.
+        if self.owner_refusal_in_doubt(&thread, &command, now, false) {
+            self.reconcile_ahead(&thread, &acting.version).await;
+        }
         let decided = self
             .recorder
             .record_on(

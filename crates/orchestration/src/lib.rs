@@ -82,6 +82,10 @@ pub struct Baton<S> {
     /// Threads whose owner a recorded fact made unknown: the reconciler asks
     /// Meta about each (bounded; a full queue drops, and the next contradiction asks again).
     reconciles: tokio::sync::mpsc::Sender<domain::ThreadKey>,
+    /// Threads queued for the reconciler, with how many times, until it
+    /// has recorded Meta's answer: Meta's news contradicted their ledger,
+    /// which is in doubt until then.
+    reconciling: std::sync::Mutex<std::collections::HashMap<domain::ThreadKey, usize>>,
     /// Each page's budget of scheduled `thread_owner` calls.
     reconcile_budget:
         std::sync::Mutex<outbox::limiter::RateLimiter<domain::PageId, domain::Timestamp>>,
@@ -307,6 +311,7 @@ impl<S: EventStore + 'static> Baton<S> {
             send_graph: graph_client::GraphClient::new(timeout, 0),
             stopping: Trigger::new(),
             reconciles,
+            reconciling: std::sync::Mutex::new(std::collections::HashMap::new()),
             reconcile_budget,
             reconcile_round: tokio::sync::Mutex::new(()),
             health: health::HealthState::new(),

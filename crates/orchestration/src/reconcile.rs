@@ -2,7 +2,7 @@
 //! of an app that may see it: the default app's or the legacy primary's) and
 //! record the answer as a fact; the ledger follows Meta when they differ.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,10 +130,71 @@ impl<S> Baton<S> {
     /// ledger (an effect carried out after the events are durable).
     pub fn reconcile_unknown_owners(&self, recorded: &[Event]) {
         for thread in contradicted(recorded) {
-            if let Err(e) = self.reconciles.try_send(thread.clone()) {
-                tracing::warn!(%thread, error = %e, "reconciliation queue full; the next contradiction asks again");
+            match self.reconciles.try_send(thread.clone()) {
+                Ok(()) => *self.reconciling_now().entry(thread.clone()).or_default() += 1,
+                Err(e) => {
+                    tracing::warn!(%thread, error = %e, "reconciliation queue full; the next contradiction asks again");
+                }
             }
         }
+    }
+
+    fn reconciling_now(&self) -> std::sync::MutexGuard<'_, HashMap<ThreadKey, usize>> {
+        self.reconciling
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The reconciler has recorded Meta's answer for `times` of the
+    /// requests queued for `thread`.
+    fn reconciled(&self, thread: &ThreadKey, times: usize) {
+        let mut reconciling = self.reconciling_now();
+        if let Some(left) = reconciling.get_mut(thread) {
+            *left = left.saturating_sub(times);
+            if *left == 0 {
+                reconciling.remove(thread);
+            }
+        }
+    }
+
+    /// Whether `command` would be refused on `thread` because the ledger
+    /// says another app owns it, while that owner is in doubt: Meta's news
+    /// contradicted it and the reconciler has not asked Meta yet, or (with
+    /// `or_unconfirmed`) nobody at Meta has confirmed it lately. Such a
+    /// refusal is checked with Meta first: refusing on it could refuse the
+    /// owner at Meta.
+    pub(crate) fn owner_refusal_in_doubt(
+        &self,
+        thread: &ThreadKey,
+        command: &domain::commands::Command,
+        now: Timestamp,
+        or_unconfirmed: bool,
+    ) -> bool {
+        let contradicted = self.reconciling_now().contains_key(thread);
+        if !contradicted && !or_unconfirmed {
+            return false;
+        }
+        let snapshot = self.projections.read();
+        snapshot.pages.get(&thread.page).is_some_and(|page| {
+            let ledger = snapshot.ledger(thread);
+            ledger.version > 0
+                && (contradicted || rules::needs_confirmation(&ledger, now))
+                && matches!(
+                    rules::decide(&ledger, page, command, now),
+                    Err(r) if matches!(
+                        r.kind,
+                        domain::RejectionKind::NotThreadOwner | domain::RejectionKind::NotControlOwner
+                    )
+                )
+        })
+    }
+}
+
+impl<S: EventStore + 'static> Baton<S> {
+    /// Asks Meta about `thread` now, ahead of the reconciler (which still
+    /// asks when its turn comes: the thread stays in doubt until then).
+    pub(crate) async fn reconcile_ahead(&self, thread: &ThreadKey, version: &str) {
+        self.reconcile(thread, version).await;
     }
 }
 
@@ -188,14 +249,17 @@ pub async fn run<S: EventStore + 'static>(
         };
         // Several requests for one thread ask Meta once.
         let mut batch = vec![first];
-        let mut seen: HashSet<ThreadKey> = batch.iter().cloned().collect();
+        let mut times: HashMap<ThreadKey, usize> = HashMap::from([(batch[0].clone(), 1)]);
         while let Ok(more) = queue.try_recv() {
-            if seen.insert(more.clone()) {
+            let seen = times.entry(more.clone()).or_default();
+            if *seen == 0 {
                 batch.push(more);
             }
+            *seen += 1;
         }
         for thread in batch {
             baton.reconcile(&thread, DEFAULT_GRAPH_VERSION).await;
+            baton.reconciled(&thread, times[&thread]);
         }
     }
 }

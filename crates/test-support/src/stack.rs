@@ -352,6 +352,19 @@ impl Stack {
         }
     }
 
+    /// Meta carries out its next call to `edge` at once but holds the
+    /// answer on its way back, until `ctl.release_held()`.
+    pub async fn hold_next_answer(&self, edge: &str) {
+        self.ctl
+            .add_fault(&emulator::FaultSpec::Delay {
+                count: 1,
+                endpoint: Some(edge.into()),
+                millis: None,
+            })
+            .await
+            .unwrap();
+    }
+
     /// Graph calls the emulator received for an edge.
     pub async fn upstream_calls(&self, edge: &str) -> usize {
         self.ctl

@@ -183,21 +183,10 @@ impl<S: EventStore + 'static> Baton<S> {
             let now = self.clock.now();
             let command = Command::SendMessage(send.clone());
             // A refusal that rests on an owner nobody at Meta has confirmed
-            // lately is checked with Meta first.
-            let unconfirmed_refusal = {
-                let snapshot = self.projections.read();
-                snapshot.pages.get(&thread.page).is_some_and(|page| {
-                    let ledger = snapshot.ledger(&thread);
-                    ledger.version > 0
-                        && rules::needs_confirmation(&ledger, now)
-                        && matches!(
-                            rules::decide(&ledger, page, &command, now),
-                            Err(r) if r.kind == domain::RejectionKind::NotThreadOwner
-                        )
-                })
-            };
-            if unconfirmed_refusal {
-                self.reconcile(&thread, &acting.version).await;
+            // lately, or that Meta's news contradicted, is checked with Meta
+            // first.
+            if self.owner_refusal_in_doubt(&thread, &command, now, true) {
+                self.reconcile_ahead(&thread, &acting.version).await;
             }
             let decided = self
                 .recorder
