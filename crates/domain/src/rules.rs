@@ -1572,11 +1572,18 @@ fn handover_facts(
         {
             return events;
         }
-        // Meta's webhook may beat its answer to Baton's own call: a notice
-        // of exactly that call's handover is its news, not older news, even
-        // timed within the skew tolerance of the last change.
-        let own_call = answers_call_in_flight(ledger, page, previous.as_ref(), &new_owner);
-        if is_stale(ledger, at) && *view != ControlView::Unknown && !own_call {
+        if is_stale(ledger, at) && *view != ControlView::Unknown {
+            // Meta's webhook may beat its answer to Baton's own call. A
+            // notice of exactly that call's handover that the clocks call
+            // older news may be that call's news, or an older handover of
+            // the same apps delivered late: it is neither applied nor kept as
+            // contradicting the ledger, and Meta's answer, moments away,
+            // settles it (applied, a late notice of an earlier identical
+            // pass would put the ledger on Meta's clock, where a late
+            // notice of the take between the two then won a tie).
+            if answers_call_in_flight(ledger, page, previous.as_ref(), &new_owner) {
+                return events;
+            }
             // Meta's older news (a retried webhook delivered late): kept, not applied.
             events.push(stale_evidence(
                 ledger,

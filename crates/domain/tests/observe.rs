@@ -187,8 +187,9 @@ fn metas_webhook_of_batons_own_call_beating_its_answer_is_no_drift() {
         !names.contains(&"StaleEvidenceIgnored") && drift_of(&s.history).is_none(),
         "{names:?}"
     );
-    assert_eq!(s.owner_at(hours(1)), owner(bot()));
-    // Meta's answer then changes nothing more.
+    // Not applied either: it may be an older handover of the same apps,
+    // delivered late. Meta's answer settles it.
+    assert_eq!(s.owner_at(hours(1)), owner(human()));
     let settled = rules::settle_control(
         &s.ledger,
         &s.page,
@@ -213,6 +214,57 @@ fn metas_webhook_of_batons_own_call_beating_its_answer_is_no_drift() {
             },
         );
     assert!(type_names(&s.history).contains(&"StaleEvidenceIgnored"));
+}
+
+#[test]
+fn a_late_notice_of_an_earlier_identical_pass_does_not_let_a_late_take_win_a_tie() {
+    // All at one instant (Meta's clock and Baton's): the bot passed to the
+    // human, took the thread back, and passes to the human again. While
+    // that pass awaits Meta's answer, the webhook of the first pass arrives
+    // late (it looks exactly like the call's own), then, after the answer,
+    // the webhook of the take. The human owns the thread, and may release
+    // it (the SDK compatibility test on PostgreSQL, once).
+    let s = Scenario::given(cr())
+        .user_message(T0)
+        .done(pass(bot(), Some(human())), T0)
+        .done(take(bot()), T0);
+    let again = pass(bot(), Some(human()));
+    let accepted = rules::decide(&s.ledger, &s.page, &again, T0).unwrap();
+    let s = s.record(accepted);
+    let s = s.handover(
+        T0,
+        human(),
+        HandoverNotice::Passed {
+            from: Some(bot()),
+            to: human(),
+            metadata: None,
+        },
+    );
+    let settled = rules::settle_control(
+        &s.ledger,
+        &s.page,
+        &again,
+        &domain::events::GraphOutcome::Succeeded,
+        T0,
+    );
+    let s = s.record(settled);
+    assert_eq!(s.owner_at(T0), owner(human()));
+    let s = s.handover(
+        T0,
+        human(),
+        HandoverNotice::Taken {
+            from: Some(human()),
+            by: bot(),
+            metadata: None,
+        },
+    );
+    assert_eq!(
+        s.owner_at(T0),
+        owner(human()),
+        "{:?}",
+        type_names(&s.history)
+    );
+    assert!(s.when(&release(human()), T0).is_ok());
 }
 
 #[test]
