@@ -852,7 +852,13 @@ async fn a_thread_owner_answer_overtaken_by_a_take_does_not_undo_it() {
 /// seed 48, under load).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_refused_on_an_owner_in_doubt_is_checked_with_meta_first() {
-    let stack = Stack::start(Mode::ConversationRouting).await;
+    // Room for the held answer on a loaded machine: Baton gives up on it
+    // only after a minute.
+    let tuning = Tuning {
+        timeout_ms: 60_000,
+        ..Tuning::default()
+    };
+    let stack = Stack::start_tuned(Mode::ConversationRouting, tuning).await;
     stack.user_says("u1", "hello").await;
     let inbox = emulator::PAGE_INBOX_APP_ID;
     let (status, body) = stack.pass("baton-bot", "u1", Some(inbox)).await;
@@ -861,9 +867,14 @@ async fn a_call_refused_on_an_owner_in_doubt_is_checked_with_meta_first() {
     stack.hold_next_answer("thread_owner").await;
     stack.ctl.inbox_done(PAGE, "u1").await.unwrap();
     assert_eq!(stack.baton.count("StaleEvidenceIgnored").await, 1);
-    while stack.upstream_calls("thread_owner").await == 0 {
-        tokio::task::yield_now().await;
-    }
+    let asked = async {
+        while stack.upstream_calls("thread_owner").await == 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), asked)
+        .await
+        .expect("the reconciler asks Meta");
     assert_eq!(stack.ledger_view("u1"), owner(inbox), "still in doubt");
     let (status, body) = stack.pass("baton-bot", "u1", Some(HUMAN)).await;
     assert_eq!(status, 200, "the owner at Meta is not refused: {body}");
@@ -873,6 +884,11 @@ async fn a_call_refused_on_an_owner_in_doubt_is_checked_with_meta_first() {
         "Meta asked first"
     );
     assert_eq!(stack.ledger_view("u1"), owner(HUMAN));
+    // Once checked, the doubt does not make every refusal ask again: the
+    // bot, no longer the owner, is refused locally.
+    let (status, _) = stack.pass("baton-bot", "u1", Some(HUMAN)).await;
+    assert_eq!(status, 400);
+    assert_eq!(stack.upstream_calls("thread_owner").await, 2, "asked once");
     // The reconciler's answer, when it comes, is older than that pass.
     stack.ctl.release_held().await.unwrap();
     let answered = async {

@@ -165,3 +165,10 @@ pub const FUTURE_TOLERANCE: Span = Span::seconds(300);
 /// How long Meta's word on a thread's owner is trusted before a refusal that
 /// rests on it is checked with Meta first (`thread_owner`).
 pub const RECONFIRM_AFTER: Span = Span::seconds(600);
+
+/// How long after Baton accepted a control call a handover notice of
+/// exactly that call, that the clocks call older news, is taken to be its
+/// news and left to Meta's answer: a call whose answer has not come by then
+/// (a crash, an answer that could not be recorded) no longer hides Meta's
+/// notices, which are then kept as stale evidence and checked with Meta.
+pub const OWN_CALL_ANSWER_WITHIN: Span = Span::seconds(60);

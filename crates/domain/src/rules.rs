@@ -1319,21 +1319,29 @@ pub fn takes_from_another_app(
 }
 
 /// Whether a handover notice (`from` → `to`) is what a control call Baton
-/// forwarded, and has not had Meta's answer to yet, does: a pass by `from`
-/// to `to`, or a take by `to`.
+/// forwarded lately (`policy::OWN_CALL_ANSWER_WITHIN`), and has not had
+/// Meta's answer to yet, does: a pass by `from` to `to`, or a take by `to`.
 fn answers_call_in_flight(
     ledger: &ThreadLedger,
     page: &Page,
     from: Option<&AppId>,
     to: &AppId,
+    now: Timestamp,
 ) -> bool {
-    ledger.calls_in_flight.iter().any(|call| match &call.hands {
-        crate::ledger::Hands::Take => &call.by == to,
-        crate::ledger::Hands::Pass { target } => {
-            from == Some(&call.by)
-                && resolve_target(page, &call.by, target.as_ref()).is_ok_and(|t| &t == to)
-        }
-    })
+    let recent = |call: &&crate::ledger::CallInFlight| {
+        now <= call.accepted_at.plus(policy::OWN_CALL_ANSWER_WITHIN)
+    };
+    ledger
+        .calls_in_flight
+        .iter()
+        .filter(recent)
+        .any(|call| match &call.hands {
+            crate::ledger::Hands::Take => &call.by == to,
+            crate::ledger::Hands::Pass { target } => {
+                from == Some(&call.by)
+                    && resolve_target(page, &call.by, target.as_ref()).is_ok_and(|t| &t == to)
+            }
+        })
 }
 
 /// Whether a control call Baton forwarded, and has not had Meta's answer to
@@ -1580,8 +1588,10 @@ fn handover_facts(
             // contradicting the ledger, and Meta's answer, moments away,
             // settles it (applied, a late notice of an earlier identical
             // pass would put the ledger on Meta's clock, where a late
-            // notice of the take between the two then won a tie).
-            if answers_call_in_flight(ledger, page, previous.as_ref(), &new_owner) {
+            // notice of the take between the two then won a tie). Only a
+            // call accepted lately: one whose answer never came does not
+            // hide Meta's notices for good.
+            if answers_call_in_flight(ledger, page, previous.as_ref(), &new_owner, now) {
                 return events;
             }
             // Meta's older news (a retried webhook delivered late): kept, not applied.

@@ -166,7 +166,8 @@ fn metas_webhook_of_batons_own_call_beating_its_answer_is_no_drift() {
     // The bot passed to the human app; within the same millisecond (inside
     // the skew tolerance of that change, timed by Baton) the human app
     // passes back. Meta's webhook of that pass reaches Baton before Meta's
-    // answer to the call: it is the call's news, not older news.
+    // answer to the call: it may be the call's news, so it is no drift and
+    // no stale evidence, and it is left to the answer.
     let s = Scenario::given(cr())
         .user_message(T0)
         .done(pass(bot(), Some(human())), hours(1));
@@ -265,6 +266,44 @@ fn a_late_notice_of_an_earlier_identical_pass_does_not_let_a_late_take_win_a_tie
         type_names(&s.history)
     );
     assert!(s.when(&release(human()), T0).is_ok());
+}
+
+#[test]
+fn a_call_whose_answer_never_came_does_not_hide_metas_notices_for_good() {
+    // The human's pass back was accepted, and its answer never recorded (a
+    // crash). A notice of that very handover, timed then, delivered late:
+    // within a minute of the acceptance it is left to the answer; after it,
+    // it is older news kept and checked with Meta, as any other.
+    let given = || {
+        let s = Scenario::given(cr())
+            .user_message(T0)
+            .done(pass(bot(), Some(human())), hours(1));
+        let back = pass(human(), None);
+        let accepted = rules::decide(&s.ledger, &s.page, &back, hours(1)).unwrap();
+        s.record(accepted)
+    };
+    let notice = || HandoverNotice::Passed {
+        from: Some(human()),
+        to: bot(),
+        metadata: None,
+    };
+    let handover = |s: Scenario, now: Timestamp| {
+        s.item_seen_at(
+            hours(1),
+            now,
+            bot(),
+            Channel::Messaging,
+            domain::events::InboundEvent::Handover { notice: notice() },
+        )
+    };
+    let soon = handover(given(), hours(1).plus(Span::seconds(30)));
+    assert!(!type_names(&soon.history).contains(&"StaleEvidenceIgnored"));
+    let late = handover(given(), hours(1).plus(Span::minutes(2)));
+    assert!(
+        type_names(&late.history).contains(&"StaleEvidenceIgnored"),
+        "{:?}",
+        type_names(&late.history)
+    );
 }
 
 #[test]

@@ -82,10 +82,11 @@ pub struct Baton<S> {
     /// Threads whose owner a recorded fact made unknown: the reconciler asks
     /// Meta about each (bounded; a full queue drops, and the next contradiction asks again).
     reconciles: tokio::sync::mpsc::Sender<domain::ThreadKey>,
-    /// Threads queued for the reconciler, with how many times, until it
-    /// has recorded Meta's answer: Meta's news contradicted their ledger,
-    /// which is in doubt until then.
-    reconciling: std::sync::Mutex<std::collections::HashMap<domain::ThreadKey, usize>>,
+    /// Threads queued for the reconciler, until its turn for them has come
+    /// (Meta asked, or not when it cannot be): Meta's news contradicted
+    /// their ledger, which is in doubt until then or until a caller has
+    /// checked it with Meta.
+    reconciling: std::sync::Mutex<std::collections::HashMap<domain::ThreadKey, reconcile::Doubt>>,
     /// Each page's budget of scheduled `thread_owner` calls.
     reconcile_budget:
         std::sync::Mutex<outbox::limiter::RateLimiter<domain::PageId, domain::Timestamp>>,

@@ -130,28 +130,35 @@ impl<S> Baton<S> {
     /// ledger (an effect carried out after the events are durable).
     pub fn reconcile_unknown_owners(&self, recorded: &[Event]) {
         for thread in contradicted(recorded) {
-            match self.reconciles.try_send(thread.clone()) {
-                Ok(()) => *self.reconciling_now().entry(thread.clone()).or_default() += 1,
-                Err(e) => {
-                    tracing::warn!(%thread, error = %e, "reconciliation queue full; the next contradiction asks again");
-                }
+            // Counted before it is queued: the reconciler may be done with
+            // it before `try_send` returns.
+            {
+                let mut reconciling = self.reconciling_now();
+                let doubt = reconciling.entry(thread.clone()).or_default();
+                doubt.queued += 1;
+                doubt.checked = false;
+            }
+            if let Err(e) = self.reconciles.try_send(thread.clone()) {
+                self.reconciled(thread, 1);
+                tracing::warn!(%thread, error = %e, "reconciliation queue full; the next contradiction asks again");
             }
         }
     }
 
-    fn reconciling_now(&self) -> std::sync::MutexGuard<'_, HashMap<ThreadKey, usize>> {
+    fn reconciling_now(&self) -> std::sync::MutexGuard<'_, HashMap<ThreadKey, Doubt>> {
         self.reconciling
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The reconciler has recorded Meta's answer for `times` of the
-    /// requests queued for `thread`.
+    /// The reconciler's turn has come for `times` of the requests queued
+    /// for `thread`.
     fn reconciled(&self, thread: &ThreadKey, times: usize) {
         let mut reconciling = self.reconciling_now();
-        if let Some(left) = reconciling.get_mut(thread) {
-            *left = left.saturating_sub(times);
-            if *left == 0 {
+        if let Some(doubt) = reconciling.get_mut(thread) {
+            debug_assert!(doubt.queued >= times, "more reconciled than queued");
+            doubt.queued = doubt.queued.saturating_sub(times);
+            if doubt.queued == 0 {
                 reconciling.remove(thread);
             }
         }
@@ -170,7 +177,10 @@ impl<S> Baton<S> {
         now: Timestamp,
         or_unconfirmed: bool,
     ) -> bool {
-        let contradicted = self.reconciling_now().contains_key(thread);
+        let contradicted = self
+            .reconciling_now()
+            .get(thread)
+            .is_some_and(|doubt| !doubt.checked);
         if !contradicted && !or_unconfirmed {
             return false;
         }
@@ -192,10 +202,25 @@ impl<S> Baton<S> {
 
 impl<S: EventStore + 'static> Baton<S> {
     /// Asks Meta about `thread` now, ahead of the reconciler (which still
-    /// asks when its turn comes: the thread stays in doubt until then).
+    /// asks when its turn comes). Once Meta was asked, the thread is no
+    /// longer in doubt for the calls after this one, until Meta's news
+    /// contradicts the ledger again: one question per contradiction.
     pub(crate) async fn reconcile_ahead(&self, thread: &ThreadKey, version: &str) {
-        self.reconcile(thread, version).await;
+        if self.reconcile(thread, version).await {
+            if let Some(doubt) = self.reconciling_now().get_mut(thread) {
+                doubt.checked = true;
+            }
+        }
     }
+}
+
+/// A thread whose ledger Meta's news contradicted, queued for the reconciler.
+#[derive(Debug, Default)]
+pub struct Doubt {
+    /// Requests for it in the reconciler's queue or being carried out.
+    queued: usize,
+    /// A caller asked Meta since the last contradiction.
+    checked: bool,
 }
 
 /// The threads whose recorded events call for asking Meta who owns them: a

@@ -260,6 +260,18 @@ impl Scenario {
         channel: Channel,
         event: InboundEvent,
     ) -> Self {
+        self.item_seen_at(when, when, delivery_app, channel, event)
+    }
+
+    /// An item Meta timed `when`, delivered to Baton at `now`.
+    pub fn item_seen_at(
+        self,
+        when: Timestamp,
+        now: Timestamp,
+        delivery_app: AppId,
+        channel: Channel,
+        event: InboundEvent,
+    ) -> Self {
         let obs = Observation::Item {
             at: when,
             dedupe_key: format!("k-{}", when.millis()),
@@ -270,7 +282,7 @@ impl Scenario {
             event,
             raw: serde_json::json!({"timestamp": when.millis()}),
         };
-        let events = rules::observe(&self.ledger, &self.page, obs, when);
+        let events = rules::observe(&self.ledger, &self.page, obs, now);
         self.record(events)
     }
 
