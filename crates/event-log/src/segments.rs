@@ -7,16 +7,28 @@
 //! a 16-byte header and a body:
 //!
 //! ```text
-//! [4]  magic "BSG1"
+//! [4]  magic "BSG2" (or "BSG1", below)
 //! u32  records in the group
 //! u64  body length in bytes
-//! body: (u32 length ‖ canonical bytes ‖ hash) per record, in position order
+//! body: one block per chunk, in position order:
+//!   u32  stored length
+//!   u32  plain length, or 0 when the chunk is stored as it is
+//!   the chunk, zstd-compressed when the plain length is set
 //! ```
 //!
+//! A chunk is the frames (u32 length ‖ canonical bytes ‖ hash) of
+//! consecutive records, closed before it would pass [`CHUNK_BYTES`] (a
+//! larger record gets a chunk of its own); a read of one record reads and
+//! inflates its chunk. A chunk is compressed only where that pays: to at
+//! most 7/8 of its size (sealed content is ciphertext, but it is base64 in
+//! JSON, and the envelopes' names repeat). Groups written before 2026-12-03
+//! ("BSG1") have the frames themselves as their body, uncompressed; they
+//! are read as they are, and `StoreConfig::compress` off still writes them.
+//!
 //! Integers are big-endian. A record's frame is the one sled's chunks used,
-//! so a chunk of consecutive frames is a byte range of a body. A group is
-//! never split across segments; a new segment starts when the last one
-//! passed `StoreConfig::segment_bytes`.
+//! so a chunk is a whole number of frames. A group is never split across
+//! segments; a new segment starts when the last one passed
+//! `StoreConfig::segment_bytes`.
 //!
 //! A group written but not synced when the process or machine stopped may be
 //! cut short or hold garbage: [`Segments::scan`] reads the groups after a
@@ -27,7 +39,7 @@
 //! writes the next; then [`Segments::cut`] drops it. Only unacknowledged
 //! groups can be torn: every acknowledged group was synced whole before its
 //! callers were answered. Anything else (damage with a valid group after it,
-//! or whole records at the wrong position) is corruption.
+//! or whole records at the wrong place) is corruption.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -38,48 +50,227 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::record::{ChainHash, Record};
 
-const MAGIC: [u8; 4] = *b"BSG1";
+/// A group whose body is its records' frames (written before 2026-12-03,
+/// or with compression off).
+const MAGIC_FRAMES: [u8; 4] = *b"BSG1";
+/// A group whose body is one block per chunk.
+const MAGIC_BLOCKS: [u8; 4] = *b"BSG2";
 /// Bytes of a group's header; its body follows.
-pub(crate) const HEADER: u64 = 16;
+const HEADER: u64 = 16;
+/// Bytes of a block's header (stored and plain length); its chunk follows.
+const BLOCK_HEADER: u64 = 8;
+/// A chunk is closed before it would exceed this many bytes (one record
+/// larger than this gets a chunk of its own): what a read of one record by
+/// position reads from its segment. Part of the format: a group indexed
+/// again after a crash must be split the same way.
+pub(crate) const CHUNK_BYTES: usize = 6 * 1024;
+/// The most a stored chunk may inflate to; a larger claim is damage.
+const MAX_PLAIN: u32 = 1 << 30;
+/// zstd's level for chunks: level 1 compressed this log's chunks as small
+/// as level 3 did, and faster.
+const LEVEL: i32 = 1;
 
-/// Where a byte range of a group's body lies: the segment (its first
-/// position) and the offset within it.
+/// Where a chunk's stored bytes lie: the segment (its first position), the
+/// offset within it and the length; and, for a compressed chunk, the length
+/// it inflates to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Place {
     pub(crate) segment: u64,
     pub(crate) offset: u64,
     pub(crate) len: u32,
+    pub(crate) plain: Option<u32>,
 }
 
 impl Place {
-    pub(crate) const ENCODED: usize = 20;
-
-    pub(crate) fn encode(&self) -> [u8; Place::ENCODED] {
-        let mut out = [0; Place::ENCODED];
-        out[..8].copy_from_slice(&self.segment.to_be_bytes());
-        out[8..16].copy_from_slice(&self.offset.to_be_bytes());
-        out[16..].copy_from_slice(&self.len.to_be_bytes());
+    /// Encoded as 20 bytes (stored as it is) or 24 (compressed: the plain
+    /// length follows).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24);
+        out.extend_from_slice(&self.segment.to_be_bytes());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        out.extend_from_slice(&self.len.to_be_bytes());
+        if let Some(plain) = self.plain {
+            out.extend_from_slice(&plain.to_be_bytes());
+        }
         out
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Option<Place> {
-        let bytes: &[u8; Place::ENCODED] = bytes.try_into().ok()?;
+        let u32_at = |at: usize| Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+        let plain = match bytes.len() {
+            20 => None,
+            24 => Some(u32_at(20)?),
+            _ => return None,
+        };
         Some(Place {
             segment: u64::from_be_bytes(bytes[..8].try_into().ok()?),
             offset: u64::from_be_bytes(bytes[8..16].try_into().ok()?),
-            len: u32::from_be_bytes(bytes[16..].try_into().ok()?),
+            len: u32_at(16)?,
+            plain,
         })
+    }
+}
+
+/// A chunk of a group: the index of its first record in the group, and
+/// where its stored bytes lie from the group's first byte.
+pub(crate) struct ChunkAt {
+    pub(crate) first: usize,
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
+    pub(crate) plain: Option<u32>,
+}
+
+impl ChunkAt {
+    /// Its place, for a group written at `at` of `segment`.
+    pub(crate) fn place(&self, segment: u64, at: u64) -> Place {
+        Place {
+            segment,
+            offset: at + self.offset,
+            len: self.len,
+            plain: self.plain,
+        }
+    }
+}
+
+/// A group ready to append: its header and body, and its chunks.
+pub(crate) struct Encoded {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) chunks: Vec<ChunkAt>,
+}
+
+/// Splits records (their stored lengths) into chunks: ranges of indexes,
+/// each closed before its frames would pass [`CHUNK_BYTES`].
+fn chunk_ranges(stored: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut bytes = 0;
+    for (i, len) in stored.enumerate() {
+        let frame = 4 + len;
+        match ranges.last_mut() {
+            Some(range) if bytes + frame <= CHUNK_BYTES => {
+                range.end = i + 1;
+                bytes += frame;
+            }
+            _ => {
+                ranges.push(i..i + 1);
+                bytes = frame;
+            }
+        }
+    }
+    ranges
+}
+
+fn push_frame(out: &mut Vec<u8>, stored: &[u8]) {
+    let len = u32::try_from(stored.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(stored);
+}
+
+/// Lays out a group of records (their stored bytes, in position order):
+/// blocks of chunks, each compressed where that pays, or with `compress`
+/// off the frames as they are ("BSG1").
+pub(crate) fn encode_group(stored: &[Vec<u8>], compress: bool) -> Encoded {
+    let ranges = chunk_ranges(stored.iter().map(Vec::len));
+    let plain_total: usize = stored.iter().map(|b| 4 + b.len()).sum();
+    let mut bytes = vec![0; HEADER as usize];
+    let mut chunks = Vec::with_capacity(ranges.len());
+    if !compress {
+        bytes.reserve(plain_total);
+        for range in ranges {
+            let offset = bytes.len() as u64;
+            for record in &stored[range.clone()] {
+                push_frame(&mut bytes, record);
+            }
+            chunks.push(ChunkAt {
+                first: range.start,
+                offset,
+                len: u32::try_from(bytes.len() as u64 - offset).unwrap_or(u32::MAX),
+                plain: None,
+            });
+        }
+        bytes[..4].copy_from_slice(&MAGIC_FRAMES);
+    } else {
+        let mut plain = Vec::with_capacity(CHUNK_BYTES + 64);
+        bytes.reserve(plain_total / 2 + ranges.len() * BLOCK_HEADER as usize);
+        COMPRESSOR.with_borrow_mut(|compressor| {
+            for range in ranges {
+                plain.clear();
+                for record in &stored[range.clone()] {
+                    push_frame(&mut plain, record);
+                }
+                let plain_len = u32::try_from(plain.len()).unwrap_or(u32::MAX);
+                let packed = compressor
+                    .as_mut()
+                    .and_then(|c| c.compress(&plain).ok())
+                    .filter(|z| z.len() <= plain.len() / 8 * 7 && plain_len <= MAX_PLAIN);
+                let (stored_bytes, plain_field) = match &packed {
+                    Some(z) => (&z[..], plain_len),
+                    None => (&plain[..], 0),
+                };
+                let len = u32::try_from(stored_bytes.len()).unwrap_or(u32::MAX);
+                bytes.extend_from_slice(&len.to_be_bytes());
+                bytes.extend_from_slice(&plain_field.to_be_bytes());
+                let offset = bytes.len() as u64;
+                bytes.extend_from_slice(stored_bytes);
+                chunks.push(ChunkAt {
+                    first: range.start,
+                    offset,
+                    len,
+                    plain: packed.is_some().then_some(plain_len),
+                });
+            }
+        });
+        bytes[..4].copy_from_slice(&MAGIC_BLOCKS);
+    }
+    let count = u32::try_from(stored.len()).unwrap_or(u32::MAX);
+    let body_len = bytes.len() as u64 - HEADER;
+    bytes[4..8].copy_from_slice(&count.to_be_bytes());
+    bytes[8..HEADER as usize].copy_from_slice(&body_len.to_be_bytes());
+    Encoded { bytes, chunks }
+}
+
+thread_local! {
+    /// The writer's compressor, kept between groups (`None` if zstd could
+    /// not make one: chunks are then stored as they are).
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Compressor::new(LEVEL).ok());
+    /// Each reading thread's decompressor, kept between chunks.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
+}
+
+/// A compressed chunk inflated to exactly `plain` bytes, or why not.
+fn inflate(stored: &[u8], plain: u32) -> Result<Vec<u8>, String> {
+    if plain > MAX_PLAIN {
+        return Err(format!("a chunk claiming {plain} bytes inflated"));
+    }
+    // A damaged length must not make a huge buffer: the frame's own size
+    // must say the same.
+    match zstd::zstd_safe::get_frame_content_size(stored) {
+        Ok(Some(size)) if size == u64::from(plain) => {}
+        _ => return Err("a compressed chunk whose frame does not say its size".into()),
+    }
+    let out = DECOMPRESSOR.with_borrow_mut(|d| match d {
+        Some(d) => d.decompress(stored, plain as usize),
+        None => zstd::bulk::decompress(stored, plain as usize),
+    });
+    match out {
+        Ok(out) if out.len() == plain as usize => Ok(out),
+        Ok(out) => Err(format!(
+            "a chunk inflated to {} bytes, not {plain}",
+            out.len()
+        )),
+        Err(e) => Err(format!("a chunk that does not inflate: {e}")),
     }
 }
 
 /// A whole, valid group found by [`Segments::scan`].
 pub(crate) struct Scanned {
     pub(crate) segment: u64,
-    /// Offset of the group's body in its segment.
-    pub(crate) body: u64,
+    /// Offset just past the group in its segment.
+    pub(crate) end: u64,
     pub(crate) records: Vec<Record>,
-    /// Each record's stored bytes (canonical bytes and hash).
-    pub(crate) stored: Vec<Vec<u8>>,
+    /// Its chunks: each one's first position and place.
+    pub(crate) chunks: Vec<(u64, Place)>,
 }
 
 /// Where a scan stopped before the end of the files: the first byte of a
@@ -181,27 +372,16 @@ impl Segments {
         })
     }
 
-    /// Appends one group whose first record is at `first` (not yet synced;
-    /// see [`Segments::sync`]). `group` is [`HEADER`] bytes for the header,
-    /// filled in here, then the records' frames: one buffer, one write.
-    /// Returns the segment and the offset of the group (its body is
-    /// [`HEADER`] bytes later). A failed write is cut off again as far as it
-    /// can be.
-    pub(crate) fn append(
-        &self,
-        first: u64,
-        count: u32,
-        group: &mut [u8],
-    ) -> io::Result<(u64, u64)> {
+    /// Appends one group (see [`encode_group`]) whose first record is at
+    /// `first` (not yet synced; see [`Segments::sync`]): one write. Returns
+    /// the segment and the offset of the group. A failed write is cut off
+    /// again as far as it can be.
+    pub(crate) fn append(&self, first: u64, group: &[u8]) -> io::Result<(u64, u64)> {
         let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
         if tail.as_ref().is_none_or(|t| t.len >= self.segment_bytes) {
             *tail = Some(self.create(first)?);
         }
         let tail = tail.as_mut().expect("a tail segment was just made");
-        let body_len = (group.len() - HEADER as usize) as u64;
-        group[..4].copy_from_slice(&MAGIC);
-        group[4..8].copy_from_slice(&count.to_be_bytes());
-        group[8..HEADER as usize].copy_from_slice(&body_len.to_be_bytes());
         if let Err(e) = tail.file.write_all_at(group, tail.len) {
             let _ = tail.file.set_len(tail.len);
             return Err(e);
@@ -254,12 +434,24 @@ impl Segments {
         self.file(segment)?.sync_data()
     }
 
-    /// The bytes at `place`.
+    /// The chunk at `place`: its frames, inflated if it was compressed.
     pub(crate) fn read(&self, place: Place) -> io::Result<Vec<u8>> {
         let mut out = vec![0; place.len as usize];
         self.file(place.segment)?
             .read_exact_at(&mut out, place.offset)?;
-        Ok(out)
+        match place.plain {
+            None => Ok(out),
+            Some(plain) => inflate(&out, plain).map_err(|reason| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "segment {} at byte {}: {reason}",
+                        name(place.segment),
+                        place.offset
+                    ),
+                )
+            }),
+        }
     }
 
     /// The whole, valid groups from `offset` of `segment` on (and through
@@ -311,18 +503,23 @@ impl Segments {
                     }
                 };
                 match read_group(&file, at, len, next, prev)? {
-                    Ok((records, stored, end)) => {
-                        if let Some(last) = records.last() {
+                    Ok(group) => {
+                        if let Some(last) = group.records.last() {
                             next = last.position + 1;
                             prev = last.hash;
                         }
+                        let chunks = group
+                            .chunks
+                            .iter()
+                            .map(|c| (group.records[c.first].position, c.place(segment_at, at)))
+                            .collect();
                         found.push(Scanned {
                             segment: segment_at,
-                            body: at + HEADER,
-                            records,
-                            stored,
+                            end: group.end,
+                            records: group.records,
+                            chunks,
                         });
-                        at = end;
+                        at = group.end;
                     }
                     Err(Bad::Torn(reason)) => {
                         // Damage with a valid group after it is no
@@ -356,10 +553,14 @@ impl Segments {
     }
 }
 
-/// The group at `at` of a segment `len` bytes long: its records, their
-/// stored bytes and the offset just past it, or why it is not taken.
-type Group = (Vec<Record>, Vec<Vec<u8>>, u64);
+/// A group read back: its records, its chunks, and the offset just past it.
+struct Group {
+    records: Vec<Record>,
+    chunks: Vec<ChunkAt>,
+    end: u64,
+}
 
+/// The group at `at` of a segment `len` bytes long, or why it is not taken.
 fn read_group(
     file: &File,
     at: u64,
@@ -375,9 +576,11 @@ fn read_group(
     }
     let mut header = [0; HEADER as usize];
     file.read_exact_at(&mut header, at)?;
-    if header[..4] != MAGIC {
-        return Ok(Err(Bad::Torn("no group header".into())));
-    }
+    let blocks = match header[..4].try_into().expect("4 bytes") {
+        MAGIC_BLOCKS => true,
+        MAGIC_FRAMES => false,
+        _ => return Ok(Err(Bad::Torn("no group header".into()))),
+    };
     let count = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes"));
     let body_len = u64::from_be_bytes(header[8..].try_into().expect("8 bytes"));
     let body_at = at + HEADER;
@@ -394,39 +597,91 @@ fn read_group(
     }
     let mut body = vec![0; body_len as usize];
     file.read_exact_at(&mut body, body_at)?;
+    // The chunks' frames: the blocks inflated, or the body itself.
+    let mut plain_chunks: Vec<(Vec<u8>, ChunkAt)> = Vec::new();
+    let mut frames_body = Vec::new();
+    if blocks {
+        let mut rest = &body[..];
+        while !rest.is_empty() {
+            let offset = HEADER + (body.len() - rest.len()) as u64 + BLOCK_HEADER;
+            let Some((stored_len, plain_len)) = block_header(rest) else {
+                return Ok(Err(damaged("a block header runs past the body".into())));
+            };
+            let Some(stored) =
+                rest.get(BLOCK_HEADER as usize..BLOCK_HEADER as usize + stored_len as usize)
+            else {
+                return Ok(Err(damaged("a block runs past the body".into())));
+            };
+            rest = &rest[BLOCK_HEADER as usize + stored.len()..];
+            let (plain, plain_field) = match plain_len {
+                0 => (stored.to_vec(), None),
+                n => match inflate(stored, n) {
+                    Ok(plain) => (plain, Some(n)),
+                    Err(reason) => return Ok(Err(damaged(reason))),
+                },
+            };
+            plain_chunks.push((
+                plain,
+                ChunkAt {
+                    first: 0,
+                    offset,
+                    len: stored_len,
+                    plain: plain_field,
+                },
+            ));
+        }
+    } else {
+        frames_body = body;
+    }
     let mut records = Vec::new();
     let mut stored = Vec::new();
     let (mut expect, mut link) = (next, prev);
-    let mut rest = &body[..];
-    while !rest.is_empty() {
-        let Some((frame, after)) = rest
-            .get(..4)
-            .map(|l| u32::from_be_bytes(l.try_into().expect("4 bytes")) as usize)
-            .and_then(|l| Some((rest.get(4..4 + l)?, &rest[4 + l..])))
-        else {
-            return Ok(Err(damaged("a record frame runs past the body".into())));
-        };
-        let record = match Record::from_stored_bytes(frame) {
-            Ok(record) => record,
-            Err(reason) => return Ok(Err(damaged(format!("record {expect}: {reason}")))),
-        };
-        if record.compute_hash() != record.hash {
-            return Ok(Err(damaged(format!(
-                "record {expect} does not match its hash"
-            ))));
+    let mut take = |frames: &[u8], records: &mut Vec<Record>| -> Result<(), Bad> {
+        let mut rest = frames;
+        while !rest.is_empty() {
+            let Some((frame, after)) = rest
+                .get(..4)
+                .map(|l| u32::from_be_bytes(l.try_into().expect("4 bytes")) as usize)
+                .and_then(|l| Some((rest.get(4..4 + l)?, &rest[4 + l..])))
+            else {
+                return Err(damaged("a record frame runs past its chunk".into()));
+            };
+            let record = match Record::from_stored_bytes(frame) {
+                Ok(record) => record,
+                Err(reason) => return Err(damaged(format!("record {expect}: {reason}"))),
+            };
+            if record.compute_hash() != record.hash {
+                return Err(damaged(format!("record {expect} does not match its hash")));
+            }
+            // Whole records at the wrong place are no unfinished write.
+            if record.position != expect || record.prev_hash != link {
+                return Err(Bad::Wrong(format!(
+                    "record {} (hashing correctly) where position {expect}, linked to the previous record, is expected",
+                    record.position
+                )));
+            }
+            expect += 1;
+            link = record.hash;
+            records.push(record);
+            stored.push(frame.len());
+            rest = after;
         }
-        // Whole records at the wrong place are no unfinished write.
-        if record.position != expect || record.prev_hash != link {
-            return Ok(Err(Bad::Wrong(format!(
-                "record {} (hashing correctly) where position {expect}, linked to the previous record, is expected",
-                record.position
-            ))));
+        Ok(())
+    };
+    let mut chunks = Vec::new();
+    if blocks {
+        for (plain, mut chunk) in plain_chunks {
+            chunk.first = records.len();
+            if let Err(bad) = take(&plain, &mut records) {
+                return Ok(Err(bad));
+            }
+            if chunk.first == records.len() {
+                return Ok(Err(damaged("an empty block".into())));
+            }
+            chunks.push(chunk);
         }
-        expect += 1;
-        link = record.hash;
-        records.push(record);
-        stored.push(frame.to_vec());
-        rest = after;
+    } else if let Err(bad) = take(&frames_body, &mut records) {
+        return Ok(Err(bad));
     }
     if records.len() != count as usize {
         return Ok(Err(damaged(format!(
@@ -434,7 +689,50 @@ fn read_group(
             records.len()
         ))));
     }
-    Ok(Ok((records, stored, end)))
+    if !blocks {
+        // The chunks the writer indexed: the same split over the frames.
+        let mut offset = HEADER;
+        for range in chunk_ranges(stored.iter().copied()) {
+            let len: u64 = stored[range.clone()].iter().map(|&b| 4 + b as u64).sum();
+            chunks.push(ChunkAt {
+                first: range.start,
+                offset,
+                len: u32::try_from(len).unwrap_or(u32::MAX),
+                plain: None,
+            });
+            offset += len;
+        }
+    }
+    Ok(Ok(Group {
+        records,
+        chunks,
+        end,
+    }))
+}
+
+/// A block's stored and plain lengths, if its header is whole.
+fn block_header(bytes: &[u8]) -> Option<(u32, u32)> {
+    let stored = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?);
+    let plain = u32::from_be_bytes(bytes.get(4..8)?.try_into().ok()?);
+    Some((stored, plain))
+}
+
+/// The first record of a group whose body begins `body`, if its first
+/// frame is there whole.
+fn first_record(blocks: bool, body: &[u8]) -> Option<Record> {
+    let first_frame = |frames: &[u8]| -> Option<Record> {
+        let l = u32::from_be_bytes(frames.get(..4)?.try_into().ok()?) as usize;
+        Record::from_stored_bytes(frames.get(4..4 + l)?).ok()
+    };
+    if !blocks {
+        return first_frame(body);
+    }
+    let (stored_len, plain_len) = block_header(body)?;
+    let stored = body.get(BLOCK_HEADER as usize..BLOCK_HEADER as usize + stored_len as usize)?;
+    match plain_len {
+        0 => first_frame(stored),
+        n => first_frame(&inflate(stored, n).ok()?),
+    }
 }
 
 /// The first group header from `at` on whose first record is whole (it
@@ -447,16 +745,16 @@ fn later_record(file: &File, at: u64, len: u64, next: u64) -> io::Result<Option<
     let mut rest = vec![0; (len - at) as usize];
     file.read_exact_at(&mut rest, at)?;
     let mut from = 0;
-    while let Some(found) = rest[from..].windows(4).position(|w| w == MAGIC) {
+    while let Some(found) = rest[from..]
+        .windows(4)
+        .position(|w| w == MAGIC_BLOCKS || w == MAGIC_FRAMES)
+    {
         let header = from + found;
         from = header + 1;
+        let blocks = rest[header..header + 4] == MAGIC_BLOCKS;
         let record = rest
             .get(header + HEADER as usize..)
-            .and_then(|body| {
-                let l = u32::from_be_bytes(body.get(..4)?.try_into().ok()?) as usize;
-                body.get(4..4 + l)
-            })
-            .and_then(|frame| Record::from_stored_bytes(frame).ok())
+            .and_then(|body| first_record(blocks, body))
             .filter(|r| r.position >= next && r.compute_hash() == r.hash);
         if let Some(record) = record {
             return Ok(Some((record.position, at + header as u64)));

@@ -8,7 +8,7 @@
 //!
 //! | key                                      | value                                       |
 //! |------------------------------------------|---------------------------------------------|
-//! | `p` first position:u64                   | chunk place: segment:u64 offset:u64 len:u32 |
+//! | `p` first position:u64                   | chunk place: segment:u64 offset:u64 len:u32 [plain len:u32, if compressed] |
 //! | `g`                                      | indexed up to: segment:u64 end:u64 position:u64 hash:32 |
 //! | `c` first position:u64                   | chunk: (len:u32 ‖ canonical bytes ‖ hash)…  |
 //! | `v` stream digest:16 first version:u64   | run: position:u64…                          |
@@ -23,10 +23,11 @@
 //! | `i` idempotency key                      | position:u64 version:u64 event_id:16        |
 //!
 //! A group's records are split into *chunks* of consecutive positions (at
-//! most [`CHUNK_BYTES`], one key each) and a stream's records in one group
+//! most `segments::CHUNK_BYTES`, one key each) and a stream's records in one group
 //! into one *run* of positions (one key per stream per group): a sled insert
 //! costs microseconds, and one key per record was most of the writer's time.
-//! A chunk is a byte range of a group's body in a segment (`p` keys). Logs
+//! A chunk is a block of a group's body in a segment (`p` keys),
+//! zstd-compressed where that pays (see `segments`). Logs
 //! written before the segments (2026-12) kept the chunks' bytes in sled
 //! (`c` keys); they are read where they are, and new records go to segments.
 //!
@@ -57,7 +58,7 @@ use std::sync::{PoisonError, RwLock};
 
 use crate::error::{corrupt, AppendError, OpenError, StorageError};
 use crate::record::{Appended, ChainHash, Head, Record};
-use crate::segments::{Place, Segments, HEADER};
+use crate::segments::{Place, Segments};
 use crate::store::StoreConfig;
 use crate::writer::{Backend, Core, WriterPause};
 
@@ -81,11 +82,11 @@ const LEGACY_KEY: u8 = b'i';
 /// check, would take the directory for an empty log.)
 const LAYOUT: &[u8] = b"r:layout";
 const DIGEST_KEYS: &[u8] = b"digest-keys";
-
-/// A chunk is closed before it would exceed this many bytes (one record
-/// larger than this gets a chunk of its own): what a read of one record by
-/// position reads from its segment. Part of the format (see `index_group`).
-const CHUNK_BYTES: usize = 6 * 1024;
+/// Says the segments may hold compressed groups ("BSG2"), which releases
+/// before 2026-12-03 would take for a torn write and cut off: they refuse
+/// this value. Written, and made durable, at the first open that
+/// compresses, before any such group is written; never taken back.
+const COMPRESSED_GROUPS: &[u8] = b"digest-keys+zstd";
 
 /// How often the writer flushes sled's indexes and makes them durable. A
 /// crash loses at most what was indexed since, which the next open reads
@@ -236,6 +237,8 @@ pub(crate) struct SledBackend {
     vault: std::sync::Arc<crate::vault::KeyVault>,
     tree: sled::Tree,
     segments: Segments,
+    /// Chunks are compressed where that pays (`StoreConfig::compress`).
+    compress: bool,
     /// The last position whose chunk is kept in sled (`c` keys, the layout
     /// before segments); 0 when there is none.
     legacy_last: u64,
@@ -386,7 +389,11 @@ impl SledBackend {
                 None,
             ));
         }
-        if let Some(layout) = self.tree.get(LAYOUT)?.filter(|l| l != DIGEST_KEYS) {
+        if let Some(layout) = self
+            .tree
+            .get(LAYOUT)?
+            .filter(|l| l != DIGEST_KEYS && l != COMPRESSED_GROUPS)
+        {
             return Err(corrupt(
                 "layout",
                 format!(
@@ -441,6 +448,11 @@ impl SledBackend {
         }
         // Nothing was refused: the indexes may change now.
         self.convert_name_keys()?;
+        if self.compress && self.tree.get(LAYOUT)?.as_deref() != Some(COMPRESSED_GROUPS) {
+            self.tree.insert(LAYOUT, COMPRESSED_GROUPS)?;
+            self.db.flush()?;
+            self.index.sync().map_err(io_error)?;
+        }
         // A group read back may never have been synced (the process was
         // killed between its write and its sync): sync it before anything
         // is indexed or read.
@@ -463,9 +475,9 @@ impl SledBackend {
             let indexed = index_group(
                 &self.tree,
                 &group.records,
-                &group.stored,
+                &group.chunks,
                 group.segment,
-                group.body,
+                group.end,
             )?;
             *self.indexed.lock().unwrap_or_else(PoisonError::into_inner) = Some(indexed);
         }
@@ -661,7 +673,7 @@ fn last_of(first: u64, chunk: &[u8]) -> Result<Head, StorageError> {
 }
 
 fn decode_place(value: &[u8], first: u64) -> Result<Place, StorageError> {
-    Place::decode(value).ok_or_else(|| corrupt("chunk place", "not 20 bytes", Some(first)))
+    Place::decode(value).ok_or_else(|| corrupt("chunk place", "not 20 or 24 bytes", Some(first)))
 }
 
 /// Where the indexed groups end, from the `g` key: the segment, the offset
@@ -681,8 +693,8 @@ fn decode_indexed(value: &[u8]) -> Result<(u64, u64, Head), StorageError> {
     ))
 }
 
-/// Writes the index entries of one group whose body starts at `body` in
-/// `segment`: a place per chunk, the idempotency keys and a run per stream.
+/// Writes the index entries of one group of `segment` that ends at `end`:
+/// a place per chunk, the idempotency keys and a run per stream.
 /// Returns the value of the `g` key for it, which the next checkpoint
 /// writes once these entries are durable.
 ///
@@ -690,45 +702,19 @@ fn decode_indexed(value: &[u8]) -> Result<(u64, u64, Head), StorageError> {
 /// and `sync_file_range`s its log buffer twice per batch (`pin_log` rolls
 /// the buffer before and after its reservation), two synchronous writes per
 /// group that the records do not need. A group indexed again after a crash
-/// gets the same keys with the same values, since chunks and runs are split
-/// by the group's own records alone: `CHUNK_BYTES` and `RUN_POSITIONS` are
-/// part of the format, and changing them calls for a new layout.
+/// gets the same keys with the same values, since its chunks are read back
+/// from the group and runs are split by the group's own records alone:
+/// `RUN_POSITIONS` is part of the format, and changing it calls for a new
+/// layout.
 fn index_group(
     tree: &sled::Tree,
     records: &[Record],
-    stored: &[Vec<u8>],
+    chunks: &[(u64, Place)],
     segment: u64,
-    body: u64,
+    end: u64,
 ) -> Result<Vec<u8>, StorageError> {
-    // Chunks of consecutive positions: byte ranges of the body, each frame
-    // a u32 length and the stored bytes.
-    let mut offset = body;
-    let mut chunk: Option<(u64, Place)> = None;
-    for (record, bytes) in records.iter().zip(stored) {
-        let frame = 4 + bytes.len() as u64;
-        match &mut chunk {
-            Some((_, place)) if u64::from(place.len) + frame <= CHUNK_BYTES as u64 => {
-                place.len += frame as u32;
-            }
-            _ => {
-                if let Some((first, place)) = chunk.take() {
-                    tree.insert(place_key(first), &place.encode())?;
-                }
-                let len = u32::try_from(frame).unwrap_or(u32::MAX);
-                chunk = Some((
-                    record.position,
-                    Place {
-                        segment,
-                        offset,
-                        len,
-                    },
-                ));
-            }
-        }
-        offset += frame;
-    }
-    if let Some((first, place)) = chunk {
-        tree.insert(place_key(first), &place.encode())?;
+    for (first, place) in chunks {
+        tree.insert(place_key(*first), place.encode())?;
     }
 
     // One run per stream: within a group a stream's versions are
@@ -763,7 +749,7 @@ fn index_group(
         .ok_or_else(|| corrupt("index", "a group of no records", None))?;
     let mut indexed = Vec::with_capacity(56);
     indexed.extend_from_slice(&segment.to_be_bytes());
-    indexed.extend_from_slice(&offset.to_be_bytes());
+    indexed.extend_from_slice(&end.to_be_bytes());
     indexed.extend_from_slice(&last.position.to_be_bytes());
     indexed.extend_from_slice(&last.hash.0);
     Ok(indexed)
@@ -838,16 +824,9 @@ impl Backend for SledBackend {
         let Some(first) = records.first().map(|r| r.position) else {
             return Ok(());
         };
-        // The group's bytes in one buffer: its header (filled in by the
-        // segments), then the records' frames.
-        let mut group = vec![0; HEADER as usize];
-        group.reserve(stored.iter().map(|b| 4 + b.len()).sum());
-        for bytes in &stored {
-            let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-            group.extend_from_slice(&len.to_be_bytes());
-            group.extend_from_slice(bytes);
-        }
-        let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
+        // The group's bytes in one buffer: its header, then its chunks,
+        // compressed where that pays.
+        let group = crate::segments::encode_group(&stored, self.compress);
 
         // The indexes' checkpoint, when due, comes before the group: its
         // failure then stops the writer before anything of this group is
@@ -870,8 +849,8 @@ impl Backend for SledBackend {
         // One write of the whole group, then one `fdatasync`; the keys' sync
         // runs at the same time on a thread of its own. Both are durable
         // before the indexes are written and anyone is told.
-        let mut write = || -> std::io::Result<(u64, u64)> {
-            let (segment, at) = self.segments.append(first, count, &mut group)?;
+        let write = || -> std::io::Result<(u64, u64)> {
+            let (segment, at) = self.segments.append(first, &group.bytes)?;
             if let Some(hook) = self.before_sync.get() {
                 hook();
             }
@@ -883,7 +862,7 @@ impl Backend for SledBackend {
             }
             self.syncs
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Ok((segment, at + HEADER))
+            Ok((segment, at))
         };
         let (written, keys) = if keys_written {
             std::thread::scope(|scope| {
@@ -897,7 +876,7 @@ impl Backend for SledBackend {
         } else {
             (write(), Ok(()))
         };
-        let (segment, body_at) = written.map_err(io_error)?;
+        let (segment, at) = written.map_err(io_error)?;
         keys.map_err(io_error)?;
 
         // The indexes: plain inserts, made durable by the next checkpoint,
@@ -906,7 +885,13 @@ impl Backend for SledBackend {
         // and this group's callers hear an error although their records are
         // durable: they come back at the next open, and a retry with the
         // same idempotency keys finds them.)
-        let indexed = index_group(&self.tree, &records, &stored, segment, body_at)?;
+        let chunks: Vec<(u64, Place)> = group
+            .chunks
+            .iter()
+            .map(|c| (records[c.first].position, c.place(segment, at)))
+            .collect();
+        let end = at + group.bytes.len() as u64;
+        let indexed = index_group(&self.tree, &records, &chunks, segment, end)?;
         *self.indexed.lock().unwrap_or_else(PoisonError::into_inner) = Some(indexed);
         self.recent
             .write()
@@ -1109,6 +1094,7 @@ impl SledStore {
             vault: std::sync::Arc::new(crate::vault::KeyVault::in_memory()),
             tree,
             segments,
+            compress: config.compress,
             legacy_last: 0,
             recent: RwLock::new(Recent {
                 first: 1,
@@ -1522,12 +1508,12 @@ mod segment_tests {
             db.flush().unwrap();
             before
         };
-        assert_eq!(set(b"future").as_deref(), Some(DIGEST_KEYS));
+        assert_eq!(set(b"future").as_deref(), Some(COMPRESSED_GROUPS));
         match SledStore::open_when_free(dir.path(), std::time::Duration::from_secs(10)).await {
             Err(e) => assert!(e.to_string().contains("corrupt"), "{e}"),
             Ok(_) => panic!("a newer layout was opened"),
         }
-        assert_eq!(set(DIGEST_KEYS).as_deref(), Some(&b"future"[..]));
+        assert_eq!(set(COMPRESSED_GROUPS).as_deref(), Some(&b"future"[..]));
         reopen(dir.path()).await.close().await;
     }
 
@@ -1648,6 +1634,168 @@ mod segment_tests {
         assert_eq!(crate::verify(&store).await.unwrap().records, 81);
         assert_kept(&store, 80).await;
         store.close().await;
+    }
+
+    /// The magic of each group of a segment file, and the plain-length field
+    /// of its first block (`None` for a group of bare frames).
+    fn group_forms(bytes: &[u8]) -> Vec<(&[u8], Option<u32>)> {
+        group_starts(bytes)
+            .into_iter()
+            .map(|at| {
+                let magic = &bytes[at..at + 4];
+                let plain = (magic == b"BSG2")
+                    .then(|| u32::from_be_bytes(bytes[at + 20..at + 24].try_into().unwrap()));
+                (magic, plain)
+            })
+            .collect()
+    }
+
+    /// Records of JSON like Baton's envelopes: their names repeat.
+    fn wordy(from: u64, n: u64) -> Vec<NewRecord> {
+        (from..from + n)
+            .map(|p| {
+                let payload = format!(
+                    "{{\"thread\":{{\"page\":\"5550001\",\"psid\":\"70000000{p:08}\"}},\"at\":{},\"dedupe_key\":\"5550001:mid:m_{p}\",\"delivery\":{{\"app\":\"1001\",\"channel\":\"messaging\"}}}}",
+                    1_793_523_600_000 + p
+                );
+                NewRecord::new(format!("s{}", p % 5), "MessagingEventReceived", 1, payload)
+                    .idempotency_key(format!("k{p}"))
+            })
+            .collect()
+    }
+
+    /// Records of random bytes: nothing to gain by compressing them.
+    fn noise(from: u64, n: u64) -> Vec<NewRecord> {
+        (from..from + n)
+            .map(|p| {
+                let payload: Vec<u8> = (0..64)
+                    .flat_map(|_| uuid::Uuid::new_v4().into_bytes())
+                    .collect();
+                NewRecord::new(format!("s{}", p % 5), "T", 1, payload)
+                    .idempotency_key(format!("k{p}"))
+            })
+            .collect()
+    }
+
+    fn compressing(compress: bool) -> StoreConfig {
+        StoreConfig {
+            compress,
+            ..StoreConfig::default()
+        }
+    }
+
+    /// Chunks are compressed where that pays: Baton's wordy JSON is, random
+    /// bytes are stored as they are. A log written without compression (as
+    /// releases before it wrote) opens, reads and goes on with compressed
+    /// groups after its own, and both are read back into lost indexes.
+    #[tokio::test]
+    async fn chunks_are_compressed_where_that_pays_and_old_groups_still_read() {
+        // The same records, once each way: compressed, they take less room.
+        let (plain_dir, packed_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for (dir, compress) in [(&plain_dir, false), (&packed_dir, true)] {
+            let store = SledStore::open_with(dir.path(), compressing(compress)).unwrap();
+            store.append(wordy(1, 40)).await.unwrap();
+            store.close().await;
+        }
+        let size = |dir: &tempfile::TempDir| {
+            segment_files(dir.path())
+                .iter()
+                .map(|f| std::fs::metadata(f).unwrap().len())
+                .sum::<u64>()
+        };
+        let (plain, packed) = (size(&plain_dir), size(&packed_dir));
+        assert!(
+            packed * 2 < plain,
+            "{packed} bytes compressed against {plain}"
+        );
+
+        // The uncompressed log opened by a compressing store: its groups read
+        // as they are, new ones are compressed where that pays.
+        let dir = plain_dir;
+        let store = SledStore::open_with(dir.path(), compressing(true)).unwrap();
+        let before = store.read_all(1, usize::MAX).await.unwrap();
+        assert_eq!(before.len(), 40);
+        store.append(wordy(41, 40)).await.unwrap();
+        store.append(noise(81, 5)).await.unwrap();
+        store.append(records(86, 10)).await.unwrap();
+        store.close().await;
+        let file = segment_files(dir.path()).pop().unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        let forms = group_forms(&bytes);
+        assert_eq!(forms.len(), 4);
+        assert_eq!(forms[0], (&b"BSG1"[..], None), "the old group as it was");
+        assert!(
+            matches!(forms[1], (b"BSG2", Some(n)) if n > 0),
+            "{:?}",
+            forms[1]
+        );
+        assert_eq!(
+            forms[2],
+            (&b"BSG2"[..], Some(0)),
+            "noise is stored as it is"
+        );
+
+        // Read back through the indexes, then with no indexes at all.
+        for lose_indexes in [false, true] {
+            if lose_indexes {
+                for file in sled_files(dir.path()) {
+                    remove(&file);
+                }
+            }
+            let store = SledStore::open_with(dir.path(), compressing(true)).unwrap();
+            assert_eq!(store.head().await.unwrap().position, 95);
+            let all = store.read_all(1, usize::MAX).await.unwrap();
+            assert_eq!(&all[..40], &before[..]);
+            let wordy_back: Vec<&[u8]> = all[40..80].iter().map(|r| &r.payload[..]).collect();
+            let wordy_sent = wordy(41, 40);
+            assert_eq!(
+                wordy_back,
+                wordy_sent
+                    .iter()
+                    .map(|r| &r.payload[..])
+                    .collect::<Vec<_>>()
+            );
+            check_whole(&store, 95).await;
+            let noisy = store.read_stream("s1", 1, usize::MAX).await.unwrap();
+            assert!(noisy.iter().any(|r| r.position == 81));
+            store.close().await;
+        }
+
+        // A compressed block claiming another size, at the end and not
+        // indexed yet: a torn write, cut off; the log goes on.
+        for file in sled_files(dir.path()) {
+            remove(&file);
+        }
+        let whole = std::fs::read(&file).unwrap();
+        let last = *group_starts(&whole).last().unwrap();
+        let mut claims = whole.clone();
+        claims[last + 20..last + 24].copy_from_slice(&u32::MAX.to_be_bytes());
+        std::fs::write(&file, &claims).unwrap();
+        let store = SledStore::open_with(dir.path(), compressing(true)).unwrap();
+        assert_eq!(store.head().await.unwrap().position, 85);
+        assert_eq!(std::fs::read(&file).unwrap(), whole[..last]);
+        store.append(records(86, 10)).await.unwrap();
+        check_whole(&store, 95).await;
+        store.close().await;
+
+        // The layout says so from the first compressing open on (releases
+        // before it refuse it rather than cut its groups), and a store
+        // that does not compress reads the groups and keeps the layout.
+        let layout = |dir: &Path| {
+            let db = raw_sled(dir);
+            db.open_tree(TREE).unwrap().get(LAYOUT).unwrap()
+        };
+        assert_eq!(layout(dir.path()).as_deref(), Some(COMPRESSED_GROUPS));
+        let store = SledStore::open_with(dir.path(), compressing(false)).unwrap();
+        check_whole(&store, 95).await;
+        store.close().await;
+        assert_eq!(layout(dir.path()).as_deref(), Some(COMPRESSED_GROUPS));
+        let untouched = tempfile::tempdir().unwrap();
+        SledStore::open_with(untouched.path(), compressing(false))
+            .unwrap()
+            .close()
+            .await;
+        assert_eq!(layout(untouched.path()).as_deref(), Some(DIGEST_KEYS));
     }
 
     /// Only the last segment can end in a torn group: a segment is closed

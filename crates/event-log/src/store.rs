@@ -103,6 +103,10 @@ pub struct StoreConfig {
     /// The sled store closes a segment file of records once it has reached
     /// this size and starts the next (a group is never split).
     pub segment_bytes: u64,
+    /// The sled store compresses its segments' chunks with zstd where that
+    /// pays (on by default). Off, it writes them as they are, as releases
+    /// before 2026-12-03 did; either way it reads both.
+    pub compress: bool,
 }
 
 impl Default for StoreConfig {
@@ -113,6 +117,7 @@ impl Default for StoreConfig {
             queue_capacity: 4096,
             cache_capacity_bytes: 64 * 1024 * 1024,
             segment_bytes: 256 * 1024 * 1024,
+            compress: true,
         }
     }
 }

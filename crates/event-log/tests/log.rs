@@ -920,7 +920,7 @@ async fn a_log_with_name_keyed_indexes_opens_intact() {
         {
             let (_db, tree) = sled_tree(&path);
             assert!(named(&tree).is_empty(), "{damage}");
-            assert_eq!(tree.get("r:layout").unwrap().unwrap(), "digest-keys");
+            assert_eq!(tree.get("r:layout").unwrap().unwrap(), "digest-keys+zstd");
         }
 
         let store = SledStore::open_when_free(&path, PATIENCE).await.unwrap();
