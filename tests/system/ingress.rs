@@ -3,6 +3,7 @@
 
 use domain::events::Channel;
 use domain::Event;
+use event_log::EventStore;
 use serde_json::json;
 use server::projections::{Projections, State};
 
@@ -560,4 +561,143 @@ async fn an_app_cannot_deliver_facts_for_a_page_it_is_not_on() {
         .get(&domain::PageId::parse(OTHER_PAGE).unwrap())
         .unwrap();
     assert!(other.blocked.is_none(), "a forged block changes nothing");
+}
+
+/// The raw delivery is stored once (issue 17): the items its facts carry are
+/// cut out of its body and kept in those facts, and the log gives the body
+/// back byte for byte: Meta's escapes (`\/`, `\u`), its whitespace and key
+/// order, two entries, standby beside messaging, two people, an item Meta
+/// repeated in the same delivery (one fact: the repeat stays in the body), a
+/// page-level item (kept in its own fact) and an echo carrying Baton's
+/// marker (left in the body). A retry of the same bytes stores nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_is_stored_once_and_comes_back_byte_for_byte() {
+    let baton = TestBaton::start(&config_toml("http://127.0.0.1:9", &cr_mode())).await;
+    let ts = T0.millis();
+    let single = format!(
+        r#"{{"object":"page","entry":[{{"id":"{PAGE}","time":{ts},"messaging":[{{"sender":{{"id":"u1"}},"recipient":{{"id":"{PAGE}"}},"timestamp":{ts},"message":{{"mid":"m_1","text":"caf\u00e9 see https:\/\/example.com\/a"}}}}]}}]}}"#
+    );
+    let item = |psid: &str, mid: &str, at: i64| {
+        format!(
+            r#"{{ "recipient": {{"id":"{PAGE}"}}, "sender": {{"id":"{psid}"}}, "timestamp": {at}, "message": {{"mid":"{mid}","text":"x\/y"}} }}"#
+        )
+    };
+    let repeated = item("u2", "m_2", ts + 1);
+    let enforcement = format!(
+        r#"{{"recipient":{{"id":"{PAGE}"}},"timestamp":{},"policy-enforcement":{{"action":"block","reason":"spam"}}}}"#,
+        ts + 5
+    );
+    let many = format!(
+        "{{\"object\": \"page\",\n \"entry\": [\n  {{\"id\": \"{PAGE}\", \"time\": {t}, \"messaging\": [{a}, {repeated}, {repeated}, {enforcement}],\n   \"standby\": [{b}]}},\n  {{\"id\": \"{PAGE}\", \"time\": {t}, \"messaging\": [ {c} ]}}\n ]\n}}\n",
+        t = ts + 10,
+        a = item("u3", "m_3", ts + 2),
+        b = item("u3", "m_4", ts + 3),
+        c = item("u2", "m_5", ts + 4),
+    );
+    let echo = format!(
+        r#"{{"object":"page","entry":[{{"id":"{PAGE}","time":{t},"messaging":[{{"sender":{{"id":"{PAGE}"}},"recipient":{{"id":"u1"}},"timestamp":{t},"message":{{"is_echo":true,"app_id":{BOT},"metadata":"baton:send:01a232b9-fec7-7059-8113-2f46b3b3470d","mid":"m_6","text":"hi"}}}}]}}]}}"#,
+        t = ts + 20
+    );
+    let bodies = [single.as_str(), many.as_str(), echo.as_str()];
+    for body in bodies {
+        let res = baton.post_signed(BOT, BOT_SECRET, body.as_bytes()).await;
+        assert_eq!(res.status(), 200, "{body}");
+    }
+    let head = baton.head().await;
+    let retry = baton.post_signed(BOT, BOT_SECRET, single.as_bytes()).await;
+    assert_eq!(retry.status(), 200);
+    assert_eq!(baton.head().await, head, "a retry stores nothing");
+
+    let store = baton.running.state.store.as_ref();
+    let records = store.read_all(1, 10_000).await.unwrap();
+    let deliveries: Vec<u64> = records
+        .iter()
+        .filter(|r| r.type_name == "WebhookDeliveryReceived")
+        .map(|r| r.position)
+        .collect();
+    assert_eq!(deliveries.len(), 3);
+    for (position, body) in deliveries.iter().zip(bodies) {
+        let back = orchestration::audit::delivery_body(store, *position)
+            .await
+            .unwrap()
+            .expect("the delivery is there");
+        assert_eq!(String::from_utf8(back).unwrap(), body, "byte for byte");
+    }
+    // What each delivery's record keeps of its body.
+    let kept = |position: u64| {
+        let record = records.iter().find(|r| r.position == position).unwrap();
+        match orchestration::record::open(Some(store.vault()), record)
+            .unwrap()
+            .event
+        {
+            Event::WebhookDeliveryReceived(d) => d.body,
+            other => panic!("{other:?}"),
+        }
+    };
+    let skeleton = |body: domain::events::RawBody| match body {
+        domain::events::RawBody::Spliced { skeleton, cuts } => (skeleton, cuts.len()),
+        other => panic!("not stored once: {other:?}"),
+    };
+    let (rest, cuts) = skeleton(kept(deliveries[0]));
+    assert_eq!(cuts, 1);
+    assert!(!rest.contains("m_1") && !rest.contains("caf"), "{rest}");
+    let (rest, cuts) = skeleton(kept(deliveries[1]));
+    assert_eq!(cuts, 4, "m_3, m_4, m_5 and one of the two m_2");
+    assert_eq!(rest.matches("m_2").count(), 1, "the repeat stays: {rest}");
+    assert!(
+        rest.contains("policy-enforcement"),
+        "kept by its own fact and here: {rest}"
+    );
+    assert!(!rest.contains("m_3") && !rest.contains("m_4") && !rest.contains("m_5"));
+    assert_eq!(
+        kept(deliveries[2]),
+        domain::events::RawBody::Text(echo.clone()),
+        "an item with Baton's marker stays in its body"
+    );
+    // A body that kept nothing but Meta's frame is stored clear; one that
+    // kept an item stays sealed.
+    let payload = |position: u64| {
+        let record = records.iter().find(|r| r.position == position).unwrap();
+        String::from_utf8(record.payload.clone()).unwrap()
+    };
+    assert!(payload(deliveries[0]).contains(r#""skeleton":"{\"object\":\"page\""#));
+    assert!(
+        !payload(deliveries[0]).contains("sealed"),
+        "{}",
+        payload(deliveries[0])
+    );
+    assert!(payload(deliveries[1]).contains("sealed"));
+    assert!(!payload(deliveries[1]).contains("skeleton"));
+    // Each cut item is in its fact, as Meta's bytes had it.
+    let facts: Vec<String> = records
+        .iter()
+        .filter(|r| r.type_name == "MessagingEventReceived")
+        .filter_map(|r| {
+            orchestration::record::open(Some(store.vault()), r)
+                .unwrap()
+                .raw_text
+        })
+        .collect();
+    assert!(facts
+        .iter()
+        .any(|f| f.contains(r#"https:\/\/example.com\/a"#)));
+    assert!(facts.contains(&item("u3", "m_4", ts + 3)), "{facts:?}");
+
+    // Erasing u1's content takes the item out of the first delivery for
+    // good (its frame, clear, has none of u1's words); the others are whole.
+    let res = baton
+        .http
+        .post(baton.url("/api/admin/erasures"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"page_id": PAGE, "psid": "u1"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let back = |position: u64| orchestration::audit::delivery_body(store, position);
+    assert_eq!(back(deliveries[0]).await.unwrap(), None);
+    assert_eq!(
+        back(deliveries[1]).await.unwrap().as_deref(),
+        Some(many.as_bytes())
+    );
 }

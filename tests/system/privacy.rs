@@ -22,7 +22,11 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
             for entry in std::fs::read_dir(&path).unwrap() {
                 todo.push(entry.unwrap().path());
             }
-        } else if let Ok(bytes) = std::fs::read(&path) {
+        } else if let Ok(mut bytes) = std::fs::read(&path) {
+            // Segments compress their records: search them inflated.
+            if path.extension().is_some_and(|e| e == "seg") {
+                bytes = event_log::segment_contents(&bytes);
+            }
             if bytes.windows(needle.len()).any(|w| w == needle) {
                 found.push(path.display().to_string());
             }

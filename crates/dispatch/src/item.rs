@@ -50,6 +50,9 @@ pub struct Item {
     /// The whole delivery body exactly as Meta sent it, when the item came
     /// alone in its delivery: forwarded byte for byte.
     pub original: Option<Arc<Vec<u8>>>,
+    /// The item as the JSON text its record holds (Meta's bytes, where the
+    /// delivery's body refers to it), until the body is put together.
+    pub raw_text: Option<String>,
     /// The keys that sealed its content: once one is destroyed (the
     /// person's content was erased), the item is dropped, not sent.
     pub keys: Vec<KeyId>,
@@ -63,13 +66,40 @@ pub enum Relevant {
     /// Someone asked to deliver the item at `position` again.
     Redrive { position: u64 },
     /// A delivery to this app that carried exactly one item: its body, for
-    /// the item record that follows it (same correlation id).
-    SingleItemDelivery { id: uuid::Uuid, body: Arc<Vec<u8>> },
+    /// the item record that follows it (same correlation id), and its
+    /// position (a body that refers to its item's fact names it by its
+    /// distance from here).
+    SingleItemDelivery {
+        id: uuid::Uuid,
+        position: u64,
+        body: RawBody,
+    },
 }
 
 /// The `metadata` Baton writes into a send the app left without one, to
 /// match its echo: never shown to any app.
 const BATON_MARKER: &str = "baton:send:";
+
+/// The whole body of the single-item delivery at `position`, for its item
+/// `item` read from the record at `item_position`: as it came, or put
+/// together with the item's own bytes where the body refers to them. `None`
+/// when it cannot be put together exactly, or holds Baton's marker.
+pub fn original(
+    body: &RawBody,
+    position: u64,
+    item: &Item,
+    item_position: u64,
+) -> Option<Arc<Vec<u8>>> {
+    let bytes = body.bytes_with(|after| {
+        (position.checked_add(u64::from(after)) == Some(item_position))
+            .then(|| item.raw_text.clone())
+            .flatten()
+    })?;
+    let marked = bytes
+        .windows(BATON_MARKER.len())
+        .any(|w| w == BATON_MARKER.as_bytes());
+    (!marked).then(|| Arc::new(bytes))
+}
 
 /// Takes Baton's marker out of an echo: the app sent no metadata.
 fn without_marker(mut raw: Value) -> Value {
@@ -113,12 +143,12 @@ pub fn classify(record: &Record, app: &AppId, vault: &KeyVault) -> Option<Releva
     {
         return None;
     }
-    let (event, keys) = match orchestration::record::open(Some(vault), record) {
+    let (event, keys, raw_text) = match orchestration::record::open(Some(vault), record) {
         Ok(opened) if opened.content.is_gone() => {
             tracing::info!(position = record.position, content = ?opened.content, "dispatch drops an item whose content is gone");
             return None;
         }
-        Ok(opened) => (opened.event, opened.keys),
+        Ok(opened) => (opened.event, opened.keys, opened.raw_text),
         Err(e) => {
             tracing::warn!(position = record.position, type_name = %record.type_name, error = %e, "dispatch skips a record it cannot decode");
             return None;
@@ -133,6 +163,7 @@ pub fn classify(record: &Record, app: &AppId, vault: &KeyVault) -> Option<Releva
             recorded_at_ms,
             raw: without_marker(raw),
             original: None,
+            raw_text: raw_text.clone(),
             keys: keys.clone(),
         }))
     };
@@ -151,17 +182,19 @@ pub fn classify(record: &Record, app: &AppId, vault: &KeyVault) -> Option<Releva
             position: e.position,
         }),
         // Meta's bytes can be forwarded as they came only for a delivery of
-        // one item, and only without Baton's marker in them.
-        Event::WebhookDeliveryReceived(e) if e.app == *app => match (e.parsed, e.body) {
+        // one item, and only without Baton's marker in them (checked again
+        // once the body is whole, see `original`).
+        Event::WebhookDeliveryReceived(e) if e.app == *app => match (e.parsed, &e.body) {
             (
                 ParseOutcome::Parsed {
                     entries: 1,
                     items: 1,
                 },
-                RawBody::Text(body),
+                RawBody::Text(body) | RawBody::Spliced { skeleton: body, .. },
             ) if !body.contains(BATON_MARKER) => Some(Relevant::SingleItemDelivery {
                 id: record.correlation_id?,
-                body: Arc::new(body.into_bytes()),
+                position: record.position,
+                body: e.body,
             }),
             _ => None,
         },

@@ -79,7 +79,7 @@ struct State {
     counters: BackendStatus,
     /// The last delivery to this app that carried one item, by its
     /// correlation id: the item record that follows is forwarded as its bytes.
-    single: Option<(uuid::Uuid, std::sync::Arc<Vec<u8>>)>,
+    single: Option<(uuid::Uuid, u64, domain::events::RawBody)>,
 }
 
 impl State {
@@ -220,15 +220,17 @@ impl<S: EventStore + 'static> Worker<S> {
                     Some(_) if st.skip.contains(&record.position) => {
                         st.counters.skipped_on_resume += 1;
                     }
-                    Some(Relevant::SingleItemDelivery { id, body }) => {
-                        st.single = Some((id, body));
+                    Some(Relevant::SingleItemDelivery { id, position, body }) => {
+                        st.single = Some((id, position, body));
                     }
                     Some(Relevant::Item(mut item)) => {
-                        if let Some((id, body)) = st.single.take() {
+                        if let Some((id, position, body)) = st.single.take() {
                             if record.correlation_id == Some(id) {
-                                item.original = Some(body);
+                                item.original =
+                                    crate::item::original(&body, position, &item, record.position);
                             }
                         }
+                        item.raw_text = None;
                         let age_base_ms = item.recorded_at_ms;
                         self.enqueue(st, record.position, item, age_base_ms);
                     }

@@ -446,12 +446,59 @@ pub struct SignatureCheck {
     pub sha1: SignatureResult,
 }
 
-/// A raw body as received: text when it is UTF-8, base64 otherwise.
+/// A raw body as received: text when it is UTF-8, base64 otherwise, or the
+/// text with the items its facts carry cut out (each stored once, in its
+/// fact).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "encoding", content = "data", rename_all = "snake_case")]
 pub enum RawBody {
     Text(String),
     Base64(String),
+    /// The body without the items recorded in the facts after it: each cut
+    /// item's bytes are kept, exactly, as its fact's `raw`.
+    Spliced {
+        /// The body's bytes outside the cut items.
+        skeleton: String,
+        /// Where each cut item goes back, in order.
+        cuts: Vec<Cut>,
+    },
+}
+
+/// An item cut out of a delivery's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cut {
+    /// The byte offset in the skeleton where the item's bytes go back.
+    pub at: u32,
+    /// How many positions after the delivery's record its fact is (in the
+    /// same append: no record with an idempotency key between them).
+    pub after: u32,
+}
+
+impl RawBody {
+    /// The body's bytes: as they are, or the skeleton with each cut item
+    /// put back, `item(after)` giving the `raw` of the fact that many
+    /// positions after the delivery as the JSON text its record holds.
+    /// `None` when a cut item cannot be had (`item` answered `None`), or
+    /// the body is not one.
+    pub fn bytes_with(&self, mut item: impl FnMut(u32) -> Option<String>) -> Option<Vec<u8>> {
+        use base64::Engine;
+        match self {
+            RawBody::Text(text) => Some(text.clone().into_bytes()),
+            RawBody::Base64(data) => base64::engine::general_purpose::STANDARD.decode(data).ok(),
+            RawBody::Spliced { skeleton, cuts } => {
+                let mut out = Vec::with_capacity(skeleton.len() + 256 * cuts.len());
+                let mut from = 0;
+                for cut in cuts {
+                    let at = usize::try_from(cut.at).ok()?;
+                    out.extend_from_slice(skeleton.as_bytes().get(from..at)?);
+                    out.extend_from_slice(item(cut.after)?.as_bytes());
+                    from = at;
+                }
+                out.extend_from_slice(skeleton.as_bytes().get(from..)?);
+                Some(out)
+            }
+        }
+    }
 }
 
 impl Default for RawBody {

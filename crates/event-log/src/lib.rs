@@ -58,6 +58,7 @@ pub use ndjson::{
 };
 pub use postgres::{PgError, PgStore, PgStoreConfig};
 pub use record::{Appended, ChainHash, ExpectedVersion, Head, NewRecord, Record, CANONICAL_FORMAT};
+pub use segments::segment_contents;
 pub use sled_store::SledStore;
 pub use store::{EventStore, StoreConfig};
 pub use vault::{FileStamp, KeyId, KeyVault, Sealed, VaultError};

@@ -263,6 +263,50 @@ fn inflate(stored: &[u8], plain: u32) -> Result<Vec<u8>, String> {
     }
 }
 
+/// A segment file's bytes with every compressed chunk inflated in place:
+/// what a search for plaintext (the privacy tests, an operator's grep) must
+/// look through. Groups are walked by their headers; from the first byte
+/// that is not a whole group on, the bytes are kept as they are.
+pub fn segment_contents(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + HEADER as usize) {
+        let body_len = u64::from_be_bytes(header[8..].try_into().expect("8 bytes"));
+        let Some(body) = usize::try_from(body_len).ok().and_then(|len| {
+            bytes.get(at + HEADER as usize..(at + HEADER as usize).checked_add(len)?)
+        }) else {
+            break;
+        };
+        match header[..4].try_into().expect("4 bytes") {
+            MAGIC_FRAMES => out.extend_from_slice(&bytes[at..at + HEADER as usize + body.len()]),
+            MAGIC_BLOCKS => {
+                out.extend_from_slice(header);
+                let mut rest = body;
+                while let Some((stored_len, plain)) = block_header(rest) {
+                    let end = BLOCK_HEADER as usize + stored_len as usize;
+                    let Some(stored) = rest.get(BLOCK_HEADER as usize..end) else {
+                        break;
+                    };
+                    out.extend_from_slice(&rest[..BLOCK_HEADER as usize]);
+                    match plain {
+                        0 => out.extend_from_slice(stored),
+                        n => match inflate(stored, n) {
+                            Ok(plain) => out.extend_from_slice(&plain),
+                            Err(_) => out.extend_from_slice(stored),
+                        },
+                    }
+                    rest = &rest[end..];
+                }
+                out.extend_from_slice(rest);
+            }
+            _ => break,
+        }
+        at += HEADER as usize + body.len();
+    }
+    out.extend_from_slice(&bytes[at..]);
+    out
+}
+
 /// A whole, valid group found by [`Segments::scan`].
 pub(crate) struct Scanned {
     pub(crate) segment: u64,

@@ -3,10 +3,58 @@
 //! the console's timeline both read through here, so there is one copy of
 //! the logic.
 
-use domain::events::ControlView;
+use domain::events::{ControlView, RawBody};
 use domain::ids::{AppId, ThreadKey, Timestamp};
 use domain::{rules, Event, Page, ThreadLedger};
-use event_log::Record;
+use event_log::{EventStore, Record};
+
+/// The raw delivery recorded at `position`, byte for byte as Meta sent it:
+/// its body as kept, with the items its facts carry put back (each item is
+/// stored once, in its fact; see `RawBody::Spliced`). `Ok(None)` when no
+/// delivery is there, or its content (or a cut item's) was erased.
+pub async fn delivery_body<S: EventStore>(
+    store: &S,
+    position: u64,
+) -> Result<Option<Vec<u8>>, event_log::StorageError> {
+    let Some(record) = store
+        .read_all(position, 1)
+        .await?
+        .into_iter()
+        .find(|r| r.position == position)
+    else {
+        return Ok(None);
+    };
+    let Ok(opened) = crate::record::open(Some(store.vault()), &record) else {
+        return Ok(None);
+    };
+    let Event::WebhookDeliveryReceived(delivery) = opened.event else {
+        return Ok(None);
+    };
+    if opened.content.is_gone() {
+        return Ok(None);
+    }
+    let furthest = match &delivery.body {
+        RawBody::Spliced { cuts, .. } => cuts.iter().map(|c| c.after).max().unwrap_or(0),
+        _ => 0,
+    };
+    let after = if furthest == 0 {
+        Vec::new()
+    } else {
+        store.read_all(position + 1, furthest as usize).await?
+    };
+    // A cut item is the `raw` of the fact that many positions on, written
+    // for the same delivery.
+    Ok(delivery.body.bytes_with(|k| {
+        let fact = after
+            .iter()
+            .find(|r| r.position == position + u64::from(k))
+            .filter(|r| r.correlation_id == record.correlation_id)?;
+        crate::record::open(Some(store.vault()), fact)
+            .ok()
+            .filter(|o| !o.content.is_gone())?
+            .raw_text
+    }))
+}
 
 /// The time an event says it happened (Meta's timestamp for what Meta told
 /// Baton, Baton's clock for its own decisions). Every current event carries

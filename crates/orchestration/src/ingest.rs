@@ -8,8 +8,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine;
+use domain::events::Channel;
 use domain::events::{
-    AppRolesChanged, DeliveryCopy, ParseOutcome, PolicyEnforcementReceived, RawBody,
+    AppRolesChanged, Cut, DeliveryCopy, ParseOutcome, PolicyEnforcementReceived, RawBody,
     SignatureCheck, UnattributedItemReceived, WebhookDeliveryReceived,
 };
 use domain::rules::{self, Observation};
@@ -150,19 +151,24 @@ impl<S: EventStore + 'static> Baton<S> {
                 ParseOutcome::NotAnEnvelope { error: e.clone() }
             }
         };
-        let raw_body = match std::str::from_utf8(body) {
-            Ok(text) => RawBody::Text(text.to_owned()),
-            Err(_) => RawBody::Base64(base64::engine::general_purpose::STANDARD.encode(body)),
+        let text = std::str::from_utf8(body).ok();
+        // Where each item's bytes lie in the body, for the items whose
+        // facts will carry them (the body then refers to those facts).
+        let slices = match (&parsed, text) {
+            (Ok(_), Some(text)) => item_slices(text),
+            _ => Vec::new(),
         };
-        let delivery_event: Event = WebhookDeliveryReceived {
-            delivery_id: delivery_id.to_string(),
-            app: app.clone(),
-            received_at: now,
-            signature: check,
-            body: raw_body,
-            parsed: parse_outcome,
-        }
-        .into();
+        let delivery_event = |body: RawBody| -> Event {
+            WebhookDeliveryReceived {
+                delivery_id: delivery_id.to_string(),
+                app: app.clone(),
+                received_at: now,
+                signature: check,
+                body,
+                parsed: parse_outcome.clone(),
+            }
+            .into()
+        };
         let items: Vec<(&Entry, &Item)> = parsed
             .as_ref()
             .map(|env| {
@@ -206,26 +212,7 @@ impl<S: EventStore + 'static> Baton<S> {
                 .recorder
                 .record(OnBusy::Fail, |snapshot| {
                     let mut plan = Vec::new();
-                    if first {
-                        let delivery = Planned::new(delivery_event.clone())
-                            .about(people.clone())
-                            .idempotency_key(delivery_key.clone());
-                        // Meta's late copy of something said before an
-                        // erasure must not bring the words back.
-                        let late = carries_elsewhere
-                            || items.iter().any(|(_, item)| match &item.kind {
-                                ItemKind::Thread { thread, at, .. } => {
-                                    predates_erasure(snapshot, thread, *at)
-                                }
-                                _ => false,
-                            });
-                        plan.push(if late {
-                            delivery.without_content()
-                        } else {
-                            delivery
-                        });
-                    }
-                    plan.extend(
+                    let mut facts: Vec<Planned> =
                         plan_records(snapshot, &self.config.elsewhere, app, chunk, now)
                             .into_iter()
                             .map(|p| {
@@ -243,8 +230,41 @@ impl<S: EventStore + 'static> Baton<S> {
                                 } else {
                                     p
                                 }
-                            }),
-                    );
+                            })
+                            .collect();
+                    if first {
+                        // Meta's late copy of something said before an
+                        // erasure must not bring the words back.
+                        let late = carries_elsewhere
+                            || items.iter().any(|(_, item)| match &item.kind {
+                                ItemKind::Thread { thread, at, .. } => {
+                                    predates_erasure(snapshot, thread, *at)
+                                }
+                                _ => false,
+                            });
+                        let body = match text {
+                            Some(text) if !late => splice(text, &slices, &items, &mut facts),
+                            Some(text) => RawBody::Text(text.to_owned()),
+                            None => RawBody::Base64(
+                                base64::engine::general_purpose::STANDARD.encode(body),
+                            ),
+                        };
+                        // A body with every item cut out is about nobody.
+                        let about = if only_the_frame(&body) {
+                            Vec::new()
+                        } else {
+                            people.clone()
+                        };
+                        let delivery = Planned::new(delivery_event(body))
+                            .about(about)
+                            .idempotency_key(delivery_key.clone());
+                        plan.push(if late {
+                            delivery.without_content()
+                        } else {
+                            delivery
+                        });
+                    }
+                    plan.extend(facts);
                     let plan = plan
                         .into_iter()
                         .map(|p| p.correlated_with(delivery_id))
@@ -271,6 +291,154 @@ impl<S: EventStore + 'static> Baton<S> {
             (Ok(_), _) => Intake::Accepted,
         })
     }
+}
+
+/// The byte ranges of a delivery's items (each entry's `messaging[]` and
+/// `standby[]` members) in its text; none when the body cannot be read
+/// that way.
+fn item_slices(text: &str) -> Vec<std::ops::Range<usize>> {
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow, default)]
+        entry: Vec<EntryItems<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct EntryItems<'a> {
+        #[serde(borrow, default)]
+        messaging: Vec<&'a RawValue>,
+        #[serde(borrow, default)]
+        standby: Vec<&'a RawValue>,
+    }
+    let Ok(envelope) = serde_json::from_str::<Envelope<'_>>(text) else {
+        return Vec::new();
+    };
+    let base = text.as_ptr() as usize;
+    envelope
+        .entry
+        .iter()
+        .flat_map(|e| e.messaging.iter().chain(&e.standby))
+        .map(|raw| {
+            let start = raw.get().as_ptr() as usize - base;
+            start..start + raw.get().len()
+        })
+        .collect()
+}
+
+/// The delivery's body with the items its facts will carry cut out: each
+/// such fact keeps its item as Meta's bytes had them (`Planned::raw_text`),
+/// and the body says where each goes back. Only the facts on threads before
+/// the first record with an idempotency key are taken: a duplicate there
+/// would not be stored again, and the facts after it would land at other
+/// positions than the body says. Items that would bring Baton's send
+/// marker along stay in the body (dispatch forwards a body as it came only
+/// without it).
+fn splice(
+    text: &str,
+    slices: &[std::ops::Range<usize>],
+    items: &[(&Entry, &Item)],
+    facts: &mut [Planned],
+) -> RawBody {
+    // `slices` are in the parser's order (each entry's `messaging[]`, then
+    // its `standby[]`): the i-th is the i-th item's bytes.
+    if slices.len() != items.len() {
+        return RawBody::Text(text.to_owned());
+    }
+    let mut by_key: HashMap<(String, Channel), Vec<usize>> = HashMap::new();
+    for (i, (_, item)) in items.iter().enumerate() {
+        if let ItemKind::Thread { dedupe_key, .. } = &item.kind {
+            by_key
+                .entry((dedupe_key.clone(), item.channel))
+                .or_default()
+                .push(i);
+        }
+    }
+    let mut cuts: Vec<(std::ops::Range<usize>, u32)> = Vec::new();
+    for (i, fact) in facts.iter_mut().enumerate() {
+        if fact.record.idempotency_key.is_some() {
+            break;
+        }
+        if fact.forgets_content() {
+            continue;
+        }
+        let (raw, dedupe_key, channel) = match &fact.event {
+            Event::MessagingEventReceived(e) => (&e.raw, &e.dedupe_key, e.delivery.channel),
+            Event::MessagingEventCopyReceived(e) => (&e.raw, &e.dedupe_key, e.delivery.channel),
+            _ => continue,
+        };
+        // The item this fact carries: the first one left with its key and
+        // channel that is the same value (identical items are
+        // interchangeable).
+        let Some(candidates) = by_key.get_mut(&(dedupe_key.clone(), channel)) else {
+            continue;
+        };
+        let Some(k) = candidates.iter().position(|&j| items[j].1.raw == *raw) else {
+            continue;
+        };
+        let range = slices[candidates.remove(k)].clone();
+        let Ok(after) = u32::try_from(i + 1) else {
+            continue;
+        };
+        if text[range.clone()].contains(crate::projections::SEND_METADATA_PREFIX) {
+            continue;
+        }
+        fact.keep_raw_text(text[range.clone()].to_owned());
+        cuts.push((range, after));
+    }
+    if cuts.is_empty() {
+        return RawBody::Text(text.to_owned());
+    }
+    cuts.sort_by_key(|(range, _)| range.start);
+    let mut skeleton = String::with_capacity(text.len());
+    let mut from = 0;
+    let mut out = Vec::with_capacity(cuts.len());
+    for (range, after) in cuts {
+        skeleton.push_str(&text[from..range.start]);
+        out.push(Cut {
+            at: u32::try_from(skeleton.len()).unwrap_or(u32::MAX),
+            after,
+        });
+        from = range.end;
+    }
+    skeleton.push_str(&text[from..]);
+    RawBody::Spliced {
+        skeleton,
+        cuts: out,
+    }
+}
+
+/// Whether a body keeps nothing of anyone's: every item was cut out, and
+/// around them is only Meta's frame (`object`, and each entry's `id`,
+/// `time`, `messaging` and `standby`). Such a body is stored clear: the ids
+/// and times it holds are in the facts, clear, too.
+fn only_the_frame(body: &RawBody) -> bool {
+    let RawBody::Spliced { .. } = body else {
+        return false;
+    };
+    let Some(framed) = body.bytes_with(|_| Some("null".to_owned())) else {
+        return false;
+    };
+    let Ok(serde_json::Value::Object(top)) = serde_json::from_slice(&framed) else {
+        return false;
+    };
+    let entry_is_frame = |entry: &serde_json::Value| {
+        entry.as_object().is_some_and(|entry| {
+            entry.iter().all(|(key, value)| match key.as_str() {
+                "id" | "time" => !value.is_array() && !value.is_object(),
+                "messaging" | "standby" => value
+                    .as_array()
+                    .is_some_and(|items| items.iter().all(serde_json::Value::is_null)),
+                _ => false,
+            })
+        })
+    };
+    top.iter().all(|(key, value)| match key.as_str() {
+        "object" => value.is_string(),
+        "entry" => value
+            .as_array()
+            .is_some_and(|entries| entries.iter().all(entry_is_frame)),
+        _ => false,
+    })
 }
 
 /// Whether Meta timed this evidence at or before the last erasure of the

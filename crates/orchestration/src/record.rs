@@ -43,6 +43,39 @@ pub enum RecordError {
     Unreadable(#[source] event_log::StorageError),
 }
 
+/// A JSON object written out with its `raw` member as exactly `raw_text`
+/// (first), when given; JSON text is JSON, so reading it back gives the same
+/// value, and [`Opened::raw_text`] the same bytes.
+fn with_raw_text(mut object: Value, raw_text: Option<&str>) -> Vec<u8> {
+    let (Some(text), Some(map)) = (raw_text, object.as_object_mut()) else {
+        return serde_json::to_vec(&object).expect("JSON values serialise");
+    };
+    if map.remove("raw").is_none() {
+        return serde_json::to_vec(&object).expect("JSON values serialise");
+    }
+    let rest = serde_json::to_vec(&object).expect("JSON values serialise");
+    let mut out = Vec::with_capacity(rest.len() + text.len() + 8);
+    out.extend_from_slice(b"{\"raw\":");
+    out.extend_from_slice(text.as_bytes());
+    if rest.len() > 2 {
+        out.push(b',');
+    }
+    out.extend_from_slice(&rest[1..]);
+    out
+}
+
+/// The `raw` member of a JSON object, as the text it was written with.
+fn raw_member(json: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Raw<'a> {
+        #[serde(borrow)]
+        raw: Option<&'a serde_json::value::RawValue>,
+    }
+    let text = std::str::from_utf8(json).ok()?;
+    let raw: Raw<'_> = serde_json::from_str(text).ok()?;
+    raw.raw.map(|r| r.get().to_owned())
+}
+
 /// The one encoding of an event as a record of the log.
 pub fn encode(event: &Event) -> NewRecord {
     let enc = event.encode();
@@ -63,6 +96,9 @@ pub struct Planned {
     subjects: Vec<ThreadKey>,
     /// Its content is left out, not sealed: it predates an erasure.
     forget_content: bool,
+    /// Its `raw` item exactly as Meta's bytes had it, kept as its content's
+    /// `raw` (the delivery's body refers to it instead of copying it).
+    raw_text: Option<String>,
 }
 
 impl Planned {
@@ -74,7 +110,19 @@ impl Planned {
             record,
             subjects,
             forget_content: false,
+            raw_text: None,
         }
+    }
+
+    /// Whether its content will be left out (see [`Planned::without_content`]).
+    pub fn forgets_content(&self) -> bool {
+        self.forget_content
+    }
+
+    /// Keeps its `raw` item as exactly this JSON text (the same value as
+    /// the event's `raw`, as Meta's bytes wrote it).
+    pub fn keep_raw_text(&mut self, text: String) {
+        self.raw_text = Some(text);
     }
 
     /// Records it without its content (evidence Meta timed before the
@@ -95,7 +143,9 @@ impl Planned {
     /// `now`, leaving the facts clear; see `docs/privacy.md`. Content about
     /// nobody Baton can name stays clear.
     pub fn seal(&mut self, vault: &KeyVault, now: Timestamp) {
+        let raw_text = self.raw_text.take();
         if self.subjects.is_empty() && !self.forget_content {
+            self.keep_clear(raw_text);
             return;
         }
         let people = std::mem::take(&mut self.subjects);
@@ -114,14 +164,25 @@ impl Planned {
         subjects.sort();
         subjects.dedup();
         let refs: Vec<&str> = subjects.iter().map(String::as_str).collect();
-        let plaintext = serde_json::to_vec(&content).expect("JSON values serialise");
+        let plaintext = with_raw_text(content, raw_text.as_deref());
         let Ok(sealed) = vault.seal(&refs, day_of(now), &plaintext) else {
+            self.keep_clear(raw_text);
             return;
         };
         if let Value::Object(map) = &mut facts {
             map.insert(SEALED.into(), sealed_json(&sealed));
         }
         self.record.payload = serde_json::to_vec(&facts).expect("JSON values serialise");
+    }
+
+    /// Leaves the content clear, with the exact `raw` text if there is one.
+    fn keep_clear(&mut self, raw_text: Option<String>) {
+        if raw_text.is_none() {
+            return;
+        }
+        if let Ok(facts) = serde_json::from_slice::<Value>(&self.record.payload) {
+            self.record.payload = with_raw_text(facts, raw_text.as_deref());
+        }
     }
 
     /// Appended only if the stream is still at this version.
@@ -163,6 +224,7 @@ pub fn on_thread(ledger_version: u64, events: Vec<Event>) -> Vec<Planned> {
             record,
             subjects,
             forget_content: false,
+            raw_text: None,
         }];
     }
     events
@@ -420,6 +482,10 @@ pub struct Opened {
     pub content: Content,
     /// The keys its sealed content needs (empty when it has none).
     pub keys: Vec<KeyId>,
+    /// Its `raw` item (of an item fact) as the JSON text the record holds:
+    /// Meta's bytes, where the delivery's body refers to it. `None` when it
+    /// has none or it could not be read.
+    pub raw_text: Option<String>,
 }
 
 /// Reads a record back as an event with its content: sealed content is
@@ -431,6 +497,9 @@ pub fn open(vault: Option<&KeyVault>, record: &Record) -> Result<Opened, DecodeE
             event,
             content: Content::Clear,
             keys: Vec::new(),
+            raw_text: carries_raw(&record.type_name)
+                .then(|| raw_member(payload))
+                .flatten(),
         })
     };
     if domain::privacy::content_paths(&record.type_name).is_empty() {
@@ -447,12 +516,16 @@ pub fn open(vault: Option<&KeyVault>, record: &Record) -> Result<Opened, DecodeE
         .as_ref()
         .map(|s| s.key_ids.clone())
         .unwrap_or_default();
+    let mut raw_text = None;
     let content = match (vault, sealed) {
         (None, _) => Content::Sealed,
         (Some(_), None) => Content::Damaged,
         (Some(vault), Some(sealed)) => match vault.open_sealed(&sealed) {
             Ok(Some(plaintext)) => match serde_json::from_slice::<Value>(&plaintext) {
                 Ok(content) => {
+                    if carries_raw(&record.type_name) {
+                        raw_text = raw_member(&plaintext);
+                    }
                     domain::privacy::put_content(&mut facts, content);
                     Content::Opened
                 }
@@ -468,7 +541,13 @@ pub fn open(vault: Option<&KeyVault>, record: &Record) -> Result<Opened, DecodeE
         event,
         content,
         keys,
+        raw_text,
     })
+}
+
+/// Whether records of this type carry a raw item as content.
+fn carries_raw(type_name: &str) -> bool {
+    domain::privacy::content_paths(type_name).contains(&"raw")
 }
 
 /// What an export says of a record's sealed content: `"erased"` when a key
