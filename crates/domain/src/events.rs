@@ -1057,6 +1057,12 @@ fn upcast<'a>(
     if found == current {
         return Ok(Cow::Borrowed(payload));
     }
+    // Versions that only added a shape: the older payload is a newer one.
+    // WebhookDeliveryReceived v2 (2026-12-03) may hold a spliced body
+    // (`RawBody::Spliced`), which v1 readers would not know.
+    if (type_name, found, current) == ("WebhookDeliveryReceived", 1, 2) {
+        return Ok(Cow::Borrowed(payload));
+    }
     if found > current {
         return Err(DecodeError::FutureVersion {
             type_name: type_name.to_owned(),
@@ -1136,7 +1142,7 @@ macro_rules! event_schema {
 }
 
 event_schema! {
-    WebhookDeliveryReceived = 1,
+    WebhookDeliveryReceived = 2,
     MessagingEventReceived = 1,
     MessagingEventCopyReceived = 1,
     UnattributedItemReceived = 1,

@@ -476,6 +476,55 @@ fn pinned_snapshots_decode_to_the_samples() {
     }
 }
 
+/// WebhookDeliveryReceived v2 only added the spliced body: the pinned v1
+/// record reads as it did, and a spliced body comes back whole with its
+/// items, and not without one.
+#[test]
+fn a_v1_delivery_still_reads_and_a_spliced_body_puts_its_items_back() {
+    let v1 = std::fs::read(snapshot_dir().join("WebhookDeliveryReceived.v1.json")).unwrap();
+    let old = Event::decode("WebhookDeliveryReceived", 1, v1.trim_ascii_end()).unwrap();
+    assert_eq!(old, samples()[0]);
+
+    let body = RawBody::Spliced {
+        skeleton: r#"{"entry":[{"messaging":[,]}]}"#.into(),
+        cuts: vec![Cut { at: 24, after: 1 }, Cut { at: 25, after: 3 }],
+    };
+    let Event::WebhookDeliveryReceived(mut delivery) = samples()[0].clone() else {
+        panic!("the first sample is a delivery");
+    };
+    delivery.body = body.clone();
+    let event = Event::WebhookDeliveryReceived(delivery);
+    let enc = event.encode();
+    assert_eq!(enc.schema_version, 2);
+    assert!(String::from_utf8_lossy(&enc.payload).contains(r#""encoding":"spliced""#));
+    assert_eq!(
+        Event::decode(enc.type_name, 2, &enc.payload).unwrap(),
+        event
+    );
+    let item = |after: u32| match after {
+        1 => Some(r#"{"a":"\/"}"#.to_owned()),
+        3 => Some("{ }".to_owned()),
+        _ => None,
+    };
+    assert_eq!(
+        body.bytes_with(item).unwrap(),
+        br#"{"entry":[{"messaging":[{"a":"\/"},{ }]}]}"#
+    );
+    assert_eq!(
+        body.bytes_with(|after| item(after).filter(|_| after != 3)),
+        None
+    );
+    let beyond = RawBody::Spliced {
+        skeleton: "{}".into(),
+        cuts: vec![Cut { at: 9, after: 1 }],
+    };
+    assert_eq!(beyond.bytes_with(item), None, "a cut past the skeleton");
+    assert_eq!(
+        RawBody::Base64("AAE=".into()).bytes_with(item).unwrap(),
+        [0, 1]
+    );
+}
+
 #[test]
 fn decoding_refuses_what_it_cannot_read() {
     let sample = &samples()[5];
