@@ -683,6 +683,52 @@ async fn a_delivery_is_stored_once_and_comes_back_byte_for_byte() {
         .any(|f| f.contains(r#"https:\/\/example.com\/a"#)));
     assert!(facts.contains(&item("u3", "m_4", ts + 3)), "{facts:?}");
 
+    // A frame that carries more than Meta's frame stays sealed whole: words
+    // hidden in a repeated key, a free-text time, a key Baton does not
+    // know. A `null` standby array is no reason not to cut.
+    let hostile = [
+        format!(
+            r#"{{"object":"page","entry":[{{"id":"{PAGE}","time":{{"note":"SECRET-a1 12 Main St"}},"time":{ts},"messaging":[{}]}}]}}"#,
+            item("u4", "m_7", ts + 30)
+        ),
+        format!(
+            r#"{{"object":"page","entry":[{{"id":"{PAGE}","time":"SECRET-a2","messaging":[{}]}}]}}"#,
+            item("u4", "m_8", ts + 31)
+        ),
+        format!(
+            r#"{{"object":"page","note":"SECRET-a3","entry":[{{"id":"{PAGE}","time":{ts},"messaging":[{}]}}]}}"#,
+            item("u4", "m_9", ts + 32)
+        ),
+    ];
+    let framed = format!(
+        r#"{{"object":"page","entry":[{{"id":"{PAGE}","time":{ts},"standby":null,"messaging":[{}]}}]}}"#,
+        item("u4", "m_10", ts + 33)
+    );
+    for body in hostile.iter().chain([&framed]) {
+        let res = baton.post_signed(BOT, BOT_SECRET, body.as_bytes()).await;
+        assert_eq!(res.status(), 200, "{body}");
+    }
+    let records = store.read_all(1, 10_000).await.unwrap();
+    let later: Vec<&event_log::Record> = records
+        .iter()
+        .filter(|r| r.type_name == "WebhookDeliveryReceived")
+        .skip(3)
+        .collect();
+    assert_eq!(later.len(), 4);
+    for (record, body) in later.iter().zip(hostile.iter().chain([&framed])) {
+        let payload = String::from_utf8(record.payload.clone()).unwrap();
+        let back = orchestration::audit::delivery_body(store, record.position)
+            .await
+            .unwrap();
+        assert_eq!(back.as_deref(), Some(body.as_bytes()), "byte for byte");
+        if body.contains("SECRET") {
+            assert!(payload.contains("sealed"), "{payload}");
+            assert!(!payload.contains("SECRET"), "{payload}");
+        } else {
+            assert!(payload.contains("skeleton"), "cut, and clear: {payload}");
+        }
+    }
+
     // Erasing u1's content takes the item out of the first delivery for
     // good (its frame, clear, has none of u1's words); the others are whole.
     let res = baton

@@ -83,7 +83,8 @@ const BATON_MARKER: &str = "baton:send:";
 /// The whole body of the single-item delivery at `position`, for its item
 /// `item` read from the record at `item_position`: as it came, or put
 /// together with the item's own bytes where the body refers to them. `None`
-/// when it cannot be put together exactly, or holds Baton's marker.
+/// when it cannot be put together exactly, was kept without its words, or
+/// holds Baton's marker.
 pub fn original(
     body: &RawBody,
     position: u64,
@@ -95,6 +96,11 @@ pub fn original(
             .then(|| item.raw_text.clone())
             .flatten()
     })?;
+    // A delivery kept without its words (late, or carrying another shard's
+    // page) reads as an empty body: nothing to forward as it came.
+    if bytes.is_empty() {
+        return None;
+    }
     let marked = bytes
         .windows(BATON_MARKER.len())
         .any(|w| w == BATON_MARKER.as_bytes());
@@ -199,5 +205,65 @@ pub fn classify(record: &Record, app: &AppId, vault: &KeyVault) -> Option<Releva
             _ => None,
         },
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::events::Cut;
+    use domain::{PageId, Psid, ThreadKey};
+
+    use super::*;
+
+    fn item(raw_text: Option<&str>) -> Item {
+        let thread = ThreadKey::new(PageId::parse("1").unwrap(), Psid::parse("u1").unwrap());
+        Item {
+            position: 7,
+            key: OrderKey::Thread(thread),
+            channel: Channel::Messaging,
+            recorded_at_ms: 0,
+            raw: Value::Null,
+            original: None,
+            raw_text: raw_text.map(str::to_owned),
+            keys: Vec::new(),
+        }
+    }
+
+    /// A single-item delivery goes out as it came only when it can be put
+    /// together exactly: its item at the position its body names, a body
+    /// that was kept (not one left without its words), and no marker.
+    #[test]
+    fn the_original_body_is_whole_or_not_at_all() {
+        let spliced = RawBody::Spliced {
+            skeleton: r#"{"entry":[{"messaging":[]}]}"#.into(),
+            cuts: vec![Cut { at: 24, after: 2 }],
+        };
+        let exact = r#"{"entry":[{"messaging":[{"t":"caf\u00e9"}]}]}"#;
+        let whole = original(&spliced, 5, &item(Some(r#"{"t":"caf\u00e9"}"#)), 7);
+        assert_eq!(whole.as_deref().map(Vec::as_slice), Some(exact.as_bytes()));
+        assert_eq!(
+            original(&spliced, 5, &item(Some("{}")), 8),
+            None,
+            "another position"
+        );
+        assert_eq!(
+            original(&spliced, 5, &item(None), 7),
+            None,
+            "the item's bytes are gone"
+        );
+        let marked = item(Some(r#"{"metadata":"baton:send:1"}"#));
+        assert_eq!(original(&spliced, 5, &marked, 7), None, "Baton's marker");
+        assert_eq!(
+            original(&RawBody::Text(String::new()), 5, &item(None), 6),
+            None,
+            "kept without its words"
+        );
+        let text = RawBody::Text(exact.into());
+        assert_eq!(
+            original(&text, 5, &item(None), 6)
+                .as_deref()
+                .map(Vec::as_slice),
+            Some(exact.as_bytes())
+        );
     }
 }

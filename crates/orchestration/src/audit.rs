@@ -11,7 +11,8 @@ use event_log::{EventStore, Record};
 /// The raw delivery recorded at `position`, byte for byte as Meta sent it:
 /// its body as kept, with the items its facts carry put back (each item is
 /// stored once, in its fact; see `RawBody::Spliced`). `Ok(None)` when no
-/// delivery is there, or its content (or a cut item's) was erased.
+/// delivery is there, it was kept without its words, or its content (or a
+/// cut item's) was erased.
 pub async fn delivery_body<S: EventStore>(
     store: &S,
     position: u64,
@@ -30,7 +31,11 @@ pub async fn delivery_body<S: EventStore>(
     let Event::WebhookDeliveryReceived(delivery) = opened.event else {
         return Ok(None);
     };
-    if opened.content.is_gone() {
+    // Erased, or kept without its words (a late delivery, or one carrying
+    // another shard's page): its record holds no body.
+    let holds_body = serde_json::from_slice::<serde_json::Value>(&record.payload)
+        .is_ok_and(|p| p.get("body").is_some() || p.get("sealed").is_some());
+    if opened.content.is_gone() || !holds_body {
         return Ok(None);
     }
     let furthest = match &delivery.body {

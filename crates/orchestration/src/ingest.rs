@@ -306,9 +306,9 @@ fn item_slices(text: &str) -> Vec<std::ops::Range<usize>> {
     #[derive(serde::Deserialize)]
     struct EntryItems<'a> {
         #[serde(borrow, default)]
-        messaging: Vec<&'a RawValue>,
+        messaging: Option<Vec<&'a RawValue>>,
         #[serde(borrow, default)]
-        standby: Vec<&'a RawValue>,
+        standby: Option<Vec<&'a RawValue>>,
     }
     let Ok(envelope) = serde_json::from_str::<Envelope<'_>>(text) else {
         return Vec::new();
@@ -317,7 +317,12 @@ fn item_slices(text: &str) -> Vec<std::ops::Range<usize>> {
     envelope
         .entry
         .iter()
-        .flat_map(|e| e.messaging.iter().chain(&e.standby))
+        .flat_map(|e| {
+            e.messaging
+                .iter()
+                .flatten()
+                .chain(e.standby.iter().flatten())
+        })
         .map(|raw| {
             let start = raw.get().as_ptr() as usize - base;
             start..start + raw.get().len()
@@ -408,37 +413,54 @@ fn splice(
 }
 
 /// Whether a body keeps nothing of anyone's: every item was cut out, and
-/// around them is only Meta's frame (`object`, and each entry's `id`,
-/// `time`, `messaging` and `standby`). Such a body is stored clear: the ids
-/// and times it holds are in the facts, clear, too.
+/// around them is only Meta's frame: an `object` name, and for each entry
+/// its numeric `id` and `time` and its `messaging` and `standby` arrays,
+/// nothing else and no key twice. Such a body is stored clear: it holds
+/// the page's id and Meta's batch time, no words of anyone's.
 fn only_the_frame(body: &RawBody) -> bool {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Frame {
+        object: String,
+        entry: Vec<FrameEntry>,
+    }
+    // Deserialised only to check their shape.
+    #[allow(dead_code)]
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct FrameEntry {
+        id: FrameId,
+        time: Option<u64>,
+        messaging: Option<Vec<()>>,
+        standby: Option<Vec<()>>,
+    }
+    #[allow(dead_code)]
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum FrameId {
+        Number(u64),
+        Text(String),
+    }
     let RawBody::Spliced { .. } = body else {
         return false;
     };
+    // Each cut item reads as `null`; a derived struct refuses a key twice.
     let Some(framed) = body.bytes_with(|_| Some("null".to_owned())) else {
         return false;
     };
-    let Ok(serde_json::Value::Object(top)) = serde_json::from_slice(&framed) else {
+    let Ok(frame) = serde_json::from_slice::<Frame>(&framed) else {
         return false;
     };
-    let entry_is_frame = |entry: &serde_json::Value| {
-        entry.as_object().is_some_and(|entry| {
-            entry.iter().all(|(key, value)| match key.as_str() {
-                "id" | "time" => !value.is_array() && !value.is_object(),
-                "messaging" | "standby" => value
-                    .as_array()
-                    .is_some_and(|items| items.iter().all(serde_json::Value::is_null)),
-                _ => false,
-            })
-        })
+    let name = |s: &str| {
+        !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
     };
-    top.iter().all(|(key, value)| match key.as_str() {
-        "object" => value.is_string(),
-        "entry" => value
-            .as_array()
-            .is_some_and(|entries| entries.iter().all(entry_is_frame)),
-        _ => false,
-    })
+    name(&frame.object)
+        && frame.entry.iter().all(|e| match &e.id {
+            FrameId::Number(_) => true,
+            FrameId::Text(id) => {
+                !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_digit())
+            }
+        })
 }
 
 /// Whether Meta timed this evidence at or before the last erasure of the
