@@ -1307,6 +1307,7 @@ pub fn takes_from_another_app(
     view: &ControlView,
     delivery: &DeliveryCopy,
     gains: &AppId,
+    now: Timestamp,
 ) -> bool {
     let ControlView::Owner { app: owner } = view else {
         return false;
@@ -1315,7 +1316,7 @@ pub fn takes_from_another_app(
         && page
             .app(owner)
             .is_some_and(|p| p.management == Management::Managed)
-        && !corroborated(ledger, page, gains)
+        && !corroborated(ledger, page, gains, now)
 }
 
 /// Whether a handover notice (`from` → `to`) is what a control call Baton
@@ -1344,15 +1345,25 @@ fn answers_call_in_flight(
         })
 }
 
-/// Whether a control call Baton forwarded, and has not had Meta's answer to
-/// yet, hands the thread to `gains` (Meta's webhook may beat its answer).
-fn corroborated(ledger: &ThreadLedger, page: &Page, gains: &AppId) -> bool {
-    ledger.calls_in_flight.iter().any(|call| match &call.hands {
-        crate::ledger::Hands::Take => &call.by == gains,
-        crate::ledger::Hands::Pass { target } => {
-            resolve_target(page, &call.by, target.as_ref()).is_ok_and(|t| &t == gains)
-        }
-    })
+/// Whether a control call Baton forwarded lately
+/// (`policy::OWN_CALL_ANSWER_WITHIN`), and has not had Meta's answer to yet,
+/// hands the thread to `gains` (Meta's webhook may beat its answer). A call
+/// whose answer never came (a crash between the call and its record)
+/// corroborates nothing after that.
+fn corroborated(ledger: &ThreadLedger, page: &Page, gains: &AppId, now: Timestamp) -> bool {
+    let recent = |call: &&crate::ledger::CallInFlight| {
+        now <= call.accepted_at.plus(policy::OWN_CALL_ANSWER_WITHIN)
+    };
+    ledger
+        .calls_in_flight
+        .iter()
+        .filter(recent)
+        .any(|call| match &call.hands {
+            crate::ledger::Hands::Take => &call.by == gains,
+            crate::ledger::Hands::Pass { target } => {
+                resolve_target(page, &call.by, target.as_ref()).is_ok_and(|t| &t == gains)
+            }
+        })
 }
 
 /// What the channel an app received an item on says about ownership.
@@ -1389,7 +1400,7 @@ fn routing_or_drift(
         // confirmed with Meta first: until then the owner is unknown.
         let observed = match observed {
             ControlView::Owner { app }
-                if takes_from_another_app(ledger, page, view, delivery, &app) =>
+                if takes_from_another_app(ledger, page, view, delivery, &app, now) =>
             {
                 ControlView::Unknown
             }
@@ -1607,7 +1618,7 @@ fn handover_facts(
             ));
             return events;
         }
-        if takes_from_another_app(ledger, page, view, delivery, &new_owner) {
+        if takes_from_another_app(ledger, page, view, delivery, &new_owner, now) {
             // Anyone who knows the delivering app's secret could have written
             // this: the owner is unknown until Meta's `thread_owner` says.
             events.push(

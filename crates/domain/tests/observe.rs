@@ -307,6 +307,47 @@ fn a_call_whose_answer_never_came_does_not_hide_metas_notices_for_good() {
 }
 
 #[test]
+fn a_call_whose_answer_never_came_corroborates_nothing_after_a_minute() {
+    // The bot owns the thread. Its pass to the human was accepted, and the
+    // answer never recorded (a crash between the call and its record). A
+    // pass notice on the human's endpoint, which anyone who knows the
+    // human app's secret could write, is corroborated by that call within
+    // a minute of its acceptance; after it, it is checked with Meta as any
+    // other such evidence.
+    let given = || {
+        let s = Scenario::given(cr()).user_message(T0);
+        let accepted =
+            rules::decide(&s.ledger, &s.page, &pass(bot(), Some(human())), hours(1)).unwrap();
+        s.record(accepted)
+    };
+    let taken = |s: Scenario, at: Timestamp| {
+        s.item_seen_at(
+            at,
+            at,
+            human(),
+            Channel::Messaging,
+            domain::events::InboundEvent::Handover {
+                notice: HandoverNotice::Passed {
+                    from: Some(bot()),
+                    to: human(),
+                    metadata: None,
+                },
+            },
+        )
+    };
+    let soon = hours(1).plus(Span::seconds(30));
+    assert_eq!(taken(given(), soon).owner_at(soon), owner(human()));
+    let late = hours(2);
+    let s = taken(given(), late);
+    assert_eq!(
+        s.owner_at(late),
+        ControlView::Unknown,
+        "{:?}",
+        type_names(&s.history)
+    );
+}
+
+#[test]
 fn an_item_of_a_kind_baton_does_not_know_is_no_evidence_of_ownership() {
     // The bot owns the thread. Meta tells the human app, on `messaging`,
     // that the bot passed it metadata (`pass_thread_metadata`), which Baton
