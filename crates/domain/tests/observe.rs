@@ -345,6 +345,27 @@ fn a_call_whose_answer_never_came_corroborates_nothing_after_a_minute() {
         "{:?}",
         type_names(&s.history)
     );
+    // The minute runs on Baton's clock, not the notice's (whoever signs a
+    // webhook sets its time): timed within the minute, seen after it.
+    let s = given().item_seen_at(
+        soon,
+        late,
+        human(),
+        Channel::Messaging,
+        domain::events::InboundEvent::Handover {
+            notice: HandoverNotice::Passed {
+                from: Some(bot()),
+                to: human(),
+                metadata: None,
+            },
+        },
+    );
+    assert_eq!(
+        s.owner_at(late),
+        ControlView::Unknown,
+        "{:?}",
+        type_names(&s.history)
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@
 //! | `c` first position:u64                   | chunk: (len:u32 ‖ canonical bytes ‖ hash)…  |
 //! | `v` stream digest:16 first version:u64   | run: position:u64…                          |
 //! | `d` idempotency key digest:16            | position:u64                                |
-//! | `r:layout`                               | `digest-keys`                               |
+//! | `r:layout`                               | `digest-keys`, or `digest-keys+zstd` once compressed groups may be in the segments |
 //!
 //! Converted at the first open (directories written before 2026-12-02):
 //!
