@@ -84,6 +84,10 @@ pub struct CallInFlight {
     /// folded after it is newer news than the call's answer.
     #[serde(default)]
     pub accepted_version: u64,
+    /// When it last left for Meta, if later than its acceptance: a send's
+    /// latest attempt (the outbox may hold a send for minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_at: Option<Timestamp>,
 }
 
 /// Whom an in-flight call hands the thread to.
@@ -136,7 +140,20 @@ impl CallInFlight {
             hands,
             accepted_at,
             accepted_version,
+            left_at: None,
         })
+    }
+
+    /// Whether it left for Meta lately enough (`policy::OWN_CALL_ANSWER_WITHIN`
+    /// before `now`) that Meta's news of it may still be on its way; a call
+    /// whose answer never came (a crash before it was recorded) stops
+    /// counting then.
+    pub fn lately(&self, now: Timestamp) -> bool {
+        let left = self
+            .left_at
+            .unwrap_or(self.accepted_at)
+            .max(self.accepted_at);
+        now <= left.plus(crate::policy::OWN_CALL_ANSWER_WITHIN)
     }
 }
 
@@ -369,6 +386,17 @@ impl ThreadLedger {
                 e.at,
                 self.version,
             )),
+            // The minute a call in flight counts for runs from its latest
+            // attempt (see `CallInFlight::lately`).
+            Event::SendAttempted(e) => {
+                if let Some(call) = self
+                    .calls_in_flight
+                    .iter_mut()
+                    .find(|c| c.call_id == e.send_id)
+                {
+                    call.left_at = Some(call.left_at.map_or(e.at, |l| l.max(e.at)));
+                }
+            }
             Event::SendOutcomeRecorded(e) => {
                 // An unknown outcome may still be settled by the echo (and
                 // its inline control): the call stays in flight until then.
@@ -380,7 +408,6 @@ impl ThreadLedger {
             // timeline are projections of their own.
             Event::MessagingEventCopyReceived(_)
             | Event::CommandRefused(_)
-            | Event::SendAttempted(_)
             | Event::SendRetryScheduled(_)
             | Event::StaleEvidenceIgnored(_)
             | Event::WebhookDeliveryReceived(_)

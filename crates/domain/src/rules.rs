@@ -1329,9 +1329,7 @@ fn answers_call_in_flight(
     to: &AppId,
     now: Timestamp,
 ) -> bool {
-    let recent = |call: &&crate::ledger::CallInFlight| {
-        now <= call.accepted_at.plus(policy::OWN_CALL_ANSWER_WITHIN)
-    };
+    let recent = |call: &&crate::ledger::CallInFlight| call.lately(now);
     ledger
         .calls_in_flight
         .iter()
@@ -1351,9 +1349,7 @@ fn answers_call_in_flight(
 /// whose answer never came (a crash between the call and its record)
 /// corroborates nothing after that.
 fn corroborated(ledger: &ThreadLedger, page: &Page, gains: &AppId, now: Timestamp) -> bool {
-    let recent = |call: &&crate::ledger::CallInFlight| {
-        now <= call.accepted_at.plus(policy::OWN_CALL_ANSWER_WITHIN)
-    };
+    let recent = |call: &&crate::ledger::CallInFlight| call.lately(now);
     ledger
         .calls_in_flight
         .iter()

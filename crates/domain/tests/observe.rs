@@ -369,6 +369,65 @@ fn a_call_whose_answer_never_came_corroborates_nothing_after_a_minute() {
 }
 
 #[test]
+fn a_send_with_an_inline_pass_corroborates_for_a_minute_from_its_latest_attempt() {
+    // The bot owns the thread and sends with an inline pass to the human.
+    // The outbox holds the send (a paused page, a backoff) and attempts it
+    // five minutes after its acceptance. Meta's pass notice on the human's
+    // endpoint half a minute after that attempt is the send's news; a
+    // minute after it, it is checked with Meta.
+    let attempted = hours(1).plus(Span::minutes(5));
+    let given = || {
+        let s = Scenario::given(cr()).user_message(T0);
+        let mut m = send_msg(bot(), Some(domain::MessagingType::Response), None);
+        m.thread_control = Some(domain::InlineControl::Pass {
+            app_id: Some(human()),
+        });
+        let send_id = m.send_id.clone();
+        let accepted = rules::decide(
+            &s.ledger,
+            &s.page,
+            &domain::Command::SendMessage(m),
+            hours(1),
+        )
+        .unwrap();
+        let s = s.record(accepted);
+        let thread = s.ledger.key.clone();
+        s.record(vec![domain::events::SendAttempted {
+            thread,
+            at: attempted,
+            send_id,
+            attempt: 1,
+        }
+        .into()])
+    };
+    let passed = |s: Scenario, at: Timestamp| {
+        s.item_seen_at(
+            at,
+            at,
+            human(),
+            Channel::Messaging,
+            domain::events::InboundEvent::Handover {
+                notice: HandoverNotice::Passed {
+                    from: Some(bot()),
+                    to: human(),
+                    metadata: None,
+                },
+            },
+        )
+    };
+    let soon = attempted.plus(Span::seconds(30));
+    assert_eq!(passed(given(), soon).owner_at(soon), owner(human()));
+    let late = attempted.plus(Span::minutes(2));
+    let s = passed(given(), late);
+    assert_eq!(
+        s.owner_at(late),
+        ControlView::Unknown,
+        "{:?}",
+        type_names(&s.history)
+    );
+}
+
+#[test]
 fn an_item_of_a_kind_baton_does_not_know_is_no_evidence_of_ownership() {
     // The bot owns the thread. Meta tells the human app, on `messaging`,
     // that the bot passed it metadata (`pass_thread_metadata`), which Baton

@@ -519,6 +519,7 @@ mod tests {
                     hands: Hands::Take,
                     accepted_at: t(15),
                     accepted_version: 16,
+                    left_at: Some(t(16)),
                 }],
                 version: 17,
             },
