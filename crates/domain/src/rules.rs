@@ -1319,9 +1319,30 @@ pub fn takes_from_another_app(
         && !corroborated(ledger, page, gains, now)
 }
 
+/// The control calls Baton forwarded lately (`CallInFlight::lately`), and
+/// has not had Meta's answer to yet, that hand the thread to `to`: a take
+/// by `to`, or a pass whose target resolves to `to`. A call whose answer
+/// never came (a crash between the call and its record) stops counting.
+fn calls_handing_to<'a>(
+    ledger: &'a ThreadLedger,
+    page: &'a Page,
+    to: &'a AppId,
+    now: Timestamp,
+) -> impl Iterator<Item = &'a crate::ledger::CallInFlight> + 'a {
+    ledger.calls_in_flight.iter().filter(move |call| {
+        call.lately(now)
+            && match &call.hands {
+                crate::ledger::Hands::Take => &call.by == to,
+                crate::ledger::Hands::Pass { target } => {
+                    resolve_target(page, &call.by, target.as_ref()).is_ok_and(|t| &t == to)
+                }
+            }
+    })
+}
+
 /// Whether a handover notice (`from` → `to`) is what a control call Baton
-/// forwarded lately (`policy::OWN_CALL_ANSWER_WITHIN`), and has not had
-/// Meta's answer to yet, does: a pass by `from` to `to`, or a take by `to`.
+/// forwarded lately, and has not had Meta's answer to yet, does: a pass by
+/// `from` to `to`, or a take by `to`.
 fn answers_call_in_flight(
     ledger: &ThreadLedger,
     page: &Page,
@@ -1329,37 +1350,17 @@ fn answers_call_in_flight(
     to: &AppId,
     now: Timestamp,
 ) -> bool {
-    let recent = |call: &&crate::ledger::CallInFlight| call.lately(now);
-    ledger
-        .calls_in_flight
-        .iter()
-        .filter(recent)
-        .any(|call| match &call.hands {
-            crate::ledger::Hands::Take => &call.by == to,
-            crate::ledger::Hands::Pass { target } => {
-                from == Some(&call.by)
-                    && resolve_target(page, &call.by, target.as_ref()).is_ok_and(|t| &t == to)
-            }
-        })
+    calls_handing_to(ledger, page, to, now).any(|call| match &call.hands {
+        crate::ledger::Hands::Take => true,
+        crate::ledger::Hands::Pass { .. } => from == Some(&call.by),
+    })
 }
 
-/// Whether a control call Baton forwarded lately
-/// (`policy::OWN_CALL_ANSWER_WITHIN`), and has not had Meta's answer to yet,
-/// hands the thread to `gains` (Meta's webhook may beat its answer). A call
-/// whose answer never came (a crash between the call and its record)
-/// corroborates nothing after that.
+/// Whether a control call Baton forwarded lately, and has not had Meta's
+/// answer to yet, hands the thread to `gains` (Meta's webhook may beat its
+/// answer).
 fn corroborated(ledger: &ThreadLedger, page: &Page, gains: &AppId, now: Timestamp) -> bool {
-    let recent = |call: &&crate::ledger::CallInFlight| call.lately(now);
-    ledger
-        .calls_in_flight
-        .iter()
-        .filter(recent)
-        .any(|call| match &call.hands {
-            crate::ledger::Hands::Take => &call.by == gains,
-            crate::ledger::Hands::Pass { target } => {
-                resolve_target(page, &call.by, target.as_ref()).is_ok_and(|t| &t == gains)
-            }
-        })
+    calls_handing_to(ledger, page, gains, now).next().is_some()
 }
 
 /// What the channel an app received an item on says about ownership.

@@ -306,6 +306,24 @@ fn a_call_whose_answer_never_came_does_not_hide_metas_notices_for_good() {
     );
 }
 
+/// Meta's notice that the bot passed the thread to the human, timed `at`,
+/// delivered on the human's endpoint and seen at `now`.
+fn bot_passed_to_human(s: Scenario, at: Timestamp, now: Timestamp) -> Scenario {
+    s.item_seen_at(
+        at,
+        now,
+        human(),
+        Channel::Messaging,
+        domain::events::InboundEvent::Handover {
+            notice: HandoverNotice::Passed {
+                from: Some(bot()),
+                to: human(),
+                metadata: None,
+            },
+        },
+    )
+}
+
 #[test]
 fn a_call_whose_answer_never_came_corroborates_nothing_after_a_minute() {
     // The bot owns the thread. Its pass to the human was accepted, and the
@@ -320,25 +338,13 @@ fn a_call_whose_answer_never_came_corroborates_nothing_after_a_minute() {
             rules::decide(&s.ledger, &s.page, &pass(bot(), Some(human())), hours(1)).unwrap();
         s.record(accepted)
     };
-    let taken = |s: Scenario, at: Timestamp| {
-        s.item_seen_at(
-            at,
-            at,
-            human(),
-            Channel::Messaging,
-            domain::events::InboundEvent::Handover {
-                notice: HandoverNotice::Passed {
-                    from: Some(bot()),
-                    to: human(),
-                    metadata: None,
-                },
-            },
-        )
-    };
     let soon = hours(1).plus(Span::seconds(30));
-    assert_eq!(taken(given(), soon).owner_at(soon), owner(human()));
+    assert_eq!(
+        bot_passed_to_human(given(), soon, soon).owner_at(soon),
+        owner(human())
+    );
     let late = hours(2);
-    let s = taken(given(), late);
+    let s = bot_passed_to_human(given(), late, late);
     assert_eq!(
         s.owner_at(late),
         ControlView::Unknown,
@@ -347,19 +353,7 @@ fn a_call_whose_answer_never_came_corroborates_nothing_after_a_minute() {
     );
     // The minute runs on Baton's clock, not the notice's (whoever signs a
     // webhook sets its time): timed within the minute, seen after it.
-    let s = given().item_seen_at(
-        soon,
-        late,
-        human(),
-        Channel::Messaging,
-        domain::events::InboundEvent::Handover {
-            notice: HandoverNotice::Passed {
-                from: Some(bot()),
-                to: human(),
-                metadata: None,
-            },
-        },
-    );
+    let s = bot_passed_to_human(given(), soon, late);
     assert_eq!(
         s.owner_at(late),
         ControlView::Unknown,
@@ -400,25 +394,13 @@ fn a_send_with_an_inline_pass_corroborates_for_a_minute_from_its_latest_attempt(
         }
         .into()])
     };
-    let passed = |s: Scenario, at: Timestamp| {
-        s.item_seen_at(
-            at,
-            at,
-            human(),
-            Channel::Messaging,
-            domain::events::InboundEvent::Handover {
-                notice: HandoverNotice::Passed {
-                    from: Some(bot()),
-                    to: human(),
-                    metadata: None,
-                },
-            },
-        )
-    };
     let soon = attempted.plus(Span::seconds(30));
-    assert_eq!(passed(given(), soon).owner_at(soon), owner(human()));
+    assert_eq!(
+        bot_passed_to_human(given(), soon, soon).owner_at(soon),
+        owner(human())
+    );
     let late = attempted.plus(Span::minutes(2));
-    let s = passed(given(), late);
+    let s = bot_passed_to_human(given(), late, late);
     assert_eq!(
         s.owner_at(late),
         ControlView::Unknown,
